@@ -1,0 +1,54 @@
+# Baton build. `make demo` and `make test` are the two entry points; both install and build first.
+SHELL := /bin/bash
+BUILD := build
+ARCH_INC := /usr/include/$(shell uname -m)-linux-gnu
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I$(ARCH_INC) -Ibpf
+NATIVE_CFLAGS := -O2 -g -Wall -Wextra -Werror -fPIC -std=gnu11
+
+BPF_SRC := $(wildcard bpf/*.c)
+BPF_OBJ := $(patsubst bpf/%.c,$(BUILD)/bpf/%.o,$(BPF_SRC))
+NATIVE_SRC := $(wildcard native/*.c)
+NATIVE_LIB := $(BUILD)/native/libbaton.so
+TS_SRC := $(shell find controller native examples bench -name '*.ts' 2>/dev/null)
+
+.PHONY: all deps build bpf native ts test demo lab-up lab-down bench clean
+
+all: build
+
+deps: $(BUILD)/.deps
+$(BUILD)/.deps: scripts/deps.sh package.json package-lock.json
+	@mkdir -p $(BUILD)
+	scripts/deps.sh
+	@touch $@
+
+build: deps bpf native ts
+
+bpf: $(BPF_OBJ)
+$(BUILD)/bpf/%.o: bpf/%.c $(wildcard bpf/*.h)
+	@mkdir -p $(dir $@)
+	clang $(BPF_CFLAGS) -c $< -o $@
+
+native: $(NATIVE_LIB)
+$(NATIVE_LIB): $(NATIVE_SRC) $(wildcard native/*.h)
+	@mkdir -p $(dir $@)
+	gcc $(NATIVE_CFLAGS) -shared -o $@ $(NATIVE_SRC)
+
+ts: $(BUILD)/.ts
+$(BUILD)/.ts: $(TS_SRC) tsconfig.json $(BUILD)/.deps
+	npx tsc -p tsconfig.json
+	@touch $@
+
+test: build
+	npx vitest run
+
+demo: build
+	node dist/controller/bin/batonctl.js demo
+
+lab-up: build
+	node dist/controller/bin/batonctl.js lab up
+
+lab-down: build
+	node dist/controller/bin/batonctl.js lab down
+
+clean:
+	rm -rf $(BUILD) dist

@@ -1,0 +1,195 @@
+// batond: one per node. Puts the DVIPA on the node, runs the XDP steering program on the
+// distributor and owns its connection routing table, listens for peer nodes (transfer messages
+// over TCP) and for local applications (a Unix socket), and wires them to the handoff machinery.
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { BatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
+import { Channel, PendingReplies } from '../transfer/channel.js';
+import { HandoffCoordinator, type HandoffRecord, type RouterConnection } from '../transfer/handoff.js';
+import { Accepts, type MessageType } from '../transfer/messages.js';
+import { PeerLinks } from '../transfer/peers.js';
+import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
+import { ensureDvipa } from './dvipa.js';
+import { loadSteering, type Steering } from './xdp.js';
+
+const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
+type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
+type FromPeer = (typeof Accepts.agentFromPeer)[number];
+
+/** How long a connecting application or peer may take to say who it is. */
+const HELLO_TIMEOUT_MS = 5000;
+
+export class NodeAgent {
+  readonly self: NodeConfig;
+  readonly isDistributor: boolean;
+  private steering?: Steering;
+  private coordinator?: HandoffCoordinator;
+  private peerServer?: net.Server;
+  private appServer?: net.Server;
+  private readonly peers: PeerLinks;
+  private readonly relay: TargetRelay;
+  private readonly channels = new Set<Channel<MessageType>>();
+  /** The most recent handoffs, newest last; bounded. */
+  readonly history: HandoffRecord[] = [];
+
+  constructor(
+    readonly config: ClusterConfig,
+    nodeName: string,
+    private readonly log: Logger,
+  ) {
+    const self = nodeByName(config, nodeName);
+    if (!self) throw new BatonError('E_CONFIG', `node ${nodeName} is not in the cluster config`, { node: nodeName });
+    this.self = self;
+    this.isDistributor = config.distributor === self.name;
+    this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs);
+    this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8);
+  }
+
+  async start(): Promise<void> {
+    await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
+    if (this.isDistributor) {
+      this.steering = loadSteering({ instance: `${this.config.instance}-${this.self.name}`, ifname: this.self.interface, mode: this.config.xdpMode, log: this.log });
+      this.coordinator = new HandoffCoordinator(this.config, this.self, this.steering.routes, this.peers, this.log, (r) => this.record(r));
+    }
+    this.peerServer = await listen(net.createServer((s) => this.onPeer(s)), { host: this.self.address, port: this.self.peerPort });
+    fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
+    fs.rmSync(this.self.agentSocket, { force: true });
+    this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket });
+    // Applications on this node must be privileged anyway (TCP_REPAIR needs CAP_NET_ADMIN).
+    fs.chmodSync(this.self.agentSocket, 0o600);
+    this.log.info({ dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, agentSocket: this.self.agentSocket }, 'batond ready');
+  }
+
+  async stop(): Promise<void> {
+    for (const ch of this.channels) ch.close();
+    this.peers.close();
+    this.relay.close();
+    await Promise.all([closeServer(this.peerServer), closeServer(this.appServer)]);
+    fs.rmSync(this.self.agentSocket, { force: true });
+    if (this.steering) {
+      // Stay attached: connections already handed off keep flowing while batond restarts, and the
+      // next batond adopts the pinned table and replaces the program in one step.
+      this.steering.close();
+      this.log.info({ pinDir: this.steering.pinDir }, 'batond stopped; XDP steering left attached, routing table pinned');
+    }
+  }
+
+  get routes() {
+    return this.steering?.routes;
+  }
+
+  private record(r: HandoffRecord): void {
+    this.history.push(r);
+    if (this.history.length > 1000) this.history.shift();
+  }
+
+  private track<In extends MessageType>(ch: Channel<In>): Channel<In> {
+    this.channels.add(ch as unknown as Channel<MessageType>);
+    ch.on('close', () => this.channels.delete(ch as unknown as Channel<MessageType>));
+    return ch;
+  }
+
+  private onPeer(socket: net.Socket): void {
+    const log = this.log.child({ remote: socket.remoteAddress });
+    const channel = this.track(new Channel<FromPeer>(socket, Accepts.agentFromPeer, log));
+    let peerName: string | undefined;
+    const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'peer sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
+    channel.on('close', () => {
+      clearTimeout(helloTimer);
+      this.relay.peerClosed(channel);
+    });
+    channel.on('message', (d) => {
+      if (d.msg.type === 'hello') {
+        const claimed = d.msg.role === 'peer' ? nodeByName(this.config, d.msg.name) : undefined;
+        // Until the channel is authenticated (mutual TLS, a later issue), a peer must at least come
+        // from the address the cluster config gives it.
+        if (peerName || !claimed || claimed.address !== socket.remoteAddress) {
+          log.error({ claimed: d.msg.name, role: d.msg.role }, 'peer hello refused');
+          channel.close();
+          return;
+        }
+        peerName = claimed.name;
+        clearTimeout(helloTimer);
+        channel.send('welcome', { node: this.self.name });
+        return;
+      }
+      if (!peerName) {
+        log.error({ type: d.msg.type }, 'message before hello: closing');
+        channel.close();
+        return;
+      }
+      this.relay.fromPeer(channel, d);
+    });
+  }
+
+  private onApp(socket: net.Socket): void {
+    const log = this.log.child({ app: 'unregistered' });
+    const channel = this.track(new Channel<LocalAppMessage>(socket, LOCAL_APP_MESSAGES as LocalAppMessage[], log));
+    let role: 'router' | 'target' | undefined;
+    let router: RouterConnection | undefined;
+    let target: TargetApp | undefined;
+    const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'application sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
+    channel.on('close', () => {
+      clearTimeout(helloTimer);
+      router?.replies.failAll(new BatonError('E_PEER', 'routing application disconnected'));
+      if (target) this.relay.unregister(target);
+    });
+    channel.on('message', (d) => {
+      const { msg } = d;
+      if (msg.type === 'hello') {
+        if (role || msg.role === 'peer' || (msg.role === 'target' && !msg.ports)) {
+          log.error({ role: msg.role, name: msg.name }, 'application hello refused');
+          channel.close();
+          return;
+        }
+        clearTimeout(helloTimer);
+        role = msg.role;
+        if (role === 'router') {
+          router = { channel: channel as unknown as RouterConnection['channel'], replies: new PendingReplies(), name: msg.name };
+        } else {
+          const ports = msg.ports!.filter((p) => this.config.dvipa.ports.includes(p));
+          if (ports.length !== msg.ports!.length) {
+            log.error({ ports: msg.ports, dvipaPorts: this.config.dvipa.ports }, 'target registered for a port the DVIPA does not serve');
+            channel.close();
+            return;
+          }
+          target = { name: msg.name, ports, channel: channel as unknown as TargetApp['channel'] };
+          this.relay.register(target);
+        }
+        channel.send('welcome', { node: this.self.name });
+        return;
+      }
+      if (msg.type === 'offer' && router) {
+        if (!this.coordinator) {
+          channel.send('failed', { connId: msg.connId, step: 'offer', code: 'E_HANDOFF_STATE', reason: `${this.self.name} is not the distributor` });
+          return;
+        }
+        void this.coordinator.run(router, d as never);
+        return;
+      }
+      if (msg.type === 'delta' && router) {
+        if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId }, 'delta for no handoff in progress');
+        return;
+      }
+      if ((msg.type === 'accept' || msg.type === 'reject' || msg.type === 'ready') && target) {
+        this.relay.fromApp(target, d as never);
+        return;
+      }
+      log.error({ type: msg.type, role }, 'message not allowed for this application role');
+    });
+  }
+}
+
+function listen(server: net.Server, opts: net.ListenOptions): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new BatonError('E_CONFIG', `cannot listen on ${opts.path ?? `${opts.host}:${opts.port}`}: ${err.message}`, { step: 'listen' })));
+    server.listen(opts, () => resolve(server));
+  });
+}
+
+function closeServer(server?: net.Server): Promise<void> {
+  return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
+}

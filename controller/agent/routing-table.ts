@@ -1,0 +1,420 @@
+// The connection routing table as user space sees it: the one TypeScript mirror of
+// bpf/baton.h (sizes, offsets, enum values) plus the RoutingTable that batond uses to freeze a
+// flow before export and point it at the target after import. Every number here is asserted
+// against the header: the header by _Static_assert, this file by
+// test/unit/agent/routing-table-layout.test.ts. Change both or neither.
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { BatonError } from '../errors.js';
+import {
+  BPF_ANY,
+  closeFd,
+  mapDelete,
+  mapInfo,
+  mapLookup,
+  mapNextKey,
+  mapUpdate,
+  numPossibleCpus,
+  objGet,
+} from '../../native/libbpf.js';
+
+// ---- mirror of bpf/baton.h ----------------------------------------------------------------
+
+export const ADDR_LEN = 16;
+export const MAC_LEN = 6;
+
+/** struct baton_flow_key: client → DVIPA, addresses and ports in network byte order. */
+export const FLOW_KEY_SIZE = 40;
+export const FLOW_KEY_OFFSET = { clientAddr: 0, vipAddr: 16, clientPort: 32, vipPort: 34, family: 36 } as const;
+
+/** struct baton_route: counters first (8-byte aligned for the program's atomic adds). */
+export const ROUTE_SIZE = 32;
+export const ROUTE_OFFSET = { packets: 0, bytes: 8, state: 16, targetNode: 20, targetMac: 24 } as const;
+
+/** struct baton_stat_counter, one per possible CPU in each baton_stats slot. */
+export const STAT_COUNTER_SIZE = 16;
+
+/** enum baton_route_state; 0 is deliberately invalid (the program drops such entries). */
+export const ROUTE_STATE = { frozen: 1, forward: 2 } as const;
+
+/** enum baton_stat: the index of each verdict reason in baton_stats. */
+export const STAT_INDEX = {
+  passedNotTcp: 0,
+  passedNoRoute: 1,
+  steered: 2,
+  droppedFrozen: 3,
+  droppedBadEntry: 4,
+  passedFragment: 5,
+} as const;
+export const STAT_COUNT = 6;
+
+export const ROUTES_MAX_ENTRIES_DEFAULT = 262144;
+export const ROUTES_MAP_NAME = 'baton_routes';
+export const STATS_MAP_NAME = 'baton_stats';
+export const STEER_PROGRAM_NAME = 'baton_steer';
+
+// ---- types --------------------------------------------------------------------------------
+
+export interface FlowKey {
+  family: 4 | 6;
+  clientAddress: string;
+  clientPort: number;
+  vipAddress: string;
+  vipPort: number;
+}
+export type RouteState = keyof typeof ROUTE_STATE;
+export interface RouteEntry {
+  state: RouteState;
+  targetNode: number;
+  /** aa:bb:cc:dd:ee:ff; all zeros while frozen. */
+  targetMac: string;
+  packets: bigint;
+  bytes: bigint;
+}
+export type StatName = keyof typeof STAT_INDEX;
+export interface Counter {
+  packets: bigint;
+  bytes: bigint;
+}
+
+// ---- encoding -----------------------------------------------------------------------------
+
+// BPF map values are in the host's byte order; keys' addresses and ports are network order.
+const HOST_LE = os.endianness() === 'LE';
+
+function invalid(message: string, context: Record<string, unknown>): never {
+  throw new BatonError('E_CONFIG', message, { step: 'routing-table', ...context });
+}
+
+function writeAddress(buf: Buffer, offset: number, family: 4 | 6, address: string, field: string): void {
+  if (family === 4) {
+    if (!net.isIPv4(address)) invalid(`${field} ${JSON.stringify(address)} is not an IPv4 address`, { field, address });
+    address.split('.').forEach((octet, i) => buf.writeUInt8(Number(octet), offset + i));
+    return;
+  }
+  // Zone ids (fe80::1%eth0) name a local interface; they are not part of the address on the wire.
+  if (!net.isIPv6(address) || address.includes('%')) invalid(`${field} ${JSON.stringify(address)} is not an IPv6 address`, { field, address });
+  parseIPv6(address).copy(buf, offset);
+}
+
+/** Expects text net.isIPv6() accepted. */
+function parseIPv6(address: string): Buffer {
+  // A dotted IPv4 suffix (::ffff:192.0.2.1) stands for the last two groups.
+  let text = address;
+  const lastColon = text.lastIndexOf(':');
+  if (text.includes('.', lastColon)) {
+    const [a = 0, b = 0, c = 0, d = 0] = text.slice(lastColon + 1).split('.').map(Number);
+    text = `${text.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const groups = (s: string): number[] => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16)));
+  const [head = '', tail] = text.split('::');
+  const front = groups(head);
+  const back = tail === undefined ? [] : groups(tail);
+  const all = [...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back];
+  const out = Buffer.alloc(ADDR_LEN);
+  all.forEach((g, i) => out.writeUInt16BE(g, i * 2));
+  return out;
+}
+
+/** RFC 5952 text: lowercase, leading zeros dropped, the longest run (≥ 2) of zero groups as ::. */
+function formatIPv6(buf: Buffer, offset: number): string {
+  const groups = Array.from({ length: 8 }, (_, i) => buf.readUInt16BE(offset + i * 2));
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen && j - i >= 2) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+function readAddress(buf: Buffer, offset: number, family: 4 | 6): string {
+  if (family === 4) return [0, 1, 2, 3].map((i) => buf.readUInt8(offset + i)).join('.');
+  return formatIPv6(buf, offset);
+}
+
+function checkPort(port: number, field: string): void {
+  // Port 0 never appears on the wire; accepting it would only create an entry nothing matches.
+  if (!Number.isInteger(port) || port < 1 || port > 0xffff) invalid(`${field} ${port} is out of range 1..65535`, { field, port });
+}
+
+export function encodeFlowKey(key: FlowKey, out: Buffer = Buffer.alloc(FLOW_KEY_SIZE)): Buffer {
+  if (key.family !== 4 && key.family !== 6) invalid(`family ${String(key.family)} must be 4 or 6`, { family: key.family });
+  checkPort(key.clientPort, 'clientPort');
+  checkPort(key.vipPort, 'vipPort');
+  // The hash compares raw bytes: padding and the unused tail of an IPv4 address must be zero.
+  out.fill(0, 0, FLOW_KEY_SIZE);
+  writeAddress(out, FLOW_KEY_OFFSET.clientAddr, key.family, key.clientAddress, 'clientAddress');
+  writeAddress(out, FLOW_KEY_OFFSET.vipAddr, key.family, key.vipAddress, 'vipAddress');
+  out.writeUInt16BE(key.clientPort, FLOW_KEY_OFFSET.clientPort);
+  out.writeUInt16BE(key.vipPort, FLOW_KEY_OFFSET.vipPort);
+  out.writeUInt8(key.family, FLOW_KEY_OFFSET.family);
+  return out;
+}
+
+export function decodeFlowKey(buf: Buffer): FlowKey {
+  if (buf.length < FLOW_KEY_SIZE) invalid(`flow key is ${buf.length} bytes, expected ${FLOW_KEY_SIZE}`, { length: buf.length });
+  const family = buf.readUInt8(FLOW_KEY_OFFSET.family);
+  if (family !== 4 && family !== 6) throw new BatonError('E_BPF', `flow key with unknown family ${family}`, { step: 'routing-table' });
+  return {
+    family,
+    clientAddress: readAddress(buf, FLOW_KEY_OFFSET.clientAddr, family),
+    clientPort: buf.readUInt16BE(FLOW_KEY_OFFSET.clientPort),
+    vipAddress: readAddress(buf, FLOW_KEY_OFFSET.vipAddr, family),
+    vipPort: buf.readUInt16BE(FLOW_KEY_OFFSET.vipPort),
+  };
+}
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const ZERO_MAC = '00:00:00:00:00:00';
+
+function parseMac(mac: string): Buffer {
+  if (!MAC_RE.test(mac)) invalid(`targetMac ${JSON.stringify(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`, { mac });
+  const bytes = Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
+  // A group address would flood the segment; all zeros would be black-holed by every switch.
+  if ((bytes[0]! & 1) === 1 || bytes.every((b) => b === 0)) invalid(`targetMac ${mac} is not a unicast MAC address`, { mac });
+  return bytes;
+}
+
+function formatMac(buf: Buffer, offset: number): string {
+  return Array.from(buf.subarray(offset, offset + MAC_LEN), (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+function writeU32(buf: Buffer, value: number, offset: number): void {
+  if (HOST_LE) buf.writeUInt32LE(value, offset);
+  else buf.writeUInt32BE(value, offset);
+}
+function readU32(buf: Buffer, offset: number): number {
+  return HOST_LE ? buf.readUInt32LE(offset) : buf.readUInt32BE(offset);
+}
+function writeU64(buf: Buffer, value: bigint, offset: number): void {
+  if (HOST_LE) buf.writeBigUInt64LE(value, offset);
+  else buf.writeBigUInt64BE(value, offset);
+}
+function readU64(buf: Buffer, offset: number): bigint {
+  return HOST_LE ? buf.readBigUInt64LE(offset) : buf.readBigUInt64BE(offset);
+}
+
+export function encodeRoute(entry: Omit<RouteEntry, 'packets' | 'bytes'> & Partial<Pick<RouteEntry, 'packets' | 'bytes'>>, out: Buffer = Buffer.alloc(ROUTE_SIZE)): Buffer {
+  const state = Object.hasOwn(ROUTE_STATE, entry.state) ? ROUTE_STATE[entry.state] : undefined;
+  if (state === undefined) invalid(`route state ${JSON.stringify(entry.state)} must be one of ${Object.keys(ROUTE_STATE).join(', ')}`, { state: entry.state });
+  if (!Number.isInteger(entry.targetNode) || entry.targetNode < 0 || entry.targetNode > 0xffffffff) {
+    invalid(`targetNode ${entry.targetNode} is not a 32-bit node id`, { targetNode: entry.targetNode });
+  }
+  const mac = entry.state === 'frozen' && entry.targetMac === ZERO_MAC ? Buffer.alloc(MAC_LEN) : parseMac(entry.targetMac);
+  out.fill(0, 0, ROUTE_SIZE);
+  writeU64(out, entry.packets ?? 0n, ROUTE_OFFSET.packets);
+  writeU64(out, entry.bytes ?? 0n, ROUTE_OFFSET.bytes);
+  writeU32(out, state, ROUTE_OFFSET.state);
+  writeU32(out, entry.targetNode, ROUTE_OFFSET.targetNode);
+  mac.copy(out, ROUTE_OFFSET.targetMac);
+  return out;
+}
+
+const STATE_BY_VALUE = new Map<number, RouteState>(Object.entries(ROUTE_STATE).map(([name, value]) => [value, name as RouteState]));
+
+export function decodeRoute(buf: Buffer): RouteEntry {
+  if (buf.length < ROUTE_SIZE) invalid(`route value is ${buf.length} bytes, expected ${ROUTE_SIZE}`, { length: buf.length });
+  const raw = readU32(buf, ROUTE_OFFSET.state);
+  const state = STATE_BY_VALUE.get(raw);
+  // The program drops such flows (dropped-bad-entry); say so rather than invent a state.
+  if (state === undefined) throw new BatonError('E_BPF', `routing-table entry with unknown state ${raw}`, { step: 'routing-table', state: raw });
+  return {
+    state,
+    targetNode: readU32(buf, ROUTE_OFFSET.targetNode),
+    targetMac: formatMac(buf, ROUTE_OFFSET.targetMac),
+    packets: readU64(buf, ROUTE_OFFSET.packets),
+    bytes: readU64(buf, ROUTE_OFFSET.bytes),
+  };
+}
+
+/** Sums one baton_stats slot (one struct baton_stat_counter per possible CPU). */
+export function sumPerCpuCounters(buf: Buffer, ncpus: number): Counter {
+  let packets = 0n;
+  let bytes = 0n;
+  for (let cpu = 0; cpu < ncpus; cpu++) {
+    packets += readU64(buf, cpu * STAT_COUNTER_SIZE);
+    bytes += readU64(buf, cpu * STAT_COUNTER_SIZE + 8);
+  }
+  return { packets, bytes };
+}
+
+// ---- the table ------------------------------------------------------------------------------
+
+const BPF_MAP_TYPE_HASH = 1;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+const TABLE_FULL_ERRNOS = new Set([os.constants.errno.E2BIG, os.constants.errno.ENOMEM]);
+
+/**
+ * The distributor's routing table, over the map fds of a loaded (or pinned) steering program.
+ * Every method is one or a few bpf() syscalls (~1.5 µs each), cheap enough to sit inside a
+ * handoff. Writes replace the whole value, so the per-entry counters restart at every write.
+ */
+export class RoutingTable {
+  private readonly ownsFds: boolean;
+  private closed = false;
+
+  constructor(
+    private readonly mapFd: number,
+    private readonly statsFd: number,
+    private readonly ncpus: number,
+    opts: { ownsFds?: boolean } = {},
+  ) {
+    this.ownsFds = opts.ownsFds ?? false;
+  }
+
+  /**
+   * Opens the maps a (possibly other, possibly exited) batond pinned in instanceDir, checking
+   * that their layout is the one this code mirrors.
+   */
+  static openPinned(instanceDir: string): RoutingTable {
+    const mapFd = objGet(path.join(instanceDir, ROUTES_MAP_NAME));
+    let statsFd = -1;
+    try {
+      statsFd = objGet(path.join(instanceDir, STATS_MAP_NAME));
+      checkLayout(mapFd, BPF_MAP_TYPE_HASH, FLOW_KEY_SIZE, ROUTE_SIZE, instanceDir);
+      checkLayout(statsFd, BPF_MAP_TYPE_PERCPU_ARRAY, 4, STAT_COUNTER_SIZE, instanceDir);
+      return new RoutingTable(mapFd, statsFd, numPossibleCpus(), { ownsFds: true });
+    } catch (err) {
+      closeFd(mapFd);
+      if (statsFd >= 0) closeFd(statsFd);
+      throw err;
+    }
+  }
+
+  /** Drops the client's packets for this flow until forward() or remove(): the socket is being exported. */
+  freeze(key: FlowKey): void {
+    this.write(key, encodeRoute({ state: 'frozen', targetNode: 0, targetMac: ZERO_MAC }), 'freeze');
+  }
+
+  /** Sends the flow's packets to the target node's MAC from now on. */
+  forward(key: FlowKey, target: { node: number; mac: string }): void {
+    this.write(key, encodeRoute({ state: 'forward', targetNode: target.node, targetMac: target.mac }), 'forward');
+  }
+
+  /** True if there was an entry. Without one, the distributor's own kernel sees the flow again. */
+  remove(key: FlowKey): boolean {
+    return mapDelete(this.fd(), encodeFlowKey(key));
+  }
+
+  get(key: FlowKey): RouteEntry | undefined {
+    const value = Buffer.alloc(ROUTE_SIZE);
+    return mapLookup(this.fd(), encodeFlowKey(key), value) ? decodeRoute(value) : undefined;
+  }
+
+  /**
+   * Keys are collected first, then read: an entry deleted mid-walk makes the kernel restart
+   * the key walk from the first bucket, so keys are deduplicated and vanished entries skipped.
+   */
+  *entries(): Iterable<[FlowKey, RouteEntry]> {
+    const value = Buffer.alloc(ROUTE_SIZE);
+    for (const key of this.keys()) {
+      if (mapLookup(this.fd(), key, value)) yield [decodeFlowKey(key), decodeRoute(value)];
+    }
+  }
+
+  /** O(entries) syscalls: the kernel keeps no element count user space can read. */
+  size(): number {
+    return this.keys().length;
+  }
+
+  stats(): Record<StatName, Counter> {
+    this.fd();
+    const key = Buffer.alloc(4);
+    const value = Buffer.alloc(STAT_COUNTER_SIZE * this.ncpus);
+    const out = {} as Record<StatName, Counter>;
+    for (const [name, index] of Object.entries(STAT_INDEX) as [StatName, number][]) {
+      writeU32(key, index, 0);
+      out[name] = mapLookup(this.statsFd, key, value) ? sumPerCpuCounters(value, this.ncpus) : { packets: 0n, bytes: 0n };
+    }
+    return out;
+  }
+
+  /**
+   * Ends this table's use of the fds, closing them if it opened them (openPinned); a loaded
+   * object closes its own. Later calls fail instead of reaching whatever reuses the fd number.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.ownsFds) return;
+    closeFd(this.mapFd);
+    closeFd(this.statsFd);
+  }
+
+  private fd(): number {
+    if (this.closed) throw new BatonError('E_BPF', 'routing table used after close', { step: 'routing-table' });
+    return this.mapFd;
+  }
+
+  private write(key: FlowKey, value: Buffer, step: string): void {
+    const keyBuf = encodeFlowKey(key);
+    try {
+      mapUpdate(this.fd(), keyBuf, value, BPF_ANY);
+    } catch (err) {
+      const errno = err instanceof BatonError ? err.context.errno : undefined;
+      if (typeof errno === 'number' && TABLE_FULL_ERRNOS.has(errno)) {
+        throw new BatonError(
+          'E_BPF',
+          'routing table full',
+          { step, errno, errnoName: err instanceof BatonError ? err.context.errnoName : undefined, maxEntries: this.capacity(), flow: describeFlow(key) },
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+
+  private capacity(): number | undefined {
+    try {
+      return mapInfo(this.mapFd).maxEntries;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private keys(): Buffer[] {
+    const seen = new Set<string>();
+    const keys: Buffer[] = [];
+    let prev: Buffer | null = null;
+    for (;;) {
+      const next = Buffer.alloc(FLOW_KEY_SIZE);
+      if (!mapNextKey(this.fd(), prev, next)) break;
+      const id = next.toString('hex');
+      if (!seen.has(id)) {
+        seen.add(id);
+        keys.push(next);
+      }
+      prev = next;
+    }
+    return keys;
+  }
+}
+
+function checkLayout(fd: number, type: number, keySize: number, valueSize: number, instanceDir: string): void {
+  const info = mapInfo(fd);
+  if (info.type !== type || info.keySize !== keySize || info.valueSize !== valueSize) {
+    throw new BatonError('E_BPF', `pinned map ${info.name} in ${instanceDir} has a different layout than this build`, {
+      step: 'open-pinned',
+      expected: { type, keySize, valueSize },
+      found: { type: info.type, keySize: info.keySize, valueSize: info.valueSize },
+    });
+  }
+}
+
+export function describeFlow(key: FlowKey): string {
+  const host = (a: string): string => (key.family === 6 ? `[${a}]` : a);
+  return `${host(key.clientAddress)}:${key.clientPort}->${host(key.vipAddress)}:${key.vipPort}`;
+}

@@ -1,0 +1,95 @@
+// The cluster description every batond reads: which nodes exist, where they listen, which one is
+// the distributor, and which DVIPA they share. One schema, validated with precise messages
+// (file, path, what was expected). The namespace lab writes its file with writeClusterConfig().
+import fs from 'node:fs';
+import net from 'node:net';
+import { Type, type Static } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { BatonError } from '../errors.js';
+
+const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+const Mac = Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' });
+
+export const NodeConfigSchema = Type.Object(
+  {
+    name: Name,
+    /** Small integer identifying the node in the routing table (1-based, unique). */
+    id: Type.Integer({ minimum: 1, maximum: 65535 }),
+    /** Management/peer address: never the DVIPA. */
+    address: Type.String({ minLength: 7, maxLength: 15 }),
+    /** MAC of the node's interface on the shared L2 segment: XDP rewrites frames to it. */
+    mac: Mac,
+    interface: Type.String({ minLength: 1, maxLength: 15 }),
+    peerPort: Port,
+    /** Unix socket where local applications reach this node's batond. */
+    agentSocket: Type.String({ minLength: 1, maxLength: 107 }),
+  },
+  { additionalProperties: false },
+);
+
+export const ClusterConfigSchema = Type.Object(
+  {
+    version: Type.Literal(1),
+    /** Namespaces the pinned BPF maps: /sys/fs/bpf/baton/<instance>-<node>/. */
+    instance: Name,
+    dvipa: Type.Object(
+      { address: Type.String({ minLength: 7, maxLength: 15 }), ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }) },
+      { additionalProperties: false },
+    ),
+    distributor: Name,
+    xdpMode: Type.Union([Type.Literal('native'), Type.Literal('generic')]),
+    /** Upper bound for each step of a handoff waiting on another party. */
+    handoffStepTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000 }),
+    nodes: Type.Array(NodeConfigSchema, { minItems: 1, maxItems: 1024 }),
+  },
+  { additionalProperties: false },
+);
+
+export type NodeConfig = Static<typeof NodeConfigSchema>;
+export type ClusterConfig = Static<typeof ClusterConfigSchema>;
+
+const check = TypeCompiler.Compile(ClusterConfigSchema);
+
+export function parseClusterConfig(value: unknown, source = '<config>'): ClusterConfig {
+  if (!check.Check(value)) {
+    const errors = [...check.Errors(value)].slice(0, 5).map((e) => `${source}:${e.path || '/'}: ${e.message}`);
+    throw new BatonError('E_CONFIG', `invalid cluster config\n  ${errors.join('\n  ')}`, { step: 'config' });
+  }
+  // TypeBox leaves string formats to the caller: check addresses with the platform's parser.
+  const config = value;
+  for (const [path, addr] of [['/dvipa/address', config.dvipa.address], ...config.nodes.map((n, i) => [`/nodes/${i}/address`, n.address])]) {
+    if (net.isIPv4(addr!) === false) throw new BatonError('E_CONFIG', `${source}:${path}: ${addr} is not an IPv4 address`, { step: 'config' });
+  }
+  const unique = (key: 'name' | 'id' | 'address' | 'mac' | 'agentSocket') => {
+    const seen = new Set<unknown>();
+    for (const n of config.nodes) {
+      if (seen.has(n[key])) throw new BatonError('E_CONFIG', `${source}:/nodes: duplicate ${key} ${String(n[key])}`, { step: 'config' });
+      seen.add(n[key]);
+    }
+  };
+  (['name', 'id', 'address', 'mac', 'agentSocket'] as const).forEach(unique);
+  if (!config.nodes.some((n) => n.name === config.distributor)) {
+    throw new BatonError('E_CONFIG', `${source}:/distributor: ${config.distributor} is not one of the nodes`, { step: 'config' });
+  }
+  return config;
+}
+
+export function readClusterConfig(path: string): ClusterConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new BatonError('E_CONFIG', `cannot read cluster config ${path}: ${(err as Error).message}`, { step: 'config' });
+  }
+  return parseClusterConfig(raw, path);
+}
+
+export function writeClusterConfig(path: string, config: ClusterConfig): void {
+  parseClusterConfig(config, path);
+  fs.writeFileSync(path, `${JSON.stringify(config, null, 2)}\n`);
+}
+
+export function nodeByName(config: ClusterConfig, name: string): NodeConfig | undefined {
+  return config.nodes.find((n) => n.name === name);
+}

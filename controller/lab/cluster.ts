@@ -1,0 +1,95 @@
+// What runs in the lab: the cluster config derived from the lab's description (the same code path
+// an operator's config goes through), batond on every node, and the example applications.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BatonError } from '../errors.js';
+import { type ClusterConfig, writeClusterConfig } from '../config/cluster.js';
+import type { LabDescription } from './description.js';
+import type { ProcessSpec } from './lab.js';
+import { repoRoot } from '../paths.js';
+
+export const PEER_PORT = 4700;
+export const HTTP_PORT = 80;
+export const LINE_PORT = 7000;
+
+export function clusterConfigPath(lab: LabDescription): string {
+  return path.join(lab.runDir, 'cluster.json');
+}
+
+export function agentSocket(lab: LabDescription, node: string): string {
+  return path.join(lab.runDir, `${node}.sock`);
+}
+
+export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native'): ClusterConfig {
+  return {
+    version: 1,
+    instance: lab.prefix,
+    dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
+    distributor: lab.distributor,
+    xdpMode,
+    handoffStepTimeoutMs: 2000,
+    nodes: lab.nodes.map((n, i) => ({
+      name: n.name,
+      id: i + 1,
+      address: n.address,
+      mac: n.mac,
+      interface: n.interface,
+      peerPort: PEER_PORT,
+      agentSocket: agentSocket(lab, n.name),
+    })),
+  };
+}
+
+/** batond everywhere; the routing applications on the distributor; the targets on every other node. */
+export function labProcesses(lab: LabDescription, opts: { examples?: boolean; xdpMode?: 'native' | 'generic' } = {}): ProcessSpec[] {
+  fs.mkdirSync(lab.runDir, { recursive: true });
+  writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode));
+  const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
+  const node = process.execPath;
+  const specs: ProcessSpec[] = lab.nodes.map((n) => ({
+    name: `${n.name}-batond`,
+    ns: n.ns,
+    argv: [node, js('controller/bin/batond.js'), '--config', clusterConfigPath(lab), '--node', n.name],
+  }));
+  if (opts.examples === false) return specs;
+  for (const n of lab.nodes) {
+    const common = ['--agent', agentSocket(lab, n.name), '--node', n.name];
+    if (n.name === lab.distributor) {
+      specs.push(
+        { name: `${n.name}-http-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...common, '--dvipa', lab.dvipa.address, '--port', String(HTTP_PORT)] },
+        { name: `${n.name}-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...common, '--dvipa', lab.dvipa.address, '--port', String(LINE_PORT)] },
+      );
+    } else {
+      specs.push(
+        { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT)] },
+        { name: `${n.name}-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(LINE_PORT)] },
+      );
+    }
+  }
+  return specs;
+}
+
+/** Lines every lab process logs once it is serving; the lab is ready when all have appeared. */
+const READY: Array<[RegExp, RegExp]> = [
+  [/-batond$/, /"msg":"batond ready"/],
+  [/-(http|line)-router$/, /"msg":"(http|line) router listening"/],
+  [/-(http|line)-target$/, /"msg":"(http|line) target registered"/],
+];
+
+export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const pending = new Set(specs.map((s) => s.name));
+  while (pending.size > 0) {
+    for (const name of [...pending]) {
+      const rule = READY.find(([n]) => n.test(name));
+      const log = path.join(lab.runDir, `${name}.log`);
+      const text = fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '';
+      if (!rule || rule[1].test(text)) pending.delete(name);
+      else if (/"level":60/.test(text)) throw new BatonError('E_LAB', `${name} failed to start: see ${log}`, { step: 'ready' });
+    }
+    if (pending.size === 0) break;
+    if (Date.now() > deadline) throw new BatonError('E_LAB', `not ready after ${timeoutMs} ms: ${[...pending].join(', ')}`, { step: 'ready' });
+    await sleep(100);
+  }
+}

@@ -1,0 +1,170 @@
+// `make demo`: bring the lab up, drive the examples with unmodified clients from the client
+// namespace (curl for HTTP, a plain-Python client for the line protocol), print a timeline of each
+// handoff, tear everything down. Succeeds only if every check held.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { repoRoot } from '../paths.js';
+import { HTTP_PORT, LINE_PORT, labProcesses, waitUntilReady } from './cluster.js';
+import type { LabDescription } from './description.js';
+import { labDown, labUp } from './lab.js';
+
+const run = promisify(execFile);
+
+interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+interface LogLine {
+  time: number;
+  msg: string;
+  event?: string;
+  client?: string | { address: string; port: number };
+  connId?: string;
+  line?: string;
+  request?: string;
+  node?: string;
+  user?: string;
+  timings?: Record<string, number>;
+  [k: string]: unknown;
+}
+
+export function readLog(lab: LabDescription, name: string): LogLine[] {
+  const file = path.join(lab.runDir, `${name}.log`);
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as LogLine);
+}
+
+export async function inClient(lab: LabDescription, argv: string[], timeoutMs = 60_000): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run('ip', ['netns', 'exec', lab.client.ns, ...argv], { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 });
+    return { stdout, stderr, code: 0 };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; code?: number | string };
+    return { stdout: e.stdout ?? '', stderr: e.stderr ?? String(err), code: typeof e.code === 'number' ? e.code : 1 };
+  }
+}
+
+export function lineClient(lab: LabDescription, args: string[]): string[] {
+  return ['python3', path.join(repoRoot(), 'examples/clients/line_client.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
+}
+
+export function curlDigest(lab: LabDescription, user: string, password: string, paths: string[]): string[] {
+  return [
+    'curl', '-sS', '--max-time', '10', '--digest', '-u', `${user}:${password}`,
+    '-w', '\\n%{http_code} connects=%{num_connects}\\n',
+    ...paths.map((p) => `http://${lab.dvipa.address}:${HTTP_PORT}${p}`),
+  ];
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
+};
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : NaN;
+};
+
+function clientKey(c: LogLine['client']): string {
+  return typeof c === 'string' ? c : c ? `${c.address}:${c.port}` : '';
+}
+
+/** One readable block per handed-off connection, from the routers' and targets' structured logs. */
+function timeline(lab: LabDescription, routerLog: string, clientAddr: string): string[] {
+  const router = readLog(lab, routerLog).filter((l) => clientKey(l.client) === clientAddr);
+  const out: string[] = [];
+  const t0 = router[0]?.time ?? 0;
+  const at = (t: number) => `+${String(t - t0).padStart(4)} ms`;
+  for (const l of router) {
+    if (l.event === 'accepted') out.push(`  ${at(l.time)}  accepted on ${lab.distributor} from ${clientAddr}`);
+    if (l.event === 'exchange') out.push(`  ${at(l.time)}  exchange: ${l.line ?? l.request}${l.user ? ` (user ${l.user})` : ''}`);
+    if (l.event === 'handed-off' && l.timings) {
+      const t = l.timings;
+      out.push(`  ${at(l.time)}  target chosen: ${l.node}; handed off as ${l.connId}`);
+      out.push(
+        `             export ${t.exportUs} µs | transfer ${Math.max(0, (t.offerRttUs ?? 0) - (t.importUs ?? 0))} µs | import ${t.importUs} µs | ` +
+          `freeze ${t.freezeUs} µs + delta ${t.deltaUs} µs | commit ${t.commitRttUs} µs | route install ${t.routeUs} µs | total ${t.totalUs} µs`,
+      );
+      for (const n of lab.nodes) {
+        for (const app of ['http-target', 'line-target']) {
+          for (const s of readLog(lab, `${n.name}-${app}`).filter((x) => x.connId === l.connId && x.event === 'resumed')) {
+            out.push(`  ${at(s.time)}  served by ${n.name} (${app})`);
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+export async function runDemo(opts: { prefix: string; dir: string; handoffs: number }): Promise<boolean> {
+  const checks: Check[] = [];
+  const check = (name: string, ok: boolean, detail = '') => {
+    checks.push({ name, ok, detail });
+    console.log(`${ok ? 'PASS' : 'FAIL'}  ${name}${detail ? `  — ${detail}` : ''}`);
+  };
+  await labDown({ prefix: opts.prefix, dir: opts.dir });
+  let specs: ReturnType<typeof labProcesses> = [];
+  const lab = await labUp({
+    prefix: opts.prefix,
+    dir: opts.dir,
+    processes: (l) => (specs = labProcesses(l)),
+  });
+  try {
+    await waitUntilReady(lab, specs);
+    console.log(`\nlab ${lab.prefix}: DVIPA ${lab.dvipa.address} ports ${lab.dvipa.ports.join(',')}; distributor ${lab.distributor}; client ${lab.client.address}\n`);
+
+    console.log('== HTTP: curl --digest, two requests on one keep-alive connection');
+    for (const [user, password, node] of [['alice', 'wonderland', 'n2'], ['bob', 'builder', 'n3']] as const) {
+      const r = await inClient(lab, curlDigest(lab, user, password, ['/', '/again']));
+      const bodies = r.stdout.split('\n').filter((l) => l.startsWith('hello'));
+      const codes = [...r.stdout.matchAll(/^(\d{3}) connects=(\d+)$/gm)].map((m) => `${m[1]}/${m[2]}`);
+      check(
+        `curl as ${user}: both answered by ${node} on one connection`,
+        r.code === 0 && bodies.length === 2 && bodies.every((b) => b.includes(`served by ${node}`)) && codes.join(' ') === '200/1 200/0',
+        r.code === 0 ? `${bodies.map((b) => b.trim()).join(' | ')} [status/new connections: ${codes.join(' ')}]` : r.stderr.trim(),
+      );
+      const handed = readLog(lab, `${lab.distributor}-http-router`).filter((l) => l.event === 'handed-off' && l.user === user).pop();
+      if (handed) for (const line of timeline(lab, `${lab.distributor}-http-router`, clientKey(handed.client))) console.log(line);
+    }
+
+    console.log('\n== Line protocol: python client, GET and PUT of 10,000,000 bytes after the handoff');
+    const big = await inClient(lab, lineClient(lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '10000000', '--put', '10000000']), 120_000);
+    const bigResult = big.stdout.trim() ? JSON.parse(big.stdout.trim().split('\n').pop()!) : { ok: false, error: big.stderr };
+    check('python GET/PUT 10 MB byte-exact, served by n2, clean close', bigResult.ok === true,
+      bigResult.ok ? `GET ${bigResult.get_mbps} Mb/s, PUT ${bigResult.put_mbps} Mb/s` : JSON.stringify(bigResult));
+    if (bigResult.local) for (const line of timeline(lab, `${lab.distributor}-line-router`, bigResult.local)) console.log(line);
+
+    console.log(`\n== ${opts.handoffs} handoffs in a row (line protocol, alternating alice→n2 and bob→n3)`);
+    const before = readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').length;
+    const half = Math.ceil(opts.handoffs / 2);
+    const runs = [
+      await inClient(lab, lineClient(lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000', '--put', '1000', '--repeat', String(half)]), 120_000),
+      await inClient(lab, lineClient(lab, ['--user', 'bob', '--expect-node', 'n3', '--get', '1000', '--put', '1000', '--repeat', String(opts.handoffs - half)]), 120_000),
+    ];
+    const results = runs.flatMap((r) => r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { ok: boolean; first_reply_ms: number }));
+    const okCount = results.filter((r) => r.ok).length;
+    check(`${opts.handoffs} handoffs, all byte-exact`, okCount === opts.handoffs, `${okCount}/${opts.handoffs} ok`);
+    const done = readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').slice(before);
+    const series = (k: string) => done.map((l) => l.timings?.[k] ?? NaN).filter((x) => Number.isFinite(x));
+    console.log(`   per step over ${done.length} handoffs (µs)     median      p99`);
+    for (const [label, key] of [['export (snapshot)', 'exportUs'], ['offer round trip', 'offerRttUs'], ['  of which import', 'importUs'], ['freeze (map update)', 'freezeUs'], ['delta read', 'deltaUs'], ['commit round trip', 'commitRttUs'], ['route install', 'routeUs'], ['total handoff()', 'totalUs']] as const) {
+      const xs = series(key);
+      console.log(`   ${label.padEnd(28)} ${String(median(xs)).padStart(8)} ${String(pct(xs, 99)).padStart(8)}`);
+    }
+    console.log(`   first reply after USER (client view, ms): median ${median(results.map((r) => r.first_reply_ms))}`);
+  } finally {
+    await labDown({ prefix: opts.prefix, dir: opts.dir });
+  }
+  const failed = checks.filter((c) => !c.ok).length;
+  console.log(`\n${checks.length - failed} passed, ${failed} failed`);
+  return failed === 0;
+}

@@ -1,0 +1,46 @@
+// The application's link to its node's batond: a Unix stream socket carrying the same framed,
+// schema-checked messages as the node↔node links.
+import net from 'node:net';
+import { BatonError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { Channel } from '../transfer/channel.js';
+import type { MessageType } from '../transfer/messages.js';
+
+export interface AgentLinkOptions {
+  /** batond's application socket on this node (cluster config: nodes[].agentSocket). */
+  socketPath: string;
+  /** This application's name, shown in the agent's logs and records. */
+  name: string;
+  logger?: Logger;
+  connectTimeoutMs?: number;
+}
+
+export async function openAgentLink<In extends MessageType>(
+  opts: AgentLinkOptions,
+  accepts: readonly In[],
+  hello: { role: 'router' | 'target'; ports?: number[] },
+): Promise<{ channel: Channel<In>; node: string; log: Logger }> {
+  const log = opts.logger ?? createLogger({ app: opts.name });
+  const timeoutMs = opts.connectTimeoutMs ?? 5000;
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ path: opts.socketPath });
+    const channel = new Channel<In>(socket, accepts, log);
+    const timer = setTimeout(() => {
+      channel.close();
+      reject(new BatonError('E_PEER', `batond at ${opts.socketPath} did not welcome us within ${timeoutMs} ms`, { step: 'hello' }));
+    }, timeoutMs);
+    const onClose = (err?: Error) => {
+      clearTimeout(timer);
+      reject(new BatonError('E_PEER', `cannot reach batond at ${opts.socketPath}${err ? `: ${err.message}` : ''}`, { step: 'hello' }));
+    };
+    channel.once('close', onClose);
+    channel.on('message', function onWelcome(d) {
+      if (d.msg.type !== 'welcome') return;
+      clearTimeout(timer);
+      channel.off('message', onWelcome);
+      channel.off('close', onClose);
+      resolve({ channel, node: (d.msg as { node: string }).node, log: log.child({ node: (d.msg as { node: string }).node }) });
+    });
+    socket.once('connect', () => channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}) }));
+  });
+}

@@ -1,0 +1,210 @@
+// Routing-application SDK. The application accepts connections on the DVIPA itself (an ordinary
+// net.Server), talks with the client for as long as it needs, then calls handoff(): the live
+// connection moves to the chosen target node and the client notices nothing.
+//
+//   const router = await RouterClient.connect({ socketPath, name: 'my-router' });
+//   const result = await router.handoff(socket, { node: 'n2', port: 7000 }, { appState, peeked });
+//
+// Once handoff() is called the socket belongs to Baton: do not write to it. On success the socket
+// has been closed silently here (the 'close' event fires; the client saw nothing) and the target
+// application serves the connection. On failure handoff() rejects with a BatonError saying which
+// step failed, and the socket is exactly as before: still connected, reading resumed, any bytes
+// that arrived meanwhile delivered. The application may retry elsewhere or answer the client.
+import { randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { BatonError, isBatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { exportDelta, exportSnapshot, leaveRepair, socketFd, type TcpConnectionState } from '../../native/repair.js';
+import { type Channel, PendingReplies } from '../transfer/channel.js';
+import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
+import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+
+type FromAgent = (typeof Accepts.router)[number];
+
+/** Bytes the target replays before anything new from the client; they go into its kernel receive queue. */
+export const MAX_PEEKED_BYTES = 256 * 1024;
+/** How long handoff() waits for the agent's verdict in total. */
+const HANDOFF_TIMEOUT_MS = 10_000;
+/** How long handoff() waits for Node to flush what the application already wrote. */
+const DRAIN_TIMEOUT_MS = 2_000;
+
+export interface HandoffTarget {
+  node: string;
+  port: number;
+}
+
+export interface HandoffOptions {
+  /** JSON-serialisable state the target application resumes from (who the client is, where the conversation stands). */
+  appState?: unknown;
+  /** Bytes the application read from the socket but did not consume: the target sees them first, in order. */
+  peeked?: Buffer;
+}
+
+export interface HandoffTimings extends DistributorTimings {
+  exportUs: number;
+  deltaUs: number;
+  totalUs: number;
+}
+
+export interface HandoffResult {
+  connId: string;
+  target: HandoffTarget;
+  timings: HandoffTimings;
+}
+
+interface TakenOver {
+  fd: number;
+  buffered: Buffer;
+  restore(): void;
+}
+
+const micros = (from: number) => Math.round((performance.now() - from) * 1000);
+
+export class RouterClient {
+  private readonly replies = new PendingReplies<FromAgent>();
+  private readonly active = new Set<net.Socket>();
+
+  private constructor(
+    private readonly channel: Channel<FromAgent>,
+    readonly node: string,
+    private readonly log: Logger,
+  ) {
+    channel.on('message', (d) => {
+      if (!this.replies.deliver(d)) log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
+    });
+    channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node })));
+  }
+
+  static async connect(opts: AgentLinkOptions): Promise<RouterClient> {
+    const { channel, node, log } = await openAgentLink(opts, Accepts.router, { role: 'router' });
+    return new RouterClient(channel, node, log);
+  }
+
+  close(): void {
+    this.channel.close();
+  }
+
+  async handoff(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions = {}): Promise<HandoffResult> {
+    const t0 = performance.now();
+    const connId = `${this.node}.${randomBytes(6).toString('hex')}`;
+    const log = this.log.child({ connId, target: target.node });
+    if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
+    const peeked = opts.peeked ?? Buffer.alloc(0);
+    if (this.channel.isClosed) throw new BatonError('E_PEER', 'link to batond is closed', { connId, node: this.node, step: 'prepare' });
+    let appStateJson: string | undefined;
+    try {
+      appStateJson = JSON.stringify(opts.appState ?? null);
+    } catch (err) {
+      throw new BatonError('E_HANDOFF_STATE', `appState is not JSON-serialisable: ${(err as Error).message}`, { connId, step: 'prepare' });
+    }
+    if (appStateJson.length > 32 * 1024) throw new BatonError('E_HANDOFF_STATE', `appState of ${appStateJson.length} bytes exceeds 32 KiB`, { connId, step: 'prepare' });
+    if (socket.readableEnded || socket.writableEnded || socket.destroyed) {
+      throw new BatonError('E_HANDOFF_STATE', 'socket is closing: only established connections can be handed off', { connId, step: 'prepare' });
+    }
+    await drainWrites(socket, connId);
+
+    this.active.add(socket);
+    const taken = takeOverReads(socket, connId);
+    const replay = Buffer.concat([peeked, taken.buffered]);
+    let snapshot: TcpConnectionState | undefined;
+    try {
+      if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });
+      const tExport = performance.now();
+      snapshot = exportSnapshot(taken.fd);
+      const exportUs = micros(tExport);
+      const { conn, queues } = connToWire(snapshot);
+
+      const frozen = this.replies.wait(connId, ['frozen', 'failed'], HANDOFF_TIMEOUT_MS, 'offer');
+      this.channel.send('offer', { connId, from: this.node, target, conn, appState: opts.appState ?? null }, [...queues, replay]);
+      const verdict = await frozen;
+      if (verdict.msg.type === 'failed') throw failure(verdict.msg, connId);
+
+      // The flow is frozen at the distributor: nothing more can arrive; ship what came since the snapshot.
+      const tDelta = performance.now();
+      const delta = exportDelta(taken.fd, snapshot);
+      const deltaUs = micros(tDelta);
+      const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'commit');
+      this.channel.send('delta', { connId }, [delta]);
+      const outcome = await finished;
+      if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
+
+      // The route points at the target; the socket is still in repair mode, so this close is silent.
+      socket.destroy();
+      const timings: HandoffTimings = { exportUs, deltaUs, ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
+      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.length }, 'connection handed off');
+      return { connId, target, timings };
+    } catch (err) {
+      // Roll back: leave repair mode (if we entered it) and give the application its socket back.
+      try {
+        if (snapshot) leaveRepair(taken.fd);
+        taken.restore();
+      } catch (rollbackErr) {
+        log.error({ err: (rollbackErr as Error).message }, 'rollback failed: destroying the socket');
+        socket.destroy(rollbackErr as Error);
+      }
+      const e = isBatonError(err) ? err : new BatonError('E_NATIVE', (err as Error).message, { connId, step: 'export' }, { cause: err });
+      log.warn({ event: 'handoff', outcome: 'failed', code: e.code, step: e.context.step, err: e.message }, 'handoff failed; socket kept');
+      throw e;
+    } finally {
+      this.active.delete(socket);
+    }
+  }
+}
+
+function failure(msg: { step: string; code: string; reason: string }, connId: string): BatonError {
+  const code = (['E_REJECTED', 'E_TIMEOUT', 'E_PEER', 'E_NO_TARGET', 'E_BPF', 'E_HANDOFF_STATE', 'E_PROTOCOL'] as const).find((c) => c === msg.code) ?? 'E_PEER';
+  return new BatonError(code, msg.reason, { connId, step: msg.step });
+}
+
+function drainWrites(socket: net.Socket, connId: string): Promise<void> {
+  if (socket.writableLength === 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off('drain', onDrain);
+      reject(new BatonError('E_HANDOFF_STATE', `${socket.writableLength} written bytes still queued in Node after ${DRAIN_TIMEOUT_MS} ms`, { connId, step: 'prepare' }));
+    }, DRAIN_TIMEOUT_MS);
+    const onDrain = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    socket.once('drain', onDrain);
+  });
+}
+
+interface TcpHandle {
+  reading?: boolean;
+  readStop(): number;
+}
+
+/**
+ * Stops Node from reading the socket so every byte not yet delivered stays in the kernel queue
+ * (KERNEL-NOTES: pause() is not enough, libuv keeps reading). Whatever Node had already buffered
+ * is returned so it can travel with the peeked bytes. restore() undoes all of it.
+ */
+function takeOverReads(socket: net.Socket, connId: string): TakenOver {
+  const fd = socketFd(socket);
+  const handle = (socket as unknown as { _handle: TcpHandle | null })._handle;
+  if (!handle) throw new BatonError('E_HANDOFF_STATE', 'socket has no handle', { connId, step: 'prepare' });
+  const wasFlowing = socket.readableFlowing === true;
+  const listeners = { data: socket.listeners('data'), readable: socket.listeners('readable') };
+  socket.removeAllListeners('data');
+  socket.removeAllListeners('readable');
+  socket.pause();
+  const chunks: Buffer[] = [];
+  // Synchronous: libuv cannot deliver more between these reads and readStop().
+  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
+  handle.reading = false;
+  handle.readStop();
+  const buffered = Buffer.concat(chunks);
+  return {
+    fd,
+    buffered,
+    restore() {
+      if (buffered.length > 0) socket.unshift(buffered);
+      for (const l of listeners.data) socket.on('data', l as (b: Buffer) => void);
+      for (const l of listeners.readable) socket.on('readable', l as () => void);
+      if (wasFlowing) socket.resume();
+    },
+  };
+}

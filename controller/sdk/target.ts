@@ -1,0 +1,174 @@
+// Target-application SDK. The application registers with its node's batond for the DVIPA ports it
+// serves; each connection transferred to it arrives as an ordinary, connected net.Socket together
+// with the routing application's state and the bytes it peeked.
+//
+//   await TargetClient.connect({ socketPath, name: 'line-target', ports: [7000] }, (conn) => {
+//     conn.socket.write(`OK ${conn.appState.user}\n`);   // resume where the router left off
+//   });
+//
+// The peeked bytes are already at the head of the socket's byte stream (they were put back into the
+// kernel receive queue), so a stock consumer such as http.Server reads them like any request; they
+// are also given as `peeked` for applications that want to look without reading.
+import http from 'node:http';
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { BatonError, isBatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { appendReceived, closeSilently, goLive, importConnection, type TcpConnectionState } from '../../native/repair.js';
+import type { Channel } from '../transfer/channel.js';
+import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
+import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+
+type FromAgent = (typeof Accepts.target)[number];
+
+/** A reinstated socket neither committed nor aborted within this time is dropped silently. */
+const PENDING_TIMEOUT_MS = 30_000;
+
+export interface TransferredConnection {
+  connId: string;
+  /** The routing node the connection came from. */
+  from: string;
+  socket: net.Socket;
+  appState: unknown;
+  peeked: Buffer;
+  client: { address: string; port: number };
+}
+
+export interface TargetOptions extends AgentLinkOptions {
+  /** DVIPA ports this application serves. */
+  ports: number[];
+}
+
+interface Pending {
+  fd: number;
+  state: TcpConnectionState;
+  offer: Message<'offer'>;
+  peeked: Buffer;
+  timer: NodeJS.Timeout;
+}
+
+export class TargetClient {
+  private readonly pending = new Map<string, Pending>();
+
+  private constructor(
+    private readonly channel: Channel<FromAgent>,
+    readonly node: string,
+    private readonly log: Logger,
+    private readonly onConnection: (conn: TransferredConnection) => void,
+  ) {
+    channel.on('message', (d) => this.onMessage(d));
+    channel.on('close', () => {
+      for (const connId of [...this.pending.keys()]) this.drop(connId, 'link to batond closed');
+    });
+  }
+
+  static async connect(opts: TargetOptions, onConnection: (conn: TransferredConnection) => void): Promise<TargetClient> {
+    const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports });
+    return new TargetClient(channel, node, log, onConnection);
+  }
+
+  close(): void {
+    this.channel.close();
+  }
+
+  private onMessage(d: Decoded<FromAgent>): void {
+    const { msg, blobs } = d;
+    switch (msg.type) {
+      case 'welcome':
+        return;
+      case 'offer':
+        return this.onOffer(msg, blobs);
+      case 'commit':
+        return this.onCommit(msg.connId, blobs[0]!);
+      case 'live':
+        return this.onLive(msg.connId);
+      case 'abort':
+        return this.drop(msg.connId, msg.reason);
+    }
+  }
+
+  /** Reinstate the socket in repair mode: it exists, bound to the DVIPA, but says nothing yet. */
+  private onOffer(offer: Message<'offer'>, blobs: Buffer[]): void {
+    const connId = offer.connId;
+    const [sendQueue, recvQueue, peeked] = blobs as [Buffer, Buffer, Buffer];
+    try {
+      if (this.pending.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'connection already pending here', { connId, step: 'import' });
+      const state = connFromWire(offer.conn, sendQueue, recvQueue, connId);
+      const t = performance.now();
+      const fd = importConnection(state, { prepend: peeked });
+      const importUs = Math.round((performance.now() - t) * 1000);
+      const timer = setTimeout(() => this.drop(connId, `neither live nor abort within ${PENDING_TIMEOUT_MS} ms`), PENDING_TIMEOUT_MS);
+      timer.unref();
+      this.pending.set(connId, { fd, state, offer, peeked, timer });
+      this.channel.send('accept', { connId, importUs });
+    } catch (err) {
+      const reason = isBatonError(err) ? err.message : `import failed: ${(err as Error).message}`;
+      this.log.warn({ connId, err: reason }, 'transfer refused: socket could not be reinstated');
+      this.channel.send('reject', { connId, reason });
+    }
+  }
+
+  private onCommit(connId: string, delta: Buffer): void {
+    const p = this.pending.get(connId);
+    if (!p) {
+      this.channel.send('reject', { connId, reason: 'commit for a connection not pending here' });
+      return;
+    }
+    try {
+      if (delta.length > 0) appendReceived(p.fd, delta);
+      this.channel.send('ready', { connId });
+    } catch (err) {
+      this.log.warn({ connId, err: (err as Error).message }, 'could not append the delta');
+      this.drop(connId, 'append failed');
+      this.channel.send('reject', { connId, reason: `append of ${delta.length} delta bytes failed: ${(err as Error).message}` });
+    }
+  }
+
+  private onLive(connId: string): void {
+    const p = this.pending.get(connId);
+    if (!p) {
+      this.log.error({ connId }, 'live for a connection not pending here');
+      return;
+    }
+    clearTimeout(p.timer);
+    this.pending.delete(connId);
+    let socket: net.Socket;
+    try {
+      goLive(p.fd);
+      socket = new net.Socket({ fd: p.fd, readable: true, writable: true });
+    } catch (err) {
+      this.log.error({ connId, err: (err as Error).message }, 'could not leave repair mode: connection lost');
+      closeSilently(p.fd);
+      return;
+    }
+    // Bytes the routing node's kernel never transmitted: they follow everything already sent.
+    if (p.state.unsentLength > 0) socket.write(p.state.sendQueue.subarray(p.state.sendQueue.length - p.state.unsentLength));
+    this.log.info({ connId, from: p.offer.from, client: `${p.state.remote.address}:${p.state.remote.port}` }, 'transferred connection is live');
+    this.onConnection({
+      connId,
+      from: p.offer.from,
+      socket,
+      appState: p.offer.appState,
+      peeked: p.peeked,
+      client: { ...p.state.remote },
+    });
+  }
+
+  private drop(connId: string, reason: string): void {
+    const p = this.pending.get(connId);
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending.delete(connId);
+    closeSilently(p.fd);
+    this.log.info({ connId, reason }, 'reinstated socket dropped silently');
+  }
+}
+
+/**
+ * Gives a transferred connection to a stock http.Server (and so to fastify or express through
+ * their `.server`) as if the server had just accepted it. The peeked request is already at the
+ * head of the socket's stream, so the server parses and answers it like any other.
+ */
+export function serveHttp(server: http.Server, conn: TransferredConnection): void {
+  server.emit('connection', conn.socket);
+}

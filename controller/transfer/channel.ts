@@ -1,0 +1,133 @@
+// A framed, schema-checked duplex channel over a stream socket. Every Baton stream link uses it:
+// node↔node (TCP) and application↔node (Unix socket).
+//
+// A frame that breaks the framing closes the channel: the stream cannot be resynchronised. A
+// well-framed message that fails its schema, or is not one this side may receive, is logged and
+// dropped; the channel and every connection it carries stay as they were.
+import { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import { BatonError, isBatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from './framing.js';
+import { type Body, decodeMessage, type Decoded, header, type MessageType } from './messages.js';
+
+export interface ChannelEvents<K extends MessageType> {
+  message: [Decoded<K>];
+  close: [Error | undefined];
+}
+
+export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<In>> {
+  private readonly decoder: FrameDecoder;
+  private closed = false;
+  /** Messages dropped because they failed validation, by reason; read by tests and metrics. */
+  readonly rejected = new Map<string, number>();
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly accepts: readonly In[],
+    private readonly log: Logger,
+    maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+  ) {
+    super();
+    this.decoder = new FrameDecoder(maxFrameBytes);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.close(err));
+    socket.on('close', () => this.close());
+  }
+
+  send<K extends MessageType>(type: K, body: Body<K>, blobs: Buffer[] = []): boolean {
+    if (this.closed) return false;
+    const parts = encodeFrame(header(type, body), blobs);
+    // One cork/uncork: the frame leaves in as few segments as the kernel allows, without Nagle delays.
+    this.socket.cork();
+    for (const p of parts) this.socket.write(p);
+    this.socket.uncork();
+    return true;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  close(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (err) this.log.warn({ err: err.message }, 'channel closed on error');
+    this.socket.destroy();
+    this.emit('close', err);
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames;
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.count('framing');
+      this.log.error({ err: (err as Error).message, remote: this.socket.remoteAddress }, 'framing violation: closing channel');
+      this.close(err as Error);
+      return;
+    }
+    for (const frame of frames) {
+      let decoded: Decoded<In>;
+      try {
+        decoded = decodeMessage(frame, this.accepts);
+      } catch (err) {
+        if (!isBatonError(err, 'E_PROTOCOL')) throw err;
+        this.count(err.message.startsWith('unexpected message type') ? 'unexpected-type' : 'schema');
+        this.log.error({ err: err.message, connId: err.context.connId }, 'message rejected');
+        continue;
+      }
+      this.emit('message', decoded);
+    }
+  }
+
+  private count(reason: string): void {
+    this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
+  }
+}
+
+/**
+ * Replies awaited per connection id, so a channel carrying thousands of concurrent handoffs
+ * dispatches each reply in O(1). A reply nobody waits for is reported to the caller of deliver().
+ */
+export class PendingReplies<In extends MessageType> {
+  private readonly waiting = new Map<string, { types: readonly string[]; resolve: (d: Decoded<In>) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+
+  wait<K extends In>(connId: string, types: readonly K[], timeoutMs: number, step: string): Promise<Decoded<K>> {
+    if (this.waiting.has(connId)) {
+      return Promise.reject(new BatonError('E_HANDOFF_STATE', 'a reply is already awaited for this connection', { connId, step }));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(connId);
+        reject(new BatonError('E_TIMEOUT', `no ${types.join('/')} within ${timeoutMs} ms`, { connId, step }));
+      }, timeoutMs);
+      this.waiting.set(connId, { types, resolve: resolve as (d: Decoded<In>) => void, reject, timer });
+    });
+  }
+
+  /** Hands a message to its waiter; false when nobody waits for it (late or unsolicited). */
+  deliver(d: Decoded<In>): boolean {
+    const msg = d.msg as { type: string; connId?: string };
+    if (msg.connId === undefined) return false;
+    const w = this.waiting.get(msg.connId);
+    if (!w || !w.types.includes(msg.type)) return false;
+    clearTimeout(w.timer);
+    this.waiting.delete(msg.connId);
+    w.resolve(d);
+    return true;
+  }
+
+  failAll(err: Error): void {
+    for (const [connId, w] of this.waiting) {
+      clearTimeout(w.timer);
+      w.reject(new BatonError(isBatonError(err) ? err.code : 'E_PEER', err.message, { connId }));
+    }
+    this.waiting.clear();
+  }
+
+  get size(): number {
+    return this.waiting.size;
+  }
+}

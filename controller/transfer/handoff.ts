@@ -1,0 +1,140 @@
+// The routing node's side of one handoff: the state machine that turns a routing application's
+// offer into a connection served by a target node. Steps, and why this order (KERNEL-NOTES, "The
+// order that gave zero stalls"):
+//
+//   1. offer   the routing application has snapshotted its socket (repair mode: it sends nothing,
+//              still queues what arrives); relay the state to the target node, which reinstates it
+//              in repair mode and accepts, or rejects.
+//   2. freeze  set the flow's routing-table entry to FROZEN: XDP drops the client's packets, so the
+//              old socket's queues stop changing.
+//   3. delta   the routing application reads what reached its receive queue since the snapshot.
+//   4. commit  the target appends the delta, still in repair mode, and says ready.
+//   5. route   the entry now forwards to the target. Earlier, the target kernel would answer the
+//              client with a reset; later, the client's packets would meet a closed socket here.
+//   6. live    the target leaves repair mode (its window probe acknowledges everything, the delta
+//              included); the routing application closes its socket silently.
+//
+// Any failure before step 5 removes the entry and tells the routing application, which leaves repair
+// mode on its socket: the connection carries on at the routing node, nothing lost.
+import { performance } from 'node:perf_hooks';
+import { BatonError, isBatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
+import type { FlowKey, RoutingTable } from '../agent/routing-table.js';
+import type { Channel, PendingReplies } from './channel.js';
+import type { Accepts, Decoded, DistributorTimings, Message } from './messages.js';
+import type { PeerLink, PeerLinks } from './peers.js';
+
+type RouterMessage = (typeof Accepts.agentFromRouter)[number];
+
+export interface RouterConnection {
+  channel: Channel<RouterMessage>;
+  replies: PendingReplies<RouterMessage>;
+  name: string;
+}
+
+export interface HandoffRecord {
+  connId: string;
+  from: string;
+  target: string;
+  client: string;
+  outcome: 'done' | 'failed';
+  step?: string;
+  reason?: string;
+  timings?: DistributorTimings;
+}
+
+const micros = (from: number) => Math.round((performance.now() - from) * 1000);
+
+export class HandoffCoordinator {
+  /** Handoffs in flight, bounded so a flood of offers cannot pin unbounded socket state in memory. */
+  private readonly inFlight = new Set<string>();
+
+  constructor(
+    private readonly config: ClusterConfig,
+    private readonly self: NodeConfig,
+    private readonly routes: RoutingTable,
+    private readonly peers: PeerLinks,
+    private readonly log: Logger,
+    private readonly onRecord: (r: HandoffRecord) => void,
+    private readonly maxInFlight = 4096,
+  ) {}
+
+  async run(router: RouterConnection, offer: Decoded<'offer'>): Promise<void> {
+    const { msg, blobs } = offer;
+    const connId = msg.connId;
+    const log = this.log.child({ connId, target: msg.target.node });
+    const conn = msg.conn;
+    const flow: FlowKey = {
+      family: conn.family,
+      clientAddress: conn.remote.address,
+      clientPort: conn.remote.port,
+      vipAddress: conn.local.address,
+      vipPort: conn.local.port,
+    };
+    const client = `${conn.remote.address}:${conn.remote.port}`;
+    let step = 'offer';
+    let frozen = false;
+    let peer: PeerLink | undefined;
+    try {
+      if (this.inFlight.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this connection is already in flight', { connId, step });
+      if (this.inFlight.size >= this.maxInFlight) throw new BatonError('E_HANDOFF_STATE', `${this.maxInFlight} handoffs already in flight`, { connId, step });
+      this.inFlight.add(connId);
+      const targetNode = this.config.nodes.find((n) => n.name === msg.target.node);
+      if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${msg.target.node}`, { connId, step });
+      if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
+      if (conn.local.address !== this.config.dvipa.address) {
+        throw new BatonError('E_HANDOFF_STATE', `connection is to ${conn.local.address}, not the DVIPA ${this.config.dvipa.address}`, { connId, step });
+      }
+      const timeout = this.config.handoffStepTimeoutMs;
+      log.debug({ client }, 'offer received');
+
+      peer = await this.peers.get(targetNode.name);
+      const tOffer = performance.now();
+      peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, blobs);
+      const answer = await peer.replies.wait(connId, ['accept', 'reject'], timeout, step);
+      if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step, node: targetNode.name });
+      const offerRttUs = micros(tOffer);
+      const importUs = (answer.msg as Message<'accept'>).importUs;
+
+      step = 'freeze';
+      const tFreeze = performance.now();
+      this.routes.freeze(flow);
+      frozen = true;
+      const freezeUs = micros(tFreeze);
+      router.channel.send('frozen', { connId });
+
+      step = 'delta';
+      const delta = await router.replies.wait(connId, ['delta'], timeout, step);
+
+      step = 'commit';
+      const tCommit = performance.now();
+      peer.channel.send('commit', { connId }, delta.blobs);
+      const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
+      if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
+      const commitRttUs = micros(tCommit);
+
+      step = 'route';
+      const tRoute = performance.now();
+      this.routes.forward(flow, { node: targetNode.id, mac: targetNode.mac });
+      const routeUs = micros(tRoute);
+
+      peer.channel.send('live', { connId });
+      const timings = { offerRttUs, importUs, freezeUs, commitRttUs, routeUs };
+      router.channel.send('done', { connId, timings });
+      log.info({ event: 'handoff', outcome: 'done', client, timings }, 'handoff complete');
+      this.onRecord({ connId, from: router.name, target: targetNode.name, client, outcome: 'done', timings });
+    } catch (err) {
+      const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
+      if (frozen) this.routes.remove(flow);
+      // The target may hold a reinstated socket in repair mode: tell it to drop it silently.
+      // Only a target that said no has certainly kept nothing.
+      if (peer && !(step === 'offer' && e.code === 'E_REJECTED')) peer.channel.send('abort', { connId, reason: e.message });
+      router.channel.send('failed', { connId, step, code: e.code, reason: e.message });
+      log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
+      this.onRecord({ connId, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
+    } finally {
+      this.inFlight.delete(connId);
+    }
+  }
+}

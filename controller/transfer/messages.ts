@@ -1,0 +1,175 @@
+// Every message Baton exchanges over its stream channels, one schema each (TypeBox → JSON Schema).
+// Frames are decoded by framing.ts; this file validates the header, checks the blob count the type
+// requires, and checks the message is one the receiving side of that channel may get. Anything
+// else raises E_PROTOCOL and changes nothing. The protocol is documented in docs/protocol.md.
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import { BatonError } from '../errors.js';
+import type { TcpConnectionState } from '../../native/repair.js';
+import type { Frame } from './framing.js';
+
+export const PROTOCOL_VERSION = 1;
+
+const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
+const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+export const ConnIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
+const IpAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' });
+const Endpoint = Type.Object({ address: IpAddress, port: Port }, { additionalProperties: false });
+const Reason = Type.String({ maxLength: 512 });
+
+/** TcpConnectionState without its byte queues, which travel as blobs (see connBlobs). */
+export const ConnMetaSchema = Type.Object(
+  {
+    family: Type.Union([Type.Literal(4), Type.Literal(6)]),
+    local: Endpoint,
+    remote: Endpoint,
+    sendSeq: U32,
+    recvSeq: U32,
+    unsentLength: U32,
+    mss: Type.Integer({ minimum: 64, maximum: 65535 }),
+    options: Type.Object(
+      { timestamps: Type.Boolean(), sack: Type.Boolean(), windowScale: Type.Boolean() },
+      { additionalProperties: false },
+    ),
+    sndWscale: Type.Integer({ minimum: 0, maximum: 14 }),
+    rcvWscale: Type.Integer({ minimum: 0, maximum: 14 }),
+    timestamp: U32,
+    window: Type.Object(
+      { sndWl1: U32, sndWnd: U32, maxWindow: U32, rcvWnd: U32, rcvWup: U32 },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type ConnMeta = Static<typeof ConnMetaSchema>;
+
+export const TimingsSchema = Type.Object(
+  {
+    offerRttUs: Type.Number({ minimum: 0 }),
+    importUs: Type.Number({ minimum: 0 }),
+    freezeUs: Type.Number({ minimum: 0 }),
+    commitRttUs: Type.Number({ minimum: 0 }),
+    routeUs: Type.Number({ minimum: 0 }),
+  },
+  { additionalProperties: false },
+);
+export type DistributorTimings = Static<typeof TimingsSchema>;
+
+function message<K extends string, T extends Record<string, TSchema>>(type: K, fields: T) {
+  return Type.Object(
+    { v: Type.Literal(PROTOCOL_VERSION), type: Type.Literal(type), ...fields, blobs: Type.Optional(Type.Array(U32, { maxItems: 3 })) },
+    { additionalProperties: false },
+  );
+}
+
+export const Schemas = {
+  /** First frame on every channel: who is speaking. Targets name the DVIPA ports they serve. */
+  hello: message('hello', {
+    role: Type.Union([Type.Literal('router'), Type.Literal('target'), Type.Literal('peer')]),
+    name: Name,
+    ports: Type.Optional(Type.Array(Port, { minItems: 1, maxItems: 64 })),
+  }),
+  welcome: message('welcome', { node: Name }),
+  /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes. */
+  offer: message('offer', {
+    connId: ConnIdSchema,
+    from: Name,
+    target: Type.Object({ node: Name, port: Port }, { additionalProperties: false }),
+    conn: ConnMetaSchema,
+    appState: Type.Unknown(),
+  }),
+  accept: message('accept', { connId: ConnIdSchema, importUs: Type.Number({ minimum: 0 }) }),
+  reject: message('reject', { connId: ConnIdSchema, reason: Reason }),
+  /** Distributor → routing application: the flow is frozen in XDP; send what arrived since the snapshot. */
+  frozen: message('frozen', { connId: ConnIdSchema }),
+  /** Routing application → distributor. Blob: receive-queue bytes that arrived after the snapshot. */
+  delta: message('delta', { connId: ConnIdSchema }),
+  /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
+  commit: message('commit', { connId: ConnIdSchema }),
+  ready: message('ready', { connId: ConnIdSchema }),
+  /** The route points at the target: leave repair mode and serve. */
+  live: message('live', { connId: ConnIdSchema }),
+  abort: message('abort', { connId: ConnIdSchema, reason: Reason }),
+  done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
+  failed: message('failed', {
+    connId: ConnIdSchema,
+    step: Type.String({ maxLength: 32 }),
+    code: Type.String({ maxLength: 32 }),
+    reason: Reason,
+  }),
+} as const;
+
+export type MessageType = keyof typeof Schemas;
+export type Message<K extends MessageType = MessageType> = K extends MessageType ? Static<(typeof Schemas)[K]> : never;
+export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs'>;
+
+/** How many blobs each type carries; any other count is a protocol error. */
+const BLOB_COUNT: Record<MessageType, number> = {
+  hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
+  commit: 1, ready: 0, live: 0, abort: 0, done: 0, failed: 0,
+};
+
+const checks = Object.fromEntries(
+  Object.entries(Schemas).map(([k, s]) => [k, TypeCompiler.Compile(s as TSchema)]),
+) as Record<MessageType, TypeCheck<TSchema>>;
+
+/** What each side of each channel may receive. */
+export const Accepts = {
+  agentFromRouter: ['hello', 'offer', 'delta'],
+  agentFromTarget: ['hello', 'accept', 'reject', 'ready'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort'],
+  peerReplies: ['welcome', 'accept', 'reject', 'ready'],
+  router: ['welcome', 'frozen', 'done', 'failed'],
+  target: ['welcome', 'offer', 'commit', 'live', 'abort'],
+} as const satisfies Record<string, readonly MessageType[]>;
+
+export interface Decoded<K extends MessageType = MessageType> {
+  msg: Message<K>;
+  blobs: Buffer[];
+}
+
+export function decodeMessage<K extends MessageType>(frame: Frame, allowed: readonly K[]): Decoded<K> {
+  const type = frame.header.type;
+  if (typeof type !== 'string' || !(allowed as readonly string[]).includes(type)) {
+    throw new BatonError('E_PROTOCOL', `unexpected message type ${JSON.stringify(type)} (expected one of ${allowed.join(', ')})`, {
+      step: 'validate',
+    });
+  }
+  const check = checks[type as MessageType];
+  const h: Record<string, unknown> = frame.header;
+  const connId = typeof h.connId === 'string' ? h.connId : undefined;
+  if (!check.Check(h)) {
+    const first = check.Errors(h).First();
+    const where = first ? `${first.path || '/'}: ${first.message}` : 'schema mismatch';
+    throw new BatonError('E_PROTOCOL', `invalid ${type} message at ${where}`, {
+      step: 'validate',
+      connId,
+    });
+  }
+  const want = BLOB_COUNT[type as MessageType];
+  if (frame.blobs.length !== want) {
+    throw new BatonError('E_PROTOCOL', `${type} message carries ${frame.blobs.length} blobs, expected ${want}`, { step: 'validate' });
+  }
+  return { msg: frame.header as unknown as Message<K>, blobs: frame.blobs };
+}
+
+export function header<K extends MessageType>(type: K, body: Body<K>): Record<string, unknown> {
+  return { v: PROTOCOL_VERSION, type, ...body };
+}
+
+/** Splits a connection state into the JSON part and the three offer blobs. */
+export function connToWire(state: TcpConnectionState): { conn: ConnMeta; queues: [Buffer, Buffer] } {
+  const { sendQueue, recvQueue, ...meta } = state;
+  return { conn: meta, queues: [sendQueue, recvQueue] };
+}
+
+export function connFromWire(conn: ConnMeta, sendQueue: Buffer, recvQueue: Buffer, connId?: string): TcpConnectionState {
+  if (conn.unsentLength > sendQueue.length) {
+    throw new BatonError('E_PROTOCOL', `unsentLength ${conn.unsentLength} exceeds send queue of ${sendQueue.length} bytes`, {
+      connId,
+      step: 'validate',
+    });
+  }
+  return { ...conn, sendQueue, recvQueue };
+}

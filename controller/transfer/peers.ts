@@ -1,0 +1,78 @@
+// Node↔node links. Each batond keeps one open TCP connection per peer it sends transfers to (a
+// handshake per handoff would cost a round trip), and answers on whatever link an offer arrived.
+import net from 'node:net';
+import { BatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
+import { Channel, PendingReplies } from './channel.js';
+import { Accepts } from './messages.js';
+
+type PeerReply = (typeof Accepts.peerReplies)[number];
+
+export interface PeerLink {
+  node: NodeConfig;
+  channel: Channel<PeerReply>;
+  replies: PendingReplies<PeerReply>;
+}
+
+export class PeerLinks {
+  private readonly links = new Map<string, Promise<PeerLink>>();
+
+  constructor(
+    private readonly config: ClusterConfig,
+    private readonly self: NodeConfig,
+    private readonly log: Logger,
+    private readonly connectTimeoutMs: number,
+  ) {}
+
+  /** The open link to `name`, connecting (and saying hello) on first use or after a break. */
+  get(name: string): Promise<PeerLink> {
+    const existing = this.links.get(name);
+    if (existing) return existing;
+    const node = this.config.nodes.find((n) => n.name === name);
+    if (!node) return Promise.reject(new BatonError('E_PEER', `unknown node ${name}`, { node: name, step: 'connect' }));
+    const link = this.connect(node);
+    this.links.set(name, link);
+    link.catch(() => this.links.delete(name));
+    return link;
+  }
+
+  close(): void {
+    for (const link of this.links.values()) link.then((l) => l.channel.close(), () => undefined);
+    this.links.clear();
+  }
+
+  private connect(node: NodeConfig): Promise<PeerLink> {
+    const log = this.log.child({ peer: node.name });
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: node.address, port: node.peerPort, localAddress: this.self.address });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new BatonError('E_PEER', `no welcome from ${node.name} within ${this.connectTimeoutMs} ms`, { node: node.name, step: 'connect' }));
+      }, this.connectTimeoutMs);
+      const channel = new Channel(socket, Accepts.peerReplies, log);
+      const replies = new PendingReplies<PeerReply>();
+      let welcomed = false;
+      channel.on('message', (d) => {
+        if (d.msg.type === 'welcome') {
+          if (d.msg.node !== node.name) {
+            channel.close(new BatonError('E_PEER', `peer at ${node.address} says it is ${d.msg.node}, expected ${node.name}`, { node: node.name }));
+            return;
+          }
+          welcomed = true;
+          clearTimeout(timer);
+          resolve({ node, channel, replies });
+          return;
+        }
+        if (!replies.deliver(d)) log.warn({ type: d.msg.type, connId: (d.msg as { connId?: string }).connId }, 'reply nobody waits for (late or duplicate)');
+      });
+      channel.on('close', (err) => {
+        clearTimeout(timer);
+        this.links.delete(node.name);
+        replies.failAll(err ?? new BatonError('E_PEER', `link to ${node.name} closed`, { node: node.name }));
+        if (!welcomed) reject(new BatonError('E_PEER', `cannot reach ${node.name} at ${node.address}:${node.peerPort}${err ? `: ${err.message}` : ''}`, { node: node.name, step: 'connect' }));
+      });
+      socket.once('connect', () => channel.send('hello', { role: 'peer', name: this.self.name }));
+    });
+  }
+}

@@ -1,0 +1,125 @@
+// The target node's side of a handoff: offers from the routing node go to the target application
+// registered for the DVIPA port, and its answers go back on the link the offer came from. The
+// application does the reinstatement itself (the socket must end up in its process); this node
+// keeps the bookkeeping so either party vanishing is turned into a clean reject or abort.
+import type { Logger } from '../log.js';
+import type { Channel } from './channel.js';
+import type { Accepts, Decoded } from './messages.js';
+
+type FromPeer = (typeof Accepts.agentFromPeer)[number];
+type FromTarget = (typeof Accepts.agentFromTarget)[number];
+
+export interface TargetApp {
+  name: string;
+  ports: number[];
+  channel: Channel<FromTarget>;
+}
+
+interface Pending {
+  peer: Channel<FromPeer>;
+  app: TargetApp;
+  since: number;
+}
+
+export class TargetRelay {
+  private readonly byPort = new Map<number, TargetApp>();
+  private readonly pending = new Map<string, Pending>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly log: Logger,
+    /** A handoff the routing node neither finished nor aborted within this time is dropped here. */
+    private readonly staleAfterMs: number,
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), Math.max(1000, staleAfterMs / 2));
+    this.sweeper.unref();
+  }
+
+  register(app: TargetApp): void {
+    for (const port of app.ports) {
+      const previous = this.byPort.get(port);
+      if (previous && previous !== app) this.log.warn({ port, previous: previous.name, app: app.name }, 'target application replaced on port');
+      this.byPort.set(port, app);
+    }
+    this.log.info({ app: app.name, ports: app.ports }, 'target application registered');
+  }
+
+  unregister(app: TargetApp): void {
+    for (const port of app.ports) if (this.byPort.get(port) === app) this.byPort.delete(port);
+    for (const [connId, p] of this.pending) {
+      if (p.app !== app) continue;
+      p.peer.send('reject', { connId, reason: `target application ${app.name} went away` });
+      this.pending.delete(connId);
+    }
+  }
+
+  peerClosed(peer: Channel<FromPeer>): void {
+    for (const [connId, p] of this.pending) {
+      if (p.peer !== peer) continue;
+      p.app.channel.send('abort', { connId, reason: 'link to the routing node closed' });
+      this.pending.delete(connId);
+    }
+  }
+
+  fromPeer(peer: Channel<FromPeer>, d: Decoded<FromPeer>): void {
+    const { msg, blobs } = d;
+    if (msg.type === 'hello') return;
+    const connId = msg.connId;
+    if (msg.type === 'offer') {
+      const app = this.byPort.get(msg.target.port);
+      if (!app) {
+        peer.send('reject', { connId, reason: `no target application serves port ${msg.target.port} on this node` });
+        return;
+      }
+      if (this.pending.has(connId)) {
+        peer.send('reject', { connId, reason: 'a transfer of this connection is already pending here' });
+        return;
+      }
+      this.pending.set(connId, { peer, app, since: Date.now() });
+      const { v: _v, type: _t, blobs: _b, ...body } = msg;
+      app.channel.send('offer', body, blobs);
+      return;
+    }
+    const p = this.pending.get(connId);
+    if (!p || p.peer !== peer) {
+      this.log.warn({ connId, type: msg.type }, 'message for a transfer not pending here');
+      if (msg.type === 'commit') peer.send('reject', { connId, reason: 'no pending transfer with this id' });
+      return;
+    }
+    if (msg.type === 'commit') p.app.channel.send('commit', { connId }, blobs);
+    else if (msg.type === 'live') {
+      p.app.channel.send('live', { connId });
+      this.pending.delete(connId);
+    } else {
+      p.app.channel.send('abort', { connId, reason: msg.reason });
+      this.pending.delete(connId);
+    }
+  }
+
+  fromApp(app: TargetApp, d: Decoded<FromTarget>): void {
+    const { msg } = d;
+    if (msg.type === 'hello') return;
+    const p = this.pending.get(msg.connId);
+    if (!p || p.app !== app) {
+      this.log.warn({ connId: msg.connId, type: msg.type, app: app.name }, 'answer for a transfer not pending here');
+      return;
+    }
+    const { v: _v, type: _t, blobs: _b, ...body } = msg;
+    p.peer.send(msg.type, body as never);
+    if (msg.type === 'reject') this.pending.delete(msg.connId);
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [connId, p] of this.pending) {
+      if (now - p.since < this.staleAfterMs) continue;
+      this.log.warn({ connId }, 'transfer neither finished nor aborted in time: aborting at the target');
+      p.app.channel.send('abort', { connId, reason: 'stale transfer' });
+      this.pending.delete(connId);
+    }
+  }
+}

@@ -1,0 +1,48 @@
+// Shared by the example applications: command-line options and waiting for the node's batond.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Command } from 'commander';
+
+export interface ExampleOptions {
+  agent: string;
+  dvipa: string;
+  port: number;
+  node: string;
+  users: Map<string, string>;
+}
+
+/** Users and the node each is served by; the default is the mapping documented in examples/README.md. */
+function parseUsers(spec: string): Map<string, string> {
+  const users = new Map<string, string>();
+  for (const pair of spec.split(',').filter(Boolean)) {
+    const [user, node] = pair.split('=');
+    if (!user || !node) throw new Error(`--users: expected user=node pairs, got "${pair}"`);
+    users.set(user, node);
+  }
+  return users;
+}
+
+export function exampleOptions(name: string, defaultPort: number): ExampleOptions {
+  const opts = new Command()
+    .name(name)
+    .requiredOption('--agent <path>', 'batond application socket of this node')
+    .requiredOption('--node <name>', 'this node\'s name')
+    .option('--dvipa <address>', 'DVIPA to listen on (routing applications)', '0.0.0.0')
+    .option('--port <port>', 'DVIPA port', String(defaultPort))
+    .option('--users <map>', 'user=node pairs: who is served where', 'alice=n2,bob=n3')
+    .parse()
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string }>();
+  return { agent: opts.agent, node: opts.node, dvipa: opts.dvipa, port: Number(opts.port), users: parseUsers(opts.users) };
+}
+
+/** Applications may start before their batond: retry the link for a bounded time. */
+export async function withRetry<T>(what: string, fn: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${(err as Error).message}`);
+      await sleep(100);
+    }
+  }
+}

@@ -1,0 +1,109 @@
+// HTTP routing application (DVIPA port 80), on the distributor. It answers a connection's first
+// request with 401 and a Digest challenge, checks the credentials of the next request on the same
+// connection, picks the user's node and hands the connection off with that request as peeked
+// bytes: the target's stock http.Server answers it. Users (examples/README.md): alice/wonderland
+// is served by n2, bob/builder by n3.
+import net from 'node:net';
+import { RouterClient, isBatonError } from '../../controller/sdk/index.js';
+import { createLogger } from '../../controller/log.js';
+import { exampleOptions, withRetry } from '../common.js';
+import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
+
+const MAX_HEAD = 16 * 1024;
+const MAX_ATTEMPTS = 3;
+const PASSWORDS = new Map([
+  ['alice', 'wonderland'],
+  ['bob', 'builder'],
+]);
+const opts = exampleOptions('http-router', 80);
+const log = createLogger({ app: 'http-router', node: opts.node });
+const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'http-router', logger: log }));
+
+interface Head {
+  method: string;
+  target: string;
+  headers: Map<string, string>;
+  length: number;
+}
+
+/** Parses one request head and its Content-Length body; undefined while incomplete. */
+function parseRequest(buf: Buffer): Head | undefined | 'bad' {
+  const end = buf.indexOf('\r\n\r\n');
+  if (end < 0) return buf.length > MAX_HEAD ? 'bad' : undefined;
+  const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+  const m = /^([A-Z]+) (\S+) HTTP\/1\.[01]$/.exec(lines[0] ?? '');
+  if (!m) return 'bad';
+  const headers = new Map<string, string>();
+  for (const l of lines.slice(1)) {
+    const i = l.indexOf(':');
+    if (i <= 0) return 'bad';
+    headers.set(l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim());
+  }
+  const bodyLength = Number(headers.get('content-length') ?? '0');
+  if (!Number.isInteger(bodyLength) || bodyLength < 0 || bodyLength > MAX_HEAD) return 'bad';
+  const length = end + 4 + bodyLength;
+  return buf.length >= length ? { method: m[1]!, target: m[2]!, headers, length } : undefined;
+}
+
+function reply(socket: net.Socket, status: string, headers: Record<string, string>, body: string): void {
+  const head = Object.entries({ ...headers, 'Content-Type': 'text/plain', 'Content-Length': String(Buffer.byteLength(body)) })
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
+  socket.write(`HTTP/1.1 ${status}\r\n${head}\r\n${body}`);
+}
+
+function converse(socket: net.Socket): void {
+  const client = `${socket.remoteAddress}:${socket.remotePort}`;
+  const nonce = newNonce();
+  let attempts = 0;
+  let buffered: Buffer = Buffer.alloc(0);
+  log.info({ client, event: 'accepted' }, 'connection accepted');
+  socket.on('error', (err) => log.warn({ client, err: err.message }, 'client socket error'));
+
+  const onData = (chunk: Buffer) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    for (;;) {
+      const req = parseRequest(buffered);
+      if (req === undefined) return;
+      if (req === 'bad') {
+        reply(socket, '400 Bad Request', { Connection: 'close' }, 'bad request\n');
+        socket.end();
+        socket.off('data', onData);
+        return;
+      }
+      const user = verify(req.method, parseAuthorization(req.headers.get('authorization')) ?? {}, nonce, PASSWORDS);
+      log.info({ client, event: 'exchange', request: `${req.method} ${req.target}`, user: user ?? null }, 'request');
+      const node = user ? opts.users.get(user) : undefined;
+      if (!user || !node) {
+        buffered = buffered.subarray(req.length);
+        if (++attempts > MAX_ATTEMPTS) {
+          reply(socket, '403 Forbidden', { Connection: 'close' }, 'too many attempts\n');
+          socket.end();
+          socket.off('data', onData);
+          return;
+        }
+        reply(socket, '401 Unauthorized', { 'WWW-Authenticate': challenge(nonce) }, 'authentication required\n');
+        continue;
+      }
+      // The authenticated request (and anything pipelined after it) is replayed to the target.
+      const peeked = buffered;
+      buffered = Buffer.alloc(0);
+      socket.off('data', onData);
+      router.handoff(socket, { node, port: opts.port }, { appState: { user }, peeked }).then(
+        (r) => log.info({ client, event: 'handed-off', connId: r.connId, node, user, timings: r.timings }, 'handed off'),
+        (err: unknown) => {
+          log.warn({ client, node, err: (err as Error).message }, 'handoff failed; answering 503 here');
+          const why = isBatonError(err) ? err.code : 'error';
+          reply(socket, '503 Service Unavailable', { 'Retry-After': '1', Connection: 'close' }, `${node} unavailable (${why})\n`);
+          socket.end();
+        },
+      );
+      return;
+    }
+  };
+  socket.on('data', onData);
+}
+
+const server = net.createServer(converse);
+server.listen({ host: opts.dvipa, port: opts.port }, () => log.info({ dvipa: opts.dvipa, port: opts.port }, 'http router listening'));
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); router.close(); process.exit(0); });

@@ -1,0 +1,131 @@
+/*
+ * Baton native repair library: move one established TCP connection out of a socket and into a
+ * new one with TCP_REPAIR, one whole step per call (one FFI crossing each; the syscalls cost
+ * more than the crossing, so the call count is what matters).
+ *
+ * Export, on the node that owns the socket (no reader may touch the fd meanwhile: Node must
+ * have stopped the handle's reads, or the kernel hands bytes to libuv instead of the queue):
+ *
+ *   baton_export_begin(fd, &st)        TCP_REPAIR on: the socket sends nothing from here on,
+ *                                      still receives. Reads seqs, lengths, options, window.
+ *   allocate st.send_len + st.recv_len bytes
+ *   baton_export_queues(fd, &st, ...)  peeks both queues (-ENOBUFS: st.send_len grew, retry)
+ *   ...import on the target, freeze the flow in XDP...
+ *   baton_export_delta(fd, ...)        bytes that reached the receive queue after the snapshot
+ *   baton_close_silently(fd)           no FIN, no RST
+ *     or baton_repair_off(fd)          rollback: the original socket carries on
+ *
+ * Import, on the target (in the network namespace that owns the local address):
+ *
+ *   baton_import(&st, sendq, recvq, &fd)   new socket, ESTABLISHED, still in repair mode
+ *   baton_import_append_recv(fd, delta)    optional, while still in repair mode
+ *   ...route the flow to this node...
+ *   baton_go_live(fd)                      TCP_REPAIR off: the kernel sends a window probe
+ *   write the unsent tail of the send queue through the normal socket API
+ *
+ * Every call returns 0 (or a length, where stated) or -errno. On failure baton_last_step()
+ * names the kernel call that failed, e.g. "TCP_REPAIR_QUEUE(recv)"; it is thread-local and
+ * valid until the next failing call on the same thread. Needs CAP_NET_ADMIN.
+ */
+#ifndef BATON_REPAIR_H
+#define BATON_REPAIR_H
+
+#include <stdint.h>
+
+#define BATON_ABI_VERSION 1
+
+/* tcpi_options bits, kept as the kernel reports them. */
+#define BATON_OPT_TIMESTAMPS 1u
+#define BATON_OPT_SACK 2u
+#define BATON_OPT_WSCALE 4u
+
+/*
+ * What a TCP connection is, as far as moving it goes. Plain and fixed-size: TypeScript
+ * mirrors it field by field. Sequence numbers are mod 2^32 and always name the FIRST byte of
+ * a queue (the kernel's TCP_QUEUE_SEQ names the byte after it).
+ */
+struct baton_tcp_state {
+	uint8_t family;           /* 4 or 6; an IPv4-mapped IPv6 socket exports as 4 */
+	uint8_t options;          /* BATON_OPT_*, only what both ends negotiated */
+	uint8_t snd_wscale;       /* shift the peer applies to the windows it sends us */
+	uint8_t rcv_wscale;       /* shift we apply to the windows we send */
+	uint16_t local_port;      /* host byte order */
+	uint16_t remote_port;
+	uint8_t local_addr[16];   /* network byte order; IPv4 uses the first 4 bytes */
+	uint8_t remote_addr[16];
+	uint32_t send_seq;        /* first byte of the send queue (snd_una at snapshot) */
+	uint32_t send_len;        /* whole send queue: sent-but-unacked, then unsent */
+	uint32_t unsent_len;      /* trailing bytes of the send queue never transmitted */
+	uint32_t recv_seq;        /* first byte of the receive queue (not yet read by the app) */
+	uint32_t recv_len;
+	uint32_t mss;             /* the peer's MSS clamp */
+	uint32_t timestamp;       /* TCP_TIMESTAMP clock at export */
+	uint32_t snd_wl1;         /* TCP_REPAIR_WINDOW, as the kernel names them */
+	uint32_t snd_wnd;
+	uint32_t max_window;
+	uint32_t rcv_wnd;
+	uint32_t rcv_wup;
+};
+
+/* Trivial calls: the TypeScript side checks it loaded the library it was written for. */
+uint32_t baton_abi_version(void);
+uint32_t baton_state_size(void);
+const char *baton_last_step(void);
+
+/*
+ * Turns TCP_REPAIR on and fills st (everything but the queue contents). The seq and length of
+ * each queue are re-read until two reads of the seq agree, since segments keep arriving.
+ * -ENOTCONN unless ESTABLISHED. On failure repair mode is turned off again.
+ */
+int baton_export_begin(int fd, struct baton_tcp_state *st);
+
+/*
+ * Peeks the queues into sendq (send_cap bytes) and recvq (recv_cap bytes). The send queue is
+ * re-measured by the peek itself, which is what the target must retransmit: ACKs that arrived
+ * since begin shrink it, and a partly acknowledged segment is only peekable whole, so st's
+ * send_seq/send_len are updated to match the bytes copied. -ENOBUFS if a buffer is smaller
+ * than st now says (reallocate, call again). The socket stays in repair mode either way.
+ */
+int baton_export_queues(int fd, struct baton_tcp_state *st, uint8_t *sendq, uint32_t send_cap,
+			uint8_t *recvq, uint32_t recv_cap);
+
+/*
+ * Copies the receive-queue bytes beyond the first recv_len_known (those that arrived after
+ * the snapshot) into buf and sets *delta_len. -ENOBUFS with *delta_len set if cap is too
+ * small; -ESTALE if the queue no longer starts at recv_seq (someone read the socket);
+ * -ENOTCONN if the peer's FIN arrived meanwhile (a FIN cannot be carried over).
+ */
+int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8_t *buf,
+		       uint32_t cap, uint32_t *delta_len);
+
+/* Rollback: TCP_REPAIR off on the original socket; bytes that arrived meanwhile are kept. */
+int baton_repair_off(int fd);
+
+/*
+ * Builds a new socket holding st's connection, in the calling thread's network namespace,
+ * left in repair mode. sendq holds st->send_len bytes of which the first
+ * send_len - unsent_len are written as already sent; the unsent tail is the caller's to write
+ * after baton_go_live. recvq holds st->recv_len bytes starting at st->recv_seq: to deliver
+ * bytes the application already read before the rest, put them in front and set
+ * recv_seq = exported recv_seq - their length (mod 2^32), recv_len = the total.
+ * The local address must be configured here; binding next to a LISTEN socket on the same
+ * address and port, and next to other restored connections, is expected.
+ * On failure no socket is left behind.
+ */
+int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const uint8_t *recvq,
+		 int *fd_out);
+
+/* Appends bytes to the receive queue of a socket still in repair mode (the export delta). */
+int baton_import_append_recv(int fd, const uint8_t *buf, uint32_t len);
+
+/* TCP_REPAIR off on an imported socket: the kernel sends a window probe, the peer answers. */
+int baton_go_live(int fd);
+
+/* Repair mode on (if not already), then close: the peer sees nothing. If repair mode cannot
+ * be turned on the fd is NOT closed, since a plain close would send a FIN or RST. */
+int baton_close_silently(int fd);
+
+/* dup(), close-on-exec: take a socket away from an owner (Node) that is about to close it. */
+int baton_dup(int fd);
+
+#endif

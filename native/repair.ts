@@ -1,0 +1,403 @@
+// TCP_REPAIR export and import through build/native/libbaton.so (native/repair.c; the call
+// order is documented in native/repair.h). Each function below is one FFI call, or two for a
+// snapshot, so a whole export or import costs one crossing plus its syscalls.
+//
+// TcpConnectionState is THE definition of a connection in flight: the transfer protocol
+// serialises exactly it, the target rebuilds the socket from exactly it.
+//
+// Every function is synchronous and throws BatonError('E_NATIVE') naming the kernel call that
+// failed and its errno ("TCP_REPAIR_QUEUE(recv) failed: EPERM"). Needs CAP_NET_ADMIN.
+import net from 'node:net';
+import os from 'node:os';
+import koffi from 'koffi';
+import { BatonError } from '../controller/errors.js';
+import { buildPath } from '../controller/paths.js';
+
+export interface TcpEndpoint {
+  address: string;
+  port: number;
+}
+
+export interface TcpConnectionState {
+  family: 4 | 6;
+  local: TcpEndpoint; // the DVIPA side
+  remote: TcpEndpoint; // the client
+  sendSeq: number; // seq of the first byte of sendQueue
+  recvSeq: number; // seq of the first byte of recvQueue
+  sendQueue: Buffer; // whole send queue: sent-but-unacked, then unsent
+  unsentLength: number; // trailing bytes of sendQueue never transmitted
+  recvQueue: Buffer; // received, not yet read by the application
+  mss: number;
+  options: { timestamps: boolean; sack: boolean; windowScale: boolean };
+  sndWscale: number;
+  rcvWscale: number;
+  timestamp: number; // TCP_TIMESTAMP clock at export
+  window: { sndWl1: number; sndWnd: number; maxWindow: number; rcvWnd: number; rcvWup: number };
+}
+
+export interface ImportOptions {
+  /**
+   * Bytes the routing application already took from the kernel (so they are no longer in
+   * recvQueue) that the target application must read first: they go into the new socket's
+   * receive queue in front of recvQueue, starting at recvSeq - prepend.length.
+   */
+  prepend?: Buffer;
+}
+
+// ---- the C side ------------------------------------------------------------------------
+
+const ABI_VERSION = 1;
+const OPT_TIMESTAMPS = 1;
+const OPT_SACK = 2;
+const OPT_WSCALE = 4;
+const { ENOBUFS } = os.constants.errno;
+
+/** struct baton_tcp_state, field for field (native/repair.h). */
+interface RawState {
+  family: number;
+  options: number;
+  snd_wscale: number;
+  rcv_wscale: number;
+  local_port: number;
+  remote_port: number;
+  local_addr: Uint8Array;
+  remote_addr: Uint8Array;
+  send_seq: number;
+  send_len: number;
+  unsent_len: number;
+  recv_seq: number;
+  recv_len: number;
+  mss: number;
+  timestamp: number;
+  snd_wl1: number;
+  snd_wnd: number;
+  max_window: number;
+  rcv_wnd: number;
+  rcv_wup: number;
+}
+
+interface Native {
+  abiVersion(): number;
+  stateSize(): number;
+  lastStep(): string;
+  exportBegin(fd: number, st: Partial<RawState>): number;
+  exportQueues(fd: number, st: RawState, sendq: Buffer | null, sendCap: number, recvq: Buffer | null, recvCap: number): number;
+  exportDelta(fd: number, recvSeq: number, recvLenKnown: number, buf: Buffer | null, cap: number, deltaLen: [number]): number;
+  repairOff(fd: number): number;
+  import(st: RawState, sendq: Buffer | null, recvq: Buffer | null, fdOut: [number]): number;
+  appendRecv(fd: number, buf: Buffer, len: number): number;
+  goLive(fd: number): number;
+  closeSilently(fd: number): number;
+  dup(fd: number): number;
+}
+
+let loaded: Native | undefined;
+
+// Anonymous koffi types: koffi's type names are process-wide, and a module evaluated twice
+// (test isolation) must not collide with itself.
+function native(): Native {
+  if (loaded) return loaded;
+  const path = buildPath('native', 'libbaton.so');
+  let lib: ReturnType<typeof koffi.load>;
+  try {
+    lib = koffi.load(path);
+  } catch (err) {
+    throw new BatonError('E_NATIVE', `cannot load ${path} (run \`make native\`): ${(err as Error).message}`, { step: 'load' }, { cause: err });
+  }
+  const addr = koffi.array('uint8_t', 16, 'Typed');
+  const State = koffi.struct({
+    family: 'uint8_t',
+    options: 'uint8_t',
+    snd_wscale: 'uint8_t',
+    rcv_wscale: 'uint8_t',
+    local_port: 'uint16_t',
+    remote_port: 'uint16_t',
+    local_addr: addr,
+    remote_addr: addr,
+    send_seq: 'uint32_t',
+    send_len: 'uint32_t',
+    unsent_len: 'uint32_t',
+    recv_seq: 'uint32_t',
+    recv_len: 'uint32_t',
+    mss: 'uint32_t',
+    timestamp: 'uint32_t',
+    snd_wl1: 'uint32_t',
+    snd_wnd: 'uint32_t',
+    max_window: 'uint32_t',
+    rcv_wnd: 'uint32_t',
+    rcv_wup: 'uint32_t',
+  });
+  const bytes = koffi.pointer('uint8_t');
+  const c = {
+    abiVersion: lib.func('baton_abi_version', 'uint32_t', []),
+    stateSize: lib.func('baton_state_size', 'uint32_t', []),
+    lastStep: lib.func('baton_last_step', 'const char *', []),
+    exportBegin: lib.func('baton_export_begin', 'int', ['int', koffi.out(koffi.pointer(State))]),
+    exportQueues: lib.func('baton_export_queues', 'int', ['int', koffi.inout(koffi.pointer(State)), bytes, 'uint32_t', bytes, 'uint32_t']),
+    exportDelta: lib.func('baton_export_delta', 'int', ['int', 'uint32_t', 'uint32_t', bytes, 'uint32_t', koffi.out(koffi.pointer('uint32_t'))]),
+    repairOff: lib.func('baton_repair_off', 'int', ['int']),
+    import: lib.func('baton_import', 'int', [koffi.pointer(State), bytes, bytes, koffi.out(koffi.pointer('int'))]),
+    appendRecv: lib.func('baton_import_append_recv', 'int', ['int', bytes, 'uint32_t']),
+    goLive: lib.func('baton_go_live', 'int', ['int']),
+    closeSilently: lib.func('baton_close_silently', 'int', ['int']),
+    dup: lib.func('baton_dup', 'int', ['int']),
+  } as Native;
+  if (c.abiVersion() !== ABI_VERSION || c.stateSize() !== koffi.sizeof(State)) {
+    throw new BatonError(
+      'E_NATIVE',
+      `${path} does not match native/repair.ts (ABI ${c.abiVersion()}, state ${c.stateSize()} bytes; expected ${ABI_VERSION}, ${koffi.sizeof(State)}): run \`make native\``,
+      { step: 'load' },
+    );
+  }
+  loaded = c;
+  return c;
+}
+
+const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, num]) => [num, name]));
+
+function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+/** Throws for a negative (-errno) return, naming the step the C side recorded. */
+function check(ret: number, call: string, context: Record<string, unknown> = {}): number {
+  if (ret >= 0) return ret;
+  const errno = -ret;
+  const step = native().lastStep() || call;
+  throw new BatonError('E_NATIVE', `${step} failed: ${errnoName(errno)}`, { step, errno, errnoName: errnoName(errno), call, ...context });
+}
+
+// ---- addresses and the state struct ----------------------------------------------------
+
+/** 16 bytes in network order, IPv4 in the first 4, as struct baton_tcp_state holds them. */
+export function addressToBytes(family: 4 | 6, address: string): Uint8Array {
+  const out = new Uint8Array(16);
+  if (family === 4) {
+    if (!net.isIPv4(address)) throw new BatonError('E_NATIVE', `not an IPv4 address: ${address}`, { step: 'state' });
+    address.split('.').forEach((part, i) => (out[i] = Number(part)));
+    return out;
+  }
+  if (!net.isIPv6(address) || address.includes('%')) throw new BatonError('E_NATIVE', `not a plain IPv6 address: ${address}`, { step: 'state' });
+  let text = address;
+  const groups: number[] = [];
+  // A dotted-quad tail stands for the last two groups.
+  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  let tail: number[] = [];
+  if (dotted) {
+    const b = dotted[1]!.split('.').map(Number) as [number, number, number, number];
+    tail = [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];
+    text = text.slice(0, -dotted[1]!.length);
+    if (text.endsWith(':') && !text.endsWith('::')) text = text.slice(0, -1);
+  }
+  const parse = (s: string) => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16)));
+  const [head, rest] = text.split('::') as [string, string | undefined];
+  const left = parse(head);
+  const right = [...parse(rest ?? ''), ...tail];
+  if (rest === undefined) groups.push(...left, ...right);
+  else groups.push(...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right);
+  groups.forEach((g, i) => {
+    out[2 * i] = g >> 8;
+    out[2 * i + 1] = g & 0xff;
+  });
+  return out;
+}
+
+/** The canonical text form (RFC 5952 for IPv6: lowercase, longest zero run as "::"). */
+export function bytesToAddress(family: 4 | 6, bytes: Uint8Array): string {
+  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i]! << 8) | bytes[2 * i + 1]!);
+  let best = -1;
+  let bestLen = 1; // a single zero group is not compressed
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
+  if (best < 0) return hex(groups);
+  return `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
+}
+
+function stateFromRaw(st: RawState, sendQueue: Buffer, recvQueue: Buffer): TcpConnectionState {
+  const family = st.family === 6 ? 6 : 4;
+  return {
+    family,
+    local: { address: bytesToAddress(family, st.local_addr), port: st.local_port },
+    remote: { address: bytesToAddress(family, st.remote_addr), port: st.remote_port },
+    sendSeq: st.send_seq,
+    recvSeq: st.recv_seq,
+    sendQueue,
+    unsentLength: st.unsent_len,
+    recvQueue,
+    mss: st.mss,
+    options: {
+      timestamps: (st.options & OPT_TIMESTAMPS) !== 0,
+      sack: (st.options & OPT_SACK) !== 0,
+      windowScale: (st.options & OPT_WSCALE) !== 0,
+    },
+    sndWscale: st.snd_wscale,
+    rcvWscale: st.rcv_wscale,
+    timestamp: st.timestamp,
+    window: { sndWl1: st.snd_wl1, sndWnd: st.snd_wnd, maxWindow: st.max_window, rcvWnd: st.rcv_wnd, rcvWup: st.rcv_wup },
+  };
+}
+
+/**
+ * The struct baton_import takes, with `prepend` folded into the receive queue: its first byte
+ * moves back by prepend.length (mod 2^32), so the kernel's rcv_nxt stays where the client
+ * expects it. Returns the receive bytes to pass along with it.
+ */
+export function rawForImport(state: TcpConnectionState, prepend: Buffer = Buffer.alloc(0)): { raw: RawState; recv: Buffer } {
+  if (state.family !== 4 && state.family !== 6) throw new BatonError('E_NATIVE', `bad family ${String(state.family)}`, { step: 'state' });
+  if (state.unsentLength < 0 || state.unsentLength > state.sendQueue.length) {
+    throw new BatonError('E_NATIVE', `unsentLength ${state.unsentLength} outside the ${state.sendQueue.length}-byte send queue`, { step: 'state' });
+  }
+  const recv = prepend.length > 0 ? Buffer.concat([prepend, state.recvQueue]) : state.recvQueue;
+  const options =
+    (state.options.timestamps ? OPT_TIMESTAMPS : 0) | (state.options.sack ? OPT_SACK : 0) | (state.options.windowScale ? OPT_WSCALE : 0);
+  const raw: RawState = {
+    family: state.family,
+    options,
+    snd_wscale: state.sndWscale,
+    rcv_wscale: state.rcvWscale,
+    local_port: state.local.port,
+    remote_port: state.remote.port,
+    local_addr: addressToBytes(state.family, state.local.address),
+    remote_addr: addressToBytes(state.family, state.remote.address),
+    send_seq: state.sendSeq >>> 0,
+    send_len: state.sendQueue.length,
+    unsent_len: state.unsentLength,
+    recv_seq: (state.recvSeq - prepend.length) >>> 0,
+    recv_len: recv.length,
+    mss: state.mss,
+    timestamp: state.timestamp >>> 0,
+    snd_wl1: state.window.sndWl1 >>> 0,
+    snd_wnd: state.window.sndWnd,
+    max_window: state.window.maxWindow,
+    rcv_wnd: state.window.rcvWnd,
+    rcv_wup: state.window.rcvWup >>> 0,
+  };
+  return { raw, recv };
+}
+
+const orNull = (b: Buffer) => (b.length > 0 ? b : null);
+
+// ---- export ----------------------------------------------------------------------------
+
+/**
+ * Puts the socket in repair mode (it sends nothing from now on, not even ACKs, but keeps
+ * receiving) and returns its state and both queues. The fd stays in repair mode: follow with
+ * exportDelta, then destroy/closeSilently, or leaveRepair to roll back. A Node-owned socket
+ * must have its handle's reads stopped first (pause() is not enough). On failure the socket
+ * is back out of repair mode.
+ */
+export function exportSnapshot(fd: number): TcpConnectionState {
+  const c = native();
+  const st = {} as RawState;
+  check(c.exportBegin(fd, st), 'baton_export_begin', { fd });
+  try {
+    let send = Buffer.allocUnsafe(st.send_len);
+    const recv = Buffer.allocUnsafe(st.recv_len);
+    for (;;) {
+      const ret = c.exportQueues(fd, st, orNull(send), send.length, orNull(recv), recv.length);
+      // The peek found a partly acknowledged segment, readable only whole: take it all.
+      if (ret === -ENOBUFS && st.send_len > send.length) {
+        send = Buffer.allocUnsafe(st.send_len);
+        continue;
+      }
+      check(ret, 'baton_export_queues', { fd });
+      break;
+    }
+    return stateFromRaw(st, send.subarray(0, st.send_len), recv);
+  } catch (err) {
+    c.repairOff(fd);
+    throw err;
+  }
+}
+
+let deltaScratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * Bytes that reached the receive queue after the snapshot (the socket is still in repair mode
+ * and nobody reads it, so they sit right behind snapshot.recvQueue). Call after the flow is
+ * frozen, so nothing more can arrive.
+ */
+export function exportDelta(fd: number, snapshot: TcpConnectionState): Buffer {
+  const c = native();
+  const len: [number] = [0];
+  for (;;) {
+    const ret = c.exportDelta(fd, snapshot.recvSeq >>> 0, snapshot.recvQueue.length, deltaScratch, deltaScratch.length, len);
+    if (ret === -ENOBUFS && len[0] > deltaScratch.length) {
+      deltaScratch = Buffer.allocUnsafe(len[0]);
+      continue;
+    }
+    check(ret, 'baton_export_delta', { fd });
+    return Buffer.from(deltaScratch.subarray(0, len[0]));
+  }
+}
+
+/** Rollback: the original socket leaves repair mode and carries on; bytes that arrived meanwhile are delivered. */
+export function leaveRepair(fd: number): void {
+  check(native().repairOff(fd), 'baton_repair_off', { fd });
+}
+
+// ---- import ----------------------------------------------------------------------------
+
+/**
+ * Rebuilds the connection on a new socket in this thread's network namespace and returns its
+ * fd, still in repair mode: it holds the connection but says nothing until goLive. The local
+ * address must be configured here; a LISTEN socket on the same address and port is fine.
+ * The unsent tail of state.sendQueue is NOT queued: write it after goLive, before anything else.
+ */
+export function importConnection(state: TcpConnectionState, opts: ImportOptions = {}): number {
+  const c = native();
+  const { raw, recv } = rawForImport(state, opts.prepend);
+  const fdOut: [number] = [-1];
+  check(c.import(raw, orNull(state.sendQueue), orNull(recv), fdOut), 'baton_import', {
+    local: `${state.local.address}:${state.local.port}`,
+    remote: `${state.remote.address}:${state.remote.port}`,
+  });
+  return fdOut[0];
+}
+
+/** Appends the export delta to the receive queue of a socket still in repair mode. */
+export function appendReceived(fd: number, bytes: Buffer): void {
+  if (bytes.length === 0) return;
+  check(native().appendRecv(fd, bytes, bytes.length), 'baton_import_append_recv', { fd });
+}
+
+/**
+ * Leaves repair mode: the kernel sends a window probe and the connection is live. Only once the
+ * route points here, or the peer's answer reaches a node with no socket for it. Hand the fd to
+ * Node afterwards with `new net.Socket({ fd })`.
+ */
+export function goLive(fd: number): void {
+  check(native().goLive(fd), 'baton_go_live', { fd });
+}
+
+/** Closes without a FIN or RST (repair mode on, then close). On failure the fd stays open. */
+export function closeSilently(fd: number): void {
+  check(native().closeSilently(fd), 'baton_close_silently', { fd });
+}
+
+/** A close-on-exec duplicate: keeps the connection when Node destroys its socket. */
+export function dupFd(fd: number): number {
+  return check(native().dup(fd), 'baton_dup', { fd });
+}
+
+interface NodeTcpHandle {
+  fd: number;
+}
+
+/** The kernel fd under a connected net.Socket. Throws unless it is a TCP handle. */
+export function socketFd(sock: net.Socket): number {
+  const handle = (sock as unknown as { _handle?: unknown })._handle as (NodeTcpHandle & { constructor?: { name?: string } }) | null | undefined;
+  if (!handle || handle.constructor?.name !== 'TCP' || typeof handle.fd !== 'number' || handle.fd < 0) {
+    throw new BatonError('E_HANDOFF_STATE', 'socket has no open TCP handle', { step: 'socketFd' });
+  }
+  return handle.fd;
+}

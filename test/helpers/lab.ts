@@ -1,0 +1,36 @@
+// A whole lab per test file: unique prefix and directory, torn down even when the test fails.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { labProcesses, waitUntilReady } from '../../controller/lab/cluster.js';
+import type { LabDescription } from '../../controller/lab/description.js';
+import { labDown, labUp } from '../../controller/lab/lab.js';
+
+export interface RunningLab {
+  lab: LabDescription;
+  dir: string;
+  down(): Promise<void>;
+}
+
+export async function startLab(opts: { examples?: boolean } = {}): Promise<RunningLab> {
+  const prefix = `bt${randomBytes(3).toString('hex')}`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
+  let specs: ReturnType<typeof labProcesses> = [];
+  const down = async () => {
+    await labDown({ prefix, dir });
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const lab = await labUp({ prefix, dir, processes: (l) => (specs = labProcesses(l, opts)) });
+    await waitUntilReady(lab, specs);
+    return { lab, dir, down };
+  } catch (err) {
+    // Keep the logs of a lab that failed to start: they are the only explanation.
+    for (const f of fs.existsSync(path.join(dir, 'run')) ? fs.readdirSync(path.join(dir, 'run')) : []) {
+      if (f.endsWith('.log')) console.error(`--- ${f}\n${fs.readFileSync(path.join(dir, 'run', f), 'utf8').slice(-3000)}`);
+    }
+    await down();
+    throw err;
+  }
+}

@@ -1,0 +1,107 @@
+// The handoff through every layer in the namespace lab: data queued in both directions when the
+// connection moves, a client that keeps sending during the export, the old socket silent (no FIN,
+// no RST from the routing node), the routing-table entry installed and XDP steering the flow, and
+// a malformed transfer message that changes nothing.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RoutingTable } from '../../../controller/agent/routing-table.js';
+import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
+import { type RunningLab, startLab } from '../../helpers/lab.js';
+
+let running: RunningLab;
+let routes: RoutingTable;
+beforeAll(async () => {
+  running = await startLab();
+  routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-n1`);
+});
+afterAll(async () => {
+  routes?.close?.();
+  await running?.down();
+});
+
+const results = (stdout: string) => stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+const n1 = () => running.lab.nodes.find((n) => n.name === 'n1')!;
+const steered = () => routes.stats().steered.packets;
+
+/** Counts FIN or RST segments the routing node sends to the client, seen on the client's wire. */
+function captureFromDistributor(): { proc: ChildProcess; count: () => Promise<number> } {
+  const filter = `ether src ${n1().mac} and tcp and src host ${running.lab.dvipa.address} and (tcp[tcpflags] & (tcp-fin|tcp-rst) != 0)`;
+  const proc = spawn('ip', ['netns', 'exec', running.lab.client.ns, 'tcpdump', '-i', running.lab.client.interface, '-nn', '-e', '-l', '-U', filter], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let lines = 0;
+  proc.stdout!.on('data', (b: Buffer) => (lines += b.toString().split('\n').filter(Boolean).length));
+  return {
+    proc,
+    count: async () => {
+      await sleep(300);
+      proc.kill('SIGINT');
+      await new Promise((r) => proc.once('exit', r));
+      return lines;
+    },
+  };
+}
+
+async function waitForCapture(proc: ChildProcess): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const onData = (b: Buffer) => {
+      if (b.toString().includes('listening on')) resolve();
+    };
+    proc.stderr!.on('data', onData);
+    setTimeout(resolve, 3000);
+  });
+}
+
+describe('handoff in the namespace lab', () => {
+  it('moves a connection with data queued in both directions; the client keeps sending throughout', async () => {
+    const cap = captureFromDistributor();
+    await waitForCapture(cap.proc);
+    const steeredBefore = steered();
+    // MOTD: 200 kB the router writes and the client reads only after the move (the routing node's
+    // send queue). USER and a 4 MB PUT are sent at once: bytes arrive before, during and after the export.
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--expect-node', 'n3', '--motd', '200000', '--put', '4000000', '--stream-during-handoff']), 60_000);
+    const [res] = results(r.stdout);
+    expect(res, r.stderr).toMatchObject({ ok: true, motd_ok: true, put_ok: true, served_by: 'n3', clean_close: true });
+    expect(await cap.count()).toBe(0);
+    expect(steered()).toBeGreaterThan(steeredBefore);
+    const handed = readLog(running.lab, 'n1-line-router').filter((l) => l.event === 'handed-off').pop()!;
+    expect(handed).toBeDefined();
+  });
+
+  it('installs a forward entry for the client 4-tuple and counts steered packets on it', async () => {
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '100000']), 30_000);
+    const [res] = results(r.stdout);
+    expect(res).toMatchObject({ ok: true });
+    const [addr, port] = String(res!.local).split(':');
+    const entry = routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
+    expect(entry).toMatchObject({ state: 'forward', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
+    expect(entry!.packets).toBeGreaterThan(0n);
+  });
+
+  it('a malformed transfer message on the peer port is logged and changes nothing', async () => {
+    const n2 = running.lab.nodes.find((n) => n.name === 'n2')!;
+    const entriesBefore = routes.size();
+    // A well-framed frame whose header fails the schema, sent from n1's address (the only one n2 accepts).
+    const script = [
+      'import socket, struct, json, time',
+      `s = socket.create_connection(("${n2.address}", 4700), source_address=("${n1().address}", 0))`,
+      'def frame(h, blob=b""):',
+      '    j = json.dumps(h).encode()',
+      '    return struct.pack(">II", 4 + len(j) + len(blob), len(j)) + j + blob',
+      's.sendall(frame({"v": 1, "type": "hello", "role": "peer", "name": "n1"}))',
+      's.sendall(frame({"v": 1, "type": "offer", "connId": "forged", "from": "n1", "conn": {"family": 4}}))',
+      's.sendall(frame({"v": 1, "type": "launch-missiles"}))',
+      'time.sleep(0.3)',
+      's.close()',
+    ].join('\n');
+    execFileSync('ip', ['netns', 'exec', n1().ns, 'python3', '-c', script]);
+    await sleep(200);
+    const n2log = readLog(running.lab, 'n2-batond');
+    expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('invalid offer'))).toBe(true);
+    expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('unexpected message type'))).toBe(true);
+    expect(routes.size()).toBe(entriesBefore);
+    // The cluster still hands off.
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000']), 30_000);
+    expect(results(r.stdout)[0]).toMatchObject({ ok: true });
+  });
+});

@@ -1,0 +1,147 @@
+// The TypeScript mirror of bpf/baton.h: the numbers below are the ones the header's
+// _Static_asserts pin, so a layout change that updates only one side fails one of the two.
+import { describe, expect, it } from 'vitest';
+import { isBatonError } from '../../../controller/errors.js';
+import {
+  FLOW_KEY_OFFSET,
+  FLOW_KEY_SIZE,
+  ROUTE_OFFSET,
+  ROUTE_SIZE,
+  ROUTE_STATE,
+  ROUTES_MAX_ENTRIES_DEFAULT,
+  STAT_COUNT,
+  STAT_COUNTER_SIZE,
+  STAT_INDEX,
+  decodeFlowKey,
+  decodeRoute,
+  encodeFlowKey,
+  encodeRoute,
+  sumPerCpuCounters,
+  type FlowKey,
+} from '../../../controller/agent/routing-table.js';
+
+const v4: FlowKey = { family: 4, clientAddress: '192.0.2.10', clientPort: 40001, vipAddress: '198.51.100.7', vipPort: 443 };
+
+function expectInvalid(fn: () => unknown, message: RegExp): void {
+  try {
+    fn();
+  } catch (err) {
+    expect(isBatonError(err, 'E_CONFIG')).toBe(true);
+    expect((err as Error).message).toMatch(message);
+    return;
+  }
+  throw new Error('expected an E_CONFIG error');
+}
+
+describe('routing-table layout mirrors bpf/baton.h', () => {
+  it('has the sizes and offsets the header asserts', () => {
+    expect(FLOW_KEY_SIZE).toBe(40);
+    expect(FLOW_KEY_OFFSET).toEqual({ clientAddr: 0, vipAddr: 16, clientPort: 32, vipPort: 34, family: 36 });
+    expect(ROUTE_SIZE).toBe(32);
+    expect(ROUTE_OFFSET).toEqual({ packets: 0, bytes: 8, state: 16, targetNode: 20, targetMac: 24 });
+    expect(STAT_COUNTER_SIZE).toBe(16);
+    expect(ROUTES_MAX_ENTRIES_DEFAULT).toBe(262144);
+  });
+
+  it('has the enum values of baton_route_state and baton_stat', () => {
+    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2 });
+    expect(STAT_INDEX).toEqual({ passedNotTcp: 0, passedNoRoute: 1, steered: 2, droppedFrozen: 3, droppedBadEntry: 4, passedFragment: 5 });
+    expect(STAT_COUNT).toBe(Object.keys(STAT_INDEX).length);
+  });
+});
+
+describe('flow key encoding', () => {
+  it('writes IPv4 addresses into the first 4 bytes, ports big-endian, zero padding', () => {
+    const buf = encodeFlowKey(v4);
+    expect(buf.length).toBe(FLOW_KEY_SIZE);
+    expect([...buf.subarray(0, 4)]).toEqual([192, 0, 2, 10]);
+    expect(buf.subarray(4, 16).every((b) => b === 0)).toBe(true);
+    expect([...buf.subarray(16, 20)]).toEqual([198, 51, 100, 7]);
+    expect(buf.subarray(20, 32).every((b) => b === 0)).toBe(true);
+    expect(buf.readUInt16BE(32)).toBe(40001);
+    expect(buf.readUInt16BE(34)).toBe(443);
+    expect(buf[36]).toBe(4);
+    expect([...buf.subarray(37, 40)]).toEqual([0, 0, 0]);
+    expect(decodeFlowKey(buf)).toEqual(v4);
+  });
+
+  it('zeroes a reused buffer so stale bytes never reach the hash', () => {
+    const buf = Buffer.alloc(FLOW_KEY_SIZE, 0xff);
+    encodeFlowKey(v4, buf);
+    expect(buf.equals(encodeFlowKey(v4))).toBe(true);
+  });
+
+  it('round-trips IPv6, compressed and with an embedded IPv4 suffix, to canonical text', () => {
+    const key: FlowKey = { family: 6, clientAddress: '2001:db8::10', clientPort: 1, vipAddress: 'fd00:0:0:1::7', vipPort: 65535 };
+    const buf = encodeFlowKey(key);
+    expect(buf.subarray(0, 16).toString('hex')).toBe('20010db8000000000000000000000010');
+    expect(decodeFlowKey(buf)).toEqual({ ...key, vipAddress: 'fd00:0:0:1::7' });
+
+    const mapped = decodeFlowKey(encodeFlowKey({ ...key, clientAddress: '::ffff:192.0.2.1' }));
+    expect(mapped.clientAddress).toBe('::ffff:c000:201');
+    const full = decodeFlowKey(encodeFlowKey({ ...key, clientAddress: '2001:DB8:0:0:1:0:0:1' }));
+    expect(full.clientAddress).toBe('2001:db8::1:0:0:1');
+    expect(decodeFlowKey(encodeFlowKey({ ...key, clientAddress: '::' })).clientAddress).toBe('::');
+    expect(decodeFlowKey(encodeFlowKey({ ...key, clientAddress: '1:2:3:4:5:6:7:8' })).clientAddress).toBe('1:2:3:4:5:6:7:8');
+  });
+
+  it('rejects bad addresses, mismatched families and ports out of range', () => {
+    expectInvalid(() => encodeFlowKey({ ...v4, clientAddress: '192.0.2.300' }), /clientAddress "192.0.2.300" is not an IPv4 address/);
+    expectInvalid(() => encodeFlowKey({ ...v4, vipAddress: 'dvipa.example' }), /vipAddress .* is not an IPv4 address/);
+    expectInvalid(() => encodeFlowKey({ ...v4, vipAddress: '2001:db8::1' }), /not an IPv4 address/);
+    expectInvalid(() => encodeFlowKey({ ...v4, family: 6 }), /clientAddress .* is not an IPv6 address/);
+    expectInvalid(() => encodeFlowKey({ ...v4, family: 6, clientAddress: 'fe80::1%eth0', vipAddress: 'fe80::2' }), /not an IPv6 address/);
+    expectInvalid(() => encodeFlowKey({ ...v4, family: 5 as 4 }), /family 5 must be 4 or 6/);
+    expectInvalid(() => encodeFlowKey({ ...v4, clientPort: 65536 }), /clientPort 65536 is out of range 1..65535/);
+    expectInvalid(() => encodeFlowKey({ ...v4, vipPort: 0 }), /vipPort 0 is out of range/);
+    expectInvalid(() => encodeFlowKey({ ...v4, clientPort: 80.5 }), /clientPort 80.5 is out of range/);
+    expectInvalid(() => encodeFlowKey({ ...v4, clientPort: -1 }), /out of range/);
+  });
+});
+
+describe('route value encoding', () => {
+  it('round-trips a forward entry with counters at the header offsets (host byte order)', () => {
+    const entry = { state: 'forward' as const, targetNode: 7, targetMac: '02:00:00:aa:bb:0c', packets: 5n, bytes: 2n ** 40n };
+    const buf = encodeRoute(entry);
+    expect(buf.length).toBe(ROUTE_SIZE);
+    expect(buf.readBigUInt64LE(ROUTE_OFFSET.packets)).toBe(5n);
+    expect(buf.readBigUInt64LE(ROUTE_OFFSET.bytes)).toBe(2n ** 40n);
+    expect(buf.readUInt32LE(ROUTE_OFFSET.state)).toBe(ROUTE_STATE.forward);
+    expect(buf.readUInt32LE(ROUTE_OFFSET.targetNode)).toBe(7);
+    expect(buf.subarray(ROUTE_OFFSET.targetMac, ROUTE_OFFSET.targetMac + 6).toString('hex')).toBe('020000aabb0c');
+    expect(buf.subarray(30, 32).every((b) => b === 0)).toBe(true);
+    expect(decodeRoute(buf)).toEqual(entry);
+  });
+
+  it('encodes a frozen entry with no target and zeroed counters', () => {
+    const decoded = decodeRoute(encodeRoute({ state: 'frozen', targetNode: 0, targetMac: '00:00:00:00:00:00' }));
+    expect(decoded).toEqual({ state: 'frozen', targetNode: 0, targetMac: '00:00:00:00:00:00', packets: 0n, bytes: 0n });
+  });
+
+  it('rejects bad MACs, node ids and states; refuses to decode an unknown state', () => {
+    const base = { state: 'forward' as const, targetNode: 1 };
+    expectInvalid(() => encodeRoute({ ...base, targetMac: '02:00:00:aa:bb' }), /is not a MAC address/);
+    expectInvalid(() => encodeRoute({ ...base, targetMac: '02-00-00-aa-bb-0c' }), /is not a MAC address/);
+    expectInvalid(() => encodeRoute({ ...base, targetMac: 'ff:ff:ff:ff:ff:ff' }), /not a unicast MAC/);
+    expectInvalid(() => encodeRoute({ ...base, targetMac: '01:00:5e:00:00:01' }), /not a unicast MAC/);
+    expectInvalid(() => encodeRoute({ ...base, targetMac: '00:00:00:00:00:00' }), /not a unicast MAC/);
+    expectInvalid(() => encodeRoute({ ...base, targetNode: 2 ** 32, targetMac: '02:00:00:00:00:01' }), /not a 32-bit node id/);
+    expectInvalid(() => encodeRoute({ state: 'held' as 'frozen', targetNode: 0, targetMac: '02:00:00:00:00:01' }), /route state "held"/);
+
+    const bad = encodeRoute({ ...base, targetMac: '02:00:00:00:00:01' });
+    bad.writeUInt32LE(0, ROUTE_OFFSET.state);
+    expect(() => decodeRoute(bad)).toThrow(/unknown state 0/);
+  });
+});
+
+describe('per-CPU stats', () => {
+  it('sums one counter per possible CPU', () => {
+    const ncpus = 3;
+    const buf = Buffer.alloc(STAT_COUNTER_SIZE * ncpus);
+    for (let cpu = 0; cpu < ncpus; cpu++) {
+      buf.writeBigUInt64LE(BigInt(cpu + 1), cpu * STAT_COUNTER_SIZE);
+      buf.writeBigUInt64LE(BigInt(100 * (cpu + 1)), cpu * STAT_COUNTER_SIZE + 8);
+    }
+    expect(sumPerCpuCounters(buf, ncpus)).toEqual({ packets: 6n, bytes: 600n });
+  });
+});

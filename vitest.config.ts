@@ -1,0 +1,16 @@
+import { defineConfig } from 'vitest/config';
+
+// Integration and end-to-end tests build network-namespace clusters and move real sockets:
+// run files one at a time so two labs never compete for the machine's two cores.
+// BATON_TEST_REPORT (set by .ci/run) adds a JSON report the CI summary line is taken from.
+const report = process.env.BATON_TEST_REPORT;
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    fileParallelism: false,
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    reporters: report ? ['default', ['json', { outputFile: report }]] : ['default'],
+  },
+});
