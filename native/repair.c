@@ -176,7 +176,8 @@ static int read_queue(int fd, int queue, uint32_t *first_seq, uint32_t *len, uin
 			return 0;
 		}
 	}
-	return fail_with(is_recv ? "TCP_QUEUE_SEQ(recv, never stable)" : "TCP_QUEUE_SEQ(send, never stable)",
+	return fail_with(is_recv ? "TCP_QUEUE_SEQ(recv, never stable)"
+				 : "TCP_QUEUE_SEQ(send, never stable)",
 			 EAGAIN);
 }
 
@@ -302,7 +303,7 @@ int baton_export_queues(int fd, struct baton_tcp_state *st, uint8_t *sendq, uint
 }
 
 int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8_t *buf,
-		       uint32_t cap, uint32_t *delta_len)
+		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len)
 {
 	struct tcp_info ti;
 	socklen_t tlen = sizeof(ti);
@@ -311,12 +312,17 @@ int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8
 	struct iovec iov[2];
 	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
 	ssize_t n;
-	int ret;
+	int nsd, ret;
 
 	*delta_len = 0;
 	ret = read_queue(fd, TCP_RECV_QUEUE, &first_seq, &len, NULL);
 	if (ret)
 		goto out;
+	if (ioctl(fd, SIOCOUTQNSD, &nsd)) {
+		ret = fail("SIOCOUTQNSD");
+		goto out;
+	}
+	*unsent_len = (uint32_t)nsd;
 	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen)) {
 		ret = fail("TCP_INFO");
 		goto out;
@@ -470,7 +476,8 @@ int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const u
 	/* Without it the connect picks a 524-byte MSS that TCP_REPAIR_OPTIONS never corrects.
 	 * TCP_MAXSEG refuses values above 32767, which loopback's MSS (65483) is; the repair
 	 * option below sets the full clamp. */
-	STEP("TCP_MAXSEG", set_int(fd, IPPROTO_TCP, TCP_MAXSEG, (int)(st->mss < MAXSEG_LIMIT ? st->mss : MAXSEG_LIMIT)));
+	STEP("TCP_MAXSEG", set_int(fd, IPPROTO_TCP, TCP_MAXSEG,
+				   (int)(st->mss < MAXSEG_LIMIT ? st->mss : MAXSEG_LIMIT)));
 
 	slen = state_to_sockaddr(st->family, st->remote_addr, st->remote_port, &ss);
 	STEP("connect(remote)", connect(fd, (struct sockaddr *)&ss, slen));
@@ -488,9 +495,11 @@ int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const u
 		opts[nopts++] = (struct tcp_repair_opt){ TCPOPT_TIMESTAMP, 0 };
 	STEP("TCP_REPAIR_OPTIONS",
 	     setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts, (socklen_t)(nopts * sizeof(opts[0]))));
-	/* Without it the peer drops every segment as a PAWS failure. */
+	/* Without it the peer drops every segment as a PAWS failure. Started ahead, because the
+	 * old socket may have sent later timestamps after the snapshot; PAWS only refuses older. */
 	if (st->options & BATON_OPT_TIMESTAMPS)
-		STEP("TCP_TIMESTAMP", set_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)st->timestamp));
+		STEP("TCP_TIMESTAMP",
+		     set_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)(st->timestamp + BATON_TIMESTAMP_ADVANCE)));
 
 	ret = write_queue(fd, TCP_SEND_QUEUE, sendq, st->send_len - st->unsent_len);
 	if (ret)
@@ -519,6 +528,17 @@ int baton_import_append_recv(int fd, const uint8_t *buf, uint32_t len)
 {
 	int ret = write_queue(fd, TCP_RECV_QUEUE, buf, len);
 
+	if (select_queue(fd, TCP_NO_QUEUE) && !ret)
+		ret = fail("TCP_REPAIR_QUEUE(none)");
+	return ret;
+}
+
+int baton_import_append_sent(int fd, const uint8_t *buf, uint32_t len)
+{
+	int ret = write_queue(fd, TCP_SEND_QUEUE, buf, len);
+
+	/* Left selected, the send queue makes the kernel count anything it pushes as sent
+	 * without transmitting it. */
 	if (select_queue(fd, TCP_NO_QUEUE) && !ret)
 		ret = fail("TCP_REPAIR_QUEUE(none)");
 	return ret;

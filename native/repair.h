@@ -6,24 +6,28 @@
  * Export, on the node that owns the socket (no reader may touch the fd meanwhile: Node must
  * have stopped the handle's reads, or the kernel hands bytes to libuv instead of the queue):
  *
- *   baton_export_begin(fd, &st)        TCP_REPAIR on: the socket sends nothing from here on,
- *                                      still receives. Reads seqs, lengths, options, window.
+ *   baton_export_begin(fd, &st)        TCP_REPAIR on: the socket no longer answers what it
+ *                                      receives (but still sends queued data if the window
+ *                                      opens). Reads seqs, lengths, options, window.
  *   allocate st.send_len + st.recv_len bytes
  *   baton_export_queues(fd, &st, ...)  peeks both queues (-ENOBUFS: st.send_len grew, retry)
  *   ...import on the target, freeze the flow in XDP...
- *   baton_export_delta(fd, ...)        bytes that reached the receive queue after the snapshot
+ *   baton_export_delta(fd, ...)        bytes that reached the receive queue after the snapshot,
+ *                                      and how much of the send queue is still unsent
  *   baton_close_silently(fd)           no FIN, no RST
  *     or baton_repair_off(fd)          rollback: the original socket carries on
  *
  * Import, on the target (in the network namespace that owns the local address):
  *
  *   baton_import(&st, sendq, recvq, &fd)   new socket, ESTABLISHED, still in repair mode
- *   baton_import_append_recv(fd, delta)    optional, while still in repair mode
+ *   baton_import_append_recv(fd, delta)    the export delta, while still in repair mode
+ *   baton_import_append_sent(fd, ...)      the part of the unsent tail the old socket
+ *                                          transmitted after the snapshot
  *   ...route the flow to this node...
  *   baton_go_live(fd)                      TCP_REPAIR off: the kernel sends a window probe
  *   write the unsent tail of the send queue through the normal socket API
  *
- * Every call returns 0 (or a length, where stated) or -errno. On failure baton_last_step()
+ * Every call returns 0 (baton_dup: the new fd) or -errno. On failure baton_last_step()
  * names the kernel call that failed, e.g. "TCP_REPAIR_QUEUE(recv)"; it is thread-local and
  * valid until the next failing call on the same thread. Needs CAP_NET_ADMIN.
  */
@@ -32,7 +36,17 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 1
+#define BATON_ABI_VERSION 2
+
+/*
+ * baton_import starts the new socket's timestamp clock this many ticks (ms) past st->timestamp.
+ * Repair mode does not silence a socket: it sends queued data when the peer opens its window
+ * and its timers still fire (zero-window probes), stamped with a clock that kept running after
+ * the snapshot. A restored clock behind the peer's last-seen value gets every segment dropped
+ * by PAWS until it catches up; ahead is always accepted. Covers handoffs where the old socket
+ * kept sending for up to a second after the snapshot.
+ */
+#define BATON_TIMESTAMP_ADVANCE 1000u
 
 /* tcpi_options bits, kept as the kernel reports them. */
 #define BATON_OPT_TIMESTAMPS 1u
@@ -59,7 +73,7 @@ struct baton_tcp_state {
 	uint32_t recv_seq;        /* first byte of the receive queue (not yet read by the app) */
 	uint32_t recv_len;
 	uint32_t mss;             /* the peer's MSS clamp */
-	uint32_t timestamp;       /* TCP_TIMESTAMP clock at export */
+	uint32_t timestamp;       /* TCP_TIMESTAMP clock at export (see BATON_TIMESTAMP_ADVANCE) */
 	uint32_t snd_wl1;         /* TCP_REPAIR_WINDOW, as the kernel names them */
 	uint32_t snd_wnd;
 	uint32_t max_window;
@@ -76,6 +90,10 @@ const char *baton_last_step(void);
  * Turns TCP_REPAIR on and fills st (everything but the queue contents). The seq and length of
  * each queue are re-read until two reads of the seq agree, since segments keep arriving.
  * -ENOTCONN unless ESTABLISHED. On failure repair mode is turned off again.
+ *
+ * Repair mode does not stop transmission: if the peer opens its window, the kernel still
+ * sends from the unsent tail. Until the flow is frozen, st->unsent_len can only shrink; the
+ * delta call reports where it ended.
  */
 int baton_export_begin(int fd, struct baton_tcp_state *st);
 
@@ -91,12 +109,14 @@ int baton_export_queues(int fd, struct baton_tcp_state *st, uint8_t *sendq, uint
 
 /*
  * Copies the receive-queue bytes beyond the first recv_len_known (those that arrived after
- * the snapshot) into buf and sets *delta_len. -ENOBUFS with *delta_len set if cap is too
- * small; -ESTALE if the queue no longer starts at recv_seq (someone read the socket);
- * -ENOTCONN if the peer's FIN arrived meanwhile (a FIN cannot be carried over).
+ * the snapshot) into buf and sets *delta_len, and sets *unsent_len to what is still unsent
+ * now (at most the snapshot's; the difference went out meanwhile and must be appended to the
+ * target's sent part). -ENOBUFS with *delta_len set if cap is too small; -ESTALE if the queue
+ * no longer starts at recv_seq (someone read the socket); -ENOTCONN if the peer's FIN arrived
+ * meanwhile (a FIN cannot be carried over).
  */
 int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8_t *buf,
-		       uint32_t cap, uint32_t *delta_len);
+		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len);
 
 /* Rollback: TCP_REPAIR off on the original socket; bytes that arrived meanwhile are kept. */
 int baton_repair_off(int fd);
@@ -117,6 +137,11 @@ int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const u
 
 /* Appends bytes to the receive queue of a socket still in repair mode (the export delta). */
 int baton_import_append_recv(int fd, const uint8_t *buf, uint32_t len);
+
+/* Appends bytes to the sent part of the send queue of a socket still in repair mode: the
+ * start of the unsent tail, for as many bytes as the old socket transmitted after the
+ * snapshot. They count as in flight (retransmitted if the peer never acknowledges them). */
+int baton_import_append_sent(int fd, const uint8_t *buf, uint32_t len);
 
 /* TCP_REPAIR off on an imported socket: the kernel sends a window probe, the peer answers. */
 int baton_go_live(int fd);

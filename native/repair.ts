@@ -2,6 +2,10 @@
 // order is documented in native/repair.h). Each function below is one FFI call, or two for a
 // snapshot, so a whole export or import costs one crossing plus its syscalls.
 //
+// A handoff: exportSnapshot → importConnection (target, stays in repair mode) → freeze →
+// exportDelta → appendSent + appendReceived (target) → route → goLive, write the unsent tail →
+// close the original (destroy() in repair mode, or closeSilently). leaveRepair rolls back.
+//
 // TcpConnectionState is THE definition of a connection in flight: the transfer protocol
 // serialises exactly it, the target rebuilds the socket from exactly it.
 //
@@ -46,7 +50,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 1;
+const ABI_VERSION = 2;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;
@@ -76,16 +80,74 @@ interface RawState {
   rcv_wup: number;
 }
 
+// The struct crosses as a plain byte buffer read and written at koffi-computed offsets: koffi's
+// own struct conversion cost ~7 µs per export, as much as the syscalls. Anonymous koffi
+// types, since koffi's type names are process-wide and test isolation evaluates modules twice.
+const ADDR = koffi.array('uint8_t', 16);
+const STATE_TYPES: { [K in keyof RawState]: 'uint8_t' | 'uint16_t' | 'uint32_t' | typeof ADDR } = {
+  family: 'uint8_t',
+  options: 'uint8_t',
+  snd_wscale: 'uint8_t',
+  rcv_wscale: 'uint8_t',
+  local_port: 'uint16_t',
+  remote_port: 'uint16_t',
+  local_addr: ADDR,
+  remote_addr: ADDR,
+  send_seq: 'uint32_t',
+  send_len: 'uint32_t',
+  unsent_len: 'uint32_t',
+  recv_seq: 'uint32_t',
+  recv_len: 'uint32_t',
+  mss: 'uint32_t',
+  timestamp: 'uint32_t',
+  snd_wl1: 'uint32_t',
+  snd_wnd: 'uint32_t',
+  max_window: 'uint32_t',
+  rcv_wnd: 'uint32_t',
+  rcv_wup: 'uint32_t',
+};
+const STATE = koffi.struct(STATE_TYPES);
+const STATE_SIZE = koffi.sizeof(STATE);
+const STATE_LAYOUT = (Object.keys(STATE_TYPES) as (keyof RawState)[]).map((name) => ({
+  name,
+  type: STATE_TYPES[name],
+  offset: koffi.offsetof(STATE, name),
+}));
+
+// Host byte order is little-endian on every platform Baton runs on (x86-64, arm64).
+export function decodeRawState(buf: Buffer): RawState {
+  const out: Record<string, number | Uint8Array> = {};
+  for (const { name, type, offset } of STATE_LAYOUT) {
+    if (type === 'uint8_t') out[name] = buf.readUInt8(offset);
+    else if (type === 'uint16_t') out[name] = buf.readUInt16LE(offset);
+    else if (type === 'uint32_t') out[name] = buf.readUInt32LE(offset);
+    else out[name] = new Uint8Array(buf.subarray(offset, offset + 16));
+  }
+  return out as unknown as RawState;
+}
+
+export function encodeRawState(raw: RawState, buf: Buffer = Buffer.alloc(STATE_SIZE)): Buffer {
+  for (const { name, type, offset } of STATE_LAYOUT) {
+    const v = raw[name];
+    if (typeof v !== 'number') buf.set(v, offset);
+    else if (type === 'uint8_t') buf.writeUInt8(v, offset);
+    else if (type === 'uint16_t') buf.writeUInt16LE(v, offset);
+    else buf.writeUInt32LE(v >>> 0, offset);
+  }
+  return buf;
+}
+
 interface Native {
   abiVersion(): number;
   stateSize(): number;
   lastStep(): string;
-  exportBegin(fd: number, st: Partial<RawState>): number;
-  exportQueues(fd: number, st: RawState, sendq: Buffer | null, sendCap: number, recvq: Buffer | null, recvCap: number): number;
-  exportDelta(fd: number, recvSeq: number, recvLenKnown: number, buf: Buffer | null, cap: number, deltaLen: [number]): number;
+  exportBegin(fd: number, st: Buffer): number;
+  exportQueues(fd: number, st: Buffer, sendq: Buffer | null, sendCap: number, recvq: Buffer | null, recvCap: number): number;
+  exportDelta(fd: number, recvSeq: number, recvLenKnown: number, buf: Buffer | null, cap: number, deltaLen: Uint32Array, unsentLen: Uint32Array): number;
   repairOff(fd: number): number;
-  import(st: RawState, sendq: Buffer | null, recvq: Buffer | null, fdOut: [number]): number;
+  import(st: Buffer, sendq: Buffer | null, recvq: Buffer | null, fdOut: Int32Array): number;
   appendRecv(fd: number, buf: Buffer, len: number): number;
+  appendSent(fd: number, buf: Buffer, len: number): number;
   goLive(fd: number): number;
   closeSilently(fd: number): number;
   dup(fd: number): number;
@@ -93,8 +155,6 @@ interface Native {
 
 let loaded: Native | undefined;
 
-// Anonymous koffi types: koffi's type names are process-wide, and a module evaluated twice
-// (test isolation) must not collide with itself.
 function native(): Native {
   if (loaded) return loaded;
   const path = buildPath('native', 'libbaton.so');
@@ -104,53 +164,38 @@ function native(): Native {
   } catch (err) {
     throw new BatonError('E_NATIVE', `cannot load ${path} (run \`make native\`): ${(err as Error).message}`, { step: 'load' }, { cause: err });
   }
-  const addr = koffi.array('uint8_t', 16, 'Typed');
-  const State = koffi.struct({
-    family: 'uint8_t',
-    options: 'uint8_t',
-    snd_wscale: 'uint8_t',
-    rcv_wscale: 'uint8_t',
-    local_port: 'uint16_t',
-    remote_port: 'uint16_t',
-    local_addr: addr,
-    remote_addr: addr,
-    send_seq: 'uint32_t',
-    send_len: 'uint32_t',
-    unsent_len: 'uint32_t',
-    recv_seq: 'uint32_t',
-    recv_len: 'uint32_t',
-    mss: 'uint32_t',
-    timestamp: 'uint32_t',
-    snd_wl1: 'uint32_t',
-    snd_wnd: 'uint32_t',
-    max_window: 'uint32_t',
-    rcv_wnd: 'uint32_t',
-    rcv_wup: 'uint32_t',
-  });
-  const bytes = koffi.pointer('uint8_t');
   const c = {
     abiVersion: lib.func('baton_abi_version', 'uint32_t', []),
     stateSize: lib.func('baton_state_size', 'uint32_t', []),
     lastStep: lib.func('baton_last_step', 'const char *', []),
-    exportBegin: lib.func('baton_export_begin', 'int', ['int', koffi.out(koffi.pointer(State))]),
-    exportQueues: lib.func('baton_export_queues', 'int', ['int', koffi.inout(koffi.pointer(State)), bytes, 'uint32_t', bytes, 'uint32_t']),
-    exportDelta: lib.func('baton_export_delta', 'int', ['int', 'uint32_t', 'uint32_t', bytes, 'uint32_t', koffi.out(koffi.pointer('uint32_t'))]),
+    exportBegin: lib.func('baton_export_begin', 'int', ['int', 'uint8_t *']),
+    exportQueues: lib.func('baton_export_queues', 'int', ['int', 'uint8_t *', 'uint8_t *', 'uint32_t', 'uint8_t *', 'uint32_t']),
+    exportDelta: lib.func('baton_export_delta', 'int', ['int', 'uint32_t', 'uint32_t', 'uint8_t *', 'uint32_t', 'uint32_t *', 'uint32_t *']),
     repairOff: lib.func('baton_repair_off', 'int', ['int']),
-    import: lib.func('baton_import', 'int', [koffi.pointer(State), bytes, bytes, koffi.out(koffi.pointer('int'))]),
-    appendRecv: lib.func('baton_import_append_recv', 'int', ['int', bytes, 'uint32_t']),
+    import: lib.func('baton_import', 'int', ['const uint8_t *', 'const uint8_t *', 'const uint8_t *', 'int *']),
+    appendRecv: lib.func('baton_import_append_recv', 'int', ['int', 'const uint8_t *', 'uint32_t']),
+    appendSent: lib.func('baton_import_append_sent', 'int', ['int', 'const uint8_t *', 'uint32_t']),
     goLive: lib.func('baton_go_live', 'int', ['int']),
     closeSilently: lib.func('baton_close_silently', 'int', ['int']),
     dup: lib.func('baton_dup', 'int', ['int']),
   } as Native;
-  if (c.abiVersion() !== ABI_VERSION || c.stateSize() !== koffi.sizeof(State)) {
+  if (c.abiVersion() !== ABI_VERSION || c.stateSize() !== STATE_SIZE) {
     throw new BatonError(
       'E_NATIVE',
-      `${path} does not match native/repair.ts (ABI ${c.abiVersion()}, state ${c.stateSize()} bytes; expected ${ABI_VERSION}, ${koffi.sizeof(State)}): run \`make native\``,
+      `${path} does not match native/repair.ts (ABI ${c.abiVersion()}, state ${c.stateSize()} bytes; expected ${ABI_VERSION}, ${STATE_SIZE}): run \`make native\``,
       { step: 'load' },
     );
   }
   loaded = c;
   return c;
+}
+
+/**
+ * Loads libbaton.so now rather than on the first export or import (~0.2–3 ms: dlopen, symbol
+ * binding, ABI check), so a daemon pays it at start-up and not inside its first handoff.
+ */
+export function loadNative(): void {
+  native();
 }
 
 const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, num]) => [num, name]));
@@ -202,9 +247,12 @@ export function addressToBytes(family: 4 | 6, address: string): Uint8Array {
   return out;
 }
 
-/** The canonical text form (RFC 5952 for IPv6: lowercase, longest zero run as "::"). */
+/** The canonical text form (RFC 5952 for IPv6: lowercase, longest zero run as "::", IPv4-mapped as dotted). */
 export function bytesToAddress(family: 4 | 6, bytes: Uint8Array): string {
   if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+    return `::ffff:${bytes[12]}.${bytes[13]}.${bytes[14]}.${bytes[15]}`;
+  }
   const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i]! << 8) | bytes[2 * i + 1]!);
   let best = -1;
   let bestLen = 1; // a single zero group is not compressed
@@ -289,30 +337,33 @@ const orNull = (b: Buffer) => (b.length > 0 ? b : null);
 // ---- export ----------------------------------------------------------------------------
 
 /**
- * Puts the socket in repair mode (it sends nothing from now on, not even ACKs, but keeps
- * receiving) and returns its state and both queues. The fd stays in repair mode: follow with
+ * Puts the socket in repair mode (it no longer answers what it receives, but keeps receiving,
+ * and still sends queued data if the client opens its window: see exportDelta) and
+ * returns its state and both queues. The fd stays in repair mode: follow with
  * exportDelta, then destroy/closeSilently, or leaveRepair to roll back. A Node-owned socket
  * must have its handle's reads stopped first (pause() is not enough). On failure the socket
  * is back out of repair mode.
  */
 export function exportSnapshot(fd: number): TcpConnectionState {
   const c = native();
-  const st = {} as RawState;
+  const st = Buffer.alloc(STATE_SIZE);
   check(c.exportBegin(fd, st), 'baton_export_begin', { fd });
   try {
-    let send = Buffer.allocUnsafe(st.send_len);
-    const recv = Buffer.allocUnsafe(st.recv_len);
+    let raw = decodeRawState(st);
+    let send = Buffer.allocUnsafe(raw.send_len);
+    const recv = Buffer.allocUnsafe(raw.recv_len);
     for (;;) {
       const ret = c.exportQueues(fd, st, orNull(send), send.length, orNull(recv), recv.length);
+      raw = decodeRawState(st);
       // The peek found a partly acknowledged segment, readable only whole: take it all.
-      if (ret === -ENOBUFS && st.send_len > send.length) {
-        send = Buffer.allocUnsafe(st.send_len);
+      if (ret === -ENOBUFS && raw.send_len > send.length) {
+        send = Buffer.allocUnsafe(raw.send_len);
         continue;
       }
       check(ret, 'baton_export_queues', { fd });
       break;
     }
-    return stateFromRaw(st, send.subarray(0, st.send_len), recv);
+    return stateFromRaw(raw, send.subarray(0, raw.send_len), recv);
   } catch (err) {
     c.repairOff(fd);
     throw err;
@@ -321,22 +372,41 @@ export function exportSnapshot(fd: number): TcpConnectionState {
 
 let deltaScratch = Buffer.allocUnsafe(64 * 1024);
 
+/** What changed on the exported socket between the snapshot and the freeze. */
+export interface ExportDelta {
+  /** Bytes that reached the receive queue after snapshot.recvQueue: append them on the target. */
+  received: Buffer;
+  /**
+   * The unsent tail now. Repair mode does not stop transmission: when the client opened its
+   * window the kernel went on sending. The first snapshot.unsentLength - unsentLength bytes of
+   * the snapshot's unsent tail are now in flight: appendSent() them on the target.
+   */
+  unsentLength: number;
+}
+
 /**
- * Bytes that reached the receive queue after the snapshot (the socket is still in repair mode
- * and nobody reads it, so they sit right behind snapshot.recvQueue). Call after the flow is
- * frozen, so nothing more can arrive.
+ * Reads what changed since the snapshot (the socket is still in repair mode and nobody reads
+ * it, so new bytes sit right behind snapshot.recvQueue). Call after the flow is frozen, so
+ * nothing more can arrive and no window update can release more of the send queue.
  */
-export function exportDelta(fd: number, snapshot: TcpConnectionState): Buffer {
+export function exportDelta(fd: number, snapshot: TcpConnectionState): ExportDelta {
   const c = native();
-  const len: [number] = [0];
+  const len = new Uint32Array(1);
+  const unsent = new Uint32Array(1);
   for (;;) {
-    const ret = c.exportDelta(fd, snapshot.recvSeq >>> 0, snapshot.recvQueue.length, deltaScratch, deltaScratch.length, len);
-    if (ret === -ENOBUFS && len[0] > deltaScratch.length) {
-      deltaScratch = Buffer.allocUnsafe(len[0]);
+    const ret = c.exportDelta(fd, snapshot.recvSeq >>> 0, snapshot.recvQueue.length, deltaScratch, deltaScratch.length, len, unsent);
+    if (ret === -ENOBUFS && len[0]! > deltaScratch.length) {
+      deltaScratch = Buffer.allocUnsafe(len[0]!);
       continue;
     }
     check(ret, 'baton_export_delta', { fd });
-    return Buffer.from(deltaScratch.subarray(0, len[0]));
+    if (unsent[0]! > snapshot.unsentLength) {
+      throw new BatonError('E_NATIVE', `unsent tail grew from ${snapshot.unsentLength} to ${unsent[0]} bytes since the snapshot: someone wrote to the socket`, {
+        step: 'baton_export_delta',
+        fd,
+      });
+    }
+    return { received: Buffer.from(deltaScratch.subarray(0, len[0]!)), unsentLength: unsent[0]! };
   }
 }
 
@@ -356,18 +426,28 @@ export function leaveRepair(fd: number): void {
 export function importConnection(state: TcpConnectionState, opts: ImportOptions = {}): number {
   const c = native();
   const { raw, recv } = rawForImport(state, opts.prepend);
-  const fdOut: [number] = [-1];
-  check(c.import(raw, orNull(state.sendQueue), orNull(recv), fdOut), 'baton_import', {
+  const fdOut = new Int32Array([-1]);
+  check(c.import(encodeRawState(raw), orNull(state.sendQueue), orNull(recv), fdOut), 'baton_import', {
     local: `${state.local.address}:${state.local.port}`,
     remote: `${state.remote.address}:${state.remote.port}`,
   });
-  return fdOut[0];
+  return fdOut[0]!;
 }
 
 /** Appends the export delta to the receive queue of a socket still in repair mode. */
 export function appendReceived(fd: number, bytes: Buffer): void {
   if (bytes.length === 0) return;
   check(native().appendRecv(fd, bytes, bytes.length), 'baton_import_append_recv', { fd });
+}
+
+/**
+ * Appends bytes to the sent part of the send queue of a socket still in repair mode: the
+ * first snapshot.unsentLength - delta.unsentLength bytes of the snapshot's unsent tail, which
+ * the old socket transmitted after the snapshot. Then only the rest is written after goLive.
+ */
+export function appendSent(fd: number, bytes: Buffer): void {
+  if (bytes.length === 0) return;
+  check(native().appendSent(fd, bytes, bytes.length), 'baton_import_append_sent', { fd });
 }
 
 /**

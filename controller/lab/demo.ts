@@ -26,7 +26,7 @@ interface LogLine {
   connId?: string;
   line?: string;
   request?: string;
-  node?: string;
+  target?: string;
   user?: string;
   timings?: Record<string, number>;
   [k: string]: unknown;
@@ -88,7 +88,7 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
     if (l.event === 'exchange') out.push(`  ${at(l.time)}  exchange: ${l.line ?? l.request}${l.user ? ` (user ${l.user})` : ''}`);
     if (l.event === 'handed-off' && l.timings) {
       const t = l.timings;
-      out.push(`  ${at(l.time)}  target chosen: ${l.node}; handed off as ${l.connId}`);
+      out.push(`  ${at(l.time)}  target chosen: ${l.target}; handed off as ${l.connId}`);
       out.push(
         `             export ${t.exportUs} µs | transfer ${Math.max(0, (t.offerRttUs ?? 0) - (t.importUs ?? 0))} µs | import ${t.importUs} µs | ` +
           `freeze ${t.freezeUs} µs + delta ${t.deltaUs} µs | commit ${t.commitRttUs} µs | route install ${t.routeUs} µs | total ${t.totalUs} µs`,

@@ -39,7 +39,9 @@ export async function openAgentLink<In extends MessageType>(
       clearTimeout(timer);
       channel.off('message', onWelcome);
       channel.off('close', onClose);
-      resolve({ channel, node: (d.msg as { node: string }).node, log: log.child({ node: (d.msg as { node: string }).node }) });
+      const node = (d.msg as { node: string }).node;
+      // A caller's logger already says where it runs; ours learns it from the welcome.
+      resolve({ channel, node, log: opts.logger ? log : log.child({ node }) });
     });
     socket.once('connect', () => channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}) }));
   });

@@ -102,13 +102,14 @@ export class RouterClient {
     if (socket.readableEnded || socket.writableEnded || socket.destroyed) {
       throw new BatonError('E_HANDOFF_STATE', 'socket is closing: only established connections can be handed off', { connId, step: 'prepare' });
     }
-    await drainWrites(socket, connId);
-
+    // Stop reading before anything else, synchronously: the application has just removed its
+    // 'data' listener, and a flowing socket with no listener would discard what Node reads next.
     this.active.add(socket);
     const taken = takeOverReads(socket, connId);
     const replay = Buffer.concat([peeked, taken.buffered]);
     let snapshot: TcpConnectionState | undefined;
     try {
+      await drainWrites(socket, connId);
       if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });
       const tExport = performance.now();
       snapshot = exportSnapshot(taken.fd);
@@ -125,14 +126,14 @@ export class RouterClient {
       const delta = exportDelta(taken.fd, snapshot);
       const deltaUs = micros(tDelta);
       const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'commit');
-      this.channel.send('delta', { connId }, [delta]);
+      this.channel.send('delta', { connId, unsentLength: delta.unsentLength }, [delta.received]);
       const outcome = await finished;
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
       // The route points at the target; the socket is still in repair mode, so this close is silent.
       socket.destroy();
       const timings: HandoffTimings = { exportUs, deltaUs, ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
-      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.length }, 'connection handed off');
+      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.received.length, sentSinceSnapshot: snapshot.unsentLength - delta.unsentLength }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {
       // Roll back: leave repair mode (if we entered it) and give the application its socket back.

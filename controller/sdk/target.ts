@@ -14,7 +14,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { appendReceived, closeSilently, goLive, importConnection, type TcpConnectionState } from '../../native/repair.js';
+import { appendReceived, appendSent, closeSilently, goLive, importConnection, type TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
@@ -79,7 +79,7 @@ export class TargetClient {
       case 'offer':
         return this.onOffer(msg, blobs);
       case 'commit':
-        return this.onCommit(msg.connId, blobs[0]!);
+        return this.onCommit(msg.connId, blobs[0]!, msg.unsentLength);
       case 'live':
         return this.onLive(msg.connId);
       case 'abort':
@@ -108,19 +108,34 @@ export class TargetClient {
     }
   }
 
-  private onCommit(connId: string, delta: Buffer): void {
+  /**
+   * Still in repair mode: take in what changed at the routing node between the snapshot and the
+   * freeze. Bytes that reached its receive queue are appended to ours; bytes of the unsent tail its
+   * kernel transmitted meanwhile (an ACK opened the window) become part of our sent queue, or the
+   * client would acknowledge data this socket believes it never sent.
+   */
+  private onCommit(connId: string, delta: Buffer, unsentLength: number): void {
     const p = this.pending.get(connId);
     if (!p) {
       this.channel.send('reject', { connId, reason: 'commit for a connection not pending here' });
       return;
     }
     try {
+      const { state } = p;
+      if (unsentLength > state.unsentLength) {
+        throw new BatonError('E_PROTOCOL', `unsent tail grew from ${state.unsentLength} to ${unsentLength} bytes`, { connId, step: 'commit' });
+      }
+      if (unsentLength < state.unsentLength) {
+        const start = state.sendQueue.length - state.unsentLength;
+        appendSent(p.fd, state.sendQueue.subarray(start, start + state.unsentLength - unsentLength));
+        state.unsentLength = unsentLength;
+      }
       if (delta.length > 0) appendReceived(p.fd, delta);
       this.channel.send('ready', { connId });
     } catch (err) {
-      this.log.warn({ connId, err: (err as Error).message }, 'could not append the delta');
-      this.drop(connId, 'append failed');
-      this.channel.send('reject', { connId, reason: `append of ${delta.length} delta bytes failed: ${(err as Error).message}` });
+      this.log.warn({ connId, err: (err as Error).message }, 'could not apply the commit');
+      this.drop(connId, 'commit failed');
+      this.channel.send('reject', { connId, reason: `commit failed: ${(err as Error).message}` });
     }
   }
 

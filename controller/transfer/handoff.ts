@@ -7,8 +7,10 @@
 //              in repair mode and accepts, or rejects.
 //   2. freeze  set the flow's routing-table entry to FROZEN: XDP drops the client's packets, so the
 //              old socket's queues stop changing.
-//   3. delta   the routing application reads what reached its receive queue since the snapshot.
-//   4. commit  the target appends the delta, still in repair mode, and says ready.
+//   3. delta   the routing application reads what reached its receive queue since the snapshot,
+//              and how much of the unsent tail its socket transmitted meanwhile.
+//   4. commit  the target appends the delta, still in repair mode, marks the newly transmitted
+//              bytes as sent, and says ready.
 //   5. route   the entry now forwards to the target. Earlier, the target kernel would answer the
 //              client with a reset; later, the client's packets would meet a closed socket here.
 //   6. live    the target leaves repair mode (its window probe acknowledges everything, the delta
@@ -109,7 +111,7 @@ export class HandoffCoordinator {
 
       step = 'commit';
       const tCommit = performance.now();
-      peer.channel.send('commit', { connId }, delta.blobs);
+      peer.channel.send('commit', { connId, unsentLength: delta.msg.unsentLength }, delta.blobs);
       const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
       if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
       const commitRttUs = micros(tCommit);

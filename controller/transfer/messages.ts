@@ -83,10 +83,14 @@ export const Schemas = {
   reject: message('reject', { connId: ConnIdSchema, reason: Reason }),
   /** Distributor → routing application: the flow is frozen in XDP; send what arrived since the snapshot. */
   frozen: message('frozen', { connId: ConnIdSchema }),
-  /** Routing application → distributor. Blob: receive-queue bytes that arrived after the snapshot. */
-  delta: message('delta', { connId: ConnIdSchema }),
+  /**
+   * Routing application → distributor. Blob: receive-queue bytes that arrived after the snapshot.
+   * unsentLength: the old socket's untransmitted tail once frozen. A socket in repair mode still
+   * transmits when an ACK opens the window, so part of the snapshot's unsent tail may have gone out.
+   */
+  delta: message('delta', { connId: ConnIdSchema, unsentLength: U32 }),
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
-  commit: message('commit', { connId: ConnIdSchema }),
+  commit: message('commit', { connId: ConnIdSchema, unsentLength: U32 }),
   ready: message('ready', { connId: ConnIdSchema }),
   /** The route points at the target: leave repair mode and serve. */
   live: message('live', { connId: ConnIdSchema }),

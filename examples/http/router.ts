@@ -90,9 +90,9 @@ function converse(socket: net.Socket): void {
       buffered = Buffer.alloc(0);
       socket.off('data', onData);
       router.handoff(socket, { node, port: opts.port }, { appState: { user }, peeked }).then(
-        (r) => log.info({ client, event: 'handed-off', connId: r.connId, node, user, timings: r.timings }, 'handed off'),
+        (r) => log.info({ client, event: 'handed-off', connId: r.connId, target: node, user, timings: r.timings }, 'handed off'),
         (err: unknown) => {
-          log.warn({ client, node, err: (err as Error).message }, 'handoff failed; answering 503 here');
+          log.warn({ client, target: node, err: (err as Error).message }, 'handoff failed; answering 503 here');
           const why = isBatonError(err) ? err.code : 'error';
           reply(socket, '503 Service Unavailable', { 'Retry-After': '1', Connection: 'close' }, `${node} unavailable (${why})\n`);
           socket.end();
