@@ -9,13 +9,16 @@ import { labDown, labStatus, labUp } from '../lab/lab.js';
 
 const program = new Command().name('batonctl').description('Baton control tool');
 const defaultDir = () => path.join(repoRoot(), 'lab');
+/** Every lab command names its lab the same way. */
+const labCommand = (parent: Command, name: string, prefix = 'baton') =>
+  parent
+    .command(name)
+    .option('--prefix <p>', 'name prefix (namespaces, pins): two labs need two prefixes', prefix)
+    .option('--dir <dir>', 'where lab.json and run/ go', defaultDir());
 
 const lab = program.command('lab').description('a Baton cluster of network namespaces on this machine');
-lab
-  .command('up')
+labCommand(lab, 'up')
   .description('build the lab, start batond and the example applications')
-  .option('--prefix <p>', 'name prefix (namespaces, pins): two labs need two prefixes', 'baton')
-  .option('--dir <dir>', 'where lab.json and run/ go', defaultDir())
   .option('--no-examples', 'start only batond')
   .option('--xdp-mode <mode>', 'native or generic XDP on the distributor', 'native')
   .action(async (o: { prefix: string; dir: string; examples: boolean; xdpMode: 'native' | 'generic' }) => {
@@ -30,20 +33,14 @@ lab
     console.log(`lab ${desc.prefix} up: DVIPA ${desc.dvipa.address} (ports ${desc.dvipa.ports.join(', ')}), client namespace ${desc.client.ns}`);
     console.log(`description: ${path.join(o.dir, 'lab.json')}; logs: ${desc.runDir}`);
   });
-lab
-  .command('down')
+labCommand(lab, 'down')
   .description('remove everything the lab made (also after a crash)')
-  .option('--prefix <p>', 'name prefix', 'baton')
-  .option('--dir <dir>', 'lab directory', defaultDir())
   .action(async (o: { prefix: string; dir: string }) => {
     await labDown({ prefix: o.prefix, dir: o.dir });
     console.log(`lab ${o.prefix} down`);
   });
-lab
-  .command('status')
+labCommand(lab, 'status')
   .description('namespaces and processes of the lab')
-  .option('--prefix <p>', 'name prefix', 'baton')
-  .option('--dir <dir>', 'lab directory', defaultDir())
   .option('--json', 'machine-readable output')
   .action(async (o: { prefix: string; dir: string; json?: boolean }) => {
     const s = await labStatus({ prefix: o.prefix, dir: o.dir });
@@ -55,11 +52,8 @@ lab
     for (const p of s.processes) console.log(`process   ${p.name.padEnd(24)} pid ${String(p.pid).padEnd(8)} ${p.alive ? 'alive' : 'dead'}`);
   });
 
-program
-  .command('demo')
+labCommand(program, 'demo', 'batondemo')
   .description('lab up, curl and a python client through the examples, a timeline of each handoff, lab down')
-  .option('--prefix <p>', 'name prefix', 'batondemo')
-  .option('--dir <dir>', 'lab directory', defaultDir())
   .option('--handoffs <n>', 'handoffs in the series', '50')
   .action(async (o: { prefix: string; dir: string; handoffs: string }) => {
     const ok = await runDemo({ prefix: o.prefix, dir: o.dir, handoffs: Number(o.handoffs) });
