@@ -303,8 +303,10 @@ int baton_export_queues(int fd, struct baton_tcp_state *st, uint8_t *sendq, uint
 }
 
 int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8_t *buf,
-		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len)
+		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len, uint32_t window[5])
 {
+	struct tcp_repair_window win;
+	socklen_t wlen = sizeof(win);
 	struct tcp_info ti;
 	socklen_t tlen = sizeof(ti);
 	uint32_t first_seq, len;
@@ -323,6 +325,15 @@ int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8
 		goto out;
 	}
 	*unsent_len = (uint32_t)nsd;
+	if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &wlen)) {
+		ret = fail("TCP_REPAIR_WINDOW");
+		goto out;
+	}
+	window[0] = win.snd_wl1;
+	window[1] = win.snd_wnd;
+	window[2] = win.max_window;
+	window[3] = win.rcv_wnd;
+	window[4] = win.rcv_wup;
 	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen)) {
 		ret = fail("TCP_INFO");
 		goto out;
@@ -542,6 +553,21 @@ int baton_import_append_sent(int fd, const uint8_t *buf, uint32_t len)
 	if (select_queue(fd, TCP_NO_QUEUE) && !ret)
 		ret = fail("TCP_REPAIR_QUEUE(none)");
 	return ret;
+}
+
+int baton_import_set_window(int fd, const uint32_t window[5])
+{
+	struct tcp_repair_window win = {
+		.snd_wl1 = window[0],
+		.snd_wnd = window[1],
+		.max_window = window[2],
+		.rcv_wnd = window[3],
+		.rcv_wup = window[4],
+	};
+
+	if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, sizeof(win)))
+		return fail("TCP_REPAIR_WINDOW");
+	return 0;
 }
 
 int baton_close_silently(int fd)

@@ -13,7 +13,7 @@
  *   baton_export_queues(fd, &st, ...)  peeks both queues (-ENOBUFS: st.send_len grew, retry)
  *   ...import on the target, freeze the flow in XDP...
  *   baton_export_delta(fd, ...)        bytes that reached the receive queue after the snapshot,
- *                                      and how much of the send queue is still unsent
+ *                                      how much of the send queue is still unsent, the window
  *   baton_close_silently(fd)           no FIN, no RST
  *     or baton_repair_off(fd)          rollback: the original socket carries on
  *
@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 2
+#define BATON_ABI_VERSION 3
 
 /*
  * baton_import starts the new socket's timestamp clock this many ticks (ms) past st->timestamp.
@@ -109,14 +109,15 @@ int baton_export_queues(int fd, struct baton_tcp_state *st, uint8_t *sendq, uint
 
 /*
  * Copies the receive-queue bytes beyond the first recv_len_known (those that arrived after
- * the snapshot) into buf and sets *delta_len, and sets *unsent_len to what is still unsent
+ * the snapshot) into buf and sets *delta_len, window to the socket's TCP_REPAIR_WINDOW now (for
+ * baton_import_set_window), and *unsent_len to what is still unsent
  * now (at most the snapshot's; the difference went out meanwhile and must be appended to the
  * target's sent part). -ENOBUFS with *delta_len set if cap is too small; -ESTALE if the queue
  * no longer starts at recv_seq (someone read the socket); -ENOTCONN if the peer's FIN arrived
  * meanwhile (a FIN cannot be carried over).
  */
 int baton_export_delta(int fd, uint32_t recv_seq, uint32_t recv_len_known, uint8_t *buf,
-		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len);
+		       uint32_t cap, uint32_t *delta_len, uint32_t *unsent_len, uint32_t window[5]);
 
 /* Rollback: TCP_REPAIR off on the original socket; bytes that arrived meanwhile are kept. */
 int baton_repair_off(int fd);
@@ -142,6 +143,15 @@ int baton_import_append_recv(int fd, const uint8_t *buf, uint32_t len);
  * start of the unsent tail, for as many bytes as the old socket transmitted after the
  * snapshot. They count as in flight (retransmitted if the peer never acknowledges them). */
 int baton_import_append_sent(int fd, const uint8_t *buf, uint32_t len);
+
+/*
+ * TCP_REPAIR_WINDOW on a socket still in repair mode, after the queues are complete: the window
+ * the old socket saw at the freeze (baton_export_delta's window: snd_wl1, snd_wnd, max_window,
+ * rcv_wnd, rcv_wup). The snapshot's window may be stale; if it says the client's window is shut,
+ * the reinstated socket waits for a window update, and the answer to its window probe can be
+ * rate-limited away by the client (one per 500 ms), costing a retransmission timeout.
+ */
+int baton_import_set_window(int fd, const uint32_t window[5]);
 
 /* TCP_REPAIR off on an imported socket: the kernel sends a window probe, the peer answers. */
 int baton_go_live(int fd);

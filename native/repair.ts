@@ -50,7 +50,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;
@@ -143,11 +143,12 @@ interface Native {
   lastStep(): string;
   exportBegin(fd: number, st: Buffer): number;
   exportQueues(fd: number, st: Buffer, sendq: Buffer | null, sendCap: number, recvq: Buffer | null, recvCap: number): number;
-  exportDelta(fd: number, recvSeq: number, recvLenKnown: number, buf: Buffer | null, cap: number, deltaLen: Uint32Array, unsentLen: Uint32Array): number;
+  exportDelta(fd: number, recvSeq: number, recvLenKnown: number, buf: Buffer | null, cap: number, deltaLen: Uint32Array, unsentLen: Uint32Array, window: Uint32Array): number;
   repairOff(fd: number): number;
   import(st: Buffer, sendq: Buffer | null, recvq: Buffer | null, fdOut: Int32Array): number;
   appendRecv(fd: number, buf: Buffer, len: number): number;
   appendSent(fd: number, buf: Buffer, len: number): number;
+  setWindow(fd: number, window: Uint32Array): number;
   goLive(fd: number): number;
   closeSilently(fd: number): number;
   dup(fd: number): number;
@@ -170,11 +171,12 @@ function native(): Native {
     lastStep: lib.func('baton_last_step', 'const char *', []),
     exportBegin: lib.func('baton_export_begin', 'int', ['int', 'uint8_t *']),
     exportQueues: lib.func('baton_export_queues', 'int', ['int', 'uint8_t *', 'uint8_t *', 'uint32_t', 'uint8_t *', 'uint32_t']),
-    exportDelta: lib.func('baton_export_delta', 'int', ['int', 'uint32_t', 'uint32_t', 'uint8_t *', 'uint32_t', 'uint32_t *', 'uint32_t *']),
+    exportDelta: lib.func('baton_export_delta', 'int', ['int', 'uint32_t', 'uint32_t', 'uint8_t *', 'uint32_t', 'uint32_t *', 'uint32_t *', 'uint32_t *']),
     repairOff: lib.func('baton_repair_off', 'int', ['int']),
     import: lib.func('baton_import', 'int', ['const uint8_t *', 'const uint8_t *', 'const uint8_t *', 'int *']),
     appendRecv: lib.func('baton_import_append_recv', 'int', ['int', 'const uint8_t *', 'uint32_t']),
     appendSent: lib.func('baton_import_append_sent', 'int', ['int', 'const uint8_t *', 'uint32_t']),
+    setWindow: lib.func('baton_import_set_window', 'int', ['int', 'const uint32_t *']),
     goLive: lib.func('baton_go_live', 'int', ['int']),
     closeSilently: lib.func('baton_close_silently', 'int', ['int']),
     dup: lib.func('baton_dup', 'int', ['int']),
@@ -382,6 +384,8 @@ export interface ExportDelta {
    * the snapshot's unsent tail are now in flight: appendSent() them on the target.
    */
   unsentLength: number;
+  /** The socket's window at the freeze: newer than the snapshot's; setWindow() it on the target. */
+  window: TcpConnectionState['window'];
 }
 
 /**
@@ -393,8 +397,9 @@ export function exportDelta(fd: number, snapshot: TcpConnectionState): ExportDel
   const c = native();
   const len = new Uint32Array(1);
   const unsent = new Uint32Array(1);
+  const win = new Uint32Array(5);
   for (;;) {
-    const ret = c.exportDelta(fd, snapshot.recvSeq >>> 0, snapshot.recvQueue.length, deltaScratch, deltaScratch.length, len, unsent);
+    const ret = c.exportDelta(fd, snapshot.recvSeq >>> 0, snapshot.recvQueue.length, deltaScratch, deltaScratch.length, len, unsent, win);
     if (ret === -ENOBUFS && len[0]! > deltaScratch.length) {
       deltaScratch = Buffer.allocUnsafe(len[0]!);
       continue;
@@ -406,7 +411,8 @@ export function exportDelta(fd: number, snapshot: TcpConnectionState): ExportDel
         fd,
       });
     }
-    return { received: Buffer.from(deltaScratch.subarray(0, len[0]!)), unsentLength: unsent[0]! };
+    const [sndWl1, sndWnd, maxWindow, rcvWnd, rcvWup] = win as unknown as [number, number, number, number, number];
+    return { received: Buffer.from(deltaScratch.subarray(0, len[0]!)), unsentLength: unsent[0]!, window: { sndWl1, sndWnd, maxWindow, rcvWnd, rcvWup } };
   }
 }
 
@@ -448,6 +454,15 @@ export function appendReceived(fd: number, bytes: Buffer): void {
 export function appendSent(fd: number, bytes: Buffer): void {
   if (bytes.length === 0) return;
   check(native().appendSent(fd, bytes, bytes.length), 'baton_import_append_sent', { fd });
+}
+
+/**
+ * Sets the window of a socket still in repair mode, after its queues are complete: the one the
+ * old socket saw at the freeze (exportDelta().window), which is newer than the snapshot's.
+ */
+export function setWindow(fd: number, window: TcpConnectionState['window']): void {
+  const w = Uint32Array.of(window.sndWl1, window.sndWnd, window.maxWindow, window.rcvWnd, window.rcvWup);
+  check(native().setWindow(fd, w), 'baton_import_set_window', { fd });
 }
 
 /**

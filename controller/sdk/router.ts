@@ -126,7 +126,7 @@ export class RouterClient {
       const delta = exportDelta(taken.fd, snapshot);
       const deltaUs = micros(tDelta);
       const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'commit');
-      this.channel.send('delta', { connId, unsentLength: delta.unsentLength }, [delta.received]);
+      this.channel.send('delta', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
       const outcome = await finished;
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 

@@ -14,7 +14,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { appendReceived, appendSent, closeSilently, goLive, importConnection, type TcpConnectionState } from '../../native/repair.js';
+import { appendReceived, appendSent, closeSilently, goLive, importConnection, setWindow, type TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
@@ -79,7 +79,7 @@ export class TargetClient {
       case 'offer':
         return this.onOffer(msg, blobs);
       case 'commit':
-        return this.onCommit(msg.connId, blobs[0]!, msg.unsentLength);
+        return this.onCommit(msg.connId, blobs[0]!, msg.unsentLength, msg.window);
       case 'live':
         return this.onLive(msg.connId);
       case 'abort':
@@ -112,9 +112,10 @@ export class TargetClient {
    * Still in repair mode: take in what changed at the routing node between the snapshot and the
    * freeze. Bytes that reached its receive queue are appended to ours; bytes of the unsent tail its
    * kernel transmitted meanwhile (an ACK opened the window) become part of our sent queue, or the
-   * client would acknowledge data this socket believes it never sent.
+   * client would acknowledge data this socket believes it never sent. The window at the freeze
+   * replaces the snapshot's, which may still say the client's window is shut.
    */
-  private onCommit(connId: string, delta: Buffer, unsentLength: number): void {
+  private onCommit(connId: string, delta: Buffer, unsentLength: number, window: TcpConnectionState['window']): void {
     const p = this.pending.get(connId);
     if (!p) {
       this.channel.send('reject', { connId, reason: 'commit for a connection not pending here' });
@@ -131,6 +132,7 @@ export class TargetClient {
         state.unsentLength = unsentLength;
       }
       if (delta.length > 0) appendReceived(p.fd, delta);
+      setWindow(p.fd, window);
       this.channel.send('ready', { connId });
     } catch (err) {
       this.log.warn({ connId, err: (err as Error).message }, 'could not apply the commit');

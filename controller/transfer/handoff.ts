@@ -111,7 +111,7 @@ export class HandoffCoordinator {
 
       step = 'commit';
       const tCommit = performance.now();
-      peer.channel.send('commit', { connId, unsentLength: delta.msg.unsentLength }, delta.blobs);
+      peer.channel.send('commit', { connId, unsentLength: delta.msg.unsentLength, window: delta.msg.window }, delta.blobs);
       const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
       if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
       const commitRttUs = micros(tCommit);

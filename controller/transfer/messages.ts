@@ -18,7 +18,12 @@ const IpAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA
 const Endpoint = Type.Object({ address: IpAddress, port: Port }, { additionalProperties: false });
 const Reason = Type.String({ maxLength: 512 });
 
-/** TcpConnectionState without its byte queues, which travel as blobs (see connBlobs). */
+const WindowSchema = Type.Object(
+  { sndWl1: U32, sndWnd: U32, maxWindow: U32, rcvWnd: U32, rcvWup: U32 },
+  { additionalProperties: false },
+);
+
+/** TcpConnectionState without its byte queues, which travel as blobs (see connToWire). */
 export const ConnMetaSchema = Type.Object(
   {
     family: Type.Union([Type.Literal(4), Type.Literal(6)]),
@@ -35,10 +40,7 @@ export const ConnMetaSchema = Type.Object(
     sndWscale: Type.Integer({ minimum: 0, maximum: 14 }),
     rcvWscale: Type.Integer({ minimum: 0, maximum: 14 }),
     timestamp: U32,
-    window: Type.Object(
-      { sndWl1: U32, sndWnd: U32, maxWindow: U32, rcvWnd: U32, rcvWup: U32 },
-      { additionalProperties: false },
-    ),
+    window: WindowSchema,
   },
   { additionalProperties: false },
 );
@@ -87,10 +89,11 @@ export const Schemas = {
    * Routing application → distributor. Blob: receive-queue bytes that arrived after the snapshot.
    * unsentLength: the old socket's untransmitted tail once frozen. A socket in repair mode still
    * transmits when an ACK opens the window, so part of the snapshot's unsent tail may have gone out.
+   * window: the old socket's window once frozen, newer than the snapshot's.
    */
-  delta: message('delta', { connId: ConnIdSchema, unsentLength: U32 }),
+  delta: message('delta', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
-  commit: message('commit', { connId: ConnIdSchema, unsentLength: U32 }),
+  commit: message('commit', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
   ready: message('ready', { connId: ConnIdSchema }),
   /** The route points at the target: leave repair mode and serve. */
   live: message('live', { connId: ConnIdSchema }),

@@ -86,7 +86,7 @@ export class TargetRelay {
       if (msg.type === 'commit') peer.send('reject', { connId, reason: 'no pending transfer with this id' });
       return;
     }
-    if (msg.type === 'commit') p.app.channel.send('commit', { connId, unsentLength: msg.unsentLength }, blobs);
+    if (msg.type === 'commit') p.app.channel.send('commit', { connId, unsentLength: msg.unsentLength, window: msg.window }, blobs);
     else if (msg.type === 'live') {
       p.app.channel.send('live', { connId });
       this.pending.delete(connId);

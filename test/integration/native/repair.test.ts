@@ -21,6 +21,7 @@ import { repoRoot } from '../../../controller/paths.js';
 import {
   appendReceived,
   appendSent,
+  setWindow,
   closeSilently,
   dupFd,
   exportDelta,
@@ -570,6 +571,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       const fd2 = importHere(state);
       const tail = state.sendQueue.length - state.unsentLength;
       appendSent(fd2, state.sendQueue.subarray(tail, tail + transmitted));
+      setWindow(fd2, delta.window);
       const sock2 = live(fd2, { ...state, unsentLength: delta.unsentLength });
       openSockets.push(sock2);
       const got = new Sink(sock2);
@@ -586,10 +588,11 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       expect(st.rcvdSha).toBe(written.digest('hex'));
       expect(got.sha()).toBe(st.sentSha);
       console.log(`transmitted in repair mode after the snapshot: ${transmitted} of ${state.unsentLength} unsent bytes`);
-      // Not asserted: no retransmission. The snapshot's window was zero and goLive's window
-      // probe is an out-of-window pure ACK, which the client answers at most once per 500 ms
-      // (tcp_invalid_ratelimit); when the old socket's own zero-window probe used that up, the
-      // target learns the open window only from its RTO (seen: a 3 s stall, one run in four).
+      // The snapshot's window was zero; setWindow gives the target the window seen at the
+      // freeze. Without it the target relies on goLive's window probe, an out-of-window pure ACK
+      // the client answers at most once per 500 ms (tcp_invalid_ratelimit): when the old
+      // socket's own zero-window probe used that up, the target learned the open window only
+      // from its RTO (seen: a 3 s stall, one run in four).
       expect(resets()).toEqual(before);
       // The old socket stamped those transmissions after the snapshot's clock reading: the
       // target's clock starts ahead of it, or the client drops the target's segments (PAWS).

@@ -59,7 +59,7 @@ describe('transfer messages', () => {
   });
 
   it('reject a wrong number of blobs', () => {
-    const f = roundTrip(header('commit', { connId: 'n1.abc', unsentLength: 0 }), []);
+    const f = roundTrip(header('commit', { connId: 'n1.abc', unsentLength: 0, window: state.window }), []);
     expect(() => decodeMessage(f, Accepts.target)).toThrow(/carries 0 blobs, expected 1/);
   });
 
