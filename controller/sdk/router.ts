@@ -15,7 +15,7 @@ import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { exportDelta, exportSnapshot, leaveRepair, socketFd, type TcpConnectionState } from '../../native/repair.js';
+import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, type TcpConnectionState } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
@@ -77,6 +77,8 @@ export class RouterClient {
   }
 
   static async connect(opts: AgentLinkOptions): Promise<RouterClient> {
+    // Pay for loading the native library now, not inside the first handoff.
+    loadNative();
     const { channel, node, log } = await openAgentLink(opts, Accepts.router, { role: 'router' });
     return new RouterClient(channel, node, log);
   }

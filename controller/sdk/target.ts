@@ -14,7 +14,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { appendReceived, appendSent, closeSilently, goLive, importConnection, setWindow, type TcpConnectionState } from '../../native/repair.js';
+import { appendReceived, appendSent, closeSilently, goLive, importConnection, loadNative, setWindow, type TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
@@ -63,6 +63,8 @@ export class TargetClient {
   }
 
   static async connect(opts: TargetOptions, onConnection: (conn: TransferredConnection) => void): Promise<TargetClient> {
+    // Pay for loading the native library now, not inside the first handoff.
+    loadNative();
     const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports });
     return new TargetClient(channel, node, log, onConnection);
   }

@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 import sys
+import threading
 import time
 
 PERIOD = 251
@@ -75,9 +76,18 @@ def one(args):
             # Send the USER line and the whole PUT at once: these bytes reach the routing node
             # before, during and after the export, and must all arrive at the target in order.
             payload = pattern(7, args.put)
+            reader = None
+            if args.read_while_sending:
+                # The MOTD drains while we upload: the router still has unflushed writes when it
+                # starts the handoff, and our bytes keep arriving while it waits for them.
+                reader = threading.Thread(target=read_motd, args=(c, args, result))
+                reader.start()
             sock.sendall(b"USER %s\nPUT %d\n" % (args.user.encode(), args.put) + payload)
             result["expected_sha256"] = hashlib.sha256(payload).hexdigest()
-            read_motd(c, args, result)
+            if reader:
+                reader.join()
+            else:
+                read_motd(c, args, result)
             result["greeting"] = c.line()
             t1 = time.monotonic()
             reply = c.line()
@@ -131,6 +141,7 @@ def main():
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--stream-during-handoff", action="store_true")
+    p.add_argument("--read-while-sending", action="store_true", help="with --motd and --stream-during-handoff: read the MOTD while uploading")
     args = p.parse_args()
     failed = 0
     for _ in range(args.repeat):
