@@ -11,7 +11,7 @@ NATIVE_SRC := $(wildcard native/*.c)
 NATIVE_LIB := $(BUILD)/native/libbaton.so
 TS_SRC := $(shell find controller native examples bench -name '*.ts' 2>/dev/null)
 
-.PHONY: all deps build bpf native ts test demo lab-up lab-down bench clean
+.PHONY: all deps build bpf native ts test demo lab-up lab-down clean
 
 all: build
 

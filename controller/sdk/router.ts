@@ -177,6 +177,7 @@ function drainWrites(socket: net.Socket, connId: string): Promise<void> {
 
 interface TcpHandle {
   reading?: boolean;
+  readStart(): number;
   readStop(): number;
 }
 
@@ -207,6 +208,10 @@ function takeOverReads(socket: net.Socket, connId: string): TakenOver {
       if (buffered.length > 0) socket.unshift(buffered);
       for (const l of listeners.data) socket.on('data', l as (b: Buffer) => void);
       for (const l of listeners.readable) socket.on('readable', l as () => void);
+      // The stream still believes a read is pending (it never saw readStop), so it will not ask
+      // again: restart the handle ourselves. Node's own backpressure stops it again if needed.
+      handle.reading = true;
+      handle.readStart();
       if (wasFlowing) socket.resume();
     },
   };

@@ -99,6 +99,11 @@ def one(args):
             read_motd(c, args, result)
             result["greeting"] = c.line()
             result["first_reply_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        if args.fallback_user and result["greeting"].startswith("ERR "):
+            # The routing node kept the connection after a failed handoff: same socket, next try.
+            result["first_greeting"] = result["greeting"]
+            sock.sendall(b"USER %s\n" % args.fallback_user.encode())
+            result["greeting"] = c.line()
         served_by = result["greeting"].removeprefix("OK ")
         result["served_by"] = served_by
         if args.get:
@@ -138,6 +143,7 @@ def main():
     p.add_argument("--get", type=int, default=0)
     p.add_argument("--put", type=int, default=0)
     p.add_argument("--motd", type=int, default=0, help="ask the router for N bytes and read them only after the handoff")
+    p.add_argument("--fallback-user", default="", help="if the first USER is answered with ERR, try this user on the same connection")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--stream-during-handoff", action="store_true")
