@@ -57,9 +57,14 @@ export class NodeAgent {
     this.peerServer = await listen(net.createServer((s) => this.onPeer(s)), { host: this.self.address, port: this.self.peerPort });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
     fs.rmSync(this.self.agentSocket, { force: true });
-    this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket });
-    // Applications on this node must be privileged anyway (TCP_REPAIR needs CAP_NET_ADMIN).
-    fs.chmodSync(this.self.agentSocket, 0o600);
+    // Owner-only from the moment it exists: applications on this node must be privileged anyway
+    // (TCP_REPAIR needs CAP_NET_ADMIN), and a chmod after listen() would leave a window open.
+    const umask = process.umask(0o177);
+    try {
+      this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket });
+    } finally {
+      process.umask(umask);
+    }
     this.log.info({ dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, agentSocket: this.self.agentSocket }, 'batond ready');
   }
 

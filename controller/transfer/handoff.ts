@@ -23,6 +23,9 @@ import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import type { FlowKey, RoutingTable } from '../agent/routing-table.js';
+
+/** What a handoff needs of the connection routing table. */
+export type RouteWriter = Pick<RoutingTable, 'freeze' | 'forward' | 'remove'>;
 import type { Channel, PendingReplies } from './channel.js';
 import type { Accepts, Decoded, DistributorTimings, Message } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
@@ -55,7 +58,7 @@ export class HandoffCoordinator {
   constructor(
     private readonly config: ClusterConfig,
     private readonly self: NodeConfig,
-    private readonly routes: RoutingTable,
+    private readonly routes: RouteWriter,
     private readonly peers: PeerLinks,
     private readonly log: Logger,
     private readonly onRecord: (r: HandoffRecord) => void,
@@ -78,10 +81,12 @@ export class HandoffCoordinator {
     let step = 'offer';
     let frozen = false;
     let peer: PeerLink | undefined;
+    let admitted = false;
     try {
       if (this.inFlight.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this connection is already in flight', { connId, step });
       if (this.inFlight.size >= this.maxInFlight) throw new BatonError('E_HANDOFF_STATE', `${this.maxInFlight} handoffs already in flight`, { connId, step });
       this.inFlight.add(connId);
+      admitted = true;
       const targetNode = this.config.nodes.find((n) => n.name === msg.target.node);
       if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${msg.target.node}`, { connId, step });
       if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
@@ -136,7 +141,7 @@ export class HandoffCoordinator {
       log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
       this.onRecord({ connId, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
     } finally {
-      this.inFlight.delete(connId);
+      if (admitted) this.inFlight.delete(connId);
     }
   }
 }

@@ -1,0 +1,185 @@
+// The routing node's handoff state machine against a scripted target node over real loopback
+// channels: every path before the route switch must leave no routing entry and tell both sides;
+// the success path must install the route only after the target is ready.
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { ClusterConfig } from '../../../controller/config/cluster.js';
+import { createLogger } from '../../../controller/log.js';
+import { Channel, PendingReplies } from '../../../controller/transfer/channel.js';
+import { type HandoffRecord, HandoffCoordinator, type RouteWriter } from '../../../controller/transfer/handoff.js';
+import { Accepts, connToWire, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
+import { PeerLinks } from '../../../controller/transfer/peers.js';
+import type { TcpConnectionState } from '../../../native/repair.js';
+
+const log = createLogger({}, 'silent');
+
+const state: TcpConnectionState = {
+  family: 4,
+  local: { address: '10.203.0.10', port: 7000 },
+  remote: { address: '10.203.0.100', port: 40000 },
+  sendSeq: 1,
+  recvSeq: 2,
+  sendQueue: Buffer.from('reply'),
+  unsentLength: 0,
+  recvQueue: Buffer.from('GET 1\n'),
+  mss: 1448,
+  options: { timestamps: true, sack: true, windowScale: true },
+  sndWscale: 7,
+  rcvWscale: 7,
+  timestamp: 1,
+  window: { sndWl1: 1, sndWnd: 100, maxWindow: 100, rcvWnd: 100, rcvWup: 2 },
+};
+
+/** Records every routing-table write in order, as the coordinator issued it. */
+class RecordingRoutes implements RouteWriter {
+  readonly ops: string[] = [];
+  readonly entries = new Map<string, string>();
+  freeze(k: FlowKey) {
+    this.ops.push('freeze');
+    this.entries.set(`${k.clientAddress}:${k.clientPort}`, 'frozen');
+  }
+  forward(k: FlowKey, t: { node: number; mac: string }) {
+    this.ops.push(`forward:${t.node}`);
+    this.entries.set(`${k.clientAddress}:${k.clientPort}`, `forward:${t.mac}`);
+  }
+  remove(k: FlowKey) {
+    this.ops.push('remove');
+    return this.entries.delete(`${k.clientAddress}:${k.clientPort}`);
+  }
+}
+
+type TargetScript = (msg: Decoded<MessageType>, reply: Channel<MessageType>) => void;
+
+const closers: Array<() => void> = [];
+afterEach(() => {
+  while (closers.length) closers.pop()!();
+});
+
+/** A target node on loopback that welcomes the peer and answers as the script says. */
+async function targetNode(script: TargetScript): Promise<{ port: number; seen: string[] }> {
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    const ch = new Channel<MessageType>(s, Accepts.agentFromPeer, log);
+    ch.on('message', (d) => {
+      seen.push(d.msg.type);
+      if (d.msg.type === 'hello') ch.send('welcome', { node: 'n2' });
+      else script(d, ch);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  closers.push(() => server.close());
+  return { port: (server.address() as net.AddressInfo).port, seen };
+}
+
+/** A routing application's channel pair: what the coordinator holds and what the app sees. */
+async function routerPair() {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const appSide = net.connect(port, '127.0.0.1');
+  const agentSide = await accepted;
+  closers.push(() => {
+    appSide.destroy();
+    agentSide.destroy();
+    server.close();
+  });
+  const agentChannel = new Channel(agentSide, Accepts.agentFromRouter, log);
+  const replies = new PendingReplies<(typeof Accepts.agentFromRouter)[number]>();
+  agentChannel.on('message', (d) => replies.deliver(d));
+  const app = new Channel(appSide, Accepts.router, log);
+  const got: Array<Decoded<(typeof Accepts.router)[number]>> = [];
+  app.on('message', (d) => {
+    got.push(d);
+    if (d.msg.type === 'frozen') app.send('delta', { connId: d.msg.connId, unsentLength: 0, window: state.window }, [Buffer.from('late')]);
+  });
+  return { router: { channel: agentChannel, replies, name: 'test-router' }, got };
+}
+
+function cluster(targetPort: number): ClusterConfig {
+  const node = (name: string, id: number, peerPort: number) => ({
+    name, id, address: '127.0.0.1', mac: `02:00:00:00:00:0${id}`, interface: 'eth0', peerPort, agentSocket: `/tmp/${name}.sock`,
+  });
+  return {
+    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', xdpMode: 'native',
+    handoffStepTimeoutMs: 300, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
+  };
+}
+
+async function runHandoff(script: TargetScript) {
+  const target = await targetNode(script);
+  const config = cluster(target.port);
+  const routes = new RecordingRoutes();
+  const peers = new PeerLinks(config, config.nodes[0]!, log, 1000);
+  closers.push(() => peers.close());
+  const records: HandoffRecord[] = [];
+  const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, (r) => records.push(r));
+  const { router, got } = await routerPair();
+  const { conn, queues } = connToWire(state);
+  const offer = { msg: { v: 1, type: 'offer', connId: 'n1.t', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: { user: 'a' } }, blobs: [...queues, Buffer.alloc(0)] };
+  await coordinator.run(router, offer as Decoded<'offer'>);
+  await new Promise((r) => setTimeout(r, 50));
+  return { routes, records, got: got.map((d) => d.msg.type), seen: target.seen };
+}
+
+describe('handoff state machine at the routing node', () => {
+  it('success: freeze after accept, route only after ready, then live to the target and done to the router', async () => {
+    const r = await runHandoff((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') ch.send('accept', { connId, importUs: 5 });
+      if (d.msg.type === 'commit') {
+        expect(d.blobs[0]!.toString()).toBe('late');
+        ch.send('ready', { connId });
+      }
+    });
+    expect(r.routes.ops).toEqual(['freeze', 'forward:2']);
+    expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
+    expect(r.got).toEqual(['frozen', 'done']);
+    expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
+  });
+
+  it('reject at offer: nothing frozen, no abort, the router is told E_REJECTED', async () => {
+    const r = await runHandoff((d, ch) => {
+      if (d.msg.type === 'offer') ch.send('reject', { connId: d.msg.connId, reason: 'full' });
+    });
+    expect(r.routes.ops).toEqual([]);
+    expect(r.seen).toEqual(['hello', 'offer']);
+    expect(r.got).toEqual(['failed']);
+    expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'offer', reason: expect.stringContaining('full') });
+  });
+
+  it('target silent after the commit: the frozen entry is removed, the target aborted, the router told E_TIMEOUT', async () => {
+    const r = await runHandoff((d, ch) => {
+      if (d.msg.type === 'offer') ch.send('accept', { connId: d.msg.connId, importUs: 5 });
+    });
+    expect(r.routes.ops).toEqual(['freeze', 'remove']);
+    expect(r.routes.entries.size).toBe(0);
+    expect(r.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
+    expect(r.got).toEqual(['frozen', 'failed']);
+    expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'commit' });
+  });
+
+  it('target silent at the offer: it is told to abort (it may have reinstated the socket late)', async () => {
+    const r = await runHandoff(() => undefined);
+    expect(r.routes.ops).toEqual([]);
+    expect(r.seen).toEqual(['hello', 'offer', 'abort']);
+    expect(r.got).toEqual(['failed']);
+  });
+
+  it('an offer for a connection not on the DVIPA is refused before anything is sent', async () => {
+    const target = await targetNode(() => undefined);
+    const config = cluster(target.port);
+    const routes = new RecordingRoutes();
+    const peers = new PeerLinks(config, config.nodes[0]!, log, 1000);
+    closers.push(() => peers.close());
+    const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, () => undefined);
+    const { router, got } = await routerPair();
+    const { conn, queues } = connToWire({ ...state, local: { address: '10.203.0.11', port: 7000 } });
+    await coordinator.run(router, { msg: { v: 1, type: 'offer', connId: 'n1.x', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: null }, blobs: [...queues, Buffer.alloc(0)] } as Decoded<'offer'>);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(routes.ops).toEqual([]);
+    expect(target.seen).toEqual([]);
+    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', code: 'E_HANDOFF_STATE' }]);
+  });
+});
