@@ -8,6 +8,11 @@ export interface ExampleOptions {
   port: number;
   node: string;
   users: Map<string, string>;
+  /** Every node a routing application may hand off to, in order of preference after the user's own. */
+  targets: string[];
+  /** Target applications: how many transferred connections to serve at once; more are refused. */
+  capacity: number;
+  framework: 'node' | 'fastify';
 }
 
 /** Users and the node each is served by; the default is the mapping documented in examples/README.md. */
@@ -29,9 +34,36 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     .option('--dvipa <address>', 'DVIPA to listen on (routing applications)', '0.0.0.0')
     .option('--port <port>', 'DVIPA port', String(defaultPort))
     .option('--users <map>', 'user=node pairs: who is served where', 'alice=n2,bob=n3')
+    .option('--targets <nodes>', 'routing applications: nodes to fall back to when the user\'s node refuses', 'n2,n3')
+    .option('--capacity <n>', 'target applications: connections served at once before refusing more', '1000')
+    .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
     .parse()
-    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string }>();
-  return { agent: opts.agent, node: opts.node, dvipa: opts.dvipa, port: Number(opts.port), users: parseUsers(opts.users) };
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string }>();
+  const capacity = Number(opts.capacity);
+  if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
+  if (opts.framework !== 'node' && opts.framework !== 'fastify') throw new Error(`--framework: expected node or fastify, got "${opts.framework}"`);
+  return {
+    agent: opts.agent,
+    node: opts.node,
+    dvipa: opts.dvipa,
+    port: Number(opts.port),
+    users: parseUsers(opts.users),
+    targets: opts.targets.split(',').filter(Boolean),
+    capacity,
+    framework: opts.framework,
+  };
+}
+
+/** Counts a target's live connections and refuses offers beyond its capacity (claims 4, 14). */
+export function capacityPolicy(capacity: number) {
+  let active = 0;
+  return {
+    decide: () => (active < capacity ? ({ accept: true } as const) : ({ accept: false, reason: `at capacity (${capacity} connections)` } as const)),
+    track(socket: { once(event: 'close', fn: () => void): unknown }) {
+      active++;
+      socket.once('close', () => active--);
+    },
+  };
 }
 
 /** Applications may start before their batond: retry the link for a bounded time. */

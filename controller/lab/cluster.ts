@@ -41,8 +41,18 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
   };
 }
 
-/** batond everywhere; the routing applications on the distributor; the targets on every other node. */
-export function labProcesses(lab: LabDescription, opts: { examples?: boolean; xdpMode?: 'native' | 'generic' } = {}): ProcessSpec[] {
+export interface LabProcessOptions {
+  examples?: boolean;
+  xdpMode?: 'native' | 'generic';
+  /** More arguments for named processes, e.g. { 'n2-http-target': ['--capacity', '0'] }. */
+  extraArgs?: Record<string, string[]>;
+}
+
+/**
+ * batond everywhere; the routing applications on the distributor; the targets on every other
+ * node. The HTTP targets alternate between node:http and fastify, so the lab serves both.
+ */
+export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}): ProcessSpec[] {
   fs.mkdirSync(lab.runDir, { recursive: true });
   writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode));
   const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
@@ -53,20 +63,24 @@ export function labProcesses(lab: LabDescription, opts: { examples?: boolean; xd
     argv: [node, js('controller/bin/batond.js'), '--config', clusterConfigPath(lab), '--node', n.name],
   }));
   if (opts.examples === false) return specs;
+  const targetNodes = lab.nodes.filter((n) => n.name !== lab.distributor).map((n) => n.name);
   for (const n of lab.nodes) {
     const common = ['--agent', agentSocket(lab, n.name), '--node', n.name];
+    const routerArgs = [...common, '--dvipa', lab.dvipa.address, '--targets', targetNodes.join(',')];
+    const framework = targetNodes.indexOf(n.name) % 2 === 0 ? 'node' : 'fastify';
     if (n.name === lab.distributor) {
       specs.push(
-        { name: `${n.name}-http-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...common, '--dvipa', lab.dvipa.address, '--port', String(HTTP_PORT)] },
-        { name: `${n.name}-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...common, '--dvipa', lab.dvipa.address, '--port', String(LINE_PORT)] },
+        { name: `${n.name}-http-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTP_PORT)] },
+        { name: `${n.name}-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...routerArgs, '--port', String(LINE_PORT)] },
       );
     } else {
       specs.push(
-        { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT)] },
+        { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--framework', framework] },
         { name: `${n.name}-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(LINE_PORT)] },
       );
     }
   }
+  for (const spec of specs) spec.argv.push(...(opts.extraArgs?.[spec.name] ?? []));
   return specs;
 }
 

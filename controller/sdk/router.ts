@@ -4,6 +4,8 @@
 //
 //   const router = await RouterClient.connect({ socketPath, name: 'my-router' });
 //   const result = await router.handoff(socket, { node: 'n2', port: 7000 }, { appState, peeked });
+//   // or several targets, tried in order, with an error reply to the client if none takes it:
+//   await router.handoffOrReply(socket, [t1, t2], { appState, peeked, errorReply: (e) => `ERR ${e.code}\n` });
 //
 // Once handoff() is called the socket belongs to Baton: do not write to it. On success the socket
 // has been closed silently here (the 'close' event fires; the client saw nothing) and the target
@@ -47,11 +49,23 @@ export interface HandoffTimings extends DistributorTimings {
   totalUs: number;
 }
 
+export interface HandoffAttempt {
+  target: HandoffTarget;
+  outcome: 'done' | 'failed';
+  code?: string;
+  reason?: string;
+}
+
 export interface HandoffResult {
   connId: string;
   target: HandoffTarget;
   timings: HandoffTimings;
+  /** Every target tried, in order; the last one took the connection. */
+  attempts: HandoffAttempt[];
 }
+
+/** Failures after which the socket is intact and another target may be tried. */
+const RETRYABLE = new Set(['E_REJECTED', 'E_NO_TARGET', 'E_PEER', 'E_TIMEOUT']);
 
 interface TakenOver {
   fd: number;
@@ -87,7 +101,50 @@ export class RouterClient {
     this.channel.close();
   }
 
-  async handoff(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions = {}): Promise<HandoffResult> {
+  /**
+   * Hands the connection to the first target that takes it (claim 16: a refusal, an unreachable
+   * node or a timeout moves on to the next). Rejects with the last failure, listing every attempt
+   * in its context, when none did; the socket is then still the application's.
+   */
+  async handoff(socket: net.Socket, targets: HandoffTarget | readonly HandoffTarget[], opts: HandoffOptions = {}): Promise<HandoffResult> {
+    const list = Array.isArray(targets) ? targets : [targets as HandoffTarget];
+    if (list.length === 0) throw new BatonError('E_NO_TARGET', 'no target to hand the connection to', { step: 'prepare' });
+    const attempts: HandoffAttempt[] = [];
+    for (const target of list) {
+      try {
+        const result = await this.handoffOnce(socket, target, opts);
+        return { ...result, attempts: [...attempts, { target, outcome: 'done' }] };
+      } catch (err) {
+        if (!isBatonError(err) || !RETRYABLE.has(err.code)) throw err;
+        attempts.push({ target, outcome: 'failed', code: err.code, reason: err.message });
+        if (attempts.length === list.length) {
+          throw new BatonError(err.code, list.length > 1 ? `all ${list.length} targets failed; last: ${err.message}` : err.message, { ...err.context, attempts }, { cause: err });
+        }
+      }
+    }
+    throw new Error('unreachable');
+  }
+
+  /**
+   * handoff(), and when every target failed, answers the client on the socket the routing node
+   * still owns and closes it gracefully (claim 17). Resolves to the result, or undefined after
+   * the error reply.
+   */
+  async handoffOrReply(
+    socket: net.Socket,
+    targets: HandoffTarget | readonly HandoffTarget[],
+    opts: HandoffOptions & { errorReply: (err: BatonError) => string | Buffer },
+  ): Promise<HandoffResult | undefined> {
+    try {
+      return await this.handoff(socket, targets, opts);
+    } catch (err) {
+      if (!isBatonError(err) || socket.destroyed) throw err;
+      socket.end(opts.errorReply(err));
+      return undefined;
+    }
+  }
+
+  private async handoffOnce(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions): Promise<Omit<HandoffResult, 'attempts'>> {
     const t0 = performance.now();
     const connId = `${this.node}.${randomBytes(6).toString('hex')}`;
     const log = this.log.child({ connId, target: target.node });

@@ -34,9 +34,25 @@ export interface TransferredConnection {
   client: { address: string; port: number };
 }
 
+/** What the application is told about a connection offered to it, before it exists here. */
+export interface TransferOffer {
+  connId: string;
+  from: string;
+  client: { address: string; port: number };
+  appState: unknown;
+  peeked: Buffer;
+}
+
+export type OfferDecision = { accept: true } | { accept: false; reason: string };
+
+/** How long the application may take to accept or refuse an offer; the routing node waits meanwhile. */
+export const DECISION_TIMEOUT_MS = 1000;
+
 export interface TargetOptions extends AgentLinkOptions {
   /** DVIPA ports this application serves. */
   ports: number[];
+  /** Accept or refuse each offered connection (default: accept all). Bounded by DECISION_TIMEOUT_MS. */
+  onOffer?: (offer: TransferOffer) => OfferDecision | Promise<OfferDecision>;
 }
 
 interface Pending {
@@ -49,12 +65,14 @@ interface Pending {
 
 export class TargetClient {
   private readonly pending = new Map<string, Pending>();
+  private readonly deciding = new Map<string, { aborted: boolean }>();
 
   private constructor(
     private readonly channel: Channel<FromAgent>,
     readonly node: string,
     private readonly log: Logger,
     private readonly onConnection: (conn: TransferredConnection) => void,
+    private readonly offerPolicy?: TargetOptions['onOffer'],
   ) {
     channel.on('message', (d) => this.onMessage(d));
     channel.on('close', () => {
@@ -66,7 +84,7 @@ export class TargetClient {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
     const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports });
-    return new TargetClient(channel, node, log, onConnection);
+    return new TargetClient(channel, node, log, onConnection, opts.onOffer);
   }
 
   close(): void {
@@ -79,7 +97,8 @@ export class TargetClient {
       case 'welcome':
         return;
       case 'offer':
-        return this.onOffer(msg, blobs);
+        void this.onOffer(msg, blobs);
+        return;
       case 'commit':
         return this.onCommit(msg.connId, blobs[0]!, msg.unsentLength, msg.window);
       case 'live':
@@ -90,12 +109,29 @@ export class TargetClient {
   }
 
   /** Reinstate the socket in repair mode: it exists, bound to the DVIPA, but says nothing yet. */
-  private onOffer(offer: Message<'offer'>, blobs: Buffer[]): void {
+  /**
+   * Ask the application (claims 4, 14), then reinstate the socket in repair mode: it exists, bound
+   * to the DVIPA, but says nothing yet. A refusal or a failed reinstatement goes back as a reject
+   * with the reason; the routing node then still owns the connection.
+   */
+  private async onOffer(offer: Message<'offer'>, blobs: Buffer[]): Promise<void> {
     const connId = offer.connId;
     const [sendQueue, recvQueue, peeked] = blobs as [Buffer, Buffer, Buffer];
+    if (this.pending.has(connId) || this.deciding.has(connId)) {
+      this.channel.send('reject', { connId, reason: 'connection already pending here' });
+      return;
+    }
+    const deciding = { aborted: false };
+    this.deciding.set(connId, deciding);
     try {
-      if (this.pending.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'connection already pending here', { connId, step: 'import' });
       const state = connFromWire(offer.conn, sendQueue, recvQueue, connId);
+      const decision = await this.decide({ connId, from: offer.from, client: { ...state.remote }, appState: offer.appState, peeked });
+      if (!decision.accept) {
+        this.log.info({ connId, reason: decision.reason }, 'transfer refused by the application');
+        this.channel.send('reject', { connId, reason: decision.reason });
+        return;
+      }
+      if (deciding.aborted) return;
       const t = performance.now();
       const fd = importConnection(state, { prepend: peeked });
       const importUs = Math.round((performance.now() - t) * 1000);
@@ -107,7 +143,25 @@ export class TargetClient {
       const reason = isBatonError(err) ? err.message : `import failed: ${(err as Error).message}`;
       this.log.warn({ connId, err: reason }, 'transfer refused: socket could not be reinstated');
       this.channel.send('reject', { connId, reason });
+    } finally {
+      this.deciding.delete(connId);
     }
+  }
+
+  /** The application's verdict, bounded in time: no answer is a refusal. */
+  private decide(offer: TransferOffer): Promise<OfferDecision> {
+    if (!this.offerPolicy) return Promise.resolve({ accept: true });
+    const ask = this.offerPolicy;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ accept: false, reason: `target application did not decide within ${DECISION_TIMEOUT_MS} ms` }), DECISION_TIMEOUT_MS);
+      Promise.resolve()
+        .then(() => ask(offer))
+        .then(
+          (d) => resolve(d),
+          (err: unknown) => resolve({ accept: false, reason: `target application failed to decide: ${(err as Error).message}` }),
+        )
+        .finally(() => clearTimeout(timer));
+    });
   }
 
   /**
@@ -174,6 +228,8 @@ export class TargetClient {
   }
 
   private drop(connId: string, reason: string): void {
+    const deciding = this.deciding.get(connId);
+    if (deciding) deciding.aborted = true;
     const p = this.pending.get(connId);
     if (!p) return;
     clearTimeout(p.timer);

@@ -106,6 +106,9 @@ def one(args):
             result["greeting"] = c.line()
         served_by = result["greeting"].removeprefix("OK ")
         result["served_by"] = served_by
+        if args.whoami:
+            sock.sendall(b"WHOAMI\n")
+            result["whoami"] = c.line()
         if args.get:
             h_got, h_want = hashlib.sha256(), hashlib.sha256(pattern(0, args.get))
             sock.sendall(b"GET %d\n" % args.get)
@@ -143,6 +146,7 @@ def main():
     p.add_argument("--get", type=int, default=0)
     p.add_argument("--put", type=int, default=0)
     p.add_argument("--motd", type=int, default=0, help="ask the router for N bytes and read them only after the handoff")
+    p.add_argument("--whoami", action="store_true", help="after the handoff, ask the target who we are")
     p.add_argument("--fallback-user", default="", help="if the first USER is answered with ERR, try this user on the same connection")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=20.0)

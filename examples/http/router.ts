@@ -4,7 +4,7 @@
 // bytes: the target's stock http.Server answers it. Users (examples/README.md): alice/wonderland
 // is served by n2, bob/builder by n3.
 import net from 'node:net';
-import { RouterClient, isBatonError } from '../../controller/sdk/index.js';
+import { RouterClient } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { exampleOptions, withRetry } from '../common.js';
 import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
@@ -45,11 +45,15 @@ function parseRequest(buf: Buffer): Head | undefined | 'bad' {
   return buf.length >= length ? { method: m[1]!, target: m[2]!, headers, length } : undefined;
 }
 
-function reply(socket: net.Socket, status: string, headers: Record<string, string>, body: string): void {
+function response(status: string, headers: Record<string, string>, body: string): string {
   const head = Object.entries({ ...headers, 'Content-Type': 'text/plain', 'Content-Length': String(Buffer.byteLength(body)) })
     .map(([k, v]) => `${k}: ${v}\r\n`)
     .join('');
-  socket.write(`HTTP/1.1 ${status}\r\n${head}\r\n${body}`);
+  return `HTTP/1.1 ${status}\r\n${head}\r\n${body}`;
+}
+
+function reply(socket: net.Socket, status: string, headers: Record<string, string>, body: string): void {
+  socket.write(response(status, headers, body));
 }
 
 function converse(socket: net.Socket): void {
@@ -89,15 +93,25 @@ function converse(socket: net.Socket): void {
       const peeked = buffered;
       buffered = Buffer.alloc(0);
       socket.off('data', onData);
-      router.handoff(socket, { node, port: opts.port }, { appState: { user }, peeked }).then(
-        (r) => log.info({ client, event: 'handed-off', connId: r.connId, target: node, user, timings: r.timings }, 'handed off'),
-        (err: unknown) => {
-          log.warn({ client, target: node, err: (err as Error).message }, 'handoff failed; answering 503 here');
-          const why = isBatonError(err) ? err.code : 'error';
-          reply(socket, '503 Service Unavailable', { 'Retry-After': '1', Connection: 'close' }, `${node} unavailable (${why})\n`);
-          socket.end();
-        },
-      );
+      // The user's own node first; if it refuses (full, down), any other target node (claim 16);
+      // if every one refuses, a 503 on the connection this node still owns (claim 17).
+      const targets = [node, ...opts.targets.filter((t) => t !== node)].map((n) => ({ node: n, port: opts.port }));
+      router
+        .handoffOrReply(socket, targets, {
+          appState: { user },
+          peeked,
+          errorReply: (err) => response('503 Service Unavailable', { 'Retry-After': '1', Connection: 'close' }, `no node can take this connection (${err.code})\n`),
+        })
+        .then(
+          (r) => {
+            if (r) log.info({ client, event: 'handed-off', connId: r.connId, target: r.target.node, user, timings: r.timings, attempts: r.attempts }, 'handed off');
+            else log.warn({ client, user, event: 'all-refused' }, 'every target refused: answered 503');
+          },
+          (err: unknown) => {
+            log.error({ client, err: (err as Error).message }, 'handoff broke the socket');
+            socket.destroy();
+          },
+        );
       return;
     }
   };

@@ -1,30 +1,54 @@
-// HTTP target application (DVIPA port 80) on n2/n3: a stock node:http server that never listens
-// itself. Connections arrive by transfer; the authenticated request the router peeked is replayed
-// at the head of the stream, so the server answers it, and later keep-alive requests, normally.
+// HTTP target application (DVIPA port 80) on n2/n3: a stock web server that never listens itself
+// (claim 5), either node:http's http.createServer or fastify (--framework). Connections arrive by
+// transfer; the authenticated request the router peeked is replayed at the head of the stream, so
+// the server answers it, and later keep-alive requests, normally. The user comes from the routing
+// application's state (claims 6, 7): the target never asks for credentials again. Beyond
+// --capacity live connections it refuses offers (claims 4, 14) and the router tries elsewhere.
 import http from 'node:http';
 import type net from 'node:net';
+import Fastify from 'fastify';
 import { TargetClient, serveHttp } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, withRetry } from '../common.js';
+import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
 
 const opts = exampleOptions('http-target', 80);
 const log = createLogger({ app: 'http-target', node: opts.node });
 const users = new WeakMap<net.Socket, string>();
+const greeting = (user: string, method: string | undefined, url: string | undefined) => `hello ${user}, served by ${opts.node} for ${method} ${url}\n`;
 
-const server = http.createServer((req, res) => {
-  const user = users.get(req.socket) ?? 'anonymous';
-  log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
-  res.setHeader('X-Served-By', opts.node);
-  res.setHeader('Content-Type', 'text/plain');
-  res.end(`hello ${user}, served by ${opts.node} for ${req.method} ${req.url}\n`);
-});
+async function webServer(): Promise<http.Server> {
+  if (opts.framework === 'node') {
+    return http.createServer((req, res) => {
+      const user = users.get(req.socket) ?? 'anonymous';
+      log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
+      res.setHeader('X-Served-By', opts.node);
+      res.setHeader('X-Framework', 'node');
+      res.setHeader('Content-Type', 'text/plain');
+      res.end(greeting(user, req.method, req.url));
+    });
+  }
+  const app = Fastify({ logger: false });
+  app.get('/*', async (req, reply) => {
+    const user = users.get(req.raw.socket) ?? 'anonymous';
+    log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
+    return reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').type('text/plain').send(greeting(user, req.method, req.url));
+  });
+  await app.ready();
+  return app.server;
+}
 
+const server = await webServer();
+const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
-  TargetClient.connect({ socketPath: opts.agent, name: 'http-target', ports: [opts.port], logger: log }, (conn) => {
-    users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
-    log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');
-    serveHttp(server, conn);
-  }),
+  TargetClient.connect(
+    { socketPath: opts.agent, name: 'http-target', ports: [opts.port], logger: log, onOffer: capacity.decide },
+    (conn) => {
+      capacity.track(conn.socket);
+      users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
+      log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');
+      serveHttp(server, conn);
+    },
+  ),
 );
-log.info({ port: opts.port }, 'http target registered');
+log.info({ port: opts.port, framework: opts.framework, capacity: opts.capacity }, 'http target registered');
 for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); server.close(); process.exit(0); });

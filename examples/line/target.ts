@@ -3,12 +3,14 @@
 // OK <node>), then serves:
 //   GET <n>  → n bytes of the pattern (byte i = i mod 251)
 //   PUT <n>  → reads n raw bytes, answers SHA256 <hex>
+//   WHOAMI   → YOU <user> ON <node> (the user comes from the routing application's state)
 //   QUIT     → BYE, closes
+// Beyond --capacity live connections it refuses offers.
 import { createHash } from 'node:crypto';
 import type net from 'node:net';
 import { TargetClient, type TransferredConnection } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, withRetry } from '../common.js';
+import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
 import { patternChunk } from './pattern.js';
 
 const MAX_TRANSFER = 1 << 30;
@@ -63,12 +65,16 @@ function serve(conn: TransferredConnection): void {
       const line = buffered.subarray(0, nl).toString('utf8').trim();
       buffered = buffered.subarray(nl + 1);
       const m = /^(GET|PUT) (\d{1,10})$/.exec(line);
+      if (line === 'WHOAMI') {
+        socket.write(`YOU ${state?.user ?? 'unknown'} ON ${opts.node}\n`);
+        continue;
+      }
       if (line === 'QUIT') {
         socket.end('BYE\n');
         return;
       }
       if (!m || Number(m[2]) > MAX_TRANSFER) {
-        socket.write('ERR expected GET <n>, PUT <n> or QUIT\n');
+        socket.write('ERR expected GET <n>, PUT <n>, WHOAMI or QUIT\n');
         continue;
       }
       const n = Number(m[2]);
@@ -90,8 +96,12 @@ function serve(conn: TransferredConnection): void {
   });
 }
 
+const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
-  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log }, serve),
+  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, onOffer: capacity.decide }, (conn) => {
+    capacity.track(conn.socket);
+    serve(conn);
+  }),
 );
 log.info({ port: opts.port }, 'line target registered');
 for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); process.exit(0); });

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labProcesses, waitUntilReady } from '../../controller/lab/cluster.js';
+import { type LabProcessOptions, labProcesses, waitUntilReady } from '../../controller/lab/cluster.js';
 import type { LabDescription } from '../../controller/lab/description.js';
 import { labDown, labUp } from '../../controller/lab/lab.js';
 
@@ -13,7 +13,7 @@ export interface RunningLab {
   down(): Promise<void>;
 }
 
-export async function startLab(opts: { examples?: boolean } = {}): Promise<RunningLab> {
+export async function startLab(opts: LabProcessOptions = {}): Promise<RunningLab> {
   const prefix = `bt${randomBytes(3).toString('hex')}`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
   let specs: ReturnType<typeof labProcesses> = [];

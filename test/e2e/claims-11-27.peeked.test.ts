@@ -1,0 +1,31 @@
+// Claims 11, 27: what the routing application peeked (read but did not consume) travels in the
+// transfer and reaches the target before any new byte from the client, in order. The client sends
+// USER and a whole PUT in one go: the router reads past the USER line, and those bytes, plus
+// whatever was still queued, must reach n2's application first and byte-exact.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
+import { type RunningLab, startLab } from '../helpers/lab.js';
+
+let running: RunningLab;
+beforeAll(async () => {
+  running = await startLab();
+});
+afterAll(async () => {
+  await running?.down();
+});
+
+describe('peeked bytes are delivered first', () => {
+  it('the bytes after USER that the router already read arrive at the target first, in order', async () => {
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--put', '2000000', '--stream-during-handoff']), 30_000);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, put_ok: true, served_by: 'n2' });
+    const handoff = readLog(running.lab, 'n1-line-router').find((l) => l.msg === 'connection handed off');
+    expect(Number(handoff?.peeked)).toBeGreaterThan(0);
+  });
+
+  it('HTTP: the authenticated request the router read is the first request the target answers', async () => {
+    const r = await inClient(running.lab, ['curl', '-sS', '--max-time', '10', '--digest', '-u', 'bob:builder', `http://${running.lab.dvipa.address}/the-peeked-one`]);
+    expect(r.stdout.trim()).toBe('hello bob, served by n3 for GET /the-peeked-one');
+    const requests = readLog(running.lab, 'n3-http-target').filter((l) => l.event === 'request');
+    expect(requests.map((l) => l.url)).toEqual(['/the-peeked-one']);
+  });
+});

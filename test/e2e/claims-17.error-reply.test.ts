@@ -1,0 +1,25 @@
+// Claim 17: when no target accepts, the routing application sends the client an error over the
+// connection it still owns. Both HTTP targets are at capacity: curl gets a 503 from n1.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inClient, readLog } from '../../controller/lab/demo.js';
+import { type RunningLab, startLab } from '../helpers/lab.js';
+
+let running: RunningLab;
+beforeAll(async () => {
+  running = await startLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'], 'n3-http-target': ['--capacity', '0'] } });
+});
+afterAll(async () => {
+  await running?.down();
+});
+
+describe('every target refuses', () => {
+  it('the client gets a 503 with Retry-After on its connection, and a clean close', async () => {
+    const r = await inClient(running.lab, ['curl', '-sS', '--max-time', '10', '--digest', '-u', 'alice:wonderland', '-D', '-', `http://${running.lab.dvipa.address}/`]);
+    expect(r.code).toBe(0);
+    // curl shows the 401 challenge, then the 503 answered by the routing node on the same socket.
+    expect(r.stdout).toMatch(/HTTP\/1\.1 401 Unauthorized[\s\S]*HTTP\/1\.1 503 Service Unavailable/);
+    expect(r.stdout).toMatch(/Retry-After: 1/);
+    expect(r.stdout).toContain('no node can take this connection (E_REJECTED)');
+    expect(readLog(running.lab, 'n1-http-router').some((l) => l.event === 'all-refused')).toBe(true);
+  });
+});
