@@ -9,10 +9,12 @@ import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
 import { Channel, PendingReplies } from '../transfer/channel.js';
 import { HandoffCoordinator, type HandoffRecord, type RouterConnection } from '../transfer/handoff.js';
-import { Accepts, type MessageType } from '../transfer/messages.js';
+import { Accepts, type Message, type MessageType } from '../transfer/messages.js';
+import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
 import { ensureDvipa } from './dvipa.js';
+import { RouteService } from './route-service.js';
 import { loadSteering, type Steering } from './xdp.js';
 
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
@@ -26,6 +28,7 @@ export class NodeAgent {
   readonly self: NodeConfig;
   readonly isDistributor: boolean;
   private steering?: Steering;
+  private routeService?: RouteService;
   private coordinator?: HandoffCoordinator;
   private peerServer?: net.Server;
   private appServer?: net.Server;
@@ -50,10 +53,16 @@ export class NodeAgent {
 
   async start(): Promise<void> {
     await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
+    let routes: RouteWriter;
     if (this.isDistributor) {
       this.steering = loadSteering({ instance: `${this.config.instance}-${this.self.name}`, ifname: this.self.interface, mode: this.config.xdpMode, log: this.log });
-      this.coordinator = new HandoffCoordinator(this.config, this.self, this.steering.routes, this.peers, this.log, (r) => this.record(r));
+      this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8);
+      routes = new LocalRoutes(this.routeService, this.self.name);
+    } else {
+      // Connections this node serves can move on (claim 10); the distributor changes the table.
+      routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
+    this.coordinator = new HandoffCoordinator(this.config, this.self, routes, this.peers, this.log, (r) => this.record(r));
     this.peerServer = await listen(net.createServer((s) => this.onPeer(s)), { host: this.self.address, port: this.self.peerPort });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
     fs.rmSync(this.self.agentSocket, { force: true });
@@ -72,6 +81,7 @@ export class NodeAgent {
     for (const ch of this.channels) ch.close();
     this.peers.close();
     this.relay.close();
+    this.routeService?.close();
     await Promise.all([closeServer(this.peerServer), closeServer(this.appServer)]);
     fs.rmSync(this.self.agentSocket, { force: true });
     if (this.steering) {
@@ -126,8 +136,28 @@ export class NodeAgent {
         channel.close();
         return;
       }
+      if (d.msg.type === 'route') {
+        this.onRouteRequest(channel, peerName, d.msg);
+        return;
+      }
       this.relay.fromPeer(channel, d);
     });
+  }
+
+  /** A node that serves a connection asks the distributor to freeze, repoint or restore its entry. */
+  private onRouteRequest(channel: Channel<FromPeer>, requester: string, msg: Message<'route'>): void {
+    const { connId, op, flow } = msg;
+    try {
+      if (!this.routeService) throw new BatonError('E_HANDOFF_STATE', `${this.self.name} is not the distributor`, { connId, step: op });
+      if (op === 'freeze') this.routeService.freeze(requester, flow);
+      else if (op === 'unfreeze') this.routeService.unfreeze(requester, flow);
+      else if (msg.target) this.routeService.forward(requester, flow, msg.target);
+      else throw new BatonError('E_PROTOCOL', 'forward without a target', { connId, step: op });
+      channel.send('routed', { connId, ok: true });
+    } catch (err) {
+      this.log.warn({ connId, op, requester, err: (err as Error).message }, 'route request refused');
+      channel.send('routed', { connId, ok: false, reason: (err as Error).message });
+    }
   }
 
   private onApp(socket: net.Socket): void {
@@ -167,11 +197,7 @@ export class NodeAgent {
         channel.send('welcome', { node: this.self.name });
         return;
       }
-      if (msg.type === 'offer' && router) {
-        if (!this.coordinator) {
-          channel.send('failed', { connId: msg.connId, step: 'offer', code: 'E_HANDOFF_STATE', reason: `${this.self.name} is not the distributor` });
-          return;
-        }
+      if (msg.type === 'offer' && router && this.coordinator) {
         void this.coordinator.run(router, d as never);
         return;
       }

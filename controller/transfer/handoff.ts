@@ -6,7 +6,8 @@
 //              still queues what arrives); relay the state to the target node, which reinstates it
 //              in repair mode and accepts, or rejects.
 //   2. freeze  set the flow's routing-table entry to FROZEN: XDP drops the client's packets, so the
-//              old socket's queues stop changing.
+//              old socket's queues stop changing. (On the distributor itself, or through it when
+//              this node serves a connection that moves on again: see routes.ts.)
 //   3. delta   the routing application reads what reached its receive queue since the snapshot,
 //              and how much of the unsent tail its socket transmitted meanwhile.
 //   4. commit  the target appends the delta, still in repair mode, marks the newly transmitted
@@ -16,16 +17,15 @@
 //   6. live    the target leaves repair mode (its window probe acknowledges everything, the delta
 //              included); the routing application closes its socket silently.
 //
-// Any failure before step 5 removes the entry and tells the routing application, which leaves repair
-// mode on its socket: the connection carries on at the routing node, nothing lost.
+// Any failure before step 5 puts the entry back as it was (none, or forwarding to this node) and
+// tells the routing application, which leaves repair mode on its socket: the connection carries on
+// at the routing node, nothing lost.
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
-import type { FlowKey, RoutingTable } from '../agent/routing-table.js';
-
-/** What a handoff needs of the connection routing table. */
-export type RouteWriter = Pick<RoutingTable, 'freeze' | 'forward' | 'remove'>;
+import type { FlowKey } from '../agent/routing-table.js';
+import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
 import type { Accepts, Decoded, DistributorTimings, Message } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
@@ -106,7 +106,7 @@ export class HandoffCoordinator {
 
       step = 'freeze';
       const tFreeze = performance.now();
-      this.routes.freeze(flow);
+      await this.routes.freeze(flow, connId);
       frozen = true;
       const freezeUs = micros(tFreeze);
       router.channel.send('frozen', { connId });
@@ -123,7 +123,7 @@ export class HandoffCoordinator {
 
       step = 'route';
       const tRoute = performance.now();
-      this.routes.forward(flow, { node: targetNode.id, mac: targetNode.mac });
+      await this.routes.forward(flow, targetNode.name, connId);
       const routeUs = micros(tRoute);
 
       peer.channel.send('live', { connId });
@@ -133,7 +133,7 @@ export class HandoffCoordinator {
       this.onRecord({ connId, from: router.name, target: targetNode.name, client, outcome: 'done', timings });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
-      if (frozen) this.routes.remove(flow);
+      if (frozen) await this.unfreeze(flow, connId, log);
       // The target may hold a reinstated socket in repair mode: tell it to drop it silently.
       // Only a target that said no has certainly kept nothing.
       if (peer && !(step === 'offer' && e.code === 'E_REJECTED')) peer.channel.send('abort', { connId, reason: e.message });
@@ -142,6 +142,15 @@ export class HandoffCoordinator {
       this.onRecord({ connId, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
     } finally {
       if (admitted) this.inFlight.delete(connId);
+    }
+  }
+
+  private async unfreeze(flow: FlowKey, connId: string, log: Logger): Promise<void> {
+    try {
+      await this.routes.unfreeze(flow, connId);
+    } catch (err) {
+      // The distributor rolls back a freeze nobody finishes on its own; say so and carry on.
+      log.error({ err: (err as Error).message }, 'could not unfreeze; the distributor will restore the entry when the freeze expires');
     }
   }
 }

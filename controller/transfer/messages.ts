@@ -23,6 +23,17 @@ const WindowSchema = Type.Object(
   { additionalProperties: false },
 );
 
+export const FlowSchema = Type.Object(
+  {
+    family: Type.Union([Type.Literal(4), Type.Literal(6)]),
+    clientAddress: IpAddress,
+    clientPort: Port,
+    vipAddress: IpAddress,
+    vipPort: Port,
+  },
+  { additionalProperties: false },
+);
+
 /** TcpConnectionState without its byte queues, which travel as blobs (see connToWire). */
 export const ConnMetaSchema = Type.Object(
   {
@@ -98,6 +109,17 @@ export const Schemas = {
   /** The route points at the target: leave repair mode and serve. */
   live: message('live', { connId: ConnIdSchema }),
   abort: message('abort', { connId: ConnIdSchema, reason: Reason }),
+  /**
+   * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
+   * started on a node that is not the distributor). The distributor checks the sender owns the flow.
+   */
+  route: message('route', {
+    connId: ConnIdSchema,
+    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze')]),
+    flow: FlowSchema,
+    target: Type.Optional(Name),
+  }),
+  routed: message('routed', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
   failed: message('failed', {
     connId: ConnIdSchema,
@@ -114,7 +136,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, done: 0, failed: 0,
+  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, done: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -125,8 +147,8 @@ const checks = Object.fromEntries(
 export const Accepts = {
   agentFromRouter: ['hello', 'offer', 'delta'],
   agentFromTarget: ['hello', 'accept', 'reject', 'ready'],
-  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort'],
-  peerReplies: ['welcome', 'accept', 'reject', 'ready'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route'],
+  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
   router: ['welcome', 'frozen', 'done', 'failed'],
   target: ['welcome', 'offer', 'commit', 'live', 'abort'],
 } as const satisfies Record<string, readonly MessageType[]>;

@@ -63,7 +63,8 @@ export class TargetRelay {
 
   fromPeer(peer: Channel<FromPeer>, d: Decoded<FromPeer>): void {
     const { msg, blobs } = d;
-    if (msg.type === 'hello') return;
+    // Routing-table requests are the distributor's business (node-agent hands them to RouteService).
+    if (msg.type === 'hello' || msg.type === 'route') return;
     const connId = msg.connId;
     if (msg.type === 'offer') {
       const app = this.byPort.get(msg.target.port);

@@ -116,6 +116,19 @@ def one(args):
             c.exactly(args.get, h_got.update)
             result["get_mbps"] = round(args.get * 8 / 1e6 / max(time.monotonic() - t, 1e-6), 1)
             result["get_ok"] = h_got.digest() == h_want.digest()
+        for node in filter(None, args.move.split(",")):
+            # Transfer again (claim 10): the node serving us moves us on; same socket throughout.
+            sock.sendall(b"MOVE %s\n" % node.encode())
+            reply = c.line()
+            moves = result.setdefault("moves", [])
+            moves.append(reply)
+            h_got, h_want = hashlib.sha256(), hashlib.sha256(pattern(0, 100000))
+            sock.sendall(b"GET 100000\n")
+            c.exactly(100000, h_got.update)
+            payload = pattern(11, 100000)
+            sock.sendall(b"PUT 100000\n" + payload)
+            moved_ok = reply == "OK " + node and h_got.digest() == h_want.digest() and c.line() == "SHA256 " + hashlib.sha256(payload).hexdigest()
+            result["moves_ok"] = result.get("moves_ok", True) and moved_ok
         if args.put and not args.stream_during_handoff:
             payload = pattern(3, args.put)
             t = time.monotonic()
@@ -127,7 +140,7 @@ def one(args):
         result["bye"] = c.line() == "BYE"
         rest = sock.recv(1)
         result["clean_close"] = rest == b""
-        checks = [result.get("motd_ok", True), result["greeting"] == "OK " + args.expect_node if args.expect_node else result["greeting"].startswith("OK "),
+        checks = [result.get("moves_ok", True), result.get("motd_ok", True), result["greeting"] == "OK " + args.expect_node if args.expect_node else result["greeting"].startswith("OK "),
                   result.get("get_ok", True), result.get("put_ok", True), result["bye"], result["clean_close"]]
         result["ok"] = all(checks)
     except (OSError, AssertionError, ConnectionError) as e:
@@ -146,6 +159,7 @@ def main():
     p.add_argument("--get", type=int, default=0)
     p.add_argument("--put", type=int, default=0)
     p.add_argument("--motd", type=int, default=0, help="ask the router for N bytes and read them only after the handoff")
+    p.add_argument("--move", default="", help="after the handoff, ask to be moved to these nodes in turn (comma-separated)")
     p.add_argument("--whoami", action="store_true", help="after the handoff, ask the target who we are")
     p.add_argument("--fallback-user", default="", help="if the first USER is answered with ERR, try this user on the same connection")
     p.add_argument("--repeat", type=int, default=1)

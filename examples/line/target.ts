@@ -4,11 +4,13 @@
 //   GET <n>  → n bytes of the pattern (byte i = i mod 251)
 //   PUT <n>  → reads n raw bytes, answers SHA256 <hex>
 //   WHOAMI   → YOU <user> ON <node> (the user comes from the routing application's state)
+//   MOVE <node> → this node hands the connection on to <node> (claim 10), whose target answers
+//               OK <node>; on failure ERR, and this node keeps serving
 //   QUIT     → BYE, closes
 // Beyond --capacity live connections it refuses offers.
 import { createHash } from 'node:crypto';
 import type net from 'node:net';
-import { TargetClient, type TransferredConnection } from '../../controller/sdk/index.js';
+import { RouterClient, TargetClient, isBatonError, type TransferredConnection } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
 import { patternChunk } from './pattern.js';
@@ -65,6 +67,24 @@ function serve(conn: TransferredConnection): void {
       const line = buffered.subarray(0, nl).toString('utf8').trim();
       buffered = buffered.subarray(nl + 1);
       const m = /^(GET|PUT) (\d{1,10})$/.exec(line);
+      const move = /^MOVE ([A-Za-z0-9][A-Za-z0-9._-]{0,62})$/.exec(line);
+      if (move) {
+        const next = move[1]!;
+        const peeked = buffered;
+        buffered = Buffer.alloc(0);
+        socket.off('data', onData);
+        router.handoff(socket, { node: next, port: opts.port }, { appState: { user: state?.user, greeting: 'OK' }, peeked }).then(
+          (r) => log.info({ connId: r.connId, event: 'handed-off', target: next, timings: r.timings }, 'connection moved on'),
+          (err: unknown) => {
+            log.warn({ connId: conn.connId, target: next, err: (err as Error).message }, 'move failed; still serving here');
+            buffered = Buffer.concat([peeked, buffered]);
+            socket.on('data', onData);
+            socket.write(`ERR cannot move to ${next}: ${isBatonError(err) ? err.code : 'error'}\n`);
+            process_();
+          },
+        );
+        return;
+      }
       if (line === 'WHOAMI') {
         socket.write(`YOU ${state?.user ?? 'unknown'} ON ${opts.node}\n`);
         continue;
@@ -90,12 +110,15 @@ function serve(conn: TransferredConnection): void {
       }
     }
   };
-  socket.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer) => {
     buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
     process_();
-  });
+  };
+  socket.on('data', onData);
 }
 
+// A target serves connections and can move them on: it is a routing application too.
+const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-target', logger: log }));
 const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
   TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, onOffer: capacity.decide }, (conn) => {
@@ -104,4 +127,4 @@ const target = await withRetry('connect to batond', () =>
   }),
 );
 log.info({ port: opts.port }, 'line target registered');
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); process.exit(0); });
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); router.close(); process.exit(0); });

@@ -7,7 +7,8 @@ import type { FlowKey } from '../../../controller/agent/routing-table.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';
 import { Channel, PendingReplies } from '../../../controller/transfer/channel.js';
-import { type HandoffRecord, HandoffCoordinator, type RouteWriter } from '../../../controller/transfer/handoff.js';
+import { type HandoffRecord, HandoffCoordinator } from '../../../controller/transfer/handoff.js';
+import type { RouteWriter } from '../../../controller/transfer/routes.js';
 import { Accepts, connToWire, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
 import { PeerLinks } from '../../../controller/transfer/peers.js';
 import type { TcpConnectionState } from '../../../native/repair.js';
@@ -31,21 +32,17 @@ const state: TcpConnectionState = {
   window: { sndWl1: 1, sndWnd: 100, maxWindow: 100, rcvWnd: 100, rcvWup: 2 },
 };
 
-/** Records every routing-table write in order, as the coordinator issued it. */
+/** Records every routing-table change in order, as the coordinator asked for it. */
 class RecordingRoutes implements RouteWriter {
   readonly ops: string[] = [];
-  readonly entries = new Map<string, string>();
-  freeze(k: FlowKey) {
+  async freeze() {
     this.ops.push('freeze');
-    this.entries.set(`${k.clientAddress}:${k.clientPort}`, 'frozen');
   }
-  forward(k: FlowKey, t: { node: number; mac: string }) {
-    this.ops.push(`forward:${t.node}`);
-    this.entries.set(`${k.clientAddress}:${k.clientPort}`, `forward:${t.mac}`);
+  async forward(_flow: FlowKey, target: string) {
+    this.ops.push(`forward:${target}`);
   }
-  remove(k: FlowKey) {
-    this.ops.push('remove');
-    return this.entries.delete(`${k.clientAddress}:${k.clientPort}`);
+  async unfreeze() {
+    this.ops.push('unfreeze');
   }
 }
 
@@ -133,7 +130,7 @@ describe('handoff state machine at the routing node', () => {
         ch.send('ready', { connId });
       }
     });
-    expect(r.routes.ops).toEqual(['freeze', 'forward:2']);
+    expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
     expect(r.got).toEqual(['frozen', 'done']);
     expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
@@ -149,12 +146,11 @@ describe('handoff state machine at the routing node', () => {
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'offer', reason: expect.stringContaining('full') });
   });
 
-  it('target silent after the commit: the frozen entry is removed, the target aborted, the router told E_TIMEOUT', async () => {
+  it('target silent after the commit: the frozen entry is restored, the target aborted, the router told E_TIMEOUT', async () => {
     const r = await runHandoff((d, ch) => {
       if (d.msg.type === 'offer') ch.send('accept', { connId: d.msg.connId, importUs: 5 });
     });
-    expect(r.routes.ops).toEqual(['freeze', 'remove']);
-    expect(r.routes.entries.size).toBe(0);
+    expect(r.routes.ops).toEqual(['freeze', 'unfreeze']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
     expect(r.got).toEqual(['frozen', 'failed']);
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'commit' });

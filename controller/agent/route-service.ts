@@ -1,0 +1,102 @@
+// The distributor's authority over its connection routing table. Every handoff, whether it starts
+// here (first transfer) or on the node currently serving the connection (a transfer again, claim
+// 10), changes the table only through these three calls, which check that the requester owns the
+// flow:
+//
+//   freeze(R, flow)        R serves the flow now: the distributor itself when there is no entry,
+//                          or the node the entry forwards to. The entry it replaces is remembered.
+//   forward(R, flow, T)    only after R's freeze; T is the new owner (no entry when T is the
+//                          distributor: its own kernel serves the flow).
+//   unfreeze(R, flow)      only after R's freeze: puts the remembered entry back (rollback).
+//
+// A freeze nobody finishes (its owner died mid-handoff) is rolled back after a bound.
+import { BatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
+import { describeFlow, type FlowKey, type RouteEntry, type RoutingTable } from './routing-table.js';
+
+interface FreezeRecord {
+  flow: FlowKey;
+  owner: string;
+  previous: RouteEntry | undefined;
+  since: number;
+}
+
+export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'remove'>;
+
+export class RouteService {
+  private readonly frozen = new Map<string, FreezeRecord>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly routes: TableOps,
+    private readonly config: ClusterConfig,
+    private readonly log: Logger,
+    private readonly freezeLimitMs: number,
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2));
+    this.sweeper.unref();
+  }
+
+  freeze(requester: string, flow: FlowKey): void {
+    const key = describeFlow(flow);
+    const owner = this.node(requester, flow);
+    if (this.frozen.has(key)) throw this.refuse('a handoff of this flow is already in progress', flow, requester);
+    const current = this.routes.get(flow);
+    const isOwner =
+      owner.name === this.config.distributor ? current === undefined : current?.state === 'forward' && current.targetNode === owner.id;
+    if (!isOwner) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
+    this.routes.freeze(flow);
+    this.frozen.set(key, { flow, owner: requester, previous: current, since: Date.now() });
+  }
+
+  forward(requester: string, flow: FlowKey, targetName: string): void {
+    this.release(requester, flow);
+    const target = this.node(targetName, flow);
+    if (target.name === this.config.distributor) this.routes.remove(flow);
+    else this.routes.forward(flow, { node: target.id, mac: target.mac });
+  }
+
+  unfreeze(requester: string, flow: FlowKey): void {
+    const record = this.release(requester, flow);
+    this.restore(flow, record);
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+  }
+
+  private release(requester: string, flow: FlowKey): FreezeRecord {
+    const key = describeFlow(flow);
+    const record = this.frozen.get(key);
+    if (!record || record.owner !== requester) throw this.refuse(`no freeze by ${requester} for this flow`, flow, requester);
+    this.frozen.delete(key);
+    return record;
+  }
+
+  private restore(flow: FlowKey, record: FreezeRecord): void {
+    const prev = record.previous;
+    if (prev?.state === 'forward') this.routes.forward(flow, { node: prev.targetNode, mac: prev.targetMac });
+    else this.routes.remove(flow);
+  }
+
+  private node(name: string, flow: FlowKey): NodeConfig {
+    const node = this.config.nodes.find((n) => n.name === name);
+    if (!node) throw this.refuse(`unknown node ${name}`, flow, name);
+    return node;
+  }
+
+  private refuse(why: string, flow: FlowKey, requester: string): BatonError {
+    return new BatonError('E_HANDOFF_STATE', `routing table change refused: ${why}`, { step: 'route', node: requester, flow: describeFlow(flow) });
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [key, record] of this.frozen) {
+      if (now - record.since < this.freezeLimitMs) continue;
+      this.frozen.delete(key);
+      this.restore(record.flow, record);
+      this.log.warn({ flow: key, owner: record.owner }, 'freeze never finished: entry restored');
+    }
+  }
+}

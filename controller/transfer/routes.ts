@@ -1,0 +1,62 @@
+// How a handoff changes the distributor's routing table: directly when this node is the
+// distributor, over the peer link otherwise (a connection moving on from the node that serves it).
+// Either way the distributor's RouteService checks that the requester owns the flow.
+import { BatonError } from '../errors.js';
+import type { FlowKey } from '../agent/routing-table.js';
+import type { RouteService } from '../agent/route-service.js';
+import type { PeerLinks } from './peers.js';
+
+export interface RouteWriter {
+  freeze(flow: FlowKey, connId: string): Promise<void>;
+  forward(flow: FlowKey, target: string, connId: string): Promise<void>;
+  unfreeze(flow: FlowKey, connId: string): Promise<void>;
+}
+
+export class LocalRoutes implements RouteWriter {
+  constructor(
+    private readonly service: RouteService,
+    private readonly self: string,
+  ) {}
+
+  async freeze(flow: FlowKey): Promise<void> {
+    this.service.freeze(this.self, flow);
+  }
+
+  async forward(flow: FlowKey, target: string): Promise<void> {
+    this.service.forward(this.self, flow, target);
+  }
+
+  async unfreeze(flow: FlowKey): Promise<void> {
+    this.service.unfreeze(this.self, flow);
+  }
+}
+
+export class RemoteRoutes implements RouteWriter {
+  constructor(
+    private readonly peers: PeerLinks,
+    private readonly distributor: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  freeze(flow: FlowKey, connId: string): Promise<void> {
+    return this.ask('freeze', flow, connId);
+  }
+
+  forward(flow: FlowKey, target: string, connId: string): Promise<void> {
+    return this.ask('forward', flow, connId, target);
+  }
+
+  unfreeze(flow: FlowKey, connId: string): Promise<void> {
+    return this.ask('unfreeze', flow, connId);
+  }
+
+  private async ask(op: 'freeze' | 'forward' | 'unfreeze', flow: FlowKey, connId: string, target?: string): Promise<void> {
+    const link = await this.peers.get(this.distributor);
+    const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, op);
+    link.channel.send('route', { connId, op, flow, ...(target ? { target } : {}) });
+    const { msg } = await answer;
+    if (msg.type === 'routed' && !msg.ok) {
+      throw new BatonError('E_HANDOFF_STATE', `distributor ${this.distributor} refused ${op}: ${msg.reason ?? 'no reason'}`, { connId, step: op, node: this.distributor });
+    }
+  }
+}
