@@ -4,6 +4,7 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { repoRoot } from '../paths.js';
 import { HTTP_PORT, LINE_PORT, labProcesses, waitUntilReady } from './cluster.js';
@@ -88,6 +89,9 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
     if (l.event === 'exchange') out.push(`  ${at(l.time)}  exchange: ${l.line ?? l.request}${l.user ? ` (user ${l.user})` : ''}`);
     if (l.event === 'handed-off' && l.timings) {
       const t = l.timings;
+      for (const a of (l.attempts as Array<{ target: { node: string }; outcome: string; reason?: string }> | undefined) ?? []) {
+        if (a.outcome === 'failed') out.push(`             ${a.target.node} refused: ${String(a.reason).replace(/ \(.*$/, '')}`);
+      }
       out.push(`  ${at(l.time)}  target chosen: ${l.target}; handed off as ${l.connId}`);
       out.push(
         `             export ${t.exportUs} µs | transfer ${Math.max(0, (t.offerRttUs ?? 0) - (t.importUs ?? 0))} µs | import ${t.importUs} µs | ` +
@@ -116,7 +120,8 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
   const lab = await labUp({
     prefix: opts.prefix,
     dir: opts.dir,
-    processes: (l) => (specs = labProcesses(l)),
+    // n3's HTTP target takes one connection at a time, so the demo can show a refusal and a retry.
+    processes: (l) => (specs = labProcesses(l, { extraArgs: { 'n3-http-target': ['--capacity', '1'] } })),
   });
   try {
     await waitUntilReady(lab, specs);
@@ -134,6 +139,32 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
       );
       const handed = readLog(lab, `${lab.distributor}-http-router`).filter((l) => l.event === 'handed-off' && l.user === user).pop();
       if (handed) for (const line of timeline(lab, `${lab.distributor}-http-router`, clientKey(handed.client))) console.log(line);
+    }
+
+    console.log('\n== HTTP: n3 is busy (capacity 1, one slow request in progress): bob is refused there and retried on n2');
+    const slow = inClient(lab, curlDigest(lab, 'bob', 'builder', ['/hold?ms=1500']));
+    await sleep(600);
+    const retried = await inClient(lab, curlDigest(lab, 'bob', 'builder', ['/']));
+    const slowDone = await slow;
+    const retryLog = readLog(lab, `${lab.distributor}-http-router`).filter((l) => l.event === 'handed-off' && l.user === 'bob').pop();
+    const attempts = (retryLog?.attempts as Array<{ target: { node: string }; outcome: string; code?: string }> | undefined) ?? [];
+    check(
+      'refused by n3 (at capacity), served by n2 on the same connection',
+      retried.stdout.includes('hello bob, served by n2') && slowDone.stdout.includes('served by n3') && attempts.map((a) => `${a.target.node}:${a.code ?? a.outcome}`).join(' ') === 'n3:E_REJECTED n2:done',
+      `attempts: ${attempts.map((a) => `${a.target.node} ${a.code ?? a.outcome}`).join(', then ')}`,
+    );
+    if (retryLog) for (const line of timeline(lab, `${lab.distributor}-http-router`, clientKey(retryLog.client))) console.log(line);
+
+    console.log('\n== Line protocol: transfer again — served by n2, moved to n3, moved back to n2');
+    const moved = await inClient(lab, lineClient(lab, ['--user', 'alice', '--expect-node', 'n2', '--move', 'n3,n2', '--get', '100000', '--put', '100000']), 60_000);
+    const movedResult = moved.stdout.trim() ? JSON.parse(moved.stdout.trim()) : { ok: false, error: moved.stderr };
+    check('n2 → n3 → n2 on one connection, GET and PUT byte-exact after every move', movedResult.ok === true && movedResult.moves_ok === true,
+      movedResult.ok ? `answers: ${(movedResult.moves as string[]).join(', ')}` : JSON.stringify(movedResult));
+    for (const node of ['n2', 'n3']) {
+      for (const l of readLog(lab, `${node}-line-target`).filter((x) => x.event === 'handed-off')) {
+        const t = l.timings as Record<string, number>;
+        console.log(`  ${node} moved ${l.connId} on to ${l.target}: export ${t.exportUs} µs | offer ${t.offerRttUs} µs | freeze (at n1) ${t.freezeUs} µs | commit ${t.commitRttUs} µs | route (at n1) ${t.routeUs} µs | total ${t.totalUs} µs`);
+      }
     }
 
     console.log('\n== Line protocol: python client, GET and PUT of 10,000,000 bytes after the handoff');

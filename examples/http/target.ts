@@ -4,6 +4,7 @@
 // the server answers it, and later keep-alive requests, normally. The user comes from the routing
 // application's state (claims 6, 7): the target never asks for credentials again. Beyond
 // --capacity live connections it refuses offers (claims 4, 14) and the router tries elsewhere.
+// GET /hold?ms=N answers after N ms, to keep a connection busy in demos and tests.
 import http from 'node:http';
 import type net from 'node:net';
 import Fastify from 'fastify';
@@ -15,10 +16,17 @@ const opts = exampleOptions('http-target', 80);
 const log = createLogger({ app: 'http-target', node: opts.node });
 const users = new WeakMap<net.Socket, string>();
 const greeting = (user: string, method: string | undefined, url: string | undefined) => `hello ${user}, served by ${opts.node} for ${method} ${url}\n`;
+/** /hold?ms=N answers after N ms (at most 5 s): a slow request that keeps a connection busy. */
+const holdMs = (url: string | undefined) => {
+  const m = /^\/hold\?ms=(\d{1,4})$/.exec(url ?? '');
+  return m ? Math.min(Number(m[1]), 5000) : 0;
+};
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function webServer(): Promise<http.Server> {
   if (opts.framework === 'node') {
-    return http.createServer((req, res) => {
+    return http.createServer(async (req, res) => {
+      await sleep(holdMs(req.url));
       const user = users.get(req.socket) ?? 'anonymous';
       log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
       res.setHeader('X-Served-By', opts.node);
@@ -29,6 +37,7 @@ async function webServer(): Promise<http.Server> {
   }
   const app = Fastify({ logger: false });
   app.get('/*', async (req, reply) => {
+    await sleep(holdMs(req.url));
     const user = users.get(req.raw.socket) ?? 'anonymous';
     log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
     return reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').type('text/plain').send(greeting(user, req.method, req.url));
