@@ -1,6 +1,7 @@
 // Shared by the example applications: command-line options and waiting for the node's batond.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
+import type { HandoffTarget, TargetInfo } from '../controller/sdk/index.js';
 
 export interface ExampleOptions {
   agent: string;
@@ -13,6 +14,8 @@ export interface ExampleOptions {
   /** Target applications: how many transferred connections to serve at once; more are refused. */
   capacity: number;
   framework: 'node' | 'fastify';
+  /** The node's control socket, when given: registration and target discovery (claims 18–24). */
+  control?: { port: number; secretFile: string };
 }
 
 /** Users and the node each is served by; the default is the mapping documented in examples/README.md. */
@@ -37,8 +40,11 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     .option('--targets <nodes>', 'routing applications: nodes to fall back to when the user\'s node refuses', 'n2,n3')
     .option('--capacity <n>', 'target applications: connections served at once before refusing more', '1000')
     .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
+    .option('--control-port <port>', 'UDP port of batond\'s control socket on this node')
+    .option('--control-secret <file>', 'the node\'s control secret file')
     .parse()
-    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string }>();
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string; controlPort?: string; controlSecret?: string }>();
+  if (Boolean(opts.controlPort) !== Boolean(opts.controlSecret)) throw new Error('--control-port and --control-secret go together');
   const capacity = Number(opts.capacity);
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
   if (opts.framework !== 'node' && opts.framework !== 'fastify') throw new Error(`--framework: expected node or fastify, got "${opts.framework}"`);
@@ -51,6 +57,7 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     targets: opts.targets.split(',').filter(Boolean),
     capacity,
     framework: opts.framework,
+    ...(opts.controlPort && opts.controlSecret ? { control: { port: Number(opts.controlPort), secretFile: opts.controlSecret } } : {}),
   };
 }
 
@@ -64,6 +71,22 @@ export function capacityPolicy(capacity: number) {
       socket.once('close', () => active--);
     },
   };
+}
+
+/**
+ * Where a routing application tries to hand a user's connection, in order: the instances on the
+ * user's own node first (affinity: it may still refuse, its advertised load can be stale), then
+ * every other instance on the port, those with spare capacity first, least loaded first. Without
+ * a control socket (no discovered list), the configured nodes.
+ */
+export function targetsFor(userNode: string, port: number, discovered: TargetInfo[], fallbackNodes: string[]): HandoffTarget[] {
+  const onPort = discovered.filter((t) => t.port === port);
+  if (onPort.length === 0) return [userNode, ...fallbackNodes.filter((n) => n !== userNode)].map((node) => ({ node, port }));
+  const spare = (t: TargetInfo) => (t.capacity === 0 ? 0 : t.load / t.capacity);
+  const rank = (a: TargetInfo, b: TargetInfo) => Number(spare(a) >= 1) - Number(spare(b) >= 1) || spare(a) - spare(b) || a.node.localeCompare(b.node);
+  const own = onPort.filter((t) => t.node === userNode).sort(rank);
+  const others = onPort.filter((t) => t.node !== userNode).sort(rank);
+  return [...own, ...others].map((t) => ({ node: t.node, port: t.port, instance: t.instance }));
 }
 
 /** Applications may start before their batond: retry the link for a bounded time. */

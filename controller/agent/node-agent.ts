@@ -15,6 +15,8 @@ import { PeerLinks } from '../transfer/peers.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
 import { ensureDvipa } from './dvipa.js';
 import { RouteService } from './route-service.js';
+import { TargetDirectory } from '../control/directory.js';
+import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
 
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
@@ -35,6 +37,10 @@ export class NodeAgent {
   private readonly peers: PeerLinks;
   private readonly relay: TargetRelay;
   private readonly channels = new Set<Channel<MessageType>>();
+  private readonly directory = new TargetDirectory(EXPIRY_MS);
+  private control?: ControlServer;
+  private listenerBeat?: NodeJS.Timeout;
+  private lastReported = '';
   /** The most recent handoffs, newest last; bounded. */
   readonly history: HandoffRecord[] = [];
 
@@ -63,6 +69,23 @@ export class NodeAgent {
       routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
     this.coordinator = new HandoffCoordinator(this.config, this.self, routes, this.peers, this.log, (r) => this.record(r));
+    this.control = new ControlServer({
+      node: this.self.name,
+      port: this.config.controlPort,
+      secret: ensureControlSecret(this.self.controlSecretFile),
+      dvipaPorts: this.config.dvipa.ports,
+      directory: this.directory,
+      log: this.log.child({ svc: 'control' }),
+    });
+    await this.control.start();
+    // Claim 23: every node tells the others which target applications listen here, on change and
+    // as a heartbeat; a node whose reports stop drops out of everyone's list after EXPIRY_MS.
+    this.directory.on('change', () => {
+      const local = JSON.stringify(this.directory.local());
+      if (local !== this.lastReported) this.reportListeners();
+    });
+    this.listenerBeat = setInterval(() => this.reportListeners(), HEARTBEAT_MS);
+    this.listenerBeat.unref();
     this.peerServer = await listen(net.createServer((s) => this.onPeer(s)), { host: this.self.address, port: this.self.peerPort });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
     fs.rmSync(this.self.agentSocket, { force: true });
@@ -82,6 +105,9 @@ export class NodeAgent {
     this.peers.close();
     this.relay.close();
     this.routeService?.close();
+    clearInterval(this.listenerBeat);
+    this.control?.close();
+    this.directory.close();
     await Promise.all([closeServer(this.peerServer), closeServer(this.appServer)]);
     fs.rmSync(this.self.agentSocket, { force: true });
     if (this.steering) {
@@ -140,8 +166,25 @@ export class NodeAgent {
         this.onRouteRequest(channel, peerName, d.msg);
         return;
       }
+      if (d.msg.type === 'listeners') {
+        if (d.msg.node !== peerName) log.error({ claimed: d.msg.node, peer: peerName }, 'listeners report for another node: ignored');
+        else this.directory.setRemote(peerName, d.msg.targets);
+        return;
+      }
       this.relay.fromPeer(channel, d);
     });
+  }
+
+  private reportListeners(): void {
+    const targets = this.directory.local();
+    this.lastReported = JSON.stringify(targets);
+    for (const node of this.config.nodes) {
+      if (node.name === this.self.name) continue;
+      this.peers.get(node.name).then(
+        (link) => link.channel.send('listeners', { node: this.self.name, targets }),
+        (err: Error) => this.log.debug({ peer: node.name, err: err.message }, 'listeners report not delivered'),
+      );
+    }
   }
 
   /** A node that serves a connection asks the distributor to freeze, repoint or restore its entry. */
@@ -191,7 +234,7 @@ export class NodeAgent {
             channel.close();
             return;
           }
-          target = { name: msg.name, ports, channel: channel as unknown as TargetApp['channel'] };
+          target = { name: msg.name, instance: msg.instance, ports, channel: channel as unknown as TargetApp['channel'] };
           this.relay.register(target);
         }
         channel.send('welcome', { node: this.self.name });

@@ -24,6 +24,8 @@ export const NodeConfigSchema = Type.Object(
     peerPort: Port,
     /** Unix socket where local applications reach this node's batond. */
     agentSocket: Type.String({ minLength: 1, maxLength: 107 }),
+    /** Root-only file holding this node's control-socket secret (created by batond if missing). */
+    controlSecretFile: Type.String({ minLength: 1, maxLength: 4096 }),
   },
   { additionalProperties: false },
 );
@@ -38,6 +40,8 @@ export const ClusterConfigSchema = Type.Object(
       { additionalProperties: false },
     ),
     distributor: Name,
+    /** UDP port of every node's control socket, bound to 127.0.0.1 inside the node (claims 18–24). */
+    controlPort: Port,
     xdpMode: Type.Union([Type.Literal('native'), Type.Literal('generic')]),
     /** Upper bound for each step of a handoff waiting on another party. */
     handoffStepTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000 }),
@@ -61,14 +65,14 @@ export function parseClusterConfig(value: unknown, source = '<config>'): Cluster
   for (const [path, addr] of [['/dvipa/address', config.dvipa.address], ...config.nodes.map((n, i) => [`/nodes/${i}/address`, n.address])]) {
     if (net.isIPv4(addr!) === false) throw new BatonError('E_CONFIG', `${source}:${path}: ${addr} is not an IPv4 address`, { step: 'config' });
   }
-  const unique = (key: 'name' | 'id' | 'address' | 'mac' | 'agentSocket') => {
+  const unique = (key: 'name' | 'id' | 'address' | 'mac' | 'agentSocket' | 'controlSecretFile') => {
     const seen = new Set<unknown>();
     for (const n of config.nodes) {
       if (seen.has(n[key])) throw new BatonError('E_CONFIG', `${source}:/nodes: duplicate ${key} ${String(n[key])}`, { step: 'config' });
       seen.add(n[key]);
     }
   };
-  (['name', 'id', 'address', 'mac', 'agentSocket'] as const).forEach(unique);
+  (['name', 'id', 'address', 'mac', 'agentSocket', 'controlSecretFile'] as const).forEach(unique);
   if (!config.nodes.some((n) => n.name === config.distributor)) {
     throw new BatonError('E_CONFIG', `${source}:/distributor: ${config.distributor} is not one of the nodes`, { step: 'config' });
   }

@@ -10,6 +10,7 @@ import type { ProcessSpec } from './lab.js';
 import { repoRoot } from '../paths.js';
 
 export const PEER_PORT = 4700;
+export const CONTROL_PORT = 4701;
 export const HTTP_PORT = 80;
 export const LINE_PORT = 7000;
 
@@ -21,12 +22,17 @@ export function agentSocket(lab: LabDescription, node: string): string {
   return path.join(lab.runDir, `${node}.sock`);
 }
 
+export function controlSecretFile(lab: LabDescription, node: string): string {
+  return path.join(lab.runDir, `${node}.secret`);
+}
+
 export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native'): ClusterConfig {
   return {
     version: 1,
     instance: lab.prefix,
     dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
     distributor: lab.distributor,
+    controlPort: CONTROL_PORT,
     xdpMode,
     handoffStepTimeoutMs: 2000,
     nodes: lab.nodes.map((n, i) => ({
@@ -37,6 +43,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
       interface: n.interface,
       peerPort: PEER_PORT,
       agentSocket: agentSocket(lab, n.name),
+      controlSecretFile: controlSecretFile(lab, n.name),
     })),
   };
 }
@@ -65,7 +72,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
   if (opts.examples === false) return specs;
   const targetNodes = lab.nodes.filter((n) => n.name !== lab.distributor).map((n) => n.name);
   for (const n of lab.nodes) {
-    const common = ['--agent', agentSocket(lab, n.name), '--node', n.name];
+    const common = ['--agent', agentSocket(lab, n.name), '--node', n.name, '--control-port', String(CONTROL_PORT), '--control-secret', controlSecretFile(lab, n.name)];
     const routerArgs = [...common, '--dvipa', lab.dvipa.address, '--targets', targetNodes.join(',')];
     const framework = targetNodes.indexOf(n.name) % 2 === 0 ? 'node' : 'fastify';
     if (n.name === lab.distributor) {

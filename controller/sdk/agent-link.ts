@@ -3,6 +3,7 @@
 import net from 'node:net';
 import { BatonError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import type { ControlOptions } from './control-link.js';
 import { Channel } from '../transfer/channel.js';
 import type { MessageType } from '../transfer/messages.js';
 
@@ -13,12 +14,14 @@ export interface AgentLinkOptions {
   name: string;
   logger?: Logger;
   connectTimeoutMs?: number;
+  /** The node's control socket: registers the application and (routers) keeps the target list current. */
+  control?: ControlOptions;
 }
 
 export async function openAgentLink<In extends MessageType>(
   opts: AgentLinkOptions,
   accepts: readonly In[],
-  hello: { role: 'router' | 'target'; ports?: number[] },
+  hello: { role: 'router' | 'target'; ports?: number[]; instance?: string },
 ): Promise<{ channel: Channel<In>; node: string; log: Logger }> {
   const log = opts.logger ?? createLogger({ app: opts.name });
   const timeoutMs = opts.connectTimeoutMs ?? 5000;
@@ -43,6 +46,8 @@ export async function openAgentLink<In extends MessageType>(
       // A caller's logger already says where it runs; ours learns it from the welcome.
       resolve({ channel, node, log: opts.logger ? log : log.child({ node }) });
     });
-    socket.once('connect', () => channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}) }));
+    socket.once('connect', () =>
+      channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}), ...(hello.instance ? { instance: hello.instance } : {}) }),
+    );
   });
 }

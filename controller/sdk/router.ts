@@ -13,6 +13,7 @@
 // step failed, and the socket is exactly as before: still connected, reading resumed, any bytes
 // that arrived meanwhile delivered. The application may retry elsewhere or answer the client.
 import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
@@ -21,6 +22,8 @@ import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, type Tc
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+import { ControlLink } from './control-link.js';
+import type { TargetInfo } from '../control/messages.js';
 
 type FromAgent = (typeof Accepts.router)[number];
 
@@ -34,6 +37,8 @@ const DRAIN_TIMEOUT_MS = 2_000;
 export interface HandoffTarget {
   node: string;
   port: number;
+  /** A target application instance on that node (from targets()); any instance on the port if absent. */
+  instance?: string;
 }
 
 export interface HandoffOptions {
@@ -75,7 +80,12 @@ interface TakenOver {
 
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
 
-export class RouterClient {
+export interface RouterOptions extends AgentLinkOptions {
+  /** DVIPA ports this routing application serves; required with `control`. */
+  ports?: number[];
+}
+
+export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   private readonly replies = new PendingReplies<FromAgent>();
   private readonly active = new Set<net.Socket>();
 
@@ -83,21 +93,43 @@ export class RouterClient {
     private readonly channel: Channel<FromAgent>,
     readonly node: string,
     private readonly log: Logger,
+    private readonly control?: ControlLink,
   ) {
+    super();
+    control?.on('targets', (list) => this.emit('targets', list));
     channel.on('message', (d) => {
       if (!this.replies.deliver(d)) log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
     });
     channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node })));
   }
 
-  static async connect(opts: AgentLinkOptions): Promise<RouterClient> {
+  static async connect(opts: RouterOptions): Promise<RouterClient> {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
     const { channel, node, log } = await openAgentLink(opts, Accepts.router, { role: 'router' });
-    return new RouterClient(channel, node, log);
+    let control: ControlLink | undefined;
+    if (opts.control) {
+      if (!opts.ports?.length) throw new BatonError('E_CONFIG', 'a routing application registering on the control socket must name its DVIPA ports', { step: 'register' });
+      try {
+        control = await ControlLink.open(opts.control, { role: 'router', app: opts.name, ports: opts.ports }, log);
+      } catch (err) {
+        channel.close();
+        throw err;
+      }
+    }
+    return new RouterClient(channel, node, log, control);
+  }
+
+  /**
+   * The target applications listening on the DVIPA across the cluster (claims 21, 22), as batond
+   * last pushed them; a 'targets' event fires on every change. Empty without a control socket.
+   */
+  targets(): TargetInfo[] {
+    return this.control?.targets() ?? [];
   }
 
   close(): void {
+    this.control?.close();
     this.channel.close();
   }
 

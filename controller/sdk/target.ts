@@ -18,6 +18,7 @@ import { appendReceived, appendSent, closeSilently, goLive, importConnection, lo
 import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+import { ControlLink } from './control-link.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -53,6 +54,10 @@ export interface TargetOptions extends AgentLinkOptions {
   ports: number[];
   /** Accept or refuse each offered connection (default: accept all). Bounded by DECISION_TIMEOUT_MS. */
   onOffer?: (offer: TransferOffer) => OfferDecision | Promise<OfferDecision>;
+  /** Instance name, unique on this node (default: the application name). */
+  instance?: string;
+  /** Connections this instance means to serve at once, advertised to routing applications. */
+  capacity?: number;
 }
 
 interface Pending {
@@ -66,6 +71,7 @@ interface Pending {
 export class TargetClient {
   private readonly pending = new Map<string, Pending>();
   private readonly deciding = new Map<string, { aborted: boolean }>();
+  private live = 0;
 
   private constructor(
     private readonly channel: Channel<FromAgent>,
@@ -73,6 +79,7 @@ export class TargetClient {
     private readonly log: Logger,
     private readonly onConnection: (conn: TransferredConnection) => void,
     private readonly offerPolicy?: TargetOptions['onOffer'],
+    private readonly control?: ControlLink,
   ) {
     channel.on('message', (d) => this.onMessage(d));
     channel.on('close', () => {
@@ -83,11 +90,27 @@ export class TargetClient {
   static async connect(opts: TargetOptions, onConnection: (conn: TransferredConnection) => void): Promise<TargetClient> {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
-    const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports });
-    return new TargetClient(channel, node, log, onConnection, opts.onOffer);
+    const instance = opts.instance ?? opts.name;
+    const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports, instance });
+    let control: ControlLink | undefined;
+    if (opts.control) {
+      try {
+        control = await ControlLink.open(opts.control, { role: 'target', app: opts.name, instance, ports: opts.ports, capacity: opts.capacity ?? 0, load: 0 }, log);
+      } catch (err) {
+        channel.close();
+        throw err;
+      }
+    }
+    return new TargetClient(channel, node, log, onConnection, opts.onOffer, control);
+  }
+
+  /** Connections this instance serves now: its load, as routing applications see it. */
+  get load(): number {
+    return this.live;
   }
 
   close(): void {
+    this.control?.close();
     this.channel.close();
   }
 
@@ -217,6 +240,12 @@ export class TargetClient {
     // Bytes the routing node's kernel never transmitted: they follow everything already sent.
     if (p.state.unsentLength > 0) socket.write(p.state.sendQueue.subarray(p.state.sendQueue.length - p.state.unsentLength));
     this.log.info({ connId, from: p.offer.from, client: `${p.state.remote.address}:${p.state.remote.port}` }, 'transferred connection is live');
+    this.live++;
+    this.control?.update({ load: this.live });
+    socket.once('close', () => {
+      this.live--;
+      this.control?.update({ load: this.live });
+    });
     this.onConnection({
       connId,
       from: p.offer.from,

@@ -7,6 +7,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import type { Frame } from './framing.js';
+import { TargetInfoSchema } from '../control/messages.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -82,13 +83,15 @@ export const Schemas = {
     role: Type.Union([Type.Literal('router'), Type.Literal('target'), Type.Literal('peer')]),
     name: Name,
     ports: Type.Optional(Type.Array(Port, { minItems: 1, maxItems: 64 })),
+    /** Targets: the instance name offers may ask for (the one registered on the control socket). */
+    instance: Type.Optional(Name),
   }),
   welcome: message('welcome', { node: Name }),
   /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes. */
   offer: message('offer', {
     connId: ConnIdSchema,
     from: Name,
-    target: Type.Object({ node: Name, port: Port }, { additionalProperties: false }),
+    target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
   }),
@@ -120,6 +123,8 @@ export const Schemas = {
     target: Type.Optional(Name),
   }),
   routed: message('routed', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
+  /** Every node → every other node (claim 23): the target applications registered here, on change and as a heartbeat. */
+  listeners: message('listeners', { node: Name, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
   done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
   failed: message('failed', {
     connId: ConnIdSchema,
@@ -136,7 +141,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, done: 0, failed: 0,
+  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, done: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -147,7 +152,7 @@ const checks = Object.fromEntries(
 export const Accepts = {
   agentFromRouter: ['hello', 'offer', 'delta'],
   agentFromTarget: ['hello', 'accept', 'reject', 'ready'],
-  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
   peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
   router: ['welcome', 'frozen', 'done', 'failed'],
   target: ['welcome', 'offer', 'commit', 'live', 'abort'],

@@ -11,6 +11,8 @@ type FromTarget = (typeof Accepts.agentFromTarget)[number];
 
 export interface TargetApp {
   name: string;
+  /** The instance name it registered on the control socket; offers may ask for it. */
+  instance?: string;
   ports: number[];
   channel: Channel<FromTarget>;
 }
@@ -22,7 +24,7 @@ interface Pending {
 }
 
 export class TargetRelay {
-  private readonly byPort = new Map<number, TargetApp>();
+  private readonly byPort = new Map<number, TargetApp[]>();
   private readonly pending = new Map<string, Pending>();
   private readonly sweeper: NodeJS.Timeout;
 
@@ -37,20 +39,29 @@ export class TargetRelay {
 
   register(app: TargetApp): void {
     for (const port of app.ports) {
-      const previous = this.byPort.get(port);
-      if (previous && previous !== app) this.log.warn({ port, previous: previous.name, app: app.name }, 'target application replaced on port');
-      this.byPort.set(port, app);
+      const apps = (this.byPort.get(port) ?? []).filter((a) => !(app.instance && a.instance === app.instance));
+      this.byPort.set(port, [...apps, app]);
     }
-    this.log.info({ app: app.name, ports: app.ports }, 'target application registered');
+    this.log.info({ app: app.name, instance: app.instance, ports: app.ports }, 'target application registered');
   }
 
   unregister(app: TargetApp): void {
-    for (const port of app.ports) if (this.byPort.get(port) === app) this.byPort.delete(port);
+    for (const port of app.ports) {
+      const apps = (this.byPort.get(port) ?? []).filter((a) => a !== app);
+      if (apps.length) this.byPort.set(port, apps);
+      else this.byPort.delete(port);
+    }
     for (const [connId, p] of this.pending) {
       if (p.app !== app) continue;
       p.peer.send('reject', { connId, reason: `target application ${app.name} went away` });
       this.pending.delete(connId);
     }
+  }
+
+  /** The instance asked for, or, when the offer names none, the first application on the port. */
+  private pick(port: number, instance?: string): TargetApp | undefined {
+    const apps = this.byPort.get(port) ?? [];
+    return instance ? apps.find((a) => a.instance === instance) : apps[0];
   }
 
   peerClosed(peer: Channel<FromPeer>): void {
@@ -64,12 +75,13 @@ export class TargetRelay {
   fromPeer(peer: Channel<FromPeer>, d: Decoded<FromPeer>): void {
     const { msg, blobs } = d;
     // Routing-table requests are the distributor's business (node-agent hands them to RouteService).
-    if (msg.type === 'hello' || msg.type === 'route') return;
+    if (msg.type === 'hello' || msg.type === 'route' || msg.type === 'listeners') return;
     const connId = msg.connId;
     if (msg.type === 'offer') {
-      const app = this.byPort.get(msg.target.port);
+      const app = this.pick(msg.target.port, msg.target.instance);
       if (!app) {
-        peer.send('reject', { connId, reason: `no target application serves port ${msg.target.port} on this node` });
+        const what = msg.target.instance ? `instance ${msg.target.instance} on port ${msg.target.port}` : `port ${msg.target.port}`;
+        peer.send('reject', { connId, reason: `no target application serves ${what} on this node` });
         return;
       }
       if (this.pending.has(connId)) {

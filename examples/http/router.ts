@@ -6,7 +6,7 @@
 import net from 'node:net';
 import { RouterClient } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, withRetry } from '../common.js';
+import { exampleOptions, targetsFor, withRetry } from '../common.js';
 import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
 
 const MAX_HEAD = 16 * 1024;
@@ -17,7 +17,10 @@ const PASSWORDS = new Map([
 ]);
 const opts = exampleOptions('http-router', 80);
 const log = createLogger({ app: 'http-router', node: opts.node });
-const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'http-router', logger: log }));
+const router = await withRetry('connect to batond', () =>
+  RouterClient.connect({ socketPath: opts.agent, name: 'http-router', logger: log, ports: [opts.port], control: opts.control }),
+);
+router.on('targets', (list) => log.info({ event: 'targets', targets: list.filter((t) => t.port === opts.port) }, 'target list changed'));
 
 interface Head {
   method: string;
@@ -93,9 +96,10 @@ function converse(socket: net.Socket): void {
       const peeked = buffered;
       buffered = Buffer.alloc(0);
       socket.off('data', onData);
-      // The user's own node first; if it refuses (full, down), any other target node (claim 16);
-      // if every one refuses, a 503 on the connection this node still owns (claim 17).
-      const targets = [node, ...opts.targets.filter((t) => t !== node)].map((n) => ({ node: n, port: opts.port }));
+      // A target application instance (claims 3, 9): the user's own node first; if it refuses, the
+      // other instances, least loaded first (claim 16); if every one refuses, a 503 on the
+      // connection this node still owns (claim 17).
+      const targets = targetsFor(node, opts.port, router.targets(), opts.targets);
       router
         .handoffOrReply(socket, targets, {
           appState: { user },

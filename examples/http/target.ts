@@ -50,7 +50,7 @@ const server = await webServer();
 const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
   TargetClient.connect(
-    { socketPath: opts.agent, name: 'http-target', ports: [opts.port], logger: log, onOffer: capacity.decide },
+    { socketPath: opts.agent, name: 'http-target', ports: [opts.port], logger: log, onOffer: capacity.decide, capacity: opts.capacity, control: opts.control },
     (conn) => {
       capacity.track(conn.socket);
       users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');

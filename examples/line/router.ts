@@ -16,7 +16,9 @@ const MAX_LINE = 1024;
 const MAX_MOTD = 1 << 20;
 const opts = exampleOptions('line-router', 7000);
 const log = createLogger({ app: 'line-router', node: opts.node });
-const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-router', logger: log }));
+const router = await withRetry('connect to batond', () =>
+  RouterClient.connect({ socketPath: opts.agent, name: 'line-router', logger: log, ports: [opts.port], control: opts.control }),
+);
 
 function targetFor(user: string): string | undefined {
   return opts.users.get(user);

@@ -118,10 +118,10 @@ function serve(conn: TransferredConnection): void {
 }
 
 // A target serves connections and can move them on: it is a routing application too.
-const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-target', logger: log }));
+const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-target', logger: log, ports: [opts.port], control: opts.control }));
 const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
-  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, onOffer: capacity.decide }, (conn) => {
+  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, onOffer: capacity.decide, capacity: opts.capacity, control: opts.control }, (conn) => {
     capacity.track(conn.socket);
     serve(conn);
   }),

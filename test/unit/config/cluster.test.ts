@@ -6,11 +6,12 @@ const good = (): ClusterConfig => ({
   instance: 'lab',
   dvipa: { address: '10.203.0.10', ports: [80, 7000] },
   distributor: 'n1',
+  controlPort: 4701,
   xdpMode: 'native',
   handoffStepTimeoutMs: 2000,
   nodes: [
-    { name: 'n1', id: 1, address: '10.203.0.11', mac: '02:00:00:00:00:01', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n1.sock' },
-    { name: 'n2', id: 2, address: '10.203.0.12', mac: '02:00:00:00:00:02', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n2.sock' },
+    { name: 'n1', id: 1, address: '10.203.0.11', mac: '02:00:00:00:00:01', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n1.sock', controlSecretFile: '/run/baton/n1.secret' },
+    { name: 'n2', id: 2, address: '10.203.0.12', mac: '02:00:00:00:00:02', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n2.sock', controlSecretFile: '/run/baton/n2.secret' },
   ],
 });
 
