@@ -14,6 +14,7 @@ export interface ExampleOptions {
   /** Target applications: how many transferred connections to serve at once; more are refused. */
   capacity: number;
   framework: 'node' | 'fastify';
+  instance?: string;
   /** The node's control socket, when given: registration and target discovery (claims 18–24). */
   control?: { port: number; secretFile: string };
 }
@@ -40,10 +41,11 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     .option('--targets <nodes>', 'routing applications: nodes to fall back to when the user\'s node refuses', 'n2,n3')
     .option('--capacity <n>', 'target applications: connections served at once before refusing more', '1000')
     .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
+    .option('--instance <name>', 'target applications: instance name, unique on the node (default: the application name)')
     .option('--control-port <port>', 'UDP port of batond\'s control socket on this node')
     .option('--control-secret <file>', 'the node\'s control secret file')
     .parse()
-    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string; controlPort?: string; controlSecret?: string }>();
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string; controlPort?: string; controlSecret?: string; instance?: string }>();
   if (Boolean(opts.controlPort) !== Boolean(opts.controlSecret)) throw new Error('--control-port and --control-secret go together');
   const capacity = Number(opts.capacity);
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
@@ -57,6 +59,7 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     targets: opts.targets.split(',').filter(Boolean),
     capacity,
     framework: opts.framework,
+    ...(opts.instance ? { instance: opts.instance } : {}),
     ...(opts.controlPort && opts.controlSecret ? { control: { port: Number(opts.controlPort), secretFile: opts.controlSecret } } : {}),
   };
 }

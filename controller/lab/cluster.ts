@@ -53,6 +53,8 @@ export interface LabProcessOptions {
   xdpMode?: 'native' | 'generic';
   /** More arguments for named processes, e.g. { 'n2-http-target': ['--capacity', '0'] }. */
   extraArgs?: Record<string, string[]>;
+  /** More HTTP target instances: node → instance names. */
+  moreHttpTargets?: Record<string, string[]>;
 }
 
 /**
@@ -87,6 +89,14 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
       );
     }
   }
+  for (const [nodeName, instances] of Object.entries(opts.moreHttpTargets ?? {})) {
+    const n = lab.nodes.find((x) => x.name === nodeName);
+    if (!n) throw new BatonError('E_LAB', `no node ${nodeName} for more HTTP targets`, { step: 'processes' });
+    const common = ['--agent', agentSocket(lab, n.name), '--node', n.name, '--control-port', String(CONTROL_PORT), '--control-secret', controlSecretFile(lab, n.name)];
+    for (const instance of instances) {
+      specs.push({ name: `${n.name}-${instance}`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--instance', instance] });
+    }
+  }
   for (const spec of specs) spec.argv.push(...(opts.extraArgs?.[spec.name] ?? []));
   return specs;
 }
@@ -95,7 +105,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
 const READY: Array<[RegExp, RegExp]> = [
   [/-batond$/, /"msg":"batond ready"/],
   [/-(http|line)-router$/, /"msg":"(http|line) router listening"/],
-  [/-(http|line)-target$/, /"msg":"(http|line) target registered"/],
+  [/-(http|line)-target$|-http-[a-z0-9]+$/, /"msg":"(http|line) target registered"/],
 ];
 
 export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], timeoutMs = 20_000): Promise<void> {

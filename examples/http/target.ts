@@ -15,6 +15,7 @@ import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
 const opts = exampleOptions('http-target', 80);
 const log = createLogger({ app: 'http-target', node: opts.node });
 const users = new WeakMap<net.Socket, string>();
+const instance = opts.instance ?? 'http-target';
 const greeting = (user: string, method: string | undefined, url: string | undefined) => `hello ${user}, served by ${opts.node} for ${method} ${url}\n`;
 /** /hold?ms=N answers after N ms (at most 5 s): a slow request that keeps a connection busy. */
 const holdMs = (url: string | undefined) => {
@@ -31,6 +32,7 @@ async function webServer(): Promise<http.Server> {
       log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
       res.setHeader('X-Served-By', opts.node);
       res.setHeader('X-Framework', 'node');
+      res.setHeader('X-Instance', instance);
       res.setHeader('Content-Type', 'text/plain');
       res.end(greeting(user, req.method, req.url));
     });
@@ -40,7 +42,7 @@ async function webServer(): Promise<http.Server> {
     await sleep(holdMs(req.url));
     const user = users.get(req.raw.socket) ?? 'anonymous';
     log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
-    return reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').type('text/plain').send(greeting(user, req.method, req.url));
+    return reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').header('X-Instance', instance).type('text/plain').send(greeting(user, req.method, req.url));
   });
   await app.ready();
   return app.server;
@@ -50,7 +52,7 @@ const server = await webServer();
 const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
   TargetClient.connect(
-    { socketPath: opts.agent, name: 'http-target', ports: [opts.port], logger: log, onOffer: capacity.decide, capacity: opts.capacity, control: opts.control },
+    { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, onOffer: capacity.decide, capacity: opts.capacity, control: opts.control },
     (conn) => {
       capacity.track(conn.socket);
       users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
