@@ -39,6 +39,7 @@ $(BUILD)/.ts: $(TS_SRC) tsconfig.json $(BUILD)/.deps
 	@touch $@
 
 test: build
+	npx tsc -p tsconfig.test.json
 	npx vitest run
 
 demo: build

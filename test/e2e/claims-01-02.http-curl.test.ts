@@ -1,17 +1,11 @@
 // Claims 1, 5, 28, 29 with an unmodified client: curl authenticates with the routing application
 // over several exchanges on one connection, is handed off to the user's node, and a stock
 // http.Server there answers this request and the next one on the same keep-alive connection.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 function parse(stdout: string) {
   return {

@@ -3,17 +3,11 @@
 // from the control socket, with their load, and sends alice's connection to the less loaded one.
 // (Claim 8, routing and target application being instances of one application: the line target,
 // which moves connections on, in claims-10.transfer-again.test.ts.)
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { inClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab({ moreHttpTargets: { n2: ['http-b'] } });
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab({ moreHttpTargets: { n2: ['http-b'] } });
 
 const curl = (path: string) =>
   inClient(running.lab, ['curl', '-sS', '--max-time', '10', '--digest', '-u', 'alice:wonderland', '-D', '-', `http://${running.lab.dvipa.address}${path}`]);

@@ -1,21 +1,11 @@
 // Claims 4, 14, 15: the target application is told of the transfer and accepts or refuses it;
 // the routing node closes its socket only after an acceptance. n2's line target is at capacity
 // (it refuses everything); n3's accepts.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RoutingTable } from '../../controller/agent/routing-table.js';
+import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-let routes: RoutingTable;
-beforeAll(async () => {
-  running = await startLab({ extraArgs: { 'n2-line-target': ['--capacity', '0'] } });
-  routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-n1`);
-});
-afterAll(async () => {
-  routes?.close();
-  await running?.down();
-});
+const running = useLab({ extraArgs: { 'n2-line-target': ['--capacity', '0'] } });
 
 describe('the target application accepts or refuses a transfer', () => {
   it('accepted: the connection moves and the target serves it', async () => {
@@ -24,7 +14,7 @@ describe('the target application accepts or refuses a transfer', () => {
   });
 
   it('refused: the target was asked, said why, and the routing node kept serving the same connection', async () => {
-    const entries = routes.size();
+    const entries = running.routes.size();
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--fallback-user', 'bob', '--expect-node', 'n3', '--get', '1000']), 30_000);
     const res = JSON.parse(r.stdout);
     // Refused by n2's application: the routing node still owned the socket and answered on it;
@@ -36,6 +26,6 @@ describe('the target application accepts or refuses a transfer', () => {
     const failed = readLog(running.lab, 'n1-line-router').filter((l) => l.event === 'handoff' && l.outcome === 'failed').pop();
     expect(String(failed?.err)).toContain('at capacity');
     // Only the accepted handoff added a routing entry.
-    expect(routes.size()).toBe(entries + 1);
+    expect(running.routes.size()).toBe(entries + 1);
   });
 });

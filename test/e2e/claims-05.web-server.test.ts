@@ -1,17 +1,11 @@
 // Claim 5: the target application is a web server. n2 runs a stock node:http server, n3 a fastify
 // app; neither listens: each gets the transferred socket as if it had accepted it, with the
 // peeked request replayed, and serves later keep-alive requests too.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { inClient } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 describe('web servers as targets', () => {
   it.each([

@@ -1,17 +1,11 @@
 // Claims 6, 7, 13: state the routing application determined (who the client is, where the
 // conversation stands) travels with the connection, and the target resumes from it without
 // asking the client again.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient, lineClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 describe('application state travels with the connection', () => {
   it('line protocol: the target answers the pending USER and knows the user', async () => {

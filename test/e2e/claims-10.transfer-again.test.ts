@@ -1,21 +1,11 @@
 // Claim 10: a connection already transferred can be transferred again. The client is handed to
 // n2, n2's application moves it on to n3 and n3's back to n2; the distributor's entry is repointed
 // each time and the stream stays byte-exact on the one socket the client ever had.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RoutingTable } from '../../controller/agent/routing-table.js';
+import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-let routes: RoutingTable;
-beforeAll(async () => {
-  running = await startLab();
-  routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-n1`);
-});
-afterAll(async () => {
-  routes?.close();
-  await running?.down();
-});
+const running = useLab();
 
 const mac = (name: string) => running.lab.nodes.find((n) => n.name === name)!.mac;
 
@@ -25,7 +15,7 @@ describe('transfer again', () => {
     const res = JSON.parse(r.stdout);
     expect(res).toMatchObject({ ok: true, served_by: 'n2', moves: ['OK n3', 'OK n2'], moves_ok: true, get_ok: true, put_ok: true, clean_close: true });
     const [addr, port] = String(res.local).split(':');
-    const entry = routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
+    const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
     expect(entry).toMatchObject({ state: 'forward', targetMac: mac('n2') });
     expect(readLog(running.lab, 'n2-line-target').filter((l) => l.event === 'handed-off' && l.target === 'n3')).toHaveLength(1);
     expect(readLog(running.lab, 'n3-line-target').filter((l) => l.event === 'handed-off' && l.target === 'n2')).toHaveLength(1);
@@ -38,7 +28,7 @@ describe('transfer again', () => {
     expect(res.moves).toEqual([expect.stringMatching(/^ERR cannot move to n1: E_REJECTED/)]);
     expect(res.get_ok).toBe(true);
     const [addr, port] = String(res.local).split(':');
-    const entry = routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
+    const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
     expect(entry).toMatchObject({ state: 'forward', targetMac: mac('n3') });
   });
 });

@@ -2,17 +2,11 @@
 // transfer and reaches the target before any new byte from the client, in order. The client sends
 // USER and a whole PUT in one go: the router reads past the USER line, and those bytes, plus
 // whatever was still queued, must reach n2's application first and byte-exact.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 describe('peeked bytes are delivered first', () => {
   it('the bytes after USER that the router already read arrive at the target first, in order', async () => {

@@ -1,16 +1,10 @@
 // Claim 16: when the chosen target refuses, the routing application picks a second target and
 // the connection moves there. alice belongs to n2, whose HTTP target is at capacity.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'] } });
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'] } });
 
 describe('a refused handoff goes to a second target', () => {
   it('alice is refused by n2 and served by n3, on one connection', async () => {

@@ -1,16 +1,10 @@
 // Claim 17: when no target accepts, the routing application sends the client an error over the
 // connection it still owns. Both HTTP targets are at capacity: curl gets a 503 from n1.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { inClient, readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'], 'n3-http-target': ['--capacity', '0'] } });
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'], 'n3-http-target': ['--capacity', '0'] } });
 
 describe('every target refuses', () => {
   it('the client gets a 503 with Retry-After on its connection, and a clean close', async () => {

@@ -3,18 +3,12 @@
 // (bound to the node's loopback) and only with the node's secret; anything forged or malformed is
 // dropped and counted, and changes nothing.
 import { execFileSync } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readLog } from '../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 import { controlClient, summary } from '../helpers/control.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 const drops = (reason: string) => readLog(running.lab, 'n1-batond').filter((l) => l.msg === 'control datagram dropped' && l.reason === reason).length;
 

@@ -3,20 +3,14 @@
 // that stops, one that dies without a word, a whole node that goes away. Bounds (docs/protocol.md):
 // a clean stop is seen at once; a dead process within the 3 s registration expiry plus one 1 s
 // report; a dead node within the 3 s report expiry.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient } from '../../controller/lab/demo.js';
 import { isAlive, readPidFile, pidFileOf } from '../../controller/lab/processes.js';
 import { stopProcess } from '../../controller/lab/processes.js';
-import { type RunningLab, startLab } from '../helpers/lab.js';
+import { useLab } from '../helpers/lab.js';
 import { controlClient, type Heard, summary } from '../helpers/control.js';
 
-let running: RunningLab;
-beforeAll(async () => {
-  running = await startLab();
-});
-afterAll(async () => {
-  await running?.down();
-});
+const running = useLab();
 
 /** Listens on n1 while `act` runs; returns the targets pushes with their arrival times (ms). */
 async function watch(seconds: number, act: () => Promise<unknown>): Promise<Heard[]> {

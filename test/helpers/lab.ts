@@ -1,5 +1,7 @@
 // A whole lab per test file: unique prefix and directory, torn down even when the test fails.
 import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll } from 'vitest';
+import { RoutingTable } from '../../controller/agent/routing-table.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,4 +35,32 @@ export async function startLab(opts: LabProcessOptions = {}): Promise<RunningLab
     await down();
     throw err;
   }
+}
+
+export interface LabFixture {
+  readonly lab: LabDescription;
+  /** The distributor's pinned routing table, opened from the test process. */
+  readonly routes: RoutingTable;
+}
+
+/** One lab for the calling test file: built before its tests, torn down after them, whatever happened. */
+export function useLab(opts: LabProcessOptions = {}): LabFixture {
+  let running: RunningLab | undefined;
+  let routes: RoutingTable | undefined;
+  beforeAll(async () => {
+    running = await startLab(opts);
+    routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-${running.lab.distributor}`);
+  });
+  afterAll(async () => {
+    routes?.close();
+    await running?.down();
+  });
+  return {
+    get lab() {
+      return running!.lab;
+    },
+    get routes() {
+      return routes!;
+    },
+  };
 }

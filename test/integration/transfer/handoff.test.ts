@@ -5,25 +5,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RoutingTable } from '../../../controller/agent/routing-table.js';
+import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
-import { type RunningLab, startLab } from '../../helpers/lab.js';
+import { useLab } from '../../helpers/lab.js';
 
-let running: RunningLab;
-let routes: RoutingTable;
-beforeAll(async () => {
-  running = await startLab();
-  routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-n1`);
-});
-afterAll(async () => {
-  routes?.close?.();
-  await running?.down();
-});
+const running = useLab();
 
 const results = (stdout: string) => stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
 const n1 = () => running.lab.nodes.find((n) => n.name === 'n1')!;
-const steered = () => routes.stats().steered.packets;
+const steered = () => running.routes.stats().steered.packets;
 
 /**
  * FIN and RST segments from the DVIPA seen on the client's wire, by source MAC: the routing node's
@@ -94,14 +84,14 @@ describe('handoff in the namespace lab', () => {
     const [res] = results(r.stdout);
     expect(res).toMatchObject({ ok: true });
     const [addr, port] = String(res!.local).split(':');
-    const entry = routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
+    const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
     expect(entry).toMatchObject({ state: 'forward', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
     expect(entry!.packets).toBeGreaterThan(0n);
   });
 
   it('a malformed transfer message on the peer port is logged and changes nothing', async () => {
     const n2 = running.lab.nodes.find((n) => n.name === 'n2')!;
-    const entriesBefore = routes.size();
+    const entriesBefore = running.routes.size();
     // A well-framed frame whose header fails the schema, sent from n1's address (the only one n2 accepts).
     const script = [
       'import socket, struct, json, time',
@@ -120,7 +110,7 @@ describe('handoff in the namespace lab', () => {
     const n2log = readLog(running.lab, 'n2-batond');
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('invalid offer'))).toBe(true);
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('unexpected message type'))).toBe(true);
-    expect(routes.size()).toBe(entriesBefore);
+    expect(running.routes.size()).toBe(entriesBefore);
     // The cluster still hands off.
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000']), 30_000);
     expect(results(r.stdout)[0]).toMatchObject({ ok: true });

@@ -1,21 +1,11 @@
 // When a handoff fails before the route switch, the routing node still holds a working socket and
 // the routing application is told why: the same client connection is then served elsewhere.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RoutingTable } from '../../../controller/agent/routing-table.js';
+import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { stopProcess } from '../../../controller/lab/processes.js';
-import { type RunningLab, startLab } from '../../helpers/lab.js';
+import { useLab } from '../../helpers/lab.js';
 
-let running: RunningLab;
-let routes: RoutingTable;
-beforeAll(async () => {
-  running = await startLab();
-  routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-n1`);
-});
-afterAll(async () => {
-  routes?.close();
-  await running?.down();
-});
+const running = useLab();
 
 const lastFailure = () => readLog(running.lab, 'n1-line-router').filter((l) => l.event === 'handoff' && l.outcome === 'failed').pop();
 
@@ -27,13 +17,13 @@ async function bobThenAlice() {
 describe('a failed handoff leaves the connection with the routing node', () => {
   it('target application gone: rejected, rolled back, the same connection is then handed to n2', async () => {
     await stopProcess(running.lab.runDir, 'n3-line-target', running.lab.prefix);
-    const entries = routes.size();
+    const entries = running.routes.size();
     const res = await bobThenAlice();
     expect(res).toMatchObject({ ok: true, served_by: 'n2', get_ok: true, put_ok: true });
     expect(String(res.first_greeting)).toMatch(/^ERR cannot reach n3: E_REJECTED at offer/);
     expect(lastFailure()).toMatchObject({ code: 'E_REJECTED', step: 'offer' });
     // The failed attempt left no entry behind: only the successful handoff to n2 added one.
-    expect(routes.size()).toBe(entries + 1);
+    expect(running.routes.size()).toBe(entries + 1);
   });
 
   it('target node agent gone: the peer link fails, rolled back, served by n2 on the same connection', async () => {

@@ -9,10 +9,10 @@ import {
   rawForImport,
   type TcpConnectionState,
 } from '../../../native/repair.js';
+import { sampleState } from '../../helpers/state.js';
 
-function state(over: Partial<TcpConnectionState> = {}): TcpConnectionState {
-  return {
-    family: 4,
+const state = (over: Partial<TcpConnectionState> = {}): TcpConnectionState =>
+  sampleState({
     local: { address: '10.0.0.10', port: 80 },
     remote: { address: '192.168.1.7', port: 51234 },
     sendSeq: 1000,
@@ -22,13 +22,11 @@ function state(over: Partial<TcpConnectionState> = {}): TcpConnectionState {
     recvQueue: Buffer.from('request body'),
     mss: 1460,
     options: { timestamps: true, sack: false, windowScale: true },
-    sndWscale: 7,
     rcvWscale: 9,
     timestamp: 123456,
     window: { sndWl1: 4990, sndWnd: 65535, maxWindow: 65535, rcvWnd: 64000, rcvWup: 5000 },
     ...over,
-  };
-}
+  });
 
 describe('addresses as struct baton_tcp_state holds them', () => {
   it('IPv4 fills the first 4 bytes in network order and reads back', () => {

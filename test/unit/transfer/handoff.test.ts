@@ -2,6 +2,7 @@
 // channels: every path before the route switch must leave no routing entry and tell both sides;
 // the success path must install the route only after the target is ready.
 import net from 'node:net';
+import { sampleState } from '../../helpers/state.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/agent/routing-table.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
@@ -11,26 +12,10 @@ import { type HandoffRecord, HandoffCoordinator } from '../../../controller/tran
 import type { RouteWriter } from '../../../controller/transfer/routes.js';
 import { Accepts, connToWire, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
 import { PeerLinks } from '../../../controller/transfer/peers.js';
-import type { TcpConnectionState } from '../../../native/repair.js';
 
 const log = createLogger({}, 'silent');
 
-const state: TcpConnectionState = {
-  family: 4,
-  local: { address: '10.203.0.10', port: 7000 },
-  remote: { address: '10.203.0.100', port: 40000 },
-  sendSeq: 1,
-  recvSeq: 2,
-  sendQueue: Buffer.from('reply'),
-  unsentLength: 0,
-  recvQueue: Buffer.from('GET 1\n'),
-  mss: 1448,
-  options: { timestamps: true, sack: true, windowScale: true },
-  sndWscale: 7,
-  rcvWscale: 7,
-  timestamp: 1,
-  window: { sndWl1: 1, sndWnd: 100, maxWindow: 100, rcvWnd: 100, rcvWup: 2 },
-};
+const state = sampleState({ sendSeq: 1, recvSeq: 2, sendQueue: Buffer.from('reply'), unsentLength: 0, recvQueue: Buffer.from('GET 1\n') });
 
 /** Records every routing-table change in order, as the coordinator asked for it. */
 class RecordingRoutes implements RouteWriter {

@@ -1,24 +1,9 @@
+import { sampleState } from '../../helpers/state.js';
 import { describe, expect, it } from 'vitest';
 import { encodeFrame, FrameDecoder } from '../../../controller/transfer/framing.js';
-import { Accepts, connFromWire, connToWire, decodeMessage, header } from '../../../controller/transfer/messages.js';
-import type { TcpConnectionState } from '../../../native/repair.js';
+import { Accepts, connFromWire, connToWire, decodeMessage, header, type Message } from '../../../controller/transfer/messages.js';
 
-const state: TcpConnectionState = {
-  family: 4,
-  local: { address: '10.203.0.10', port: 7000 },
-  remote: { address: '10.203.0.100', port: 40000 },
-  sendSeq: 0xfffffff0,
-  recvSeq: 12345,
-  sendQueue: Buffer.from('already sent|not yet sent'),
-  unsentLength: 12,
-  recvQueue: Buffer.from('GET 10\n'),
-  mss: 1448,
-  options: { timestamps: true, sack: true, windowScale: true },
-  sndWscale: 7,
-  rcvWscale: 7,
-  timestamp: 987654,
-  window: { sndWl1: 1, sndWnd: 65535, maxWindow: 65535, rcvWnd: 65535, rcvWup: 12345 },
-};
+const state = sampleState();
 
 function roundTrip(h: Record<string, unknown>, blobs: Buffer[] = []) {
   const [frame] = new FrameDecoder().push(Buffer.concat(encodeFrame(h, blobs)));
@@ -34,7 +19,7 @@ describe('transfer messages', () => {
   it('carry a connection state exactly: JSON fields plus queues as blobs', () => {
     const { msg, blobs } = decodeMessage(offer(), Accepts.target);
     expect(msg.type).toBe('offer');
-    const back = connFromWire((msg as { conn: typeof state }).conn, blobs[0]!, blobs[1]!);
+    const back = connFromWire((msg as Message<'offer'>).conn, blobs[0]!, blobs[1]!);
     expect(back).toEqual(state);
     expect(blobs[2]!.toString()).toBe('peek');
   });
