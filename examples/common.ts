@@ -87,9 +87,11 @@ export function targetsFor(userNode: string, port: number, discovered: TargetInf
   if (onPort.length === 0) return [userNode, ...fallbackNodes.filter((n) => n !== userNode)].map((node) => ({ node, port }));
   const spare = (t: TargetInfo) => (t.capacity === 0 ? 0 : t.load / t.capacity);
   const rank = (a: TargetInfo, b: TargetInfo) => Number(spare(a) >= 1) - Number(spare(b) >= 1) || spare(a) - spare(b) || a.node.localeCompare(b.node);
-  const own = onPort.filter((t) => t.node === userNode).sort(rank);
+  // The list may not have caught up with the user's node yet: ask it anyway, for any instance.
+  const listed = onPort.filter((t) => t.node === userNode).sort(rank);
+  const own = listed.length > 0 ? listed : [{ node: userNode, port } as TargetInfo];
   const others = onPort.filter((t) => t.node !== userNode).sort(rank);
-  return [...own, ...others].map((t) => ({ node: t.node, port: t.port, instance: t.instance }));
+  return [...own, ...others].map((t) => ({ node: t.node, port: t.port, ...(t.instance ? { instance: t.instance } : {}) }));
 }
 
 /** Applications may start before their batond: retry the link for a bounded time. */

@@ -123,4 +123,28 @@ export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], 
     if (Date.now() > deadline) throw new BatonError('E_LAB', `not ready after ${timeoutMs} ms: ${[...pending].join(', ')}`, { step: 'ready' });
     await sleep(100);
   }
+  await waitForDiscovery(lab, specs, deadline);
+}
+
+/**
+ * Ready also means the HTTP router has heard of every HTTP target instance (reports travel
+ * between nodes once a second), so a test's first request does not race target discovery.
+ */
+async function waitForDiscovery(lab: LabDescription, specs: ProcessSpec[], deadline: number): Promise<void> {
+  const router = specs.find((s) => s.name.endsWith('-http-router'));
+  if (!router) return;
+  const expected = specs
+    .filter((s) => s.argv.some((a) => a.endsWith('examples/http/target.js')))
+    .map((s) => {
+      const node = lab.nodes.find((n) => n.ns === s.ns)!.name;
+      const i = s.argv.indexOf('--instance');
+      return `"node":"${node}","app":"http-target","instance":"${i >= 0 ? s.argv[i + 1] : 'http-target'}"`;
+    });
+  const log = path.join(lab.runDir, `${router.name}.log`);
+  for (;;) {
+    const last = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('"msg":"target list changed"')).pop() ?? '';
+    if (expected.every((e) => last.includes(e))) return;
+    if (Date.now() > deadline) throw new BatonError('E_LAB', `the HTTP router has not discovered every target: last list ${last || 'none'}`, { step: 'ready' });
+    await sleep(100);
+  }
 }
