@@ -44,6 +44,8 @@
 enum baton_route_state {
 	BATON_ROUTE_FROZEN = 1,  /* the socket is being exported: drop the client's packets */
 	BATON_ROUTE_FORWARD = 2, /* the connection lives on target_node: rewrite MACs, XDP_TX */
+	BATON_ROUTE_RELEASED = 3, /* as FORWARD, but its owner closed it: a new SYN on the tuple
+				   * is a new connection, the entry is deleted and the SYN passed */
 };
 
 /* One index per verdict reason in baton_stats (STAT_INDEX in routing-table.ts). */
@@ -54,7 +56,8 @@ enum baton_stat {
 	BATON_STAT_DROP_FROZEN = 3,     /* FROZEN entry: dropped while the socket is exported */
 	BATON_STAT_DROP_BAD_ENTRY = 4,  /* entry with a state this program does not know */
 	BATON_STAT_PASS_FRAGMENT = 5,   /* non-first fragment: no ports to look up */
-	BATON_STAT_MAX = 6,
+	BATON_STAT_PASS_RECLAIMED = 6,  /* SYN on a RELEASED entry: entry deleted, the kernel sees a new connection */
+	BATON_STAT_MAX = 7,
 };
 
 /* ---- shared structs -------------------------------------------------------------------- */

@@ -23,6 +23,7 @@
 
 enum baton_parse_result {
 	BATON_PARSE_FLOW,      /* key filled in: look it up */
+	BATON_PARSE_FLOW_SYN,  /* key filled in, and the segment opens a connection (SYN without ACK) */
 	BATON_PARSE_NOT_TCP,   /* not TCP over IPv4/IPv6, or truncated: let the kernel decide */
 	BATON_PARSE_FRAGMENT,  /* TCP, but a later fragment without ports */
 };
@@ -43,7 +44,7 @@ static __always_inline int baton_parse_tcp(void *l4, void *data_end, struct bato
 		return BATON_PARSE_NOT_TCP;
 	key->client_port = tcp->source;
 	key->vip_port = tcp->dest;
-	return BATON_PARSE_FLOW;
+	return tcp->syn && !tcp->ack ? BATON_PARSE_FLOW_SYN : BATON_PARSE_FLOW;
 }
 
 static __always_inline int baton_parse_ipv4(void *l3, void *data_end, struct baton_flow_key *key)

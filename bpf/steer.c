@@ -28,9 +28,13 @@ int baton_steer(struct xdp_md *ctx)
 	struct baton_flow_key key = {};
 	struct baton_route *route;
 	struct ethhdr *eth = data;
+	int syn = 0;
 
 	switch (baton_parse_flow(data, data_end, &key)) {
 	case BATON_PARSE_FLOW:
+		break;
+	case BATON_PARSE_FLOW_SYN:
+		syn = 1;
 		break;
 	case BATON_PARSE_FRAGMENT:
 		return baton_verdict(BATON_STAT_PASS_FRAGMENT, len, XDP_PASS);
@@ -49,6 +53,16 @@ int baton_steer(struct xdp_md *ctx)
 	case BATON_ROUTE_FROZEN:
 		// The client retransmits what is dropped here once the entry forwards.
 		return baton_verdict(BATON_STAT_DROP_FROZEN, len, XDP_DROP);
+	case BATON_ROUTE_RELEASED:
+		// The owner closed the connection; the entry only lingers for its last packets. A SYN
+		// means the client reuses the tuple for a new connection, which is the distributor's.
+		// (A SYN on a live FORWARD entry still goes to the target, whose socket answers it with
+		// a challenge ACK: a spoofed SYN cannot tear a connection down here.)
+		if (syn) {
+			bpf_map_delete_elem(&baton_routes, &key);
+			return baton_verdict(BATON_STAT_PASS_RECLAIMED, len, XDP_PASS);
+		}
+		/* fall through */
 	case BATON_ROUTE_FORWARD:
 		// The parser proved the Ethernet header is there; the verifier wants it proved again.
 		if ((void *)(eth + 1) > data_end)

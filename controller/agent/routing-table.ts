@@ -36,7 +36,7 @@ export const ROUTE_OFFSET = { packets: 0, bytes: 8, state: 16, targetNode: 20, t
 export const STAT_COUNTER_SIZE = 16;
 
 /** enum baton_route_state; 0 is deliberately invalid (the program drops such entries). */
-export const ROUTE_STATE = { frozen: 1, forward: 2 } as const;
+export const ROUTE_STATE = { frozen: 1, forward: 2, released: 3 } as const;
 
 /** enum baton_stat: the index of each verdict reason in baton_stats. */
 export const STAT_INDEX = {
@@ -46,8 +46,9 @@ export const STAT_INDEX = {
   droppedFrozen: 3,
   droppedBadEntry: 4,
   passedFragment: 5,
+  passedReclaimed: 6,
 } as const;
-export const STAT_COUNT = 6;
+export const STAT_COUNT = 7;
 
 export const ROUTES_MAX_ENTRIES_DEFAULT = 262144;
 export const ROUTES_MAP_NAME = 'baton_routes';
@@ -302,6 +303,11 @@ export class RoutingTable {
   /** Sends the flow's packets to the target node's MAC from now on. */
   forward(key: FlowKey, target: { node: number; mac: string }): void {
     this.write(key, encodeRoute({ state: 'forward', targetNode: target.node, targetMac: target.mac }), 'forward');
+  }
+
+  /** Still forwarding, but the owner closed the connection: a new SYN on the tuple reclaims it (XDP deletes the entry). */
+  release(key: FlowKey, target: { node: number; mac: string }): void {
+    this.write(key, encodeRoute({ state: 'released', targetNode: target.node, targetMac: target.mac }), 'release');
   }
 
   /** True if there was an entry. Without one, the distributor's own kernel sees the flow again. */

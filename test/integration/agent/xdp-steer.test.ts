@@ -265,7 +265,7 @@ describe.skipIf(!isRoot)('XDP steering on the distributor (namespace lab)', () =
     const routes = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_routes`])) as Record<string, unknown>;
     expect(routes).toMatchObject({ type: 'hash', name: 'baton_routes', flags: 1, bytes_key: 40, bytes_value: 32, max_entries: 262144 });
     const stats = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_stats`])) as Record<string, unknown>;
-    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 6 });
+    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 7 });
   });
 
   it('without an entry, the client SYN reaches the distributor (passed-no-route rises)', async () => {
@@ -311,6 +311,21 @@ describe.skipIf(!isRoot)('XDP steering on the distributor (namespace lab)', () =
     expect(steering.routes.stats().droppedFrozen.packets - before).toBe(entry.packets);
   });
 
+  it('a RELEASED entry: a new SYN on the tuple is the distributor\'s (entry deleted, counted); a FORWARD one keeps steering SYNs', async () => {
+    const key = flow(4, 41004);
+    steering.routes.release(key, target);
+    const before = steering.routes.stats().passedReclaimed.packets;
+    expect(await connect(4, 41004)).toEqual({ ok: true, reply: 'n1' });
+    expect(n1v4.accepted).toContain(`${NET.client.v4} 41004`);
+    expect(steering.routes.get(key)).toBeUndefined();
+    expect(steering.routes.stats().passedReclaimed.packets - before).toBe(1n);
+    // The same SYN on a live FORWARD entry is not a reclaim: it goes to the target.
+    steering.routes.forward(key, target);
+    expect(await connect(4, 41004)).toEqual({ ok: true, reply: 'n2' });
+    expect(steering.routes.get(key)?.state).toBe('forward');
+    expect(steering.routes.remove(key)).toBe(true);
+  });
+
   it('removing an entry gives the flow back to the distributor', async () => {
     for (const port of [41002, 41003]) {
       expect(steering.routes.remove(flow(4, port))).toBe(true);
@@ -339,7 +354,7 @@ describe.skipIf(!isRoot)('XDP steering on the distributor (namespace lab)', () =
     expect(steering.routes.size()).toBe(2);
     // ARP and ICMPv6 neighbour traffic crossed n1 during the tests.
     const stats = steering.routes.stats();
-    expect(Object.keys(stats).sort()).toEqual(['droppedBadEntry', 'droppedFrozen', 'passedFragment', 'passedNoRoute', 'passedNotTcp', 'steered']);
+    expect(Object.keys(stats).sort()).toEqual(['droppedBadEntry', 'droppedFrozen', 'passedFragment', 'passedNoRoute', 'passedNotTcp', 'passedReclaimed', 'steered']);
     expect(stats.passedNotTcp.packets).toBeGreaterThan(0n);
     expect(stats.droppedBadEntry.packets).toBe(0n);
   });

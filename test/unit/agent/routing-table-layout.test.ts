@@ -44,8 +44,8 @@ describe('routing-table layout mirrors bpf/baton.h', () => {
   });
 
   it('has the enum values of baton_route_state and baton_stat', () => {
-    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2 });
-    expect(STAT_INDEX).toEqual({ passedNotTcp: 0, passedNoRoute: 1, steered: 2, droppedFrozen: 3, droppedBadEntry: 4, passedFragment: 5 });
+    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2, released: 3 });
+    expect(STAT_INDEX).toEqual({ passedNotTcp: 0, passedNoRoute: 1, steered: 2, droppedFrozen: 3, droppedBadEntry: 4, passedFragment: 5, passedReclaimed: 6 });
     expect(STAT_COUNT).toBe(Object.keys(STAT_INDEX).length);
   });
 });
