@@ -15,6 +15,7 @@ import { PeerLinks } from '../transfer/peers.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
 import { ensureDvipa } from './dvipa.js';
 import { RouteService } from './route-service.js';
+import type { FlowKey } from './routing-table.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
@@ -31,6 +32,7 @@ export class NodeAgent {
   readonly isDistributor: boolean;
   private steering?: Steering;
   private routeService?: RouteService;
+  private routes?: RouteWriter;
   private coordinator?: HandoffCoordinator;
   private peerServer?: net.Server;
   private appServer?: net.Server;
@@ -68,6 +70,7 @@ export class NodeAgent {
       // Connections this node serves can move on (claim 10); the distributor changes the table.
       routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
+    this.routes = routes;
     this.coordinator = new HandoffCoordinator(this.config, this.self, routes, this.peers, this.log, (r) => this.record(r));
     this.control = new ControlServer({
       node: this.self.name,
@@ -118,11 +121,8 @@ export class NodeAgent {
     }
   }
 
-  get routes() {
-    return this.steering?.routes;
-  }
-
   private record(r: HandoffRecord): void {
+    if (r.outcome === 'done') this.relay.movedOn(r.flow);
     this.history.push(r);
     if (this.history.length > 1000) this.history.shift();
   }
@@ -175,6 +175,11 @@ export class NodeAgent {
     });
   }
 
+  /** A connection served here has ended: the distributor lets its entry go after the grace. */
+  private release(flow: FlowKey, connId: string): void {
+    this.routes?.release(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not released'));
+  }
+
   private reportListeners(): void {
     const targets = this.directory.local();
     this.lastReported = JSON.stringify(targets);
@@ -194,6 +199,7 @@ export class NodeAgent {
       if (!this.routeService) throw new BatonError('E_HANDOFF_STATE', `${this.self.name} is not the distributor`, { connId, step: op });
       if (op === 'freeze') this.routeService.freeze(requester, flow);
       else if (op === 'unfreeze') this.routeService.unfreeze(requester, flow);
+      else if (op === 'release') this.routeService.release(requester, flow);
       else if (msg.target) this.routeService.forward(requester, flow, msg.target);
       else throw new BatonError('E_PROTOCOL', 'forward without a target', { connId, step: op });
       channel.send('routed', { connId, ok: true });
@@ -213,7 +219,10 @@ export class NodeAgent {
     channel.on('close', () => {
       clearTimeout(helloTimer);
       router?.replies.failAll(new BatonError('E_PEER', 'routing application disconnected'));
-      if (target) this.relay.unregister(target);
+      if (target) {
+        for (const flow of this.relay.releasedAll(target)) this.release(flow, 'app-gone');
+        this.relay.unregister(target);
+      }
     });
     channel.on('message', (d) => {
       const { msg } = d;
@@ -246,6 +255,12 @@ export class NodeAgent {
       }
       if (msg.type === 'delta' && router) {
         if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId }, 'delta for no handoff in progress');
+        return;
+      }
+      if (msg.type === 'release' && target) {
+        const flow = this.relay.released(target, msg.connId);
+        if (flow) this.release(flow, msg.connId);
+        else log.warn({ connId: msg.connId }, 'release of a connection this application does not serve');
         return;
       }
       if ((msg.type === 'accept' || msg.type === 'reject' || msg.type === 'ready') && target) {

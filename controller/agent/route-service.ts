@@ -8,6 +8,9 @@
 //   forward(R, flow, T)    only after R's freeze; T is the new owner (no entry when T is the
 //                          distributor: its own kernel serves the flow).
 //   unfreeze(R, flow)      only after R's freeze: puts the remembered entry back (rollback).
+//   release(R, flow)       R serves the flow and it has closed: the entry becomes RELEASED (still
+//                          forwarding the last packets; a new SYN on the tuple reclaims it in XDP)
+//                          and is removed after releaseGraceMs.
 //
 // A freeze nobody finishes (its owner died mid-handoff) is rolled back after a bound.
 import { BatonError } from '../errors.js';
@@ -22,10 +25,11 @@ interface FreezeRecord {
   since: number;
 }
 
-export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'remove'>;
+export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'release' | 'remove' | 'entries'>;
 
 export class RouteService {
   private readonly frozen = new Map<string, FreezeRecord>();
+  private readonly releasing = new Map<string, NodeJS.Timeout>();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
@@ -36,6 +40,29 @@ export class RouteService {
   ) {
     this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2));
     this.sweeper.unref();
+    // Released entries outlive a controller restart in the pinned table: give them their grace again.
+    for (const [flow, entry] of routes.entries()) if (entry.state === 'released') this.scheduleRemoval(flow, entry.targetNode);
+  }
+
+  release(requester: string, flow: FlowKey): void {
+    const owner = this.node(requester, flow);
+    const current = this.routes.get(flow);
+    if (current?.state !== 'forward' || current.targetNode !== owner.id) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
+    this.routes.release(flow, { node: owner.id, mac: owner.mac });
+    this.scheduleRemoval(flow, owner.id);
+  }
+
+  private scheduleRemoval(flow: FlowKey, node: number): void {
+    const key = describeFlow(flow);
+    clearTimeout(this.releasing.get(key));
+    const timer = setTimeout(() => {
+      this.releasing.delete(key);
+      const entry = this.routes.get(flow);
+      // Only the entry we released: the tuple may have been reclaimed by a new connection since.
+      if (entry?.state === 'released' && entry.targetNode === node) this.routes.remove(flow);
+    }, this.config.releaseGraceMs);
+    timer.unref();
+    this.releasing.set(key, timer);
   }
 
   freeze(requester: string, flow: FlowKey): void {
@@ -51,22 +78,23 @@ export class RouteService {
   }
 
   forward(requester: string, flow: FlowKey, targetName: string): void {
-    this.release(requester, flow);
+    this.takeFreeze(requester, flow);
     const target = this.node(targetName, flow);
     if (target.name === this.config.distributor) this.routes.remove(flow);
     else this.routes.forward(flow, { node: target.id, mac: target.mac });
   }
 
   unfreeze(requester: string, flow: FlowKey): void {
-    const record = this.release(requester, flow);
+    const record = this.takeFreeze(requester, flow);
     this.restore(flow, record);
   }
 
   close(): void {
     clearInterval(this.sweeper);
+    for (const t of this.releasing.values()) clearTimeout(t);
   }
 
-  private release(requester: string, flow: FlowKey): FreezeRecord {
+  private takeFreeze(requester: string, flow: FlowKey): FreezeRecord {
     const key = describeFlow(flow);
     const record = this.frozen.get(key);
     if (!record || record.owner !== requester) throw this.refuse(`no freeze by ${requester} for this flow`, flow, requester);

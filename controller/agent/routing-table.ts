@@ -307,7 +307,9 @@ export class RoutingTable {
 
   /** Still forwarding, but the owner closed the connection: a new SYN on the tuple reclaims it (XDP deletes the entry). */
   release(key: FlowKey, target: { node: number; mac: string }): void {
-    this.write(key, encodeRoute({ state: 'released', targetNode: target.node, targetMac: target.mac }), 'release');
+    // Keep the flow's counters: the connection's totals are still worth reading during the grace.
+    const current = this.get(key);
+    this.write(key, encodeRoute({ state: 'released', targetNode: target.node, targetMac: target.mac, packets: current?.packets, bytes: current?.bytes }), 'release');
   }
 
   /** True if there was an entry. Without one, the distributor's own kernel sees the flow again. */

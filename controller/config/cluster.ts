@@ -45,6 +45,8 @@ export const ClusterConfigSchema = Type.Object(
     xdpMode: Type.Union([Type.Literal('native'), Type.Literal('generic')]),
     /** Upper bound for each step of a handoff waiting on another party. */
     handoffStepTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000 }),
+    /** How long an entry keeps forwarding after its owner closed the connection (its last packets). */
+    releaseGraceMs: Type.Integer({ minimum: 0, maximum: 600_000 }),
     nodes: Type.Array(NodeConfigSchema, { minItems: 1, maxItems: 1024 }),
   },
   { additionalProperties: false },

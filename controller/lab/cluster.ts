@@ -35,6 +35,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     controlPort: CONTROL_PORT,
     xdpMode,
     handoffStepTimeoutMs: 2000,
+    releaseGraceMs: 3000,
     nodes: lab.nodes.map((n, i) => ({
       name: n.name,
       id: i + 1,

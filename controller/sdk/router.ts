@@ -23,6 +23,7 @@ import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
+import { handedOff } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
 
 type FromAgent = (typeof Accepts.router)[number];
@@ -222,6 +223,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
       // The route points at the target; the socket is still in repair mode, so this close is silent.
+      handedOff.add(socket);
       socket.destroy();
       const timings: HandoffTimings = { exportUs, deltaUs, ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
       log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.received.length, sentSinceSnapshot: snapshot.unsentLength - delta.unsentLength }, 'connection handed off');

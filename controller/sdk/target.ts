@@ -19,6 +19,7 @@ import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
+import { handedOff } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -245,6 +246,8 @@ export class TargetClient {
     socket.once('close', () => {
       this.live--;
       this.control?.update({ load: this.live });
+      // The connection ended here (not moved on): the distributor may let its entry go.
+      if (!handedOff.has(socket)) this.channel.send('release', { connId });
     });
     this.onConnection({
       connId,

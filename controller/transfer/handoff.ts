@@ -40,6 +40,7 @@ export interface RouterConnection {
 
 export interface HandoffRecord {
   connId: string;
+  flow: FlowKey;
   from: string;
   target: string;
   client: string;
@@ -130,7 +131,7 @@ export class HandoffCoordinator {
       const timings = { offerRttUs, importUs, freezeUs, commitRttUs, routeUs };
       router.channel.send('done', { connId, timings });
       log.info({ event: 'handoff', outcome: 'done', client, timings }, 'handoff complete');
-      this.onRecord({ connId, from: router.name, target: targetNode.name, client, outcome: 'done', timings });
+      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
       if (frozen) await this.unfreeze(flow, connId, log);
@@ -139,7 +140,7 @@ export class HandoffCoordinator {
       if (peer && !(step === 'offer' && e.code === 'E_REJECTED')) peer.channel.send('abort', { connId, reason: e.message });
       router.channel.send('failed', { connId, step, code: e.code, reason: e.message });
       log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
-      this.onRecord({ connId, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
+      this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
     } finally {
       if (admitted) this.inFlight.delete(connId);
     }

@@ -118,13 +118,15 @@ export const Schemas = {
    */
   route: message('route', {
     connId: ConnIdSchema,
-    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze')]),
+    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release')]),
     flow: FlowSchema,
     target: Type.Optional(Name),
   }),
   routed: message('routed', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   /** Every node → every other node (claim 23): the target applications registered here, on change and as a heartbeat. */
   listeners: message('listeners', { node: Name, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
+  /** Target application → its agent: a transferred connection it served has closed. */
+  release: message('release', { connId: ConnIdSchema }),
   done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
   failed: message('failed', {
     connId: ConnIdSchema,
@@ -141,7 +143,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, done: 0, failed: 0,
+  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, done: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -151,7 +153,7 @@ const checks = Object.fromEntries(
 /** What each side of each channel may receive. */
 export const Accepts = {
   agentFromRouter: ['hello', 'offer', 'delta'],
-  agentFromTarget: ['hello', 'accept', 'reject', 'ready'],
+  agentFromTarget: ['hello', 'accept', 'reject', 'ready', 'release'],
   agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
   peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
   router: ['welcome', 'frozen', 'done', 'failed'],

@@ -10,6 +10,7 @@ export interface RouteWriter {
   freeze(flow: FlowKey, connId: string): Promise<void>;
   forward(flow: FlowKey, target: string, connId: string): Promise<void>;
   unfreeze(flow: FlowKey, connId: string): Promise<void>;
+  release(flow: FlowKey, connId: string): Promise<void>;
 }
 
 export class LocalRoutes implements RouteWriter {
@@ -28,6 +29,10 @@ export class LocalRoutes implements RouteWriter {
 
   async unfreeze(flow: FlowKey): Promise<void> {
     this.service.unfreeze(this.self, flow);
+  }
+
+  async release(flow: FlowKey): Promise<void> {
+    this.service.release(this.self, flow);
   }
 }
 
@@ -50,7 +55,11 @@ export class RemoteRoutes implements RouteWriter {
     return this.ask('unfreeze', flow, connId);
   }
 
-  private async ask(op: 'freeze' | 'forward' | 'unfreeze', flow: FlowKey, connId: string, target?: string): Promise<void> {
+  release(flow: FlowKey, connId: string): Promise<void> {
+    return this.ask('release', flow, connId);
+  }
+
+  private async ask(op: 'freeze' | 'forward' | 'unfreeze' | 'release', flow: FlowKey, connId: string, target?: string): Promise<void> {
     const link = await this.peers.get(this.distributor);
     const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, op);
     link.channel.send('route', { connId, op, flow, ...(target ? { target } : {}) });

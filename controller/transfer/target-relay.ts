@@ -3,6 +3,7 @@
 // application does the reinstatement itself (the socket must end up in its process); this node
 // keeps the bookkeeping so either party vanishing is turned into a clean reject or abort.
 import type { Logger } from '../log.js';
+import { describeFlow, type FlowKey } from '../agent/routing-table.js';
 import type { Channel } from './channel.js';
 import type { Accepts, Decoded } from './messages.js';
 
@@ -20,12 +21,15 @@ export interface TargetApp {
 interface Pending {
   peer: Channel<FromPeer>;
   app: TargetApp;
+  flow: FlowKey;
   since: number;
 }
 
 export class TargetRelay {
   private readonly byPort = new Map<number, TargetApp[]>();
   private readonly pending = new Map<string, Pending>();
+  /** Connections live in a target application here, by connection id: released when they close. */
+  private readonly owned = new Map<string, { app: TargetApp; flow: FlowKey }>();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
@@ -88,7 +92,8 @@ export class TargetRelay {
         peer.send('reject', { connId, reason: 'a transfer of this connection is already pending here' });
         return;
       }
-      this.pending.set(connId, { peer, app, since: Date.now() });
+      const flow: FlowKey = { family: msg.conn.family, clientAddress: msg.conn.remote.address, clientPort: msg.conn.remote.port, vipAddress: msg.conn.local.address, vipPort: msg.conn.local.port };
+      this.pending.set(connId, { peer, app, flow, since: Date.now() });
       const { v: _v, type: _t, blobs: _b, ...body } = msg;
       app.channel.send('offer', body, blobs);
       return;
@@ -103,6 +108,7 @@ export class TargetRelay {
     else if (msg.type === 'live') {
       p.app.channel.send('live', { connId });
       this.pending.delete(connId);
+      this.owned.set(connId, { app: p.app, flow: p.flow });
     } else {
       p.app.channel.send('abort', { connId, reason: msg.reason });
       this.pending.delete(connId);
@@ -120,6 +126,31 @@ export class TargetRelay {
     const { v: _v, type: _t, blobs: _b, ...body } = msg;
     p.peer.send(msg.type, body as never);
     if (msg.type === 'reject') this.pending.delete(msg.connId);
+  }
+
+  /** The application says a connection it served has closed: its flow, if it was the application's. */
+  released(app: TargetApp, connId: string): FlowKey | undefined {
+    const o = this.owned.get(connId);
+    if (!o || o.app !== app) return undefined;
+    this.owned.delete(connId);
+    return o.flow;
+  }
+
+  /** The application is gone: every connection it served is gone with it. */
+  releasedAll(app: TargetApp): FlowKey[] {
+    const flows: FlowKey[] = [];
+    for (const [connId, o] of this.owned) {
+      if (o.app !== app) continue;
+      this.owned.delete(connId);
+      flows.push(o.flow);
+    }
+    return flows;
+  }
+
+  /** The connection moved on from this node: it is no longer ours to release. */
+  movedOn(flow: FlowKey): void {
+    const key = describeFlow(flow);
+    for (const [connId, o] of this.owned) if (describeFlow(o.flow) === key) this.owned.delete(connId);
   }
 
   close(): void {

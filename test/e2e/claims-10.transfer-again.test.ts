@@ -16,7 +16,8 @@ describe('transfer again', () => {
     expect(res).toMatchObject({ ok: true, served_by: 'n2', moves: ['OK n3', 'OK n2'], moves_ok: true, get_ok: true, put_ok: true, clean_close: true });
     const [addr, port] = String(res.local).split(':');
     const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
-    expect(entry).toMatchObject({ state: 'forward', targetMac: mac('n2') });
+    // Closed by now: released (still forwarding for the grace period), pointing at the last owner.
+    expect(entry).toMatchObject({ state: 'released', targetMac: mac('n2') });
     expect(readLog(running.lab, 'n2-line-target').filter((l) => l.event === 'handed-off' && l.target === 'n3')).toHaveLength(1);
     expect(readLog(running.lab, 'n3-line-target').filter((l) => l.event === 'handed-off' && l.target === 'n2')).toHaveLength(1);
   });
@@ -29,6 +30,6 @@ describe('transfer again', () => {
     expect(res.get_ok).toBe(true);
     const [addr, port] = String(res.local).split(':');
     const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
-    expect(entry).toMatchObject({ state: 'forward', targetMac: mac('n3') });
+    expect(entry).toMatchObject({ state: 'released', targetMac: mac('n3') });
   });
 });

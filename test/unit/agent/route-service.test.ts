@@ -8,7 +8,7 @@ import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';
 
 const config = {
-  version: 1, instance: 't', dvipa: { address: '10.0.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100,
+  version: 1, instance: 't', dvipa: { address: '10.0.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100, releaseGraceMs: 200,
   nodes: ['n1', 'n2', 'n3'].map((name, i) => ({ name, id: i + 1, address: `10.0.0.${11 + i}`, mac: `02:00:00:00:00:0${i + 1}`, interface: 'eth0', peerPort: 4700, agentSocket: `/tmp/${name}`, controlSecretFile: `/tmp/${name}.secret` })),
 } as ClusterConfig;
 
@@ -25,8 +25,17 @@ class MemoryTable implements TableOps {
   forward(f: FlowKey, t: { node: number; mac: string }) {
     this.map.set(this.k(f), { state: 'forward', targetNode: t.node, targetMac: t.mac, packets: 0n, bytes: 0n });
   }
+  release(f: FlowKey, t: { node: number; mac: string }) {
+    this.map.set(this.k(f), { state: 'released', targetNode: t.node, targetMac: t.mac, packets: 0n, bytes: 0n });
+  }
   remove(f: FlowKey) {
     return this.map.delete(this.k(f));
+  }
+  *entries(): Iterable<[FlowKey, RouteEntry]> {
+    for (const [k, e] of this.map) {
+      const [clientAddress, port] = k.split(':');
+      yield [{ ...flow, clientAddress: clientAddress!, clientPort: Number(port) }, e];
+    }
   }
 }
 
@@ -87,6 +96,37 @@ describe('routing table changes at the distributor', () => {
     service.freeze('n1', flow);
     expect(() => service.freeze('n1', flow)).toThrow(/already in progress/);
     expect(() => service.freeze('n9', { ...flow, clientPort: 1 })).toThrow(/unknown node n9/);
+  });
+
+  it('release: only the owner; the entry keeps forwarding as RELEASED, then goes after the grace', async () => {
+    const { service, state } = setup();
+    service.freeze('n1', flow);
+    service.forward('n1', flow, 'n2');
+    expect(() => service.release('n3', flow)).toThrow(/n3 does not serve this flow/);
+    service.release('n2', flow);
+    expect(state()).toBe('released:2');
+    await new Promise((r) => setTimeout(r, 400)); // releaseGraceMs is 200 here
+    expect(state()).toBeUndefined();
+  });
+
+  it('a released entry reclaimed and reused meanwhile is not removed by the old grace timer', async () => {
+    const { table, service, state } = setup();
+    service.freeze('n1', flow);
+    service.forward('n1', flow, 'n2');
+    service.release('n2', flow);
+    table.remove(flow); // XDP reclaimed the tuple for a new connection...
+    service.freeze('n1', flow);
+    service.forward('n1', flow, 'n3'); // ...which was handed to n3
+    await new Promise((r) => setTimeout(r, 400));
+    expect(state()).toBe('forward:3');
+  });
+
+  it('a restarted distributor gives released entries left in the pinned table their grace again', async () => {
+    const table = new MemoryTable();
+    table.release(flow, { node: 2, mac: '02:00:00:00:00:02' });
+    services.push(new RouteService(table, config, createLogger({}, 'silent'), 10_000));
+    await new Promise((r) => setTimeout(r, 400));
+    expect(table.get(flow)).toBeUndefined();
   });
 
   it('a freeze nobody finishes is rolled back after the bound', async () => {

@@ -29,6 +29,9 @@ class RecordingRoutes implements RouteWriter {
   async unfreeze() {
     this.ops.push('unfreeze');
   }
+  async release() {
+    this.ops.push('release');
+  }
 }
 
 type TargetScript = (msg: Decoded<MessageType>, reply: Channel<MessageType>) => void;
@@ -85,7 +88,7 @@ function cluster(targetPort: number): ClusterConfig {
   });
   return {
     version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native',
-    handoffStepTimeoutMs: 300, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
+    handoffStepTimeoutMs: 300, releaseGraceMs: 3000, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
   };
 }
 

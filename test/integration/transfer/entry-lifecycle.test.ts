@@ -1,0 +1,43 @@
+// A routing-table entry lives as long as its connection: when the serving node's application sees
+// the connection close, the entry becomes RELEASED (it still forwards the last packets) and is gone
+// after the grace period (3 s in the lab). After many connections have come and gone, the table is
+// empty again: nothing leaks.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { curlDigest, inClient, lineClient } from '../../../controller/lab/demo.js';
+import { useLab } from '../../helpers/lab.js';
+
+const running = useLab();
+const states = () => [...running.routes.entries()].map(([, e]) => e.state);
+
+async function until(what: string, cond: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; table: ${JSON.stringify(states())}`);
+    await sleep(100);
+  }
+}
+
+describe('routing-table entries end with their connections', () => {
+  it('120 connections come and go; every entry is released, then removed: the table is empty again', async () => {
+    const runs = await Promise.all([
+      inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000', '--repeat', '50']), 120_000),
+      inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--expect-node', 'n3', '--put', '1000', '--repeat', '50']), 120_000),
+    ]);
+    for (let i = 0; i < 10; i++) await inClient(running.lab, curlDigest(running.lab, 'alice', 'wonderland', ['/']));
+    const results = runs.flatMap((r) => r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean }));
+    expect(results.filter((r) => r.ok)).toHaveLength(100);
+    // Every client has closed: what is left is on its way out, none is still FORWARD.
+    await until('every entry released', () => states().every((s) => s === 'released'), 2000);
+    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+  });
+
+  it('a connection still open keeps its entry FORWARD past the grace period', async () => {
+    const held = inClient(running.lab, curlDigest(running.lab, 'bob', 'builder', ['/hold?ms=4000']));
+    await until('the held connection\'s entry', () => states().includes('forward'), 3000);
+    await sleep(3500);
+    expect(states()).toContain('forward');
+    expect((await held).stdout).toContain('served by n3');
+    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+  });
+});
