@@ -1,6 +1,8 @@
-// batond: one per node. Puts the DVIPA on the node, runs the XDP steering program on the
-// distributor and owns its connection routing table, listens for peer nodes (transfer messages
-// over TCP) and for local applications (a Unix socket), and wires them to the handoff machinery.
+// batond: one per node. Puts the DVIPA on the node; on the distributor runs the XDP steering
+// program and owns the connection routing table (RouteService); listens for peer nodes (transfer
+// messages over TCP), for local applications' transfers (a Unix socket) and registrations (the UDP
+// control socket), and wires them to the handoff machinery, which runs on every node so a
+// connection can move on from wherever it is served.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -8,7 +10,7 @@ import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
 import { Channel, PendingReplies } from '../transfer/channel.js';
-import { HandoffCoordinator, type HandoffRecord, type RouterConnection } from '../transfer/handoff.js';
+import { HandoffCoordinator, type RouterConnection } from '../transfer/handoff.js';
 import { Accepts, type Message, type MessageType } from '../transfer/messages.js';
 import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
@@ -43,8 +45,6 @@ export class NodeAgent {
   private control?: ControlServer;
   private listenerBeat?: NodeJS.Timeout;
   private lastReported = '';
-  /** The most recent handoffs, newest last; bounded. */
-  readonly history: HandoffRecord[] = [];
 
   constructor(
     readonly config: ClusterConfig,
@@ -61,17 +61,18 @@ export class NodeAgent {
 
   async start(): Promise<void> {
     await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
-    let routes: RouteWriter;
     if (this.isDistributor) {
       this.steering = loadSteering({ instance: `${this.config.instance}-${this.self.name}`, ifname: this.self.interface, mode: this.config.xdpMode, log: this.log });
       this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8);
-      routes = new LocalRoutes(this.routeService, this.self.name);
+      this.routes = new LocalRoutes(this.routeService, this.self.name);
     } else {
       // Connections this node serves can move on (claim 10); the distributor changes the table.
-      routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
+      this.routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
-    this.routes = routes;
-    this.coordinator = new HandoffCoordinator(this.config, this.self, routes, this.peers, this.log, (r) => this.record(r));
+    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, this.log, (r) => {
+      // A connection this node served and handed on is no longer its to release.
+      if (r.outcome === 'done') this.relay.movedOn(r.flow);
+    });
     this.control = new ControlServer({
       node: this.self.name,
       port: this.config.controlPort,
@@ -119,12 +120,6 @@ export class NodeAgent {
       this.steering.close();
       this.log.info({ pinDir: this.steering.pinDir }, 'batond stopped; XDP steering left attached, routing table pinned');
     }
-  }
-
-  private record(r: HandoffRecord): void {
-    if (r.outcome === 'done') this.relay.movedOn(r.flow);
-    this.history.push(r);
-    if (this.history.length > 1000) this.history.shift();
   }
 
   private track<In extends MessageType>(ch: Channel<In>): Channel<In> {
