@@ -215,7 +215,7 @@ export class NodeAgent {
       clearTimeout(helloTimer);
       router?.replies.failAll(new BatonError('E_PEER', 'routing application disconnected'));
       if (target) {
-        for (const flow of this.relay.releasedAll(target)) this.release(flow, 'app-gone');
+        for (const { connId, flow } of this.relay.releasedAll(target)) this.release(flow, connId);
         this.relay.unregister(target);
       }
     });

@@ -137,14 +137,14 @@ export class TargetRelay {
   }
 
   /** The application is gone: every connection it served is gone with it. */
-  releasedAll(app: TargetApp): FlowKey[] {
-    const flows: FlowKey[] = [];
+  releasedAll(app: TargetApp): Array<{ connId: string; flow: FlowKey }> {
+    const gone: Array<{ connId: string; flow: FlowKey }> = [];
     for (const [connId, o] of this.owned) {
       if (o.app !== app) continue;
       this.owned.delete(connId);
-      flows.push(o.flow);
+      gone.push({ connId, flow: o.flow });
     }
-    return flows;
+    return gone;
   }
 
   /** The connection moved on from this node: it is no longer ours to release. */

@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient, lineClient } from '../../../controller/lab/demo.js';
+import { pidFileOf, readPidFile } from '../../../controller/lab/processes.js';
 import { useLab } from '../../helpers/lab.js';
 
 const running = useLab();
@@ -38,6 +39,15 @@ describe('routing-table entries end with their connections', () => {
     await sleep(3500);
     expect(states()).toContain('forward');
     expect((await held).stdout).toContain('served by n3');
+    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+  });
+
+  it('a target application that dies releases every connection it served', async () => {
+    const held = [1, 2, 3].map(() => inClient(running.lab, curlDigest(running.lab, 'bob', 'builder', ['/hold?ms=5000'])));
+    await until('three held connections', () => states().filter((s) => s === 'forward').length === 3, 5000);
+    const pid = readPidFile(pidFileOf(running.lab.runDir, 'n3-http-target'))!;
+    process.kill(pid, 'SIGKILL');
+    await Promise.all(held);
     await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 });
