@@ -1,6 +1,7 @@
 // The application's link to its node's batond: a Unix stream socket carrying the same framed,
 // schema-checked messages as the node↔node links.
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BatonError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import type { ControlOptions } from './control-link.js';
@@ -50,4 +51,52 @@ export async function openAgentLink<In extends MessageType>(
       channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}), ...(hello.instance ? { instance: hello.instance } : {}) }),
     );
   });
+}
+
+/**
+ * Re-opens an application's link whenever it drops (batond restarted or was upgraded), with a
+ * backoff from 100 ms to 1 s, until stopped. attach() gets every new channel: the client re-wires
+ * its listeners there, and the fresh hello registers the application again.
+ */
+export class AgentLinkKeeper<In extends MessageType> {
+  private stopped = false;
+
+  constructor(
+    private readonly opts: AgentLinkOptions,
+    private readonly accepts: readonly In[],
+    private readonly hello: { role: 'router' | 'target'; ports?: number[]; instance?: string },
+    private readonly log: Logger,
+    private readonly attach: (channel: Channel<In>) => void,
+  ) {}
+
+  watch(channel: Channel<In>): void {
+    channel.once('close', () => {
+      if (this.stopped) return;
+      this.log.warn('link to batond lost: reconnecting');
+      void this.reopen();
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  private async reopen(): Promise<void> {
+    for (let delay = 100; !this.stopped; delay = Math.min(delay * 2, 1000)) {
+      await sleep(delay);
+      try {
+        const { channel } = await openAgentLink({ ...this.opts, logger: this.log }, this.accepts, this.hello);
+        if (this.stopped) {
+          channel.close();
+          return;
+        }
+        this.attach(channel);
+        this.watch(channel);
+        this.log.info('link to batond re-established');
+        return;
+      } catch (err) {
+        this.log.debug({ err: (err as Error).message }, 'batond not reachable yet');
+      }
+    }
+  }
 }

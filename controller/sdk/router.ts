@@ -21,7 +21,7 @@ import type { Logger } from '../log.js';
 import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, type TcpConnectionState } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
-import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
 import { handedOff } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
@@ -90,18 +90,30 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   private readonly replies = new PendingReplies<FromAgent>();
   private readonly active = new Set<net.Socket>();
 
+  private channel!: Channel<FromAgent>;
+  private readonly keeper: AgentLinkKeeper<FromAgent>;
+
   private constructor(
-    private readonly channel: Channel<FromAgent>,
+    channel: Channel<FromAgent>,
     readonly node: string,
     private readonly log: Logger,
+    opts: RouterOptions,
     private readonly control?: ControlLink,
   ) {
     super();
     control?.on('targets', (list) => this.emit('targets', list));
+    this.keeper = new AgentLinkKeeper(opts, Accepts.router, { role: 'router' }, log, (ch) => this.attach(ch));
+    this.attach(channel);
+    this.keeper.watch(channel);
+  }
+
+  /** Handoffs in flight on a link that drops fail (and roll back); new ones wait for the next link. */
+  private attach(channel: Channel<FromAgent>): void {
+    this.channel = channel;
     channel.on('message', (d) => {
-      if (!this.replies.deliver(d)) log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
+      if (!this.replies.deliver(d)) this.log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
     });
-    channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node })));
+    channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node: this.node })));
   }
 
   static async connect(opts: RouterOptions): Promise<RouterClient> {
@@ -118,7 +130,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
         throw err;
       }
     }
-    return new RouterClient(channel, node, log, control);
+    return new RouterClient(channel, node, log, opts, control);
   }
 
   /**
@@ -130,6 +142,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   }
 
   close(): void {
+    this.keeper.stop();
     this.control?.close();
     this.channel.close();
   }

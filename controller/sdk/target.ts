@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import { appendReceived, appendSent, closeSilently, goLive, importConnection, loadNative, setWindow, type TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
-import { type AgentLinkOptions, openAgentLink } from './agent-link.js';
+import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
 import { handedOff } from './handed-off.js';
 
@@ -74,14 +74,29 @@ export class TargetClient {
   private readonly deciding = new Map<string, { aborted: boolean }>();
   private live = 0;
 
+  private channel!: Channel<FromAgent>;
+  private readonly keeper: AgentLinkKeeper<FromAgent>;
+
   private constructor(
-    private readonly channel: Channel<FromAgent>,
+    channel: Channel<FromAgent>,
     readonly node: string,
     private readonly log: Logger,
+    opts: TargetOptions,
     private readonly onConnection: (conn: TransferredConnection) => void,
-    private readonly offerPolicy?: TargetOptions['onOffer'],
     private readonly control?: ControlLink,
   ) {
+    this.offerPolicy = opts.onOffer;
+    const instance = opts.instance ?? opts.name;
+    this.keeper = new AgentLinkKeeper(opts, Accepts.target, { role: 'target', ports: opts.ports, instance }, log, (ch) => this.attach(ch));
+    this.attach(channel);
+    this.keeper.watch(channel);
+  }
+
+  private readonly offerPolicy?: TargetOptions['onOffer'];
+
+  /** Offers pending on a link that drops are dropped silently; the routing node rolls back. */
+  private attach(channel: Channel<FromAgent>): void {
+    this.channel = channel;
     channel.on('message', (d) => this.onMessage(d));
     channel.on('close', () => {
       for (const connId of [...this.pending.keys()]) this.drop(connId, 'link to batond closed');
@@ -102,7 +117,7 @@ export class TargetClient {
         throw err;
       }
     }
-    return new TargetClient(channel, node, log, onConnection, opts.onOffer, control);
+    return new TargetClient(channel, node, log, opts, onConnection, control);
   }
 
   /** Connections this instance serves now: its load, as routing applications see it. */
@@ -111,6 +126,7 @@ export class TargetClient {
   }
 
   close(): void {
+    this.keeper.stop();
     this.control?.close();
     this.channel.close();
   }

@@ -39,4 +39,22 @@ describe('restarting the distributor\'s batond', () => {
     expect(attached!.programId).not.toBe(programBefore);
     expect(entriesBefore).toBeGreaterThanOrEqual(20);
   });
+
+  it('applications reconnect to a restarted batond: new handoffs work from n1 and to n2 again', async () => {
+    const restart = async (name: string) => {
+      const spec = labProcesses(running.lab).find((x) => x.name === name)!;
+      await stopProcess(running.lab.runDir, name, running.lab.prefix);
+      await startProcess(spec, { runDir: running.lab.runDir, lab: running.lab.prefix });
+    };
+    await restart('n2-batond');
+    const reconnected = () =>
+      readLog(running.lab, 'n2-line-target').filter((l) => l.msg === 'link to batond re-established').length >= 2 &&
+      readLog(running.lab, 'n1-line-router').some((l) => l.msg === 'link to batond re-established');
+    for (let waited = 0; !reconnected() && waited < 10_000; waited += 100) await sleep(100);
+    // The line router reconnected to n1's agent (restarted in the test before); n2's target
+    // application, both as target and as router, to n2's.
+    expect(reconnected()).toBe(true);
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '100000', '--move', 'n3']), 30_000);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, served_by: 'n2', moves: ['OK n3'] });
+  });
 });
