@@ -61,6 +61,8 @@ export interface TargetOptions extends AgentLinkOptions {
   capacity?: number;
 }
 
+type TargetHello = { role: 'target'; ports: number[]; instance: string };
+
 interface Pending {
   fd: number;
   state: TcpConnectionState;
@@ -76,23 +78,22 @@ export class TargetClient {
 
   private channel!: Channel<FromAgent>;
   private readonly keeper: AgentLinkKeeper<FromAgent>;
+  private readonly offerPolicy?: TargetOptions['onOffer'];
 
   private constructor(
     channel: Channel<FromAgent>,
     readonly node: string,
     private readonly log: Logger,
     opts: TargetOptions,
+    hello: TargetHello,
     private readonly onConnection: (conn: TransferredConnection) => void,
     private readonly control?: ControlLink,
   ) {
     this.offerPolicy = opts.onOffer;
-    const instance = opts.instance ?? opts.name;
-    this.keeper = new AgentLinkKeeper(opts, Accepts.target, { role: 'target', ports: opts.ports, instance }, log, (ch) => this.attach(ch));
+    this.keeper = new AgentLinkKeeper(opts, Accepts.target, hello, log, (ch) => this.attach(ch));
     this.attach(channel);
     this.keeper.watch(channel);
   }
-
-  private readonly offerPolicy?: TargetOptions['onOffer'];
 
   /** Offers pending on a link that drops are dropped silently; the routing node rolls back. */
   private attach(channel: Channel<FromAgent>): void {
@@ -107,7 +108,8 @@ export class TargetClient {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
     const instance = opts.instance ?? opts.name;
-    const { channel, node, log } = await openAgentLink(opts, Accepts.target, { role: 'target', ports: opts.ports, instance });
+    const hello: TargetHello = { role: 'target', ports: opts.ports, instance };
+    const { channel, node, log } = await openAgentLink(opts, Accepts.target, hello);
     let control: ControlLink | undefined;
     if (opts.control) {
       try {
@@ -117,7 +119,7 @@ export class TargetClient {
         throw err;
       }
     }
-    return new TargetClient(channel, node, log, opts, onConnection, control);
+    return new TargetClient(channel, node, log, opts, hello, onConnection, control);
   }
 
   /** Connections this instance serves now: its load, as routing applications see it. */
