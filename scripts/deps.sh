@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  clang llvm libbpf-dev bpftool gcc make pkg-config
+  clang llvm libbpf-dev bpftool gcc libc6-dev linux-libc-dev make pkg-config util-linux
   iproute2 ethtool tcpdump socat curl python3 procps
 )
 
