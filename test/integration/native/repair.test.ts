@@ -344,6 +344,24 @@ function writeRandom(sock: net.Socket, n: number, hash: crypto.Hash): Promise<vo
 }
 
 /** The socket Node owns is let go without a sound: dup, destroy Node's copy, close ours silently. */
+/**
+ * A python client connected to a fresh listener in the server namespace; the client stops whatever
+ * the body does. sock is the server side, owned by this process.
+ */
+async function withConnection(
+  opts: { listen: string; connect?: string; clientNs?: string },
+  body: (c: { client: PyClient; sock: net.Socket; port: number }) => Promise<void>,
+): Promise<void> {
+  const { port, next } = await server.listen(opts.listen);
+  const client = new PyClient(opts.clientNs ?? NS_C);
+  try {
+    await client.connect(opts.connect ?? opts.listen, port);
+    await body({ client, sock: await next(), port });
+  } finally {
+    client.stop();
+  }
+}
+
 function closeOriginal(sock: net.Socket, fd: number): void {
   const dup = dupFd(fd);
   sock.destroy();
@@ -404,11 +422,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
 
   for (const family of [4, 6] as const) {
     it(`IPv${family}: moves a connection with data queued both ways, byte-exact, no reset`, async () => {
-      const { port, next } = await server.listen(family === 4 ? S4 : S6);
-      const client = new PyClient(NS_C);
-      try {
-        await client.connect(family === 4 ? S4 : S6, port);
-        const sock = await next();
+      await withConnection({ listen: family === 4 ? S4 : S6 }, async ({ client, sock, port }) => {
         const fd = socketFd(sock);
 
         // The server reads nothing and the client reads nothing: both receive queues fill.
@@ -458,18 +472,12 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
         expect(st.rcvd).toBe(writtenN);
         expect(st.rcvdSha).toBe(written.copy().digest('hex'));
         expect(resets()).toEqual(before);
-      } finally {
-        client.stop();
-      }
+      });
     });
   }
 
   it('rollback: after leaveRepair the original socket carries on and bytes sent meanwhile arrive', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
       const fd = socketFd(sock);
       await client.wait(client.send(50_000));
       await sleep(50);
@@ -496,17 +504,11 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       expect(st.rcvdSha).toBe(reply.digest('hex'));
       expect(resets()).toEqual(before);
       sock.destroy();
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('delta: bytes arriving after the snapshot come back from exportDelta and, appended, keep the stream exact with no client timeout', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
       const fd = socketFd(sock);
       await client.wait(client.send(40_000));
       await sleep(50);
@@ -536,17 +538,11 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       // The target's window probe acknowledged the delta: the client never hit its RTO.
       expect(counters(NS_C).TcpExtTCPTimeouts ?? 0).toBe(timeoutsBefore);
       expect(resets()).toEqual(before);
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('unsent bytes the old socket transmits after the snapshot (repair mode does not stop transmission) are appended as sent', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
       const fd = socketFd(sock);
       const written = crypto.createHash('sha256');
       const writtenN = await fillSendQueue(fd, written);
@@ -597,9 +593,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       // The old socket stamped those transmissions after the snapshot's clock reading: the
       // target's clock starts ahead of it, or the client drops the target's segments (PAWS).
       expect(counters(NS_C).TcpExtPAWSEstab ?? 0).toBe(pawsBefore);
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('a client without timestamps, SACK or window scaling gets only those options back, and 10 MB each way moves fast', async () => {
@@ -662,11 +656,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
 
   it('prepend: bytes the application already read reach the target first, then the queue, in order (dual-stack listener)', async () => {
     // An IPv4 client of a [::] listener: the accepted socket is AF_INET6 with mapped addresses.
-    const { port, next } = await server.listen('::');
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: '::', connect: S4 }, async ({ client, sock, port }) => {
       const fd = socketFd(sock);
       // The "routing application" reads the request the normal way.
       const request: Buffer[] = [];
@@ -700,9 +690,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       expect(got.sha()).toBe(st.sentSha);
       expect(Buffer.concat(got.chunks).subarray(0, 1_000).equals(peeked)).toBe(true);
       expect(resets()).toEqual(before);
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('segments lost in flight are retransmitted by the target from the restored send queue', async () => {
@@ -796,11 +784,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   });
 
   it('a connection over loopback (MSS 65483, beyond what TCP_MAXSEG accepts) moves too', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_S); // same namespace: the connection runs over lo
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4, clientNs: NS_S }, async ({ client, sock, port }) => { // same namespace: the connection runs over lo
       const fd = socketFd(sock);
       await client.wait(client.send(100_000));
       await sleep(20);
@@ -817,17 +801,11 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       const st = await client.status();
       expect(got.sha()).toBe(st.sentSha);
       expect(st.rcvdSha).toBe(reply.digest('hex'));
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('failures name the kernel call and errno, and leave nothing behind', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
       const state = exportSnapshot(socketFd(sock));
       leaveRepair(socketFd(sock));
       // The original is still bound here, so only a local address that does not exist fails.
@@ -859,17 +837,11 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       await client.wait(client.send(1_000));
       await until('bytes after the failed import', () => got.n >= 1_000);
       sock.destroy();
-    } finally {
-      client.stop();
-    }
+    });
   });
 
   it('survives 50 consecutive export/import round trips (timings logged)', async () => {
-    const { port, next } = await server.listen(S4);
-    const client = new PyClient(NS_C);
-    try {
-      await client.connect(S4, port);
-      const sock = await next();
+    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
       let fd = dupFd(socketFd(sock));
       sock.destroy();
       const exportUs: number[] = [];
@@ -920,8 +892,6 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!.toFixed(0);
       const p90 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.9)]!.toFixed(0);
       console.log(`50 round trips: export median ${median(exportUs)} µs (p90 ${p90(exportUs)}), import median ${median(importUs)} µs (p90 ${p90(importUs)})`);
-    } finally {
-      client.stop();
-    }
+    });
   });
 });
