@@ -11,20 +11,15 @@ import {
 } from '../../../native/repair.js';
 import { sampleState } from '../../helpers/state.js';
 
+// The values the assertions below count on: a 16-byte send queue with a 6-byte unsent tail, a
+// 12-byte receive queue starting at seq 5000, timestamps and window scaling but no SACK.
 const state = (over: Partial<TcpConnectionState> = {}): TcpConnectionState =>
   sampleState({
-    local: { address: '10.0.0.10', port: 80 },
-    remote: { address: '192.168.1.7', port: 51234 },
-    sendSeq: 1000,
-    recvSeq: 5000,
     sendQueue: Buffer.from('sent-then-unsent'),
     unsentLength: 6,
     recvQueue: Buffer.from('request body'),
-    mss: 1460,
+    recvSeq: 5000,
     options: { timestamps: true, sack: false, windowScale: true },
-    rcvWscale: 9,
-    timestamp: 123456,
-    window: { sndWl1: 4990, sndWnd: 65535, maxWindow: 65535, rcvWnd: 64000, rcvWup: 5000 },
     ...over,
   });
 
