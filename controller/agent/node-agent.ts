@@ -21,6 +21,7 @@ import type { FlowKey } from './routing-table.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
+import { setLibbpfLogger } from '../../native/libbpf.js';
 
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
 type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
@@ -62,6 +63,8 @@ export class NodeAgent {
   async start(): Promise<void> {
     await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
     if (this.isDistributor) {
+      // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
+      setLibbpfLogger((level, message) => this.log[level]({ svc: 'libbpf' }, message.trimEnd()));
       this.steering = loadSteering({ instance: `${this.config.instance}-${this.self.name}`, ifname: this.self.interface, mode: this.config.xdpMode, log: this.log });
       this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8);
       this.routes = new LocalRoutes(this.routeService, this.self.name);

@@ -477,7 +477,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   }
 
   it('rollback: after leaveRepair the original socket carries on and bytes sent meanwhile arrive', async () => {
-    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
+    await withConnection({ listen: S4 }, async ({ client, sock }) => {
       const fd = socketFd(sock);
       await client.wait(client.send(50_000));
       await sleep(50);
@@ -508,7 +508,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   });
 
   it('delta: bytes arriving after the snapshot come back from exportDelta and, appended, keep the stream exact with no client timeout', async () => {
-    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
+    await withConnection({ listen: S4 }, async ({ client, sock }) => {
       const fd = socketFd(sock);
       await client.wait(client.send(40_000));
       await sleep(50);
@@ -542,7 +542,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   });
 
   it('unsent bytes the old socket transmits after the snapshot (repair mode does not stop transmission) are appended as sent', async () => {
-    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
+    await withConnection({ listen: S4 }, async ({ client, sock }) => {
       const fd = socketFd(sock);
       const written = crypto.createHash('sha256');
       const writtenN = await fillSendQueue(fd, written);
@@ -656,7 +656,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
 
   it('prepend: bytes the application already read reach the target first, then the queue, in order (dual-stack listener)', async () => {
     // An IPv4 client of a [::] listener: the accepted socket is AF_INET6 with mapped addresses.
-    await withConnection({ listen: '::', connect: S4 }, async ({ client, sock, port }) => {
+    await withConnection({ listen: '::', connect: S4 }, async ({ client, sock }) => {
       const fd = socketFd(sock);
       // The "routing application" reads the request the normal way.
       const request: Buffer[] = [];
@@ -784,7 +784,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   });
 
   it('a connection over loopback (MSS 65483, beyond what TCP_MAXSEG accepts) moves too', async () => {
-    await withConnection({ listen: S4, clientNs: NS_S }, async ({ client, sock, port }) => { // same namespace: the connection runs over lo
+    await withConnection({ listen: S4, clientNs: NS_S }, async ({ client, sock }) => { // same namespace: the connection runs over lo
       const fd = socketFd(sock);
       await client.wait(client.send(100_000));
       await sleep(20);
@@ -841,7 +841,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
   });
 
   it('survives 50 consecutive export/import round trips (timings logged)', async () => {
-    await withConnection({ listen: S4 }, async ({ client, sock, port }) => {
+    await withConnection({ listen: S4 }, async ({ client, sock }) => {
       let fd = dupFd(socketFd(sock));
       sock.destroy();
       const exportUs: number[] = [];
