@@ -72,8 +72,12 @@ export class ControlServer {
   }
 
   private drop(reason: string, detail: string, from: dgram.RemoteInfo): void {
-    this.dropped.set(reason, (this.dropped.get(reason) ?? 0) + 1);
-    this.opts.log.warn({ reason, detail, from: `${from.address}:${from.port}`, dropped: this.dropped.get(reason) }, 'control datagram dropped');
+    const count = (this.dropped.get(reason) ?? 0) + 1;
+    this.dropped.set(reason, count);
+    // Every drop is counted; a flood of them is logged sparsely (the first ten, then every 1000th).
+    if (count <= 10 || count % 1000 === 0) {
+      this.opts.log.warn({ reason, detail, from: `${from.address}:${from.port}`, dropped: count }, 'control datagram dropped');
+    }
   }
 
   private onDatagram(buf: Buffer, from: dgram.RemoteInfo): void {
