@@ -1,6 +1,6 @@
 // A whole lab per test file: unique prefix and directory, torn down even when the test fails.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import { RoutingTable } from '../../controller/agent/routing-table.js';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,9 +29,7 @@ export async function startLab(opts: LabProcessOptions = {}): Promise<RunningLab
     return { lab, dir, down };
   } catch (err) {
     // Keep the logs of a lab that failed to start: they are the only explanation.
-    for (const f of fs.existsSync(path.join(dir, 'run')) ? fs.readdirSync(path.join(dir, 'run')) : []) {
-      if (f.endsWith('.log')) console.error(`--- ${f}\n${fs.readFileSync(path.join(dir, 'run', f), 'utf8').slice(-3000)}`);
-    }
+    printLogTails(path.join(dir, 'run'));
     await down();
     throw err;
   }
@@ -43,6 +41,13 @@ export interface LabFixture {
   readonly routes: RoutingTable;
 }
 
+/** The end of every process log of a lab: a failure in CI leaves nothing else behind. */
+function printLogTails(runDir: string, chars = 3000): void {
+  for (const f of fs.existsSync(runDir) ? fs.readdirSync(runDir).sort() : []) {
+    if (f.endsWith('.log')) console.error(`--- ${f}\n${fs.readFileSync(path.join(runDir, f), 'utf8').slice(-chars)}`);
+  }
+}
+
 /** One lab for the calling test file: built before its tests, torn down after them, whatever happened. */
 export function useLab(opts: LabProcessOptions = {}): LabFixture {
   let running: RunningLab | undefined;
@@ -50,6 +55,9 @@ export function useLab(opts: LabProcessOptions = {}): LabFixture {
   beforeAll(async () => {
     running = await startLab(opts);
     routes = RoutingTable.openPinned(`/sys/fs/bpf/baton/${running.lab.prefix}-${running.lab.distributor}`);
+  });
+  afterEach((ctx) => {
+    if (running && ctx.task.result?.state === 'fail') printLogTails(running.lab.runDir);
   });
   afterAll(async () => {
     routes?.close();

@@ -41,19 +41,20 @@ describe('restarting the distributor\'s batond', () => {
   });
 
   it('applications reconnect to a restarted batond: new handoffs work from n1 and to n2 again', async () => {
-    const restart = async (name: string) => {
+    // Each application link that a restart cuts must come back: n1's line router; n2's line
+    // target, which holds two links (as a target, and as a router that moves connections on).
+    const relinks = (app: string) => readLog(running.lab, app).filter((l) => l.msg === 'link to batond re-established').length;
+    const restart = async (name: string, apps: Record<string, number>) => {
+      const before = Object.fromEntries(Object.keys(apps).map((a) => [a, relinks(a)]));
       const spec = labProcesses(running.lab).find((x) => x.name === name)!;
       await stopProcess(running.lab.runDir, name, running.lab.prefix);
       await startProcess(spec, { runDir: running.lab.runDir, lab: running.lab.prefix });
+      const missing = () => Object.entries(apps).filter(([a, n]) => relinks(a) - before[a]! < n).map(([a]) => a);
+      for (let waited = 0; missing().length && waited < 20_000; waited += 100) await sleep(100);
+      expect(missing(), `applications that did not reconnect to the restarted ${name}`).toEqual([]);
     };
-    await restart('n2-batond');
-    const reconnected = () =>
-      readLog(running.lab, 'n2-line-target').filter((l) => l.msg === 'link to batond re-established').length >= 2 &&
-      readLog(running.lab, 'n1-line-router').some((l) => l.msg === 'link to batond re-established');
-    for (let waited = 0; !reconnected() && waited < 10_000; waited += 100) await sleep(100);
-    // The line router reconnected to n1's agent (restarted in the test before); n2's target
-    // application, both as target and as router, to n2's.
-    expect(reconnected()).toBe(true);
+    await restart('n1-batond', { 'n1-line-router': 1 });
+    await restart('n2-batond', { 'n2-line-target': 2 });
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '100000', '--move', 'n3']), 30_000);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, served_by: 'n2', moves: ['OK n3'] });
   });
