@@ -11,6 +11,8 @@ export type BatonErrorCode =
   | 'E_REJECTED'         // the target refused the transfer
   | 'E_NO_TARGET'        // no target application is registered for the requested port
   | 'E_HANDOFF_STATE'    // the socket cannot be handed off in its current state
+  | 'E_NOT_FOUND'        // the connection, node or target an operator named does not exist
+  | 'E_UNAUTHORIZED'     // a REST mutation without the right bearer token
   | 'E_LAB';             // building or tearing down the namespace lab failed
 
 export interface ErrorContext {

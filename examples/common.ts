@@ -85,12 +85,15 @@ export function capacityPolicy(capacity: number) {
 export function targetsFor(userNode: string, port: number, discovered: TargetInfo[], fallbackNodes: string[]): HandoffTarget[] {
   const onPort = discovered.filter((t) => t.port === port);
   if (onPort.length === 0) return [userNode, ...fallbackNodes.filter((n) => n !== userNode)].map((node) => ({ node, port }));
-  const spare = (t: TargetInfo) => (t.capacity === 0 ? 0 : t.load / t.capacity);
-  const rank = (a: TargetInfo, b: TargetInfo) => Number(spare(a) >= 1) - Number(spare(b) >= 1) || spare(a) - spare(b) || a.node.localeCompare(b.node);
+  // Drained or weight-0 instances take no new connection; weight scales an instance's share.
+  const usable = onPort.filter((t) => !t.draining && t.weight > 0);
+  const used = (t: TargetInfo) => (t.capacity === 0 ? 0 : t.load / t.capacity);
+  const rank = (a: TargetInfo, b: TargetInfo) =>
+    Number(used(a) >= 1) - Number(used(b) >= 1) || (used(a) * 100) / a.weight - (used(b) * 100) / b.weight || a.node.localeCompare(b.node);
   // The list may not have caught up with the user's node yet: ask it anyway, for any instance.
-  const listed = onPort.filter((t) => t.node === userNode).sort(rank);
-  const own = listed.length > 0 ? listed : [{ node: userNode, port } as TargetInfo];
-  const others = onPort.filter((t) => t.node !== userNode).sort(rank);
+  const listed = usable.filter((t) => t.node === userNode).sort(rank);
+  const own = listed.length > 0 || onPort.some((t) => t.node === userNode) ? listed : [{ node: userNode, port } as TargetInfo];
+  const others = usable.filter((t) => t.node !== userNode).sort(rank);
   return [...own, ...others].map((t) => ({ node: t.node, port: t.port, ...(t.instance ? { instance: t.instance } : {}) }));
 }
 

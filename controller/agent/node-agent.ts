@@ -22,6 +22,12 @@ import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
 import { setLibbpfLogger } from '../../native/libbpf.js';
+import type { FastifyInstance } from 'fastify';
+import { createApiServer } from '../api/server.js';
+import { loadApiToken } from '../api/token.js';
+import { AgentMetrics } from '../metrics/metrics.js';
+import { AgentAdmin } from './admin.js';
+import { TransferLog } from './transfer-log.js';
 
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
 type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
@@ -46,6 +52,10 @@ export class NodeAgent {
   private control?: ControlServer;
   private listenerBeat?: NodeJS.Timeout;
   private lastReported = '';
+  private readonly startedAt = Date.now();
+  private readonly transfers = new TransferLog();
+  private readonly metrics: AgentMetrics;
+  private api?: FastifyInstance;
 
   constructor(
     readonly config: ClusterConfig,
@@ -58,9 +68,16 @@ export class NodeAgent {
     this.isDistributor = config.distributor === self.name;
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs);
     this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8);
+    this.metrics = new AgentMetrics(self.name, {
+      xdp: () => this.steering?.routes.stats(),
+      routingTable: () => (this.steering ? { entries: this.steering.routes.size(), capacity: this.steering.routes.capacity() ?? 0 } : undefined),
+      targets: () => this.directory.all().length,
+    });
   }
 
   async start(): Promise<void> {
+    // Before touching the node: a missing or exposed token is a config error to fix first.
+    const apiToken = loadApiToken(this.config.api.tokenFile);
     await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
     if (this.isDistributor) {
       // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
@@ -75,6 +92,8 @@ export class NodeAgent {
     this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, this.log, (r) => {
       // A connection this node served and handed on is no longer its to release.
       if (r.outcome === 'done') this.relay.movedOn(r.flow);
+      this.transfers.add(r);
+      this.metrics.handoff(r.outcome, r.step, r.timings);
     });
     this.control = new ControlServer({
       node: this.self.name,
@@ -83,6 +102,7 @@ export class NodeAgent {
       dvipaPorts: this.config.dvipa.ports,
       directory: this.directory,
       log: this.log.child({ svc: 'control' }),
+      metrics: { datagram: (type) => this.metrics.controlDatagram(type), drop: (reason) => this.metrics.controlDrop(reason) },
     });
     await this.control.start();
     // Claim 23: every node tells the others which target applications listen here, on change and
@@ -104,7 +124,29 @@ export class NodeAgent {
     } finally {
       process.umask(umask);
     }
-    this.log.info({ dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, agentSocket: this.self.agentSocket }, 'batond ready');
+    const admin = new AgentAdmin({
+      config: this.config,
+      self: this.self,
+      startedAt: this.startedAt,
+      steering: this.steering,
+      relay: this.relay,
+      directory: this.directory,
+      control: this.control,
+      transfers: this.transfers,
+      metrics: this.metrics,
+      log: this.log,
+      installedAt: (flow) => this.routeService?.installedAt(flow),
+    });
+    this.api = await createApiServer({ admin, metrics: this.metrics, config: this.config, token: apiToken, log: this.log.child({ svc: 'api' }) });
+    try {
+      await this.api.listen({ host: this.self.address, port: this.config.api.port });
+    } catch (err) {
+      throw new BatonError('E_CONFIG', `cannot listen on ${this.self.address}:${this.config.api.port} (REST API): ${(err as Error).message}`, { step: 'listen' });
+    }
+    this.log.info(
+      { dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, api: `http://${this.self.address}:${this.config.api.port}`, agentSocket: this.self.agentSocket },
+      'batond ready',
+    );
   }
 
   async stop(): Promise<void> {
@@ -115,7 +157,7 @@ export class NodeAgent {
     clearInterval(this.listenerBeat);
     this.control?.close();
     this.directory.close();
-    await Promise.all([closeServer(this.peerServer), closeServer(this.appServer)]);
+    await Promise.all([closeServer(this.peerServer), closeServer(this.appServer), this.api?.close()]);
     fs.rmSync(this.self.agentSocket, { force: true });
     if (this.steering) {
       // Stay attached: connections already handed off keep flowing while batond restarts, and the
@@ -261,7 +303,7 @@ export class NodeAgent {
         else log.warn({ connId: msg.connId }, 'release of a connection this application does not serve');
         return;
       }
-      if ((msg.type === 'accept' || msg.type === 'reject' || msg.type === 'ready') && target) {
+      if ((msg.type === 'accept' || msg.type === 'reject' || msg.type === 'ready' || msg.type === 'moved') && target) {
         this.relay.fromApp(target, d as never);
         return;
       }

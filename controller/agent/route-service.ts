@@ -30,7 +30,10 @@ export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'releas
 export class RouteService {
   private readonly frozen = new Map<string, FreezeRecord>();
   private readonly releasing = new Map<string, NodeJS.Timeout>();
+  /** When each flow was last pointed at a node, for the API's connection age. */
+  private readonly installed = new Map<string, { flow: FlowKey; at: number }>();
   private readonly sweeper: NodeJS.Timeout;
+  private readonly pruner: NodeJS.Timeout;
 
   constructor(
     private readonly routes: TableOps,
@@ -40,6 +43,10 @@ export class RouteService {
   ) {
     this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2));
     this.sweeper.unref();
+    // Entries also leave the table without us (XDP deletes one a new SYN reclaims): forget their
+    // install times now and then rather than on every sweep, which would cost a lookup per flow.
+    this.pruner = setInterval(() => this.pruneInstalled(), 60_000);
+    this.pruner.unref();
     // Released entries outlive a controller restart in the pinned table: give them their grace again.
     for (const [flow, entry] of routes.entries()) if (entry.state === 'released') this.scheduleRemoval(flow, entry.targetNode);
   }
@@ -59,7 +66,10 @@ export class RouteService {
       this.releasing.delete(key);
       const entry = this.routes.get(flow);
       // Only the entry we released: the tuple may have been reclaimed by a new connection since.
-      if (entry?.state === 'released' && entry.targetNode === node) this.routes.remove(flow);
+      if (entry?.state === 'released' && entry.targetNode === node) {
+        this.routes.remove(flow);
+        this.installed.delete(key);
+      }
     }, this.config.releaseGraceMs);
     timer.unref();
     this.releasing.set(key, timer);
@@ -80,8 +90,22 @@ export class RouteService {
   forward(requester: string, flow: FlowKey, targetName: string): void {
     this.takeFreeze(requester, flow);
     const target = this.node(targetName, flow);
-    if (target.name === this.config.distributor) this.routes.remove(flow);
-    else this.routes.forward(flow, { node: target.id, mac: target.mac });
+    if (target.name === this.config.distributor) {
+      this.routes.remove(flow);
+      this.installed.delete(describeFlow(flow));
+    } else {
+      this.routes.forward(flow, { node: target.id, mac: target.mac });
+      this.installed.set(describeFlow(flow), { flow, at: Date.now() });
+    }
+  }
+
+  /** When the flow was last pointed at its node by this service (undefined: before a restart, or gone). */
+  installedAt(flow: FlowKey): number | undefined {
+    return this.installed.get(describeFlow(flow))?.at;
+  }
+
+  private pruneInstalled(): void {
+    for (const [key, { flow }] of this.installed) if (!this.routes.get(flow)) this.installed.delete(key);
   }
 
   unfreeze(requester: string, flow: FlowKey): void {
@@ -91,6 +115,7 @@ export class RouteService {
 
   close(): void {
     clearInterval(this.sweeper);
+    clearInterval(this.pruner);
     for (const t of this.releasing.values()) clearTimeout(t);
   }
 
@@ -105,7 +130,10 @@ export class RouteService {
   private restore(flow: FlowKey, record: FreezeRecord): void {
     const prev = record.previous;
     if (prev?.state === 'forward') this.routes.forward(flow, { node: prev.targetNode, mac: prev.targetMac });
-    else this.routes.remove(flow);
+    else {
+      this.routes.remove(flow);
+      this.installed.delete(describeFlow(flow));
+    }
   }
 
   private node(name: string, flow: FlowKey): NodeConfig {

@@ -385,7 +385,8 @@ export class RoutingTable {
     }
   }
 
-  private capacity(): number | undefined {
+  /** The map's max_entries: how many flows the table can hold (undefined if the kernel will not say). */
+  capacity(): number | undefined {
     try {
       return mapInfo(this.mapFd).maxEntries;
     } catch {

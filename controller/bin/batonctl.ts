@@ -1,13 +1,15 @@
 #!/usr/bin/env node
-// batonctl — operate Baton. Today: the namespace lab and the demo.
+// batonctl — operate Baton: the cluster through any node's REST API, the namespace lab, the demo.
 import path from 'node:path';
 import { Command } from 'commander';
 import { repoRoot } from '../paths.js';
 import { labProcesses, waitUntilReady } from '../lab/cluster.js';
 import { runDemo } from '../lab/demo.js';
 import { labDown, labStatus, labUp } from '../lab/lab.js';
+import { registerOperatorCommands } from '../cli/commands.js';
 
 const program = new Command().name('batonctl').description('Baton control tool');
+registerOperatorCommands(program);
 const defaultDir = () => path.join(repoRoot(), 'lab');
 /** Every lab command names its lab the same way. */
 const labCommand = (parent: Command, name: string, prefix = 'baton') =>

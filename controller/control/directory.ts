@@ -43,6 +43,12 @@ export class TargetDirectory extends EventEmitter<{ change: [TargetInfo[]] }> {
     this.changed();
   }
 
+  /** Milliseconds since node last reported, or undefined if it has not within the expiry. */
+  reportAge(node: string): number | undefined {
+    const r = this.remote.get(node);
+    return r ? Date.now() - r.lastSeen : undefined;
+  }
+
   close(): void {
     clearInterval(this.sweeper);
   }

@@ -16,7 +16,18 @@ const Token = Type.String({ minLength: 64, maxLength: 64, pattern: '^[0-9a-f]{64
 const RegistrationId = Type.String({ pattern: '^[0-9a-f]{16}$' });
 
 export const TargetInfoSchema = Type.Object(
-  { node: Name, app: Name, instance: Name, port: Port, capacity: Count, load: Count },
+  {
+    node: Name,
+    app: Name,
+    instance: Name,
+    port: Port,
+    capacity: Count,
+    load: Count,
+    /** Operator's relative share of new connections (REST API); 0 takes none. Default 100. */
+    weight: Type.Integer({ minimum: 0, maximum: 1000 }),
+    /** Operator drained it: routing applications send it no new connections. */
+    draining: Type.Boolean(),
+  },
   { additionalProperties: false },
 );
 export type TargetInfo = Static<typeof TargetInfoSchema>;

@@ -47,9 +47,20 @@ export class ControlServer {
   /** Datagrams dropped, by reason: bad-token, not-json, schema, unexpected-type, too-large, unknown-registration, full, port. */
   readonly dropped = new Map<string, number>();
   private sweeper?: NodeJS.Timeout;
+  /** Operator settings by instance name (REST API); they outlive the instance re-registering. */
+  private readonly operator = new Map<string, { weight: number; draining: boolean }>();
 
   constructor(
-    private readonly opts: { node: string; port: number; secret: Buffer; dvipaPorts: number[]; directory: TargetDirectory; log: Logger },
+    private readonly opts: {
+      node: string;
+      port: number;
+      secret: Buffer;
+      dvipaPorts: number[];
+      directory: TargetDirectory;
+      log: Logger;
+      /** Counts for /metrics: datagrams accepted by type, dropped by reason. */
+      metrics?: { datagram(type: string): void; drop(reason: string): void };
+    },
   ) {
     opts.directory.on('change', (all) => this.pushTargets(all));
   }
@@ -74,6 +85,7 @@ export class ControlServer {
   private drop(reason: string, detail: string, from: dgram.RemoteInfo): void {
     const count = (this.dropped.get(reason) ?? 0) + 1;
     this.dropped.set(reason, count);
+    this.opts.metrics?.drop(reason);
     // Every drop is counted; a flood of them is logged sparsely (the first ten, then every 1000th).
     if (count <= 10 || count % 1000 === 0) {
       this.opts.log.warn({ reason, detail, from: `${from.address}:${from.port}`, dropped: count }, 'control datagram dropped');
@@ -86,10 +98,12 @@ export class ControlServer {
     const msg = decoded.msg;
     const token = Buffer.from(msg.token);
     if (token.length !== this.opts.secret.length || !timingSafeEqual(token, this.opts.secret)) return this.drop('bad-token', msg.type, from);
+    this.opts.metrics?.datagram(msg.type);
     if (msg.type === 'register') return this.register(msg, from);
     const reg = this.registrations.get(msg.id);
     if (!reg || reg.address !== from.address || reg.port !== from.port) {
       this.dropped.set('unknown-registration', (this.dropped.get('unknown-registration') ?? 0) + 1);
+      this.opts.metrics?.drop('unknown-registration');
       this.send(encodeDatagram('ack', { id: msg.id, ok: false, error: 'unknown registration: register again' }), from);
       return;
     }
@@ -145,10 +159,34 @@ export class ControlServer {
     if (targetsGone) this.publishLocal();
   }
 
+  /**
+   * Sets an instance's weight or drains it (REST API). The change reaches every routing
+   * application in the cluster like any load change. Not persisted: a restarted batond starts
+   * from weight 100, not draining.
+   */
+  setOperatorState(instance: string, change: { weight?: number; draining?: boolean }): TargetInfo[] {
+    const registered = [...this.registrations.values()].some((r) => r.role === 'target' && r.instance === instance);
+    if (!registered) throw new BatonError('E_NOT_FOUND', `no target instance ${instance} is registered on ${this.opts.node}`, { node: this.opts.node, step: 'target' });
+    const current = this.operator.get(instance) ?? { weight: 100, draining: false };
+    this.operator.set(instance, { weight: change.weight ?? current.weight, draining: change.draining ?? current.draining });
+    this.opts.log.info({ instance, ...this.operator.get(instance) }, 'target instance changed by the operator');
+    this.publishLocal();
+    return this.opts.directory.local().filter((t) => t.instance === instance);
+  }
+
+  /** Registrations by role, and control datagrams dropped by reason. */
+  counts(): { routers: number; targets: number; dropped: Record<string, number> } {
+    const regs = [...this.registrations.values()];
+    return { routers: regs.filter((r) => r.role === 'router').length, targets: regs.filter((r) => r.role === 'target').length, dropped: Object.fromEntries(this.dropped) };
+  }
+
   private publishLocal(): void {
     const targets: TargetInfo[] = [...this.registrations.values()]
       .filter((r) => r.role === 'target')
-      .flatMap((r) => r.ports.map((port) => ({ node: this.opts.node, app: r.app, instance: r.instance, port, capacity: r.capacity, load: r.load })));
+      .flatMap((r) => {
+        const { weight, draining } = this.operator.get(r.instance) ?? { weight: 100, draining: false };
+        return r.ports.map((port) => ({ node: this.opts.node, app: r.app, instance: r.instance, port, capacity: r.capacity, load: r.load, weight, draining }));
+      });
     this.opts.directory.setLocal(targets);
   }
 

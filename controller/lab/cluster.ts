@@ -1,5 +1,6 @@
 // What runs in the lab: the cluster config derived from the lab's description (the same code path
 // an operator's config goes through), batond on every node, and the example applications.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,9 +14,10 @@ export const PEER_PORT = 4700;
 export const CONTROL_PORT = 4701;
 export const HTTP_PORT = 80;
 export const LINE_PORT = 7000;
+export const API_PORT = 4702;
 
 export function clusterConfigPath(lab: LabDescription): string {
-  return path.join(lab.runDir, 'cluster.json');
+  return path.join(lab.runDir, 'cluster.yaml');
 }
 
 export function agentSocket(lab: LabDescription, node: string): string {
@@ -26,6 +28,11 @@ export function controlSecretFile(lab: LabDescription, node: string): string {
   return path.join(lab.runDir, `${node}.secret`);
 }
 
+/** The REST API's bearer token of the lab: one for the whole cluster, like an operator's. */
+export function apiTokenFile(lab: LabDescription): string {
+  return path.join(lab.runDir, 'api-token');
+}
+
 export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native'): ClusterConfig {
   return {
     version: 1,
@@ -33,6 +40,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
     distributor: lab.distributor,
     controlPort: CONTROL_PORT,
+    api: { port: API_PORT, tokenFile: apiTokenFile(lab) },
     xdpMode,
     handoffStepTimeoutMs: 2000,
     releaseGraceMs: 3000,
@@ -65,6 +73,7 @@ export interface LabProcessOptions {
 export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}): ProcessSpec[] {
   fs.mkdirSync(lab.runDir, { recursive: true });
   writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode));
+  if (!fs.existsSync(apiTokenFile(lab))) fs.writeFileSync(apiTokenFile(lab), `${randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
   const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
   const node = process.execPath;
   const specs: ProcessSpec[] = lab.nodes.map((n) => ({

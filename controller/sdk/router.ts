@@ -23,7 +23,7 @@ import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
-import { handedOff } from './handed-off.js';
+import { connectionIds, handedOff } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
 
 type FromAgent = (typeof Accepts.router)[number];
@@ -192,7 +192,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
 
   private async handoffOnce(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions): Promise<Omit<HandoffResult, 'attempts'>> {
     const t0 = performance.now();
-    const connId = `${this.node}.${randomBytes(6).toString('hex')}`;
+    const connId = connectionIds.get(socket) ?? `${this.node}.${randomBytes(6).toString('hex')}`;
     const log = this.log.child({ connId, target: target.node });
     if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
     const peeked = opts.peeked ?? Buffer.alloc(0);
@@ -222,7 +222,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       const { conn, queues } = connToWire(snapshot);
 
       const frozen = this.replies.wait(connId, ['frozen', 'failed'], HANDOFF_TIMEOUT_MS, 'offer');
-      this.channel.send('offer', { connId, from: this.node, target, conn, appState: opts.appState ?? null }, [...queues, replay]);
+      this.channel.send('offer', { connId, from: this.node, target, conn, appState: opts.appState ?? null, exportUs }, [...queues, replay]);
       const verdict = await frozen;
       if (verdict.msg.type === 'failed') throw failure(verdict.msg, connId);
 

@@ -19,7 +19,7 @@ import type { Channel } from '../transfer/channel.js';
 import { Accepts, connFromWire, type Decoded, type Message } from '../transfer/messages.js';
 import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
-import { handedOff } from './handed-off.js';
+import { connectionIds, handedOff } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -34,7 +34,17 @@ export interface TransferredConnection {
   appState: unknown;
   peeked: Buffer;
   client: { address: string; port: number };
+  /**
+   * Lets an operator move this connection (REST API, `batonctl move`, a node drain). The handler
+   * moves it with RouterClient.handoff() at the application's next safe point, carrying its own
+   * state; it resolves once moved and rejects when it could not. Without a handler such requests
+   * are refused: only the application knows when its conversation can be resumed elsewhere.
+   */
+  onMoveRequest(handler: (node: string) => Promise<void>): void;
 }
+
+/** How long an application may take to move a connection an operator asked it to move. */
+export const MOVE_TIMEOUT_MS = 30_000;
 
 /** What the application is told about a connection offered to it, before it exists here. */
 export interface TransferOffer {
@@ -74,6 +84,7 @@ interface Pending {
 export class TargetClient {
   private readonly pending = new Map<string, Pending>();
   private readonly deciding = new Map<string, { aborted: boolean }>();
+  private readonly movers = new Map<string, (node: string) => Promise<void>>();
   private live = 0;
 
   private channel!: Channel<FromAgent>;
@@ -147,6 +158,33 @@ export class TargetClient {
         return this.onLive(msg.connId);
       case 'abort':
         return this.drop(msg.connId, msg.reason);
+      case 'move':
+        void this.onMove(msg.connId, msg.node);
+        return;
+    }
+  }
+
+  private async onMove(connId: string, node: string): Promise<void> {
+    const mover = this.movers.get(connId);
+    if (!mover) {
+      this.channel.send('moved', { connId, ok: false, reason: 'the application does not move this connection (no move handler, or it has ended)' });
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        mover(node),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`not moved within ${MOVE_TIMEOUT_MS} ms`)), MOVE_TIMEOUT_MS);
+        }),
+      ]);
+      this.log.info({ connId, node }, 'connection moved on request');
+      this.channel.send('moved', { connId, ok: true });
+    } catch (err) {
+      this.log.warn({ connId, node, err: (err as Error).message }, 'requested move failed; still serving here');
+      this.channel.send('moved', { connId, ok: false, reason: (err as Error).message.slice(0, 500) });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -258,10 +296,12 @@ export class TargetClient {
     }
     // Bytes the routing node's kernel never transmitted: they follow everything already sent.
     if (p.state.unsentLength > 0) socket.write(p.state.sendQueue.subarray(p.state.sendQueue.length - p.state.unsentLength));
+    connectionIds.set(socket, connId);
     this.log.info({ connId, from: p.offer.from, client: `${p.state.remote.address}:${p.state.remote.port}` }, 'transferred connection is live');
     this.live++;
     this.control?.update({ load: this.live });
     socket.once('close', () => {
+      this.movers.delete(connId);
       this.live--;
       this.control?.update({ load: this.live });
       // The connection ended here (not moved on): the distributor may let its entry go.
@@ -274,6 +314,9 @@ export class TargetClient {
       appState: p.offer.appState,
       peeked: p.peeked,
       client: { ...p.state.remote },
+      onMoveRequest: (handler) => {
+        if (!socket.destroyed) this.movers.set(connId, handler);
+      },
     });
   }
 

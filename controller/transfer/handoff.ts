@@ -47,7 +47,8 @@ export interface HandoffRecord {
   outcome: 'done' | 'failed';
   step?: string;
   reason?: string;
-  timings?: DistributorTimings;
+  /** The distributor's step timings, the router application's export, and the whole handoff as seen here. */
+  timings?: DistributorTimings & { exportUs?: number; totalUs: number };
 }
 
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
@@ -79,6 +80,7 @@ export class HandoffCoordinator {
       vipPort: conn.local.port,
     };
     const client = `${conn.remote.address}:${conn.remote.port}`;
+    const t0 = performance.now();
     let step = 'offer';
     let frozen = false;
     let peer: PeerLink | undefined;
@@ -131,7 +133,7 @@ export class HandoffCoordinator {
       const timings = { offerRttUs, importUs, freezeUs, commitRttUs, routeUs };
       router.channel.send('done', { connId, timings });
       log.info({ event: 'handoff', outcome: 'done', client, timings }, 'handoff complete');
-      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings });
+      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings: { ...timings, exportUs: msg.exportUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
       if (frozen) await this.unfreeze(flow, connId, log);

@@ -94,6 +94,8 @@ export const Schemas = {
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
+    /** Routing application → its agent: how long the export took, for the agent's per-step metrics. */
+    exportUs: Type.Optional(Type.Number({ minimum: 0 })),
   }),
   accept: message('accept', { connId: ConnIdSchema, importUs: Type.Number({ minimum: 0 }) }),
   reject: message('reject', { connId: ConnIdSchema, reason: Reason }),
@@ -127,6 +129,12 @@ export const Schemas = {
   listeners: message('listeners', { node: Name, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
   /** Target application → its agent: a transferred connection it served has closed. */
   release: message('release', { connId: ConnIdSchema }),
+  /**
+   * Agent → target application: an operator asked (REST API) to move this connection to another
+   * node. The application moves it at its next safe point with its own state, and answers moved.
+   */
+  move: message('move', { connId: ConnIdSchema, node: Name }),
+  moved: message('moved', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
   failed: message('failed', {
     connId: ConnIdSchema,
@@ -143,7 +151,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, done: 0, failed: 0,
+  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -153,11 +161,11 @@ const checks = Object.fromEntries(
 /** What each side of each channel may receive. */
 export const Accepts = {
   agentFromRouter: ['hello', 'offer', 'delta'],
-  agentFromTarget: ['hello', 'accept', 'reject', 'ready', 'release'],
+  agentFromTarget: ['hello', 'accept', 'reject', 'ready', 'release', 'moved'],
   agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
   peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
   router: ['welcome', 'frozen', 'done', 'failed'],
-  target: ['welcome', 'offer', 'commit', 'live', 'abort'],
+  target: ['welcome', 'offer', 'commit', 'live', 'abort', 'move'],
 } as const satisfies Record<string, readonly MessageType[]>;
 
 export interface Decoded<K extends MessageType = MessageType> {

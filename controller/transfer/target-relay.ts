@@ -2,6 +2,7 @@
 // registered for the DVIPA port, and its answers go back on the link the offer came from. The
 // application does the reinstatement itself (the socket must end up in its process); this node
 // keeps the bookkeeping so either party vanishing is turned into a clean reject or abort.
+import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeFlow, type FlowKey } from '../agent/routing-table.js';
 import type { Channel } from './channel.js';
@@ -29,7 +30,9 @@ export class TargetRelay {
   private readonly byPort = new Map<number, TargetApp[]>();
   private readonly pending = new Map<string, Pending>();
   /** Connections live in a target application here, by connection id: released when they close. */
-  private readonly owned = new Map<string, { app: TargetApp; flow: FlowKey }>();
+  private readonly owned = new Map<string, { app: TargetApp; flow: FlowKey; since: number }>();
+  /** Operator moves waiting for the application's answer, by connection id. */
+  private readonly moving = new Map<string, { app: TargetApp; settle: (err?: Error) => void }>();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
@@ -50,6 +53,7 @@ export class TargetRelay {
   }
 
   unregister(app: TargetApp): void {
+    for (const m of this.moving.values()) if (m.app === app) m.settle(new BatonError('E_PEER', `target application ${app.name} went away`, { step: 'move' }));
     for (const port of app.ports) {
       const apps = (this.byPort.get(port) ?? []).filter((a) => a !== app);
       if (apps.length) this.byPort.set(port, apps);
@@ -108,16 +112,51 @@ export class TargetRelay {
     else if (msg.type === 'live') {
       p.app.channel.send('live', { connId });
       this.pending.delete(connId);
-      this.owned.set(connId, { app: p.app, flow: p.flow });
+      this.owned.set(connId, { app: p.app, flow: p.flow, since: Date.now() });
     } else {
       p.app.channel.send('abort', { connId, reason: msg.reason });
       this.pending.delete(connId);
     }
   }
 
+  /** Connections live in target applications on this node. */
+  connections(): Array<{ connId: string; flow: FlowKey; app: string; instance?: string; since: number }> {
+    return [...this.owned].map(([connId, o]) => ({ connId, flow: o.flow, app: o.app.name, instance: o.app.instance, since: o.since }));
+  }
+
+  /**
+   * Asks the application serving connId to move it to node (operator request). Resolves once the
+   * application reports the move done; rejects with its reason, or when it does not answer in time.
+   */
+  requestMove(connId: string, node: string, timeoutMs: number): Promise<void> {
+    const o = this.owned.get(connId);
+    if (!o) return Promise.reject(new BatonError('E_NOT_FOUND', 'no connection with this id is served on this node', { connId, step: 'move' }));
+    if (this.moving.has(connId)) return Promise.reject(new BatonError('E_HANDOFF_STATE', 'a move of this connection is already in progress', { connId, step: 'move' }));
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => settle(new BatonError('E_TIMEOUT', `application ${o.app.name} did not move the connection within ${timeoutMs} ms`, { connId, step: 'move', node })), timeoutMs);
+      const settle = (err?: Error) => {
+        clearTimeout(timer);
+        this.moving.delete(connId);
+        if (err) reject(err);
+        else resolve();
+      };
+      this.moving.set(connId, { app: o.app, settle });
+      o.app.channel.send('move', { connId, node });
+    });
+  }
+
   fromApp(app: TargetApp, d: Decoded<FromTarget>): void {
     const { msg } = d;
     if (msg.type === 'hello') return;
+    if (msg.type === 'moved') {
+      const m = this.moving.get(msg.connId);
+      if (!m || m.app !== app) {
+        this.log.warn({ connId: msg.connId, app: app.name }, 'move answer for no move in progress');
+        return;
+      }
+      m.settle(msg.ok ? undefined : new BatonError('E_REJECTED', msg.reason ?? 'the application did not move the connection', { connId: msg.connId, step: 'move' }));
+      return;
+    }
     const p = this.pending.get(msg.connId);
     if (!p || p.app !== app) {
       this.log.warn({ connId: msg.connId, type: msg.type, app: app.name }, 'answer for a transfer not pending here');

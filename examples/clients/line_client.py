@@ -129,6 +129,24 @@ def one(args):
             sock.sendall(b"PUT 100000\n" + payload)
             moved_ok = reply == "OK " + node and h_got.digest() == h_want.digest() and c.line() == "SHA256 " + hashlib.sha256(payload).hexdigest()
             result["moves_ok"] = result.get("moves_ok", True) and moved_ok
+        if args.probe_for:
+            # Stay connected and keep checking, while an operator may move us (REST API, drain):
+            # who serves us, and a verified exchange both ways, every probe_every seconds.
+            nodes, probes_ok, deadline, i = [], True, time.monotonic() + args.probe_for, 0
+            while time.monotonic() < deadline:
+                sock.sendall(b"WHOAMI\n")
+                node = c.line().rpartition(" ON ")[2]
+                if not nodes or nodes[-1] != node:
+                    nodes.append(node)
+                h_got, h_want = hashlib.sha256(), hashlib.sha256(pattern(0, 20000))
+                sock.sendall(b"GET 20000\n")
+                c.exactly(20000, h_got.update)
+                payload = pattern(13 + i % 200, 20000)
+                sock.sendall(b"PUT 20000\n" + payload)
+                probes_ok = probes_ok and h_got.digest() == h_want.digest() and c.line() == "SHA256 " + hashlib.sha256(payload).hexdigest()
+                i += 1
+                time.sleep(args.probe_every)
+            result["probe_nodes"], result["probes"], result["probes_ok"] = nodes, i, probes_ok
         if args.put and not args.stream_during_handoff:
             payload = pattern(3, args.put)
             t = time.monotonic()
@@ -140,7 +158,7 @@ def one(args):
         result["bye"] = c.line() == "BYE"
         rest = sock.recv(1)
         result["clean_close"] = rest == b""
-        checks = [result.get("moves_ok", True), result.get("motd_ok", True), result["greeting"] == "OK " + args.expect_node if args.expect_node else result["greeting"].startswith("OK "),
+        checks = [result.get("moves_ok", True), result.get("probes_ok", True), result.get("motd_ok", True), result["greeting"] == "OK " + args.expect_node if args.expect_node else result["greeting"].startswith("OK "),
                   result.get("get_ok", True), result.get("put_ok", True), result["bye"], result["clean_close"]]
         result["ok"] = all(checks)
     except (OSError, AssertionError, ConnectionError) as e:
@@ -162,6 +180,8 @@ def main():
     p.add_argument("--move", default="", help="after the handoff, ask to be moved to these nodes in turn (comma-separated)")
     p.add_argument("--whoami", action="store_true", help="after the handoff, ask the target who we are")
     p.add_argument("--fallback-user", default="", help="if the first USER is answered with ERR, try this user on the same connection")
+    p.add_argument("--probe-for", type=float, default=0, help="after the handoff, keep probing (WHOAMI, GET, PUT) for this many seconds")
+    p.add_argument("--probe-every", type=float, default=0.2)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--stream-during-handoff", action="store_true")

@@ -47,8 +47,45 @@ function serve(conn: TransferredConnection): void {
   let buffered: Buffer = Buffer.alloc(0);
   let upload: { remaining: number; hash: ReturnType<typeof createHash> } | undefined;
   let busy = false;
+  let operatorMove: { node: string; resolve: () => void; reject: (err: Error) => void } | undefined;
+  /** Hands the connection on with everything not yet parsed as peeked bytes; on failure serves on. */
+  const moveTo = (next: string, greeting?: string): Promise<void> => {
+    const peeked = buffered;
+    buffered = Buffer.alloc(0);
+    socket.off('data', onData);
+    busy = true;
+    return router.handoff(socket, { node: next, port: opts.port }, { appState: { user: state?.user, greeting }, peeked }).then(
+      (r) => log.info({ connId: r.connId, event: 'handed-off', target: next, timings: r.timings }, 'connection moved on'),
+      (err: unknown) => {
+        log.warn({ connId: conn.connId, target: next, err: (err as Error).message }, 'move failed; still serving here');
+        buffered = Buffer.concat([peeked, buffered]);
+        busy = false;
+        socket.on('data', onData);
+        throw err;
+      },
+    );
+  };
+  conn.onMoveRequest(
+    (node) =>
+      new Promise<void>((resolve, reject) => {
+        if (operatorMove) return reject(new Error('a move of this connection is already pending'));
+        operatorMove = { node, resolve, reject };
+        process_();
+      }),
+  );
   const process_ = () => {
     while (!busy) {
+      // An operator's move waits for a line boundary with no transfer running: the next target
+      // resumes from the user alone, without greeting, so the client sees nothing.
+      if (operatorMove && !upload) {
+        const { node, resolve, reject } = operatorMove;
+        operatorMove = undefined;
+        moveTo(node).then(resolve, (err: unknown) => {
+          reject(err as Error);
+          process_();
+        });
+        return;
+      }
       if (upload) {
         const n = Math.min(upload.remaining, buffered.length);
         upload.hash.update(buffered.subarray(0, n));
@@ -70,19 +107,10 @@ function serve(conn: TransferredConnection): void {
       const move = /^MOVE ([A-Za-z0-9][A-Za-z0-9._-]{0,62})$/.exec(line);
       if (move) {
         const next = move[1]!;
-        const peeked = buffered;
-        buffered = Buffer.alloc(0);
-        socket.off('data', onData);
-        router.handoff(socket, { node: next, port: opts.port }, { appState: { user: state?.user, greeting: 'OK' }, peeked }).then(
-          (r) => log.info({ connId: r.connId, event: 'handed-off', target: next, timings: r.timings }, 'connection moved on'),
-          (err: unknown) => {
-            log.warn({ connId: conn.connId, target: next, err: (err as Error).message }, 'move failed; still serving here');
-            buffered = Buffer.concat([peeked, buffered]);
-            socket.on('data', onData);
-            socket.write(`ERR cannot move to ${next}: ${isBatonError(err) ? err.code : 'error'}\n`);
-            process_();
-          },
-        );
+        moveTo(next, 'OK').catch((err: unknown) => {
+          socket.write(`ERR cannot move to ${next}: ${isBatonError(err) ? err.code : 'error'}\n`);
+          process_();
+        });
         return;
       }
       if (line === 'WHOAMI') {

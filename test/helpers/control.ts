@@ -11,7 +11,7 @@ const run = promisify(execFile);
 export interface Heard {
   ms: number;
   type?: string;
-  targets?: Array<{ node: string; app: string; instance: string; port: number; capacity: number; load: number }>;
+  targets?: Array<{ node: string; app: string; instance: string; port: number; capacity: number; load: number; weight: number; draining: boolean }>;
   [k: string]: unknown;
 }
 

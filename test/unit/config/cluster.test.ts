@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { type ClusterConfig, parseClusterConfig } from '../../../controller/config/cluster.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { type ClusterConfig, parseClusterConfig, parseClusterConfigText, readClusterConfig, writeClusterConfig } from '../../../controller/config/cluster.js';
 
 const good = (): ClusterConfig => ({
   version: 1,
@@ -7,6 +11,7 @@ const good = (): ClusterConfig => ({
   dvipa: { address: '10.203.0.10', ports: [80, 7000] },
   distributor: 'n1',
   controlPort: 4701,
+  api: { port: 4702, tokenFile: '/etc/baton/api-token' },
   xdpMode: 'native',
   handoffStepTimeoutMs: 2000,
   releaseGraceMs: 3000,
@@ -23,13 +28,48 @@ describe('cluster config', () => {
 
   it.each([
     ['a distributor that is not a node', (c: any) => (c.distributor = 'n9'), /\/distributor: n9 is not one of the nodes/],
-    ['a malformed MAC', (c: any) => (c.nodes[0].mac = '02:00'), /f.json:\/nodes\/0\/mac/],
+    ['a malformed MAC', (c: any) => (c.nodes[0].mac = '02:00'), /f.json: \/nodes\/0\/mac/],
     ['a DVIPA that is not IPv4', (c: any) => (c.dvipa.address = '10.0.0.300'), /\/dvipa\/address: 10.0.0.300 is not an IPv4 address/],
     ['duplicate node ids', (c: any) => (c.nodes[1].id = 1), /duplicate id 1/],
-    ['an unknown key', (c: any) => (c.extra = true), /f.json:\/extra/],
+    ['an unknown key', (c: any) => (c.extra = true), /f.json: \/extra/],
   ])('rejects %s with file and path', (_n, mutate, message) => {
     const c = good();
     mutate(c);
     expect(() => parseClusterConfig(c, 'f.json')).toThrow(message);
+  });
+
+  describe('as a YAML file', () => {
+    const yamlOf = (c: ClusterConfig) => stringify(c);
+
+    it('round-trips through writeClusterConfig and readClusterConfig', () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-config-'));
+      try {
+        writeClusterConfig(path.join(dir, 'cluster.yaml'), good());
+        expect(readClusterConfig(path.join(dir, 'cluster.yaml'))).toEqual(good());
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('names file, line and column of a wrong value', () => {
+      const text = yamlOf(good()).replace('mac: 02:00:00:00:00:02', 'mac: nope');
+      const line = text.split('\n').findIndex((l) => l.includes('mac: nope')) + 1;
+      expect(() => parseClusterConfigText(text, 'c.yaml')).toThrow(new RegExp(`c\\.yaml:${line}:\\d+: /nodes/1/mac: Expected string to match`));
+    });
+
+    it('reports a missing key at its parent', () => {
+      const text = yamlOf(good()).replace(/^ {2}tokenFile: .*\n/m, '');
+      const line = text.split('\n').findIndex((l) => l.startsWith('api:')) + 2;
+      expect(() => parseClusterConfigText(text, 'c.yaml')).toThrow(new RegExp(`c\\.yaml:${line}:3: /api/tokenFile: Expected required property`));
+    });
+
+    it('rejects YAML syntax errors and duplicate keys with their position', () => {
+      expect(() => parseClusterConfigText('version: 1\nversion: 1\n', 'c.yaml')).toThrow(/c\.yaml:2:1: Map keys must be unique/);
+      expect(() => parseClusterConfigText('nodes: [\n', 'c.yaml')).toThrow(/c\.yaml:\d+:\d+: /);
+    });
+
+    it('a file that does not exist is a config error naming it', () => {
+      expect(() => readClusterConfig('/nonexistent/cluster.yaml')).toThrow(/cannot read cluster config \/nonexistent\/cluster.yaml/);
+    });
   });
 });

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { targetsFor } from '../../../examples/common.js';
 
-const t = (node: string, instance: string, load: number, capacity: number, port = 80) => ({ node, app: 'http-target', instance, port, load, capacity });
+const t = (node: string, instance: string, load: number, capacity: number, port = 80, operator = { weight: 100, draining: false }) => ({ node, app: 'http-target', instance, port, load, capacity, ...operator });
 
 describe('targetsFor', () => {
   it('without a discovered list: the user\'s node, then the configured ones', () => {
@@ -17,5 +17,16 @@ describe('targetsFor', () => {
 
   it('asks the user\'s node even when the list does not show it yet', () => {
     expect(targetsFor('n2', 80, [t('n3', 'x', 0, 4)], [])).toEqual([{ node: 'n2', port: 80 }, { node: 'n3', port: 80, instance: 'x' }]);
+  });
+
+  it('skips drained and weight-0 instances, the user\'s own included; weight scales the share', () => {
+    const list = [
+      t('n2', 'drained', 0, 10, 80, { weight: 100, draining: true }),
+      t('n3', 'zero', 0, 10, 80, { weight: 0, draining: false }),
+      t('n3', 'half', 2, 10, 80, { weight: 50, draining: false }),
+      t('n4', 'double', 3, 10, 80, { weight: 200, draining: false }),
+    ];
+    // half: 20 % used at weight 50 ranks as 40 %; double: 30 % at weight 200 as 15 %.
+    expect(targetsFor('n2', 80, list, []).map((x) => `${x.node}/${x.instance}`)).toEqual(['n4/double', 'n3/half']);
   });
 });

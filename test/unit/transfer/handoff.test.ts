@@ -87,7 +87,7 @@ function cluster(targetPort: number): ClusterConfig {
     name, id, address: '127.0.0.1', mac: `02:00:00:00:00:0${id}`, interface: 'eth0', peerPort, agentSocket: `/tmp/${name}.sock`, controlSecretFile: `/tmp/${name}.secret`,
   });
   return {
-    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native',
+    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, api: { port: 4702, tokenFile: '/tmp/t.token' }, xdpMode: 'native',
     handoffStepTimeoutMs: 300, releaseGraceMs: 3000, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
   };
 }

@@ -1,0 +1,118 @@
+// The REST API's request and response schemas (TypeBox → JSON Schema). Fastify validates requests
+// with them and serialises responses through them; @fastify/swagger turns them into OpenAPI 3.
+import { Type, type Static } from '@sinclair/typebox';
+import { TargetInfoSchema } from '../control/messages.js';
+
+const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+const Endpoint = Type.Object({ address: Type.String(), port: Type.Integer() });
+
+export const ProblemSchema = Type.Object(
+  { type: Type.String(), title: Type.String(), status: Type.Integer(), detail: Type.String(), instance: Type.String() },
+  { additionalProperties: true, description: 'RFC 9457 problem details (application/problem+json)' },
+);
+
+export const NodeSchema = Type.Object({
+  name: Type.String(),
+  id: Type.Integer(),
+  address: Type.String(),
+  role: Type.Union([Type.Literal('distributor'), Type.Literal('node')]),
+  instance: Type.String(),
+  uptimeSeconds: Type.Integer(),
+  xdp: Type.Union([Type.Null(), Type.Object({ mode: Type.String(), programId: Type.Integer(), interface: Type.String(), pinDir: Type.String() })]),
+});
+
+export const ClusterNodeSchema = Type.Object({
+  name: Type.String(),
+  id: Type.Integer(),
+  address: Type.String(),
+  role: Type.Union([Type.Literal('distributor'), Type.Literal('node')]),
+  self: Type.Boolean(),
+  reachable: Type.Boolean(),
+  lastReportMs: Type.Union([Type.Integer(), Type.Null()]),
+  targets: Type.Integer(),
+  api: Type.String(),
+});
+
+export const DvipaSchema = Type.Object({ address: Type.String(), ports: Type.Array(Type.Integer()), distributor: Type.String() });
+
+export const ConnectionSchema = Type.Object({
+  id: Type.String({ description: '<client ip>:<port>_<dvipa>:<port>' }),
+  client: Endpoint,
+  vip: Endpoint,
+  state: Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('served')]),
+  node: Type.String(),
+  packets: Type.Optional(Type.Integer()),
+  bytes: Type.Optional(Type.Integer()),
+  ageSeconds: Type.Optional(Type.Integer()),
+  connId: Type.Optional(Type.String()),
+  app: Type.Optional(Type.String()),
+  instance: Type.Optional(Type.String()),
+});
+
+export const ConnectionQuerySchema = Type.Object(
+  {
+    state: Type.Optional(Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('served')])),
+    node: Type.Optional(Name),
+    client: Type.Optional(Type.String({ maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' })),
+    limit: Type.Integer({ minimum: 1, maximum: 10_000, default: 100 }),
+    offset: Type.Integer({ minimum: 0, default: 0 }),
+  },
+  { additionalProperties: false },
+);
+export type ConnectionQuery = Static<typeof ConnectionQuerySchema>;
+
+export const ConnectionParamsSchema = Type.Object({ id: Type.String({ minLength: 9, maxLength: 110 }) });
+export const MoveBodySchema = Type.Object({ node: Name }, { additionalProperties: false });
+export const MoveResultSchema = Type.Object({ id: Type.String(), from: Type.String(), to: Type.String(), connId: Type.String() });
+
+export const TargetParamsSchema = Type.Object({ node: Name, instance: Name });
+export const TargetChangeSchema = Type.Object(
+  {
+    weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, description: 'relative share of new connections; 0 takes none' })),
+    draining: Type.Optional(Type.Boolean({ description: 'true: no new connections' })),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export const TimingsSchema = Type.Object({
+  exportUs: Type.Optional(Type.Number()),
+  offerRttUs: Type.Number(),
+  importUs: Type.Number(),
+  freezeUs: Type.Number(),
+  commitRttUs: Type.Number(),
+  routeUs: Type.Number(),
+  totalUs: Type.Number(),
+});
+
+export const TransferSchema = Type.Object({
+  connId: Type.String(),
+  id: Type.String(),
+  at: Type.String(),
+  from: Type.String({ description: 'the routing application that handed it off' }),
+  target: Type.String({ description: 'the node it went to' }),
+  client: Type.String(),
+  outcome: Type.Union([Type.Literal('done'), Type.Literal('failed')]),
+  step: Type.Optional(Type.String()),
+  reason: Type.Optional(Type.String()),
+  timings: Type.Optional(TimingsSchema),
+});
+
+export const DrainResultSchema = Type.Object({
+  node: Type.String(),
+  targetsDrained: Type.Integer(),
+  moved: Type.Integer(),
+  failed: Type.Integer(),
+  connections: Type.Array(
+    Type.Object({ id: Type.String(), to: Type.Optional(Type.String()), ok: Type.Boolean(), error: Type.Optional(Type.String()) }),
+  ),
+});
+
+export const StatsSchema = Type.Object({
+  xdp: Type.Union([Type.Null(), Type.Record(Type.String(), Type.Object({ packets: Type.Integer(), bytes: Type.Integer() }))]),
+  routingTable: Type.Union([Type.Null(), Type.Object({ entries: Type.Integer(), capacity: Type.Integer() })]),
+  transfers: Type.Object({ recent: Type.Integer(), done: Type.Integer(), failed: Type.Integer() }),
+  control: Type.Object({ routers: Type.Integer(), targets: Type.Integer(), dropped: Type.Record(Type.String(), Type.Integer()) }),
+  targets: Type.Integer(),
+});
+
+export { TargetInfoSchema };

@@ -1,0 +1,122 @@
+// batond's Prometheus metrics (prom-client), one registry per agent, served at /metrics by the
+// REST API. Event counts are incremented where they happen; kernel-side numbers (XDP verdicts, the
+// routing table) are read from the pinned maps at scrape time, so a restarted batond reports the
+// same monotonic counters the kernel kept while it was down.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Counter as KernelCounter, StatName } from '../agent/routing-table.js';
+
+/** Steps of a handoff, as the per-step histogram labels them. */
+export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'commit' | 'route' | 'total';
+
+export interface KernelView {
+  /** XDP verdicts by reason, summed over CPUs; undefined on a node that does not steer. */
+  xdp(): Record<StatName, KernelCounter> | undefined;
+  routingTable(): { entries: number; capacity: number } | undefined;
+  targets(): number;
+}
+
+const MICRO = 1e-6;
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  private readonly handoffs: Counter<'outcome' | 'step'>;
+  private readonly stepSeconds: Histogram<'step'>;
+  private readonly control: Counter<'type'>;
+  private readonly controlDropped: Counter<'reason'>;
+  private readonly moves: Counter<'outcome'>;
+
+  constructor(node: string, kernel: KernelView) {
+    this.registry.setDefaultLabels({ node });
+    collectDefaultMetrics({ register: this.registry, prefix: 'baton_' });
+    const registers = [this.registry];
+    this.handoffs = new Counter({
+      name: 'baton_handoffs_total',
+      help: 'Handoffs this node coordinated, by outcome; failed ones by the step that failed',
+      labelNames: ['outcome', 'step'],
+      registers,
+    });
+    this.stepSeconds = new Histogram({
+      name: 'baton_handoff_step_seconds',
+      help: 'Duration of each handoff step: export (router app), offer (round trip to the target), import (target app), freeze, commit (round trip), route install, total',
+      labelNames: ['step'],
+      buckets: [25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1],
+      registers,
+    });
+    this.control = new Counter({ name: 'baton_control_datagrams_total', help: 'Control-socket datagrams accepted, by type', labelNames: ['type'], registers });
+    this.controlDropped = new Counter({ name: 'baton_control_dropped_total', help: 'Control-socket datagrams dropped, by reason', labelNames: ['reason'], registers });
+    this.moves = new Counter({ name: 'baton_operator_moves_total', help: 'Connection moves an operator asked for (REST API), by outcome', labelNames: ['outcome'], registers });
+
+    // Kernel counters are already monotonic: mirror them at scrape time.
+    const xdpCounter = (name: string, help: string, field: 'packets' | 'bytes') =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['reason'],
+        registers,
+        collect() {
+          const stats = kernel.xdp();
+          this.reset();
+          if (stats) for (const [reason, c] of Object.entries(stats)) this.inc({ reason }, Number(c[field]));
+        },
+      });
+    xdpCounter('baton_xdp_packets_total', 'Packets seen by the XDP steering program, by verdict reason', 'packets');
+    xdpCounter('baton_xdp_bytes_total', 'Bytes seen by the XDP steering program, by verdict reason', 'bytes');
+    new Gauge({
+      name: 'baton_routing_table_entries',
+      help: 'Flows in the connection routing table',
+      registers,
+      collect() {
+        const t = kernel.routingTable();
+        if (t) this.set(t.entries);
+      },
+    });
+    new Gauge({
+      name: 'baton_routing_table_capacity',
+      help: 'Flows the connection routing table can hold (map max_entries)',
+      registers,
+      collect() {
+        const t = kernel.routingTable();
+        if (t) this.set(t.capacity);
+      },
+    });
+    new Gauge({
+      name: 'baton_target_instances',
+      help: 'Target application instances known cluster-wide (per port)',
+      registers,
+      collect() {
+        this.set(kernel.targets());
+      },
+    });
+  }
+
+  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs?: number; offerRttUs: number; importUs: number; freezeUs: number; commitRttUs: number; routeUs: number; totalUs?: number }): void {
+    this.handoffs.inc({ outcome, step: outcome === 'done' ? 'none' : (step ?? 'unknown') });
+    if (!timings) return;
+    const observe = (s: HandoffStep, us: number | undefined) => {
+      if (us !== undefined) this.stepSeconds.observe({ step: s }, us * MICRO);
+    };
+    observe('export', timings.exportUs);
+    observe('offer', timings.offerRttUs);
+    observe('import', timings.importUs);
+    observe('freeze', timings.freezeUs);
+    observe('commit', timings.commitRttUs);
+    observe('route', timings.routeUs);
+    observe('total', timings.totalUs);
+  }
+
+  controlDatagram(type: string): void {
+    this.control.inc({ type });
+  }
+
+  controlDrop(reason: string): void {
+    this.controlDropped.inc({ reason });
+  }
+
+  operatorMove(outcome: 'done' | 'failed'): void {
+    this.moves.inc({ outcome });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

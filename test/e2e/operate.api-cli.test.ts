@@ -1,0 +1,150 @@
+// Operating Baton through its REST API and batonctl (the operations issue): reads from every
+// node, the token on every mutation, precise 400s that change nothing, moving a live connection
+// and draining a node while unmodified Python clients keep talking (same socket, verified bytes),
+// Prometheus metrics, and one connection id in the logs of every node a connection visits.
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { API_PORT, apiTokenFile } from '../../controller/lab/cluster.js';
+import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
+import { repoRoot } from '../../controller/paths.js';
+import fs from 'node:fs';
+import { useLab } from '../helpers/lab.js';
+
+const run = promisify(execFile);
+const running = useLab();
+
+const node = (name: string) => running.lab.nodes.find((n) => n.name === name)!;
+const token = () => fs.readFileSync(apiTokenFile(running.lab), 'utf8').trim();
+
+/** curl inside a node's namespace (the management network): status and body. */
+async function api(on: string, method: string, urlPath: string, opts: { body?: string; auth?: string | null } = {}): Promise<{ status: number; type: string; body: any }> {
+  const n = node(on);
+  const args = ['netns', 'exec', n.ns, 'curl', '-s', '-L', '-o', '-', '-w', '\n%{http_code} %{content_type}', '-X', method];
+  const auth = opts.auth === undefined ? token() : opts.auth;
+  if (auth !== null) args.push('-H', `authorization: Bearer ${auth}`);
+  if (opts.body !== undefined) args.push('-H', 'content-type: application/json', '--data-binary', opts.body);
+  args.push(`http://${n.address}:${API_PORT}${urlPath}`);
+  const { stdout } = await run('ip', args, { maxBuffer: 16 * 1024 * 1024 });
+  const cut = stdout.lastIndexOf('\n');
+  const [status, type] = stdout.slice(cut + 1).split(' ');
+  const text = stdout.slice(0, cut);
+  let body: any = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // Prometheus text, HTML: the test looks at the string.
+  }
+  return { status: Number(status), type: type ?? '', body };
+}
+
+/** The real CLI, finding the lab's distributor API from lab.json as an operator's shell would. */
+async function batonctl(...args: string[]): Promise<string> {
+  const { stdout } = await run(process.execPath, [path.join(repoRoot(), 'dist/controller/bin/batonctl.js'), ...args, '--lab', running.lab.prefix, '--dir', path.dirname(running.lab.runDir)], { timeout: 60_000 });
+  return stdout;
+}
+
+/** Line-protocol clients that stay connected, probing who serves them with verified GET/PUT. */
+function probingClient(user: string, seconds: number) {
+  return inClient(running.lab, lineClient(running.lab, ['--user', user, '--probe-for', String(seconds), '--probe-every', '0.1']), (seconds + 30) * 1000);
+}
+
+async function waitForEntries(n: number, timeoutMs = 10_000): Promise<void> {
+  for (let waited = 0; running.routes.size() < n && waited < timeoutMs; waited += 50) await sleep(50);
+  expect(running.routes.size()).toBeGreaterThanOrEqual(n);
+}
+
+describe('REST admin API and batonctl', () => {
+  it('serves node, cluster, DVIPA, targets and stats views on every node, OpenAPI and Swagger UI', async () => {
+    const n1 = await api('n1', 'GET', '/v1/node');
+    expect(n1.body).toMatchObject({ name: 'n1', role: 'distributor', xdp: { mode: 'native', interface: node('n1').interface } });
+    expect(n1.body.xdp.programId).toBeGreaterThan(0);
+    expect((await api('n2', 'GET', '/v1/node')).body).toMatchObject({ name: 'n2', role: 'node', xdp: null });
+    const nodes = (await api('n3', 'GET', '/v1/nodes')).body.nodes;
+    expect(nodes.map((n: any) => [n.name, n.reachable])).toEqual([['n1', true], ['n2', true], ['n3', true]]);
+    expect((await api('n1', 'GET', '/v1/dvipas')).body.dvipas).toEqual([{ address: running.lab.dvipa.address, ports: running.lab.dvipa.ports, distributor: 'n1' }]);
+    const targets = (await api('n1', 'GET', '/v1/targets')).body.targets;
+    expect(targets.filter((t: any) => t.port === 7000).map((t: any) => t.node)).toEqual(['n2', 'n3']);
+    expect((await api('n1', 'GET', '/v1/stats')).body).toMatchObject({ routingTable: { capacity: 262144 }, xdp: { steered: expect.any(Object) } });
+    const openapi = (await api('n2', 'GET', '/docs/json')).body;
+    expect(Object.keys(openapi.paths)).toEqual(expect.arrayContaining(['/v1/node', '/v1/connections', '/v1/connections/{id}/transfer', '/v1/nodes/{name}/drain', '/v1/targets/{node}/{instance}']));
+    const ui = await api('n2', 'GET', '/docs/static/index.html');
+    expect(ui.status).toBe(200);
+    expect(String(ui.body)).toContain('swagger');
+    // Never on the DVIPA: the API listens on the management address only.
+    const onVip = await run('ip', ['netns', 'exec', running.lab.client.ns, 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '2', `http://${running.lab.dvipa.address}:${API_PORT}/v1/node`]).catch((e) => e);
+    expect(String(onVip.stdout)).toBe('000');
+  });
+
+  it('mutations need the token (401), bad bodies get a precise 400, and neither changes anything', async () => {
+    const before = (await api('n1', 'GET', '/v1/targets')).body.targets;
+    const noToken = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true}', auth: null });
+    expect(noToken.status).toBe(401);
+    expect(noToken.type).toBe('application/problem+json;');
+    expect(noToken.body).toMatchObject({ status: 401, title: 'E_UNAUTHORIZED' });
+    expect((await api('n1', 'POST', '/v1/nodes/n2/drain', { auth: 'x'.repeat(32) })).status).toBe(401);
+    const badWeight = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"weight":-1}' });
+    expect(badWeight).toMatchObject({ status: 400, body: { title: 'E_VALIDATION', detail: 'body/weight must be >= 0' } });
+    const unknownField = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true,"evil":1}' });
+    expect(unknownField).toMatchObject({ status: 400, body: { detail: 'body must NOT have additional properties' } });
+    const badId = await api('n1', 'POST', '/v1/connections/not-a-connection-id/transfer', { body: '{"node":"n3"}' });
+    expect(badId).toMatchObject({ status: 400, body: { title: 'E_CONFIG', detail: expect.stringContaining('want <client ip>:<port>_<dvipa>:<port>') } });
+    expect((await api('n1', 'POST', '/v1/connections/10.0.0.1:5_10.0.0.2:7000/transfer', { body: '{"node":"n9"}' })).status).toBe(404);
+    expect((await api('n1', 'GET', '/v1/connections?limit=0')).status).toBe(400);
+    expect((await api('n1', 'GET', '/v1/targets')).body.targets).toEqual(before);
+  });
+
+  it('batonctl move: a live connection goes from n2 to n3 while its client keeps exchanging verified bytes', async () => {
+    const client = probingClient('alice', 4);
+    await waitForEntries(1);
+    const [conn] = JSON.parse(await batonctl('connections', '--json')).connections;
+    expect(conn).toMatchObject({ state: 'forward', node: 'n2' });
+    expect(await batonctl('move', conn.id, 'n3')).toContain(`moved ${conn.id} from n2 to n3`);
+    expect(JSON.parse(await batonctl('connections', '--json')).connections[0]).toMatchObject({ id: conn.id, node: 'n3' });
+    const res = JSON.parse((await client).stdout);
+    expect(res).toMatchObject({ ok: true, served_by: 'n2', probe_nodes: ['n2', 'n3'], probes_ok: true, clean_close: true });
+    // One connection id for the whole life of the connection, in the logs of every node it visited.
+    const moved = readLog(running.lab, 'n2-line-target').find((l) => l.event === 'handed-off' && l.target === 'n3')!;
+    for (const log of ['n1-batond', 'n2-batond', 'n2-line-target', 'n3-line-target']) {
+      expect(readLog(running.lab, log).some((l) => l.connId === moved.connId), log).toBe(true);
+    }
+    expect((await api('n2', 'GET', '/v1/transfers')).body.transfers[0]).toMatchObject({ connId: moved.connId, id: conn.id, target: 'n3', outcome: 'done' });
+  });
+
+  it('batonctl drain: every connection on n2 moves to n3, its targets stop taking new ones, per-connection report', async () => {
+    await sleep(3500); // the previous test's entry leaves after the release grace
+    const clients = ['alice', 'alice', 'alice', 'bob'].map((u) => probingClient(u, 5));
+    await waitForEntries(4);
+    const report = JSON.parse(await batonctl('drain', 'n2', '--json'));
+    expect(report).toMatchObject({ node: 'n2', targetsDrained: 2, moved: 3, failed: 0 });
+    expect(report.connections.every((c: any) => c.ok && c.to === 'n3')).toBe(true);
+    const targets = JSON.parse(await batonctl('targets', '--json'));
+    expect(targets.filter((t: any) => t.node === 'n2').every((t: any) => t.draining)).toBe(true);
+    // A new HTTP client of n2's user now lands on n3: the router skips drained instances.
+    const fresh = await inClient(running.lab, ['curl', '-sS', '--max-time', '10', '--digest', '-u', 'alice:wonderland', '-D', '-', '-o', '/dev/null', `http://${running.lab.dvipa.address}/`]);
+    expect(fresh.stdout).toMatch(/^x-served-by: n3\r?$/im);
+    for (const r of await Promise.all(clients)) {
+      const res = JSON.parse(r.stdout);
+      expect(res).toMatchObject({ ok: true, probes_ok: true });
+      expect(res.probe_nodes.at(-1)).toBe('n3');
+    }
+    expect(await batonctl('target', 'n2/line-target', '--undrain')).toContain('n2/line-target port 7000: weight 100, active');
+  });
+
+  it('/metrics: handoffs by outcome, step histograms, table size and capacity, XDP verdicts, control datagrams', async () => {
+    const text = String((await api('n1', 'GET', '/metrics')).body);
+    expect(text).toMatch(/^baton_handoffs_total\{outcome="done",step="none",node="n1"\} [1-9]/m);
+    for (const step of ['export', 'offer', 'import', 'freeze', 'commit', 'route', 'total']) {
+      expect(text).toMatch(new RegExp(`^baton_handoff_step_seconds_count\\{node="n1",step="${step}"\\} [1-9]`, 'm'));
+    }
+    expect(text).toMatch(/^baton_routing_table_capacity\{node="n1"\} 262144$/m);
+    expect(text).toMatch(/^baton_routing_table_entries\{node="n1"\} \d+$/m);
+    expect(text).toMatch(/^baton_xdp_packets_total\{reason="steered",node="n1"\} [1-9]/m);
+    expect(text).toMatch(/^baton_control_datagrams_total\{type="heartbeat",node="n1"\} [1-9]/m);
+    expect(text).toMatch(/^baton_process_resident_memory_bytes\{node="n1"\} [1-9]/m);
+    // Moves are counted where they happen: on the node that served the connection.
+    expect(String((await api('n2', 'GET', '/metrics')).body)).toMatch(/^baton_operator_moves_total\{outcome="done",node="n2"\} [1-9]/m);
+  });
+});
