@@ -13,6 +13,7 @@ import type { TargetRelay } from '../transfer/target-relay.js';
 import { connectionId, parseConnectionId } from './connection-id.js';
 import type { Counter, FlowKey, RouteState, StatName } from './routing-table.js';
 import type { Steering } from './xdp.js';
+import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
 import type { TransferLog, TransferRecord } from './transfer-log.js';
 import { describeFlow } from './routing-table.js';
 
@@ -52,6 +53,7 @@ export interface AdminParts {
   transfers: TransferLog;
   metrics: AgentMetrics;
   log: Logger;
+  dvipas: DvipaSet;
   /** When each flow's entry was installed by this distributor (absent: installed before a restart). */
   installedAt(flow: FlowKey): number | undefined;
 }
@@ -103,9 +105,28 @@ export class AgentAdmin {
     });
   }
 
-  dvipas() {
-    const { dvipa, distributor } = this.p.config;
-    return [{ address: dvipa.address, ports: dvipa.ports, distributor }];
+  dvipas(): Array<DvipaView & { distributor: string }> {
+    return this.p.dvipas.all().map((d) => ({ ...d, distributor: this.p.config.distributor }));
+  }
+
+  /** Holds a new DVIPA on this node (the API fans the request out to every node). */
+  async addDvipa(spec: DvipaSpec): Promise<DvipaView> {
+    const view = await this.p.dvipas.add(spec);
+    this.p.log.info({ dvipa: view }, 'DVIPA added by the operator');
+    return view;
+  }
+
+  /**
+   * Lets a DVIPA go on this node. The distributor refuses while its table still steers flows to
+   * the address, unless forced: those connections would lose their address on the targets.
+   */
+  async removeDvipa(address: string, force: boolean): Promise<void> {
+    if (this.isDistributor && !force) {
+      const live = [...this.p.steering!.routes.entries()].filter(([flow]) => flow.vipAddress === address).length;
+      if (live > 0) throw new BatonError('E_HANDOFF_STATE', `${live} transferred connections still use DVIPA ${address}: drain them first, or force`, { step: 'dvipa', address });
+    }
+    await this.p.dvipas.remove(address);
+    this.p.log.info({ address, force }, 'DVIPA removed by the operator');
   }
 
   targets(): TargetInfo[] {

@@ -25,6 +25,18 @@ export interface DvipaOptions {
   interface: string;
 }
 
+/** Takes a DVIPA an operator removed off this node; an address already gone is not an error. */
+export async function releaseDvipa(address: string): Promise<void> {
+  try {
+    await run('ip', ['address', 'del', `${address}/32`, 'dev', 'lo']);
+  } catch (err) {
+    const stderr = String((err as { stderr?: string }).stderr ?? '');
+    if (!/Cannot assign requested address|not found/i.test(stderr)) {
+      throw new BatonError('E_CONFIG', `cannot take DVIPA ${address} off lo: ${stderr.trim() || (err as Error).message}`, { step: 'dvipa' });
+    }
+  }
+}
+
 export async function ensureDvipa(opts: DvipaOptions): Promise<void> {
   try {
     // `replace` is idempotent: a restarted batond finds the address already there.

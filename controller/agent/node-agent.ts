@@ -15,7 +15,8 @@ import { Accepts, type Message, type MessageType } from '../transfer/messages.js
 import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
-import { ensureDvipa } from './dvipa.js';
+import { ensureDvipa, releaseDvipa } from './dvipa.js';
+import { DvipaSet } from './dvipa-set.js';
 import { RouteService } from './route-service.js';
 import type { FlowKey } from './routing-table.js';
 import { TargetDirectory } from '../control/directory.js';
@@ -56,6 +57,7 @@ export class NodeAgent {
   private readonly transfers = new TransferLog();
   private readonly metrics: AgentMetrics;
   private api?: FastifyInstance;
+  readonly dvipas: DvipaSet;
 
   constructor(
     readonly config: ClusterConfig,
@@ -68,6 +70,15 @@ export class NodeAgent {
     this.isDistributor = config.distributor === self.name;
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs);
     this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8);
+    this.dvipas = new DvipaSet(
+      config.dvipa,
+      path.join(config.stateDir ?? '/var/lib/baton', `${config.instance}-${self.name}.dvipas.json`),
+      {
+        hold: (address) => ensureDvipa({ address, distributor: this.isDistributor, interface: self.interface }),
+        release: (address) => releaseDvipa(address),
+      },
+      config.nodes.map((n) => n.address),
+    );
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),
       routingTable: () => (this.steering ? { entries: this.steering.routes.size(), capacity: this.steering.routes.capacity() ?? 0 } : undefined),
@@ -78,7 +89,7 @@ export class NodeAgent {
   async start(): Promise<void> {
     // Before touching the node: a missing or exposed token is a config error to fix first.
     const apiToken = loadApiToken(this.config.api.tokenFile);
-    await ensureDvipa({ address: this.config.dvipa.address, distributor: this.isDistributor, interface: this.self.interface });
+    await this.dvipas.load();
     if (this.isDistributor) {
       // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
       setLibbpfLogger((level, message) => this.log[level]({ svc: 'libbpf' }, message.trimEnd()));
@@ -94,12 +105,12 @@ export class NodeAgent {
       if (r.outcome === 'done') this.relay.movedOn(r.flow);
       this.transfers.add(r);
       this.metrics.handoff(r.outcome, r.step, r.timings);
-    });
+    }, undefined, (address) => this.dvipas.has(address));
     this.control = new ControlServer({
       node: this.self.name,
       port: this.config.controlPort,
       secret: ensureControlSecret(this.self.controlSecretFile),
-      dvipaPorts: this.config.dvipa.ports,
+      dvipaPorts: () => this.dvipas.ports(),
       directory: this.directory,
       log: this.log.child({ svc: 'control' }),
       metrics: { datagram: (type) => this.metrics.controlDatagram(type), drop: (reason) => this.metrics.controlDrop(reason) },
@@ -136,6 +147,7 @@ export class NodeAgent {
       metrics: this.metrics,
       log: this.log,
       installedAt: (flow) => this.routeService?.installedAt(flow),
+      dvipas: this.dvipas,
     });
     this.api = await createApiServer({ admin, metrics: this.metrics, config: this.config, token: apiToken, log: this.log.child({ svc: 'api' }) });
     try {
@@ -277,9 +289,10 @@ export class NodeAgent {
         if (role === 'router') {
           router = { channel: channel as unknown as RouterConnection['channel'], replies: new PendingReplies(), name: msg.name };
         } else {
-          const ports = msg.ports!.filter((p) => this.config.dvipa.ports.includes(p));
+          const served = this.dvipas.ports();
+          const ports = msg.ports!.filter((p) => served.includes(p));
           if (ports.length !== msg.ports!.length) {
-            log.error({ ports: msg.ports, dvipaPorts: this.config.dvipa.ports }, 'target registered for a port the DVIPA does not serve');
+            log.error({ ports: msg.ports, dvipaPorts: served }, 'target registered for a port no DVIPA serves');
             channel.close();
             return;
           }

@@ -3,6 +3,8 @@
 import { BatonError } from '../errors.js';
 
 export const FORWARDED_HEADER = 'x-baton-forwarded-by';
+/** Set by the distributor when it fans a cluster-wide change out: apply it on this node only. */
+export const LOCAL_ONLY_HEADER = 'x-baton-local-only';
 const FORWARD_TIMEOUT_MS = 40_000;
 
 export interface Forwarded {
@@ -16,6 +18,7 @@ export async function forwardTo(
   request: { method: string; path: string; body?: unknown },
   auth: { token: string; from: string },
   node: string,
+  extraHeaders: Record<string, string> = {},
 ): Promise<Forwarded> {
   let res: Response;
   try {
@@ -24,6 +27,7 @@ export async function forwardTo(
       headers: {
         authorization: `Bearer ${auth.token}`,
         [FORWARDED_HEADER]: auth.from,
+        ...extraHeaders,
         ...(request.body !== undefined ? { 'content-type': 'application/json' } : {}),
       },
       body: request.body !== undefined ? JSON.stringify(request.body) : undefined,

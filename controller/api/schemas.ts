@@ -33,7 +33,12 @@ export const ClusterNodeSchema = Type.Object({
   api: Type.String(),
 });
 
-export const DvipaSchema = Type.Object({ address: Type.String(), ports: Type.Array(Type.Integer()), distributor: Type.String() });
+export const DvipaSchema = Type.Object({
+  address: Type.String(),
+  ports: Type.Array(Type.Integer()),
+  distributor: Type.String(),
+  source: Type.Union([Type.Literal('config'), Type.Literal('api')], { description: 'config: the cluster file\'s; api: added by an operator' }),
+});
 
 export const ConnectionSchema = Type.Object({
   id: Type.String({ description: '<client ip>:<port>_<dvipa>:<port>' }),

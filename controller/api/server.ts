@@ -14,6 +14,7 @@ import { FORWARDED_HEADER, forwardTo } from './forward.js';
 import { errorHandler, problemOf, sendProblem } from './problem.js';
 import { bearerMatches } from './token.js';
 import { connectionRoutes } from './routes/connections.js';
+import { dvipaRoutes } from './routes/dvipas.js';
 import { nodeRoutes } from './routes/nodes.js';
 import { readRoutes } from './routes/read.js';
 import { targetRoutes } from './routes/targets.js';
@@ -90,5 +91,6 @@ export async function createApiServer(opts: { admin: AgentAdmin; metrics: AgentM
   await app.register(connectionRoutes(ctx));
   await app.register(targetRoutes(ctx));
   await app.register(nodeRoutes(ctx));
+  await app.register(dvipaRoutes(ctx));
   return app;
 }

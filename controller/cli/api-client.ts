@@ -34,6 +34,10 @@ export class ApiClient {
     return this.call<T>('POST', path, body);
   }
 
+  delete<T>(path: string): Promise<T> {
+    return this.call<T>('DELETE', path);
+  }
+
   put<T>(path: string, body: unknown): Promise<T> {
     return this.call<T>('PUT', path, body);
   }

@@ -162,6 +162,33 @@ export function registerOperatorCommands(program: Command): void {
       out(o, res, () => `moved ${res.id} from ${res.from} to ${res.to} (conn id ${res.connId})`);
     });
 
+  apiCommand(program, 'dvipas')
+    .description('the cluster\'s virtual IPs and ports')
+    .action(async (o: GlobalOptions) => {
+      const { dvipas } = await connect(o).get<{ dvipas: Array<{ address: string; ports: number[]; distributor: string; source: string }> }>('/v1/dvipas');
+      out(o, dvipas, () => table(['dvipa', 'ports', 'distributor', 'from'], dvipas.map((d) => [d.address, d.ports.join(','), d.distributor, d.source])));
+    });
+
+  apiCommand(program, 'dvipa')
+    .description('add or remove a virtual IP on every node')
+    .argument('<action>', 'add or remove')
+    .argument('<address>', 'the virtual IP')
+    .option('--ports <list>', 'add: comma-separated ports it serves')
+    .option('--force', 'remove: even while transferred connections still use it')
+    .action(async (action: string, address: string, o: GlobalOptions & { ports?: string; force?: boolean }) => {
+      const api = connect(o);
+      type FanOut = { address: string; complete: boolean; nodes: Array<{ node: string; ok: boolean; error?: string }> };
+      let res: FanOut;
+      if (action === 'add') {
+        if (!o.ports) throw new Error('dvipa add needs --ports, e.g. --ports 80,443');
+        res = await api.post<FanOut>('/v1/dvipas', { address, ports: o.ports.split(',').map(Number) });
+      } else if (action === 'remove') {
+        res = await api.delete<FanOut>(`/v1/dvipas/${encodeURIComponent(address)}${o.force ? '?force=true' : ''}`);
+      } else throw new Error(`unknown action ${action}: add or remove`);
+      out(o, res, () => [`${action} ${res.address}: ${res.complete ? 'applied on every node' : 'NOT applied on every node: repeat once they are back'}`, table(['node', 'result'], res.nodes.map((n) => [n.node, n.ok ? 'ok' : `FAILED: ${n.error}`]))].join('\n'));
+      if (!res.complete) process.exitCode = 1;
+    });
+
   apiCommand(program, 'drain')
     .description('drain a node: no new connections to its targets, every connection it serves moved elsewhere')
     .argument('<node>', 'the node to drain')

@@ -42,6 +42,8 @@ export const ClusterConfigSchema = Type.Object(
       { additionalProperties: false },
     ),
     distributor: Name,
+    /** Where batond keeps what must survive a restart (DVIPAs added through the API). Default /var/lib/baton. */
+    stateDir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     /** UDP port of every node's control socket, bound to 127.0.0.1 inside the node (claims 18–24). */
     controlPort: Port,
     /** The REST admin API, served by every batond on its management address. */

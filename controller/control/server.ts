@@ -55,7 +55,8 @@ export class ControlServer {
       node: string;
       port: number;
       secret: Buffer;
-      dvipaPorts: number[];
+      /** Ports some DVIPA serves now: the only ones applications may register for. */
+      dvipaPorts: () => number[];
       directory: TargetDirectory;
       log: Logger;
       /** Counts for /metrics: datagrams accepted by type, dropped by reason. */
@@ -126,7 +127,8 @@ export class ControlServer {
 
   private register(msg: ControlMessage<'register'>, from: dgram.RemoteInfo): void {
     if (this.registrations.size >= MAX_REGISTRATIONS) return this.drop('full', `${MAX_REGISTRATIONS} registrations`, from);
-    const foreign = msg.ports.filter((p) => !this.opts.dvipaPorts.includes(p));
+    const served = this.opts.dvipaPorts();
+    const foreign = msg.ports.filter((p) => !served.includes(p));
     if (foreign.length) return this.drop('port', `ports ${foreign.join(',')} are not DVIPA ports`, from);
     const reg: Registration = {
       id: randomBytes(8).toString('hex'),

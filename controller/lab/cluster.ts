@@ -40,6 +40,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
     distributor: lab.distributor,
     controlPort: CONTROL_PORT,
+    stateDir: lab.runDir,
     api: { port: API_PORT, tokenFile: apiTokenFile(lab) },
     xdpMode,
     handoffStepTimeoutMs: 2000,

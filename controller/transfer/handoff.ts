@@ -65,6 +65,8 @@ export class HandoffCoordinator {
     private readonly log: Logger,
     private readonly onRecord: (r: HandoffRecord) => void,
     private readonly maxInFlight = 4096,
+    /** Is this one of the cluster's virtual IPs (the config's, or one an operator added)? */
+    private readonly isDvipa: (address: string) => boolean = (address) => address === config.dvipa.address,
   ) {}
 
   async run(router: RouterConnection, offer: Decoded<'offer'>): Promise<void> {
@@ -93,8 +95,8 @@ export class HandoffCoordinator {
       const targetNode = this.config.nodes.find((n) => n.name === msg.target.node);
       if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${msg.target.node}`, { connId, step });
       if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
-      if (conn.local.address !== this.config.dvipa.address) {
-        throw new BatonError('E_HANDOFF_STATE', `connection is to ${conn.local.address}, not the DVIPA ${this.config.dvipa.address}`, { connId, step });
+      if (!this.isDvipa(conn.local.address)) {
+        throw new BatonError('E_HANDOFF_STATE', `connection is to ${conn.local.address}, which is not a DVIPA`, { connId, step });
       }
       const timeout = this.config.handoffStepTimeoutMs;
       log.debug({ client }, 'offer received');

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { API_PORT, apiTokenFile } from '../../controller/lab/cluster.js';
+import { API_PORT, apiTokenFile, labProcesses } from '../../controller/lab/cluster.js';
+import { startProcess } from '../../controller/lab/processes.js';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
 import { repoRoot } from '../../controller/paths.js';
 import fs from 'node:fs';
@@ -64,7 +65,7 @@ describe('REST admin API and batonctl', () => {
     expect((await api('n2', 'GET', '/v1/node')).body).toMatchObject({ name: 'n2', role: 'node', xdp: null });
     const nodes = (await api('n3', 'GET', '/v1/nodes')).body.nodes;
     expect(nodes.map((n: any) => [n.name, n.reachable])).toEqual([['n1', true], ['n2', true], ['n3', true]]);
-    expect((await api('n1', 'GET', '/v1/dvipas')).body.dvipas).toEqual([{ address: running.lab.dvipa.address, ports: running.lab.dvipa.ports, distributor: 'n1' }]);
+    expect((await api('n1', 'GET', '/v1/dvipas')).body.dvipas).toEqual([{ address: running.lab.dvipa.address, ports: running.lab.dvipa.ports, distributor: 'n1', source: 'config' }]);
     const targets = (await api('n1', 'GET', '/v1/targets')).body.targets;
     expect(targets.filter((t: any) => t.port === 7000).map((t: any) => t.node)).toEqual(['n2', 'n3']);
     expect((await api('n1', 'GET', '/v1/stats')).body).toMatchObject({ routingTable: { capacity: 262144 }, xdp: { steered: expect.any(Object) } });
@@ -146,5 +147,38 @@ describe('REST admin API and batonctl', () => {
     expect(text).toMatch(/^baton_process_resident_memory_bytes\{node="n1"\} [1-9]/m);
     // Moves are counted where they happen: on the node that served the connection.
     expect(String((await api('n2', 'GET', '/metrics')).body)).toMatch(/^baton_operator_moves_total\{outcome="done",node="n2"\} [1-9]/m);
+  });
+});
+
+describe('DVIPAs added and removed through the API', () => {
+  const vip2 = '10.203.0.20';
+  const holds = async (name: string) => (await run('ip', ['netns', 'exec', node(name).ns, 'ip', '-4', '-o', 'address', 'show', 'dev', 'lo'])).stdout.includes(`${vip2}/32`);
+
+  it('batonctl dvipa add: every node holds it, a router on it hands connections off; remove is refused while used, then done', async () => {
+    const added = JSON.parse(await batonctl('dvipa', 'add', vip2, '--ports', '7000', '--json'));
+    expect(added).toMatchObject({ address: vip2, complete: true });
+    expect(added.nodes.map((n: any) => n.node).sort()).toEqual(['n1', 'n2', 'n3']);
+    for (const n of ['n1', 'n2', 'n3']) expect(await holds(n), n).toBe(true);
+    expect(JSON.parse(await batonctl('dvipas', '--json')).map((d: any) => [d.address, d.source])).toEqual([[running.lab.dvipa.address, 'config'], [vip2, 'api']]);
+
+    // A second routing application, on the new address: connections to it are handed off like any.
+    const spec = labProcesses(running.lab).find((p) => p.name === 'n1-line-router')!;
+    const argv = spec.argv.map((a, i) => (spec.argv[i - 1] === '--dvipa' ? vip2 : a));
+    await startProcess({ ...spec, name: 'n1-line-router-vip2', argv }, { runDir: running.lab.runDir, lab: running.lab.prefix });
+    for (let waited = 0; !readLog(running.lab, 'n1-line-router-vip2').some((l) => l.msg === 'line router listening') && waited < 10_000; waited += 100) await sleep(100);
+    const client = inClient(running.lab, [...lineClient(running.lab, ['--user', 'alice', '--probe-for', '2', '--get', '1000000']), '--host', vip2], 30_000);
+    for (let waited = 0; !JSON.parse(await batonctl('connections', '--json')).connections.some((c: any) => c.vip.address === vip2) && waited < 10_000; waited += 100) await sleep(100);
+
+    // Still used: the distributor refuses, and nothing changes anywhere.
+    const refused = await api('n1', 'DELETE', `/v1/dvipas/${vip2}`);
+    expect(refused).toMatchObject({ status: 409, body: { detail: expect.stringContaining(`still use DVIPA ${vip2}`) } });
+    for (const n of ['n1', 'n2', 'n3']) expect(await holds(n), n).toBe(true);
+
+    expect(JSON.parse((await client).stdout)).toMatchObject({ ok: true, served_by: 'n2', get_ok: true, probes_ok: true });
+    await sleep(3500); // the closed connection's entry leaves after the release grace
+    expect(JSON.parse(await batonctl('dvipa', 'remove', vip2, '--json'))).toMatchObject({ address: vip2, complete: true });
+    for (const n of ['n1', 'n2', 'n3']) expect(await holds(n), n).toBe(false);
+    // The config's DVIPA cannot be removed through the API.
+    expect((await api('n2', 'DELETE', `/v1/dvipas/${running.lab.dvipa.address}`)).status).toBe(409);
   });
 });

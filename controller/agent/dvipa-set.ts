@@ -1,0 +1,105 @@
+// The virtual IPs this node serves: the config's DVIPA, plus any an operator added through the REST
+// API (cluster-wide: the distributor applies a change on every node). Added ones are persisted in
+// the node's state directory so a restarted batond serves them again; the config's one can only
+// change with the config. Steering does not care which VIP a flow is to (it matches 4-tuples):
+// what changes is which address every node holds on lo and which ports applications may register.
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { Type, type Static } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { BatonError } from '../errors.js';
+
+const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+export const DvipaSpecSchema = Type.Object(
+  {
+    address: Type.String({ minLength: 7, maxLength: 15, pattern: '^[0-9.]+$' }),
+    ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }),
+  },
+  { additionalProperties: false },
+);
+export type DvipaSpec = Static<typeof DvipaSpecSchema>;
+const StateSchema = Type.Object({ version: Type.Literal(1), added: Type.Array(DvipaSpecSchema, { maxItems: 256 }) }, { additionalProperties: false });
+const checkState = TypeCompiler.Compile(StateSchema);
+
+export interface DvipaView extends DvipaSpec {
+  source: 'config' | 'api';
+}
+
+/** What holding an address takes on this node (dvipa.ts in batond; tests may record calls). */
+export interface AddressHolder {
+  hold(address: string): Promise<void>;
+  release(address: string): Promise<void>;
+}
+
+export class DvipaSet {
+  private readonly added = new Map<string, DvipaSpec>();
+
+  constructor(
+    private readonly primary: DvipaSpec,
+    private readonly stateFile: string,
+    private readonly holder: AddressHolder,
+    /** Addresses that can never be a DVIPA: the nodes' own management addresses. */
+    private readonly reserved: string[],
+  ) {}
+
+  /** Reads what an operator added before a restart and holds every address again. */
+  async load(): Promise<void> {
+    if (fs.existsSync(this.stateFile)) {
+      let state: unknown;
+      try {
+        state = JSON.parse(fs.readFileSync(this.stateFile, 'utf8'));
+      } catch (err) {
+        throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} is not JSON: ${(err as Error).message}`, { step: 'dvipa' });
+      }
+      if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${checkState.Errors(state).First()?.message}`, { step: 'dvipa' });
+      for (const d of state.added) this.added.set(d.address, d);
+    }
+    for (const d of this.all()) await this.holder.hold(d.address);
+  }
+
+  all(): DvipaView[] {
+    return [{ ...this.primary, source: 'config' }, ...[...this.added.values()].map((d) => ({ ...d, source: 'api' as const }))];
+  }
+
+  has(address: string): boolean {
+    return address === this.primary.address || this.added.has(address);
+  }
+
+  /** Every port some DVIPA serves: what target applications may register for. */
+  ports(): number[] {
+    return [...new Set(this.all().flatMap((d) => d.ports))].sort((a, b) => a - b);
+  }
+
+  async add(spec: DvipaSpec): Promise<DvipaView> {
+    const ctx = { step: 'dvipa', address: spec.address };
+    if (!net.isIPv4(spec.address)) throw new BatonError('E_CONFIG', `${spec.address} is not an IPv4 address`, ctx);
+    if (this.reserved.includes(spec.address)) throw new BatonError('E_CONFIG', `${spec.address} is a node's management address, not a virtual IP`, ctx);
+    const existing = this.all().find((d) => d.address === spec.address);
+    if (existing) {
+      // Idempotent for a retry of the same request (a node that missed it the first time).
+      if (existing.source === 'api' && JSON.stringify([...existing.ports].sort()) === JSON.stringify([...spec.ports].sort())) return existing;
+      throw new BatonError('E_HANDOFF_STATE', `DVIPA ${spec.address} already exists with ports ${existing.ports.join(',')}`, ctx);
+    }
+    await this.holder.hold(spec.address);
+    this.added.set(spec.address, { address: spec.address, ports: [...spec.ports] });
+    this.persist();
+    return { ...spec, source: 'api' };
+  }
+
+  async remove(address: string): Promise<void> {
+    const ctx = { step: 'dvipa', address };
+    if (address === this.primary.address) throw new BatonError('E_HANDOFF_STATE', `${address} is the config's DVIPA: change it in the cluster config`, ctx);
+    if (!this.added.has(address)) throw new BatonError('E_NOT_FOUND', `no DVIPA ${address}`, ctx);
+    await this.holder.release(address);
+    this.added.delete(address);
+    this.persist();
+  }
+
+  private persist(): void {
+    fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
+    const tmp = `${this.stateFile}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, `${JSON.stringify({ version: 1, added: [...this.added.values()] }, null, 2)}\n`, { mode: 0o600 });
+    fs.renameSync(tmp, this.stateFile);
+  }
+}

@@ -1,0 +1,83 @@
+// Adding and removing a virtual IP, cluster-wide. The distributor applies the change to itself and
+// then to every other node through their APIs (a forwarded request applies locally only); the
+// answer reports each node, so a node that was down is visible and the request can be repeated
+// (adding the same DVIPA again is a no-op where it is already held).
+import { Type, type Static } from '@sinclair/typebox';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { DvipaSpecSchema } from '../../agent/dvipa-set.js';
+import type { ApiContext } from '../server.js';
+import { LOCAL_ONLY_HEADER, forwardTo } from '../forward.js';
+import { ProblemSchema } from '../schemas.js';
+
+const AddressParams = Type.Object({ address: Type.String({ pattern: '^[0-9.]{7,15}$' }) });
+const ForceQuery = Type.Object({ force: Type.Boolean({ default: false }) }, { additionalProperties: false });
+const NodeResults = Type.Array(Type.Object({ node: Type.String(), ok: Type.Boolean(), error: Type.Optional(Type.String()) }));
+const FanOutResult = Type.Object({ address: Type.String(), complete: Type.Boolean(), nodes: NodeResults });
+
+export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
+  /** Applies the change on every other node; the distributor has already applied it to itself. */
+  const fanOut = async (request: FastifyRequest, method: string, path: string, body?: unknown) => {
+    const others = ctx.config.nodes.filter((n) => n.name !== ctx.admin.self.name);
+    const results = await Promise.all(
+      others.map(async (n) => {
+        try {
+          const res = await forwardTo(`http://${n.address}:${ctx.config.api.port}`, { method, path, body }, { token: ctx.token, from: ctx.admin.self.name }, n.name, { [LOCAL_ONLY_HEADER]: '1' });
+          return res.status < 300 ? { node: n.name, ok: true } : { node: n.name, ok: false, error: (res.body as { detail?: string })?.detail ?? `HTTP ${res.status}` };
+        } catch (err) {
+          return { node: n.name, ok: false, error: (err as Error).message };
+        }
+      }),
+    );
+    const nodes = [{ node: ctx.admin.self.name, ok: true }, ...results];
+    if (nodes.some((n) => !n.ok)) request.log.warn({ path, nodes }, 'DVIPA change not applied on every node: repeat it once they are back');
+    return { complete: nodes.every((n) => n.ok), nodes };
+  };
+
+  return async (app) => {
+    app.post<{ Body: Static<typeof DvipaSpecSchema> }>(
+      '/v1/dvipas',
+      {
+        schema: {
+          summary: 'Add a virtual IP with its ports on every node (the distributor answers ARP for it)',
+          tags: ['cluster'],
+          security: [{ bearer: [] }],
+          body: DvipaSpecSchema,
+          response: { 200: FanOutResult, 400: ProblemSchema, 401: ProblemSchema, 409: ProblemSchema },
+        },
+      },
+      async (request, reply) => {
+        if (request.headers[LOCAL_ONLY_HEADER]) {
+          await ctx.admin.addDvipa(request.body);
+          return { address: request.body.address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
+        }
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        await ctx.admin.addDvipa(request.body);
+        return { address: request.body.address, ...(await fanOut(request, 'POST', '/v1/dvipas', request.body)) };
+      },
+    );
+
+    app.delete<{ Params: Static<typeof AddressParams>; Querystring: Static<typeof ForceQuery> }>(
+      '/v1/dvipas/:address',
+      {
+        schema: {
+          summary: 'Remove a virtual IP an operator added, on every node; refused while connections use it unless force=true',
+          tags: ['cluster'],
+          security: [{ bearer: [] }],
+          params: AddressParams,
+          querystring: ForceQuery,
+          response: { 200: FanOutResult, 401: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
+        },
+      },
+      async (request, reply) => {
+        const { address } = request.params;
+        if (request.headers[LOCAL_ONLY_HEADER]) {
+          await ctx.admin.removeDvipa(address, true);
+          return { address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
+        }
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        await ctx.admin.removeDvipa(address, request.query.force);
+        return { address, ...(await fanOut(request, 'DELETE', `/v1/dvipas/${address}`)) };
+      },
+    );
+  };
+}
