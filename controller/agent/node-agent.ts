@@ -93,7 +93,13 @@ export class NodeAgent {
     if (this.isDistributor) {
       // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
       setLibbpfLogger((level, message) => this.log[level]({ svc: 'libbpf' }, message.trimEnd()));
-      this.steering = loadSteering({ instance: `${this.config.instance}-${this.self.name}`, ifname: this.self.interface, mode: this.config.xdpMode, log: this.log });
+      this.steering = loadSteering({
+        instance: `${this.config.instance}-${this.self.name}`,
+        ifname: this.self.interface,
+        mode: this.config.xdpMode,
+        maxEntries: this.config.limits?.routingTableEntries,
+        log: this.log,
+      });
       this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8);
       this.routes = new LocalRoutes(this.routeService, this.self.name);
     } else {
@@ -105,7 +111,7 @@ export class NodeAgent {
       if (r.outcome === 'done') this.relay.movedOn(r.flow);
       this.transfers.add(r);
       this.metrics.handoff(r.outcome, r.step, r.timings);
-    }, undefined, (address) => this.dvipas.has(address));
+    }, this.config.limits?.handoffsInFlight, (address) => this.dvipas.has(address));
     this.control = new ControlServer({
       node: this.self.name,
       port: this.config.controlPort,

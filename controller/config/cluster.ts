@@ -60,6 +60,17 @@ export const ClusterConfigSchema = Type.Object(
     handoffStepTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000 }),
     /** How long an entry keeps forwarding after its owner closed the connection (its last packets). */
     releaseGraceMs: Type.Integer({ minimum: 0, maximum: 600_000 }),
+    limits: Type.Optional(
+      Type.Object(
+        {
+          /** Flows the distributor's routing table holds (BPF map max_entries). Default 262144. */
+          routingTableEntries: Type.Optional(Type.Integer({ minimum: 1024, maximum: 16_777_216 })),
+          /** Handoffs a node coordinates at once; more are refused (the router keeps the socket). Default 4096. */
+          handoffsInFlight: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     nodes: Type.Array(NodeConfigSchema, { minItems: 1, maxItems: 1024 }),
   },
   { additionalProperties: false },
