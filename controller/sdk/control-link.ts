@@ -28,6 +28,7 @@ const REGISTER_TIMEOUT_MS = 2000;
 
 export class ControlLink extends EventEmitter<{ targets: [TargetInfo[]]; registered: [ControlMessage<'registered'>] }> {
   private readonly socket = dgram.createSocket('udp4');
+  private socketErrors = 0;
   private readonly token: string;
   private id?: string;
   private beat?: NodeJS.Timeout;
@@ -48,6 +49,13 @@ export class ControlLink extends EventEmitter<{ targets: [TargetInfo[]]; registe
       throw new BatonError('E_CONFIG', `cannot read the control secret ${opts.secretFile}: ${(err as Error).message}`, { step: 'control' });
     }
     this.socket.on('message', (buf) => this.onDatagram(buf));
+    // While batond is down (restart, upgrade) every heartbeat comes back as ICMP port-unreachable,
+    // which a connected UDP socket reports as an 'error' event. Unhandled, that would kill the
+    // application; it is expected and heals when batond is back (the next heartbeat re-registers).
+    this.socket.on('error', (err) => {
+      this.socketErrors++;
+      if (this.socketErrors === 1 || this.socketErrors % 100 === 0) this.log.warn({ err: err.message, errors: this.socketErrors }, 'control socket error (batond down?); heartbeats continue');
+    });
   }
 
   static async open(opts: ControlOptions, registration: Registration, log: Logger): Promise<ControlLink> {
