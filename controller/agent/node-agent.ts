@@ -5,6 +5,7 @@
 // connection can move on from wherever it is served.
 import fs from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -14,6 +15,7 @@ import { HandoffCoordinator, type RouterConnection } from '../transfer/handoff.j
 import { Accepts, type Message, type MessageType } from '../transfer/messages.js';
 import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
+import { authenticatePeer, loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
 import { ensureDvipa, releaseDvipa } from './dvipa.js';
 import { DvipaSet } from './dvipa-set.js';
@@ -47,6 +49,7 @@ export class NodeAgent {
   private peerServer?: net.Server;
   private appServer?: net.Server;
   private readonly peers: PeerLinks;
+  private readonly peerTls: PeerTlsMaterial;
   private readonly relay: TargetRelay;
   private readonly channels = new Set<Channel<MessageType>>();
   private readonly directory = new TargetDirectory(EXPIRY_MS);
@@ -68,7 +71,8 @@ export class NodeAgent {
     if (!self) throw new BatonError('E_CONFIG', `node ${nodeName} is not in the cluster config`, { node: nodeName });
     this.self = self;
     this.isDistributor = config.distributor === self.name;
-    this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs);
+    this.peerTls = loadPeerTls(config, self);
+    this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs, this.peerTls);
     this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8);
     this.dvipas = new DvipaSet(
       config.dvipa,
@@ -130,7 +134,13 @@ export class NodeAgent {
     });
     this.listenerBeat = setInterval(() => this.reportListeners(), HEARTBEAT_MS);
     this.listenerBeat.unref();
-    this.peerServer = await listen(net.createServer((s) => this.onPeer(s)), { host: this.self.address, port: this.self.peerPort });
+    // The chain is checked in onPeer (authenticatePeer) rather than by rejectUnauthorized: with
+    // TLS 1.3 Node reports a rejected client certificate only as "socket hang up", and the log
+    // should say why. Until that check passes nothing is read from the socket.
+    const peerServer = tls.createServer({ ...this.peerTls, ...PEER_TLS_OPTIONS, requestCert: true, rejectUnauthorized: false, handshakeTimeout: HELLO_TIMEOUT_MS }, (s) => this.onPeer(s));
+    // A handshake that fails (not TLS, a replayed session) never reaches onPeer. Counted and logged sparsely.
+    peerServer.on('tlsClientError', (err, socket) => this.refusePeer(err.message, socket.remoteAddress));
+    this.peerServer = await listen(peerServer, { host: this.self.address, port: this.self.peerPort });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
     fs.rmSync(this.self.agentSocket, { force: true });
     // Owner-only from the moment it exists: applications on this node must be privileged anyway
@@ -191,8 +201,19 @@ export class NodeAgent {
     return ch;
   }
 
-  private onPeer(socket: net.Socket): void {
-    const log = this.log.child({ remote: socket.remoteAddress });
+  private refusePeer(reason: string, from: string | undefined): void {
+    const n = this.metrics.peerRefused(reason);
+    if (n <= 10 || n % 1000 === 0) this.log.warn({ from, reason, refused: n }, 'peer connection refused');
+  }
+
+  private onPeer(socket: tls.TLSSocket): void {
+    const auth = authenticatePeer(this.config, socket);
+    if ('refused' in auth) {
+      this.refusePeer(auth.refused, socket.remoteAddress);
+      socket.destroy();
+      return;
+    }
+    const log = this.log.child({ remote: socket.remoteAddress, peer: auth.node.name });
     const channel = this.track(new Channel<FromPeer>(socket, Accepts.agentFromPeer, log));
     let peerName: string | undefined;
     const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'peer sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
@@ -203,9 +224,8 @@ export class NodeAgent {
     channel.on('message', (d) => {
       if (d.msg.type === 'hello') {
         const claimed = d.msg.role === 'peer' ? nodeByName(this.config, d.msg.name) : undefined;
-        // Until the channel is authenticated (mutual TLS, a later issue), a peer must at least come
-        // from the address the cluster config gives it.
-        if (peerName || !claimed || claimed.address !== socket.remoteAddress) {
+        // The hello must name the node the certificate proved.
+        if (peerName || !claimed || claimed.name !== auth.node.name) {
           log.error({ claimed: d.msg.name, role: d.msg.role }, 'peer hello refused');
           channel.close();
           return;

@@ -28,6 +28,9 @@ export const NodeConfigSchema = Type.Object(
     agentSocket: Type.String({ minLength: 1, maxLength: 107 }),
     /** Root-only file holding this node's control-socket secret (created by batond if missing). */
     controlSecretFile: Type.String({ minLength: 1, maxLength: 4096 }),
+    /** This node's certificate (CN and SAN: its name) and key for the mutual-TLS peer links (scripts/certs.sh). */
+    certFile: Type.String({ minLength: 1, maxLength: 4096 }),
+    keyFile: Type.String({ minLength: 1, maxLength: 4096 }),
   },
   { additionalProperties: false },
 );
@@ -46,6 +49,8 @@ export const ClusterConfigSchema = Type.Object(
     stateDir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     /** UDP port of every node's control socket, bound to 127.0.0.1 inside the node (claims 18–24). */
     controlPort: Port,
+    /** The cluster CA: peer links are mutual TLS, each side's certificate must chain to it. */
+    tls: Type.Object({ caFile: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false }),
     /** The REST admin API, served by every batond on its management address. */
     api: Type.Object(
       {

@@ -1,5 +1,6 @@
 // What runs in the lab: the cluster config derived from the lab's description (the same code path
 // an operator's config goes through), batond on every node, and the example applications.
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -28,6 +29,25 @@ export function controlSecretFile(lab: LabDescription, node: string): string {
   return path.join(lab.runDir, `${node}.secret`);
 }
 
+/** The lab's cluster CA and node certificates (scripts/certs.sh), for the mutual-TLS peer links. */
+export function certsDir(lab: LabDescription): string {
+  return path.join(lab.runDir, 'certs');
+}
+
+function ensureLabCertificates(lab: LabDescription): void {
+  const script = path.join(repoRoot(), 'scripts/certs.sh');
+  const dir = certsDir(lab);
+  const make = (args: string[]) => {
+    try {
+      execFileSync(script, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch (err) {
+      throw new BatonError('E_LAB', `scripts/certs.sh ${args.join(' ')} failed: ${String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim()}`, { step: 'certs' });
+    }
+  };
+  make(['ca', dir]);
+  for (const n of lab.nodes) if (!fs.existsSync(path.join(dir, `${n.name}.crt`))) make(['node', dir, n.name, n.address]);
+}
+
 /** The REST API's bearer token of the lab: one for the whole cluster, like an operator's. */
 export function apiTokenFile(lab: LabDescription): string {
   return path.join(lab.runDir, 'api-token');
@@ -42,6 +62,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     controlPort: CONTROL_PORT,
     stateDir: lab.runDir,
     api: { port: API_PORT, tokenFile: apiTokenFile(lab) },
+    tls: { caFile: path.join(certsDir(lab), 'ca.crt') },
     xdpMode,
     handoffStepTimeoutMs: 2000,
     releaseGraceMs: 3000,
@@ -54,6 +75,8 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
       peerPort: PEER_PORT,
       agentSocket: agentSocket(lab, n.name),
       controlSecretFile: controlSecretFile(lab, n.name),
+      certFile: path.join(certsDir(lab), `${n.name}.crt`),
+      keyFile: path.join(certsDir(lab), `${n.name}.key`),
     })),
   };
 }
@@ -74,6 +97,7 @@ export interface LabProcessOptions {
 export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}): ProcessSpec[] {
   fs.mkdirSync(lab.runDir, { recursive: true });
   writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode));
+  ensureLabCertificates(lab);
   if (!fs.existsSync(apiTokenFile(lab))) fs.writeFileSync(apiTokenFile(lab), `${randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
   const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
   const node = process.execPath;

@@ -24,6 +24,8 @@ export class AgentMetrics {
   private readonly control: Counter<'type'>;
   private readonly controlDropped: Counter<'reason'>;
   private readonly moves: Counter<'outcome'>;
+  private readonly peersRefused: Counter<'reason'>;
+  private readonly refusedCount = new Map<string, number>();
 
   constructor(node: string, kernel: KernelView) {
     this.registry.setDefaultLabels({ node });
@@ -44,6 +46,7 @@ export class AgentMetrics {
     });
     this.control = new Counter({ name: 'baton_control_datagrams_total', help: 'Control-socket datagrams accepted, by type', labelNames: ['type'], registers });
     this.controlDropped = new Counter({ name: 'baton_control_dropped_total', help: 'Control-socket datagrams dropped, by reason', labelNames: ['reason'], registers });
+    this.peersRefused = new Counter({ name: 'baton_peer_refused_total', help: 'Peer connections refused: TLS handshake failures, certificates of no node or from the wrong address', labelNames: ['reason'], registers });
     this.moves = new Counter({ name: 'baton_operator_moves_total', help: 'Connection moves an operator asked for (REST API), by outcome', labelNames: ['outcome'], registers });
 
     // Kernel counters are already monotonic: mirror them at scrape time.
@@ -110,6 +113,22 @@ export class AgentMetrics {
 
   controlDrop(reason: string): void {
     this.controlDropped.inc({ reason });
+  }
+
+  /** Counts a refused peer connection; returns how many were refused so far (for sparse logs). */
+  peerRefused(detail: string): number {
+    // A bounded label set: the kind of refusal, not the free text.
+    const reason = /certificate names .* but the connection comes from/.test(detail)
+      ? 'wrong-address'
+      : /not a node of the cluster/.test(detail)
+        ? 'unknown-node'
+        : /certificate|unknown ca|self.signed|verify/i.test(detail)
+          ? 'untrusted-certificate'
+          : 'handshake';
+    this.peersRefused.inc({ reason });
+    const n = (this.refusedCount.get(reason) ?? 0) + 1;
+    this.refusedCount.set(reason, n);
+    return n;
   }
 
   operatorMove(outcome: 'done' | 'failed'): void {

@@ -1,11 +1,14 @@
-// Node↔node links. Each batond keeps one open TCP connection per peer it sends transfers to (a
-// handshake per handoff would cost a round trip), and answers on whatever link an offer arrived.
+// Node↔node links. Each batond keeps one open mutual-TLS connection per peer it sends transfers
+// to (a handshake per handoff would cost round trips), and answers on whatever link an offer
+// arrived. Who may be a peer: peer-tls.ts.
 import net from 'node:net';
+import tls from 'node:tls';
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { Channel, PendingReplies } from './channel.js';
 import { Accepts } from './messages.js';
+import { expectNode, PEER_TLS_OPTIONS, type PeerTlsMaterial } from './peer-tls.js';
 
 type PeerReply = (typeof Accepts.peerReplies)[number];
 
@@ -23,6 +26,7 @@ export class PeerLinks {
     private readonly self: NodeConfig,
     private readonly log: Logger,
     private readonly connectTimeoutMs: number,
+    private readonly tlsMaterial: PeerTlsMaterial,
   ) {}
 
   /** The open link to `name`, connecting (and saying hello) on first use or after a break. */
@@ -45,7 +49,15 @@ export class PeerLinks {
   private connect(node: NodeConfig): Promise<PeerLink> {
     const log = this.log.child({ peer: node.name });
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: node.address, port: node.peerPort, localAddress: this.self.address });
+      // From our management address: the peer checks the connection comes from the node our certificate names.
+      const tcp = net.connect({ host: node.address, port: node.peerPort, localAddress: this.self.address });
+      const socket = tls.connect({
+        socket: tcp,
+        ...this.tlsMaterial,
+        ...PEER_TLS_OPTIONS,
+        servername: node.name,
+        checkServerIdentity: expectNode(node),
+      });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new BatonError('E_PEER', `no welcome from ${node.name} within ${this.connectTimeoutMs} ms`, { node: node.name, step: 'connect' }));
@@ -72,7 +84,7 @@ export class PeerLinks {
         replies.failAll(err ?? new BatonError('E_PEER', `link to ${node.name} closed`, { node: node.name }));
         if (!welcomed) reject(new BatonError('E_PEER', `cannot reach ${node.name} at ${node.address}:${node.peerPort}${err ? `: ${err.message}` : ''}`, { node: node.name, step: 'connect' }));
       });
-      socket.once('connect', () => channel.send('hello', { role: 'peer', name: this.self.name }));
+      socket.once('secureConnect', () => channel.send('hello', { role: 'peer', name: this.self.name }));
     });
   }
 }

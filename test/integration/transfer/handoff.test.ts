@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
+import { certsDir } from '../../../controller/lab/cluster.js';
 import { useLab } from '../../helpers/lab.js';
 
 const running = useLab();
@@ -94,10 +95,15 @@ describe('handoff in the namespace lab', () => {
   it('a malformed transfer message on the peer port is logged and changes nothing', async () => {
     const n2 = running.lab.nodes.find((n) => n.name === 'n2')!;
     const frozenBefore = [...running.routes.entries()].filter(([, e]) => e.state === 'frozen').length;
-    // A well-framed frame whose header fails the schema, sent from n1's address (the only one n2 accepts).
+    // A well-framed frame whose header fails the schema, on an authenticated link: n1's
+    // certificate, from n1's address (peer-auth.test.ts covers links that are not).
+    const certs = certsDir(running.lab);
     const script = [
-      'import socket, struct, json, time',
-      `s = socket.create_connection(("${n2.address}", 4700), source_address=("${n1().address}", 0))`,
+      'import socket, ssl, struct, json, time',
+      `ctx = ssl.create_default_context(cafile="${certs}/ca.crt")`,
+      'ctx.check_hostname = False',
+      `ctx.load_cert_chain("${certs}/n1.crt", "${certs}/n1.key")`,
+      `s = ctx.wrap_socket(socket.create_connection(("${n2.address}", 4700), source_address=("${n1().address}", 0)))`,
       'def frame(h, blob=b""):',
       '    j = json.dumps(h).encode()',
       '    return struct.pack(">II", 4 + len(j) + len(blob), len(j)) + j + blob',

@@ -2,6 +2,8 @@
 // channels: every path before the route switch must leave no routing entry and tell both sides;
 // the success path must install the route only after the target is ready.
 import net from 'node:net';
+import tls from 'node:tls';
+import { makeCertificates } from '../../helpers/certs.js';
 import { sampleState } from '../../helpers/state.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/agent/routing-table.js';
@@ -37,6 +39,9 @@ class RecordingRoutes implements RouteWriter {
 type TargetScript = (msg: Decoded<MessageType>, reply: Channel<MessageType>) => void;
 
 const closers: Array<() => void> = [];
+// The peer link is mutual TLS: the fake target node holds n2's certificate from a test CA.
+const certs = makeCertificates([{ name: 'n1', address: '127.0.0.1' }, { name: 'n2', address: '127.0.0.1' }]);
+
 afterEach(() => {
   while (closers.length) closers.pop()!();
 });
@@ -44,7 +49,7 @@ afterEach(() => {
 /** A target node on loopback that welcomes the peer and answers as the script says. */
 async function targetNode(script: TargetScript): Promise<{ port: number; seen: string[] }> {
   const seen: string[] = [];
-  const server = net.createServer((s) => {
+  const server = tls.createServer({ ...certs.material('n2'), requestCert: true, rejectUnauthorized: true }, (s) => {
     const ch = new Channel<MessageType>(s, Accepts.agentFromPeer, log);
     ch.on('message', (d) => {
       seen.push(d.msg.type);
@@ -85,9 +90,10 @@ async function routerPair() {
 function cluster(targetPort: number): ClusterConfig {
   const node = (name: string, id: number, peerPort: number) => ({
     name, id, address: '127.0.0.1', mac: `02:00:00:00:00:0${id}`, interface: 'eth0', peerPort, agentSocket: `/tmp/${name}.sock`, controlSecretFile: `/tmp/${name}.secret`,
+    certFile: certs.certFile(name), keyFile: certs.keyFile(name),
   });
   return {
-    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, api: { port: 4702, tokenFile: '/tmp/t.token' }, xdpMode: 'native',
+    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, api: { port: 4702, tokenFile: '/tmp/t.token' }, tls: { caFile: certs.caFile }, xdpMode: 'native',
     handoffStepTimeoutMs: 300, releaseGraceMs: 3000, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
   };
 }
@@ -96,7 +102,7 @@ async function runHandoff(script: TargetScript) {
   const target = await targetNode(script);
   const config = cluster(target.port);
   const routes = new RecordingRoutes();
-  const peers = new PeerLinks(config, config.nodes[0]!, log, 1000);
+  const peers = new PeerLinks(config, config.nodes[0]!, log, 1000, certs.material('n1'));
   closers.push(() => peers.close());
   const records: HandoffRecord[] = [];
   const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, (r) => records.push(r));
@@ -155,7 +161,7 @@ describe('handoff state machine at the routing node', () => {
     const target = await targetNode(() => undefined);
     const config = cluster(target.port);
     const routes = new RecordingRoutes();
-    const peers = new PeerLinks(config, config.nodes[0]!, log, 1000);
+    const peers = new PeerLinks(config, config.nodes[0]!, log, 1000, certs.material('n1'));
     closers.push(() => peers.close());
     const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, () => undefined);
     const { router, got } = await routerPair();
