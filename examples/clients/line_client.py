@@ -62,7 +62,8 @@ def read_motd(c, args, result):
 def one(args):
     result = {"user": args.user, "ok": False}
     t0 = time.monotonic()
-    sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+    source = ("", args.source_port) if args.source_port else None
+    sock = socket.create_connection((args.host, args.port), timeout=args.timeout, source_address=source)
     result["local"] = "%s:%d" % sock.getsockname()
     c = Conn(sock)
     try:
@@ -182,6 +183,7 @@ def main():
     p.add_argument("--fallback-user", default="", help="if the first USER is answered with ERR, try this user on the same connection")
     p.add_argument("--probe-for", type=float, default=0, help="after the handoff, keep probing (WHOAMI, GET, PUT) for this many seconds")
     p.add_argument("--probe-every", type=float, default=0.2)
+    p.add_argument("--source-port", type=int, default=0, help="connect from this local port (tests that need a known 4-tuple)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--stream-during-handoff", action="store_true")
