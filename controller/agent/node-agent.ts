@@ -73,7 +73,7 @@ export class NodeAgent {
     this.isDistributor = config.distributor === self.name;
     this.peerTls = loadPeerTls(config, self);
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs, this.peerTls);
-    this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8);
+    this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8, (flow, connId) => this.release(flow, connId));
     this.dvipas = new DvipaSet(
       config.dvipa,
       path.join(config.stateDir ?? '/var/lib/baton', `${config.instance}-${self.name}.dvipas.json`),

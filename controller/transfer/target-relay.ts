@@ -33,12 +33,21 @@ export class TargetRelay {
   private readonly owned = new Map<string, { app: TargetApp; flow: FlowKey; since: number }>();
   /** Operator moves waiting for the application's answer, by connection id. */
   private readonly moving = new Map<string, { app: TargetApp; settle: (err?: Error) => void }>();
+  /**
+   * Transfers whose application died while pending, by connection id. Our reject may arrive after
+   * the routing node has already switched the route (the application said ready, then died): its
+   * 'live' then names a flow nobody here serves, which must be released or its entry would steer
+   * the client to a dead socket forever. Forgotten after staleAfterMs.
+   */
+  private readonly orphans = new Map<string, { flow: FlowKey; since: number }>();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
     private readonly log: Logger,
     /** A handoff the routing node neither finished nor aborted within this time is dropped here. */
     private readonly staleAfterMs: number,
+    /** A flow routed here whose application is gone: the node releases its routing-table entry. */
+    private readonly onOrphan: (flow: FlowKey, connId: string) => void = () => undefined,
   ) {
     this.sweeper = setInterval(() => this.sweep(), Math.max(1000, staleAfterMs / 2));
     this.sweeper.unref();
@@ -63,6 +72,7 @@ export class TargetRelay {
       if (p.app !== app) continue;
       p.peer.send('reject', { connId, reason: `target application ${app.name} went away` });
       this.pending.delete(connId);
+      this.orphans.set(connId, { flow: p.flow, since: Date.now() });
     }
   }
 
@@ -100,6 +110,18 @@ export class TargetRelay {
       this.pending.set(connId, { peer, app, flow, since: Date.now() });
       const { v: _v, type: _t, blobs: _b, ...body } = msg;
       app.channel.send('offer', body, blobs);
+      return;
+    }
+    const orphan = this.orphans.get(connId);
+    if (orphan && msg.type !== 'live') {
+      // The routing node rolled back (our reject, or its own failure): nothing was routed here.
+      this.orphans.delete(connId);
+      return;
+    }
+    if (orphan) {
+      this.orphans.delete(connId);
+      this.log.warn({ connId, flow: describeFlow(orphan.flow) }, 'routed here after its target application died: releasing the flow (the client sees a reset)');
+      this.onOrphan(orphan.flow, connId);
       return;
     }
     const p = this.pending.get(connId);
@@ -198,6 +220,7 @@ export class TargetRelay {
 
   private sweep(): void {
     const now = Date.now();
+    for (const [connId, o] of this.orphans) if (now - o.since >= this.staleAfterMs) this.orphans.delete(connId);
     for (const [connId, p] of this.pending) {
       if (now - p.since < this.staleAfterMs) continue;
       this.log.warn({ connId }, 'transfer neither finished nor aborted in time: aborting at the target');

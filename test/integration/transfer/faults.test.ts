@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { labProcesses } from '../../../controller/lab/cluster.js';
+import { agentSocket, labProcesses } from '../../../controller/lab/cluster.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { startProcess, stopProcess } from '../../../controller/lab/processes.js';
 import { repoRoot } from '../../../controller/paths.js';
@@ -95,5 +95,27 @@ describe('target faults before the acknowledgement', () => {
     } finally {
       holder.kill('SIGKILL');
     }
+  });
+
+  it('target application dies after saying ready: the client sees a reset, the entry is released and removed', async () => {
+    // The only application on n3's port 7000 is one that crashes between ready and live.
+    await stopProcess(running.lab.runDir, 'n3-line-target', running.lab.prefix);
+    await startProcess(
+      { name: 'n3-crashing-target', ns: node('n3').ns, argv: [process.execPath, path.join(repoRoot(), 'test/fixtures/crash-after-ready.mjs'), repoRoot(), agentSocket(running.lab, 'n3'), '7000'] },
+      { runDir: running.lab.runDir, lab: running.lab.prefix },
+    );
+    for (let waited = 0; !readLog(running.lab, 'n3-batond').some((l) => l.msg === 'target application registered' && l.app === 'crash-after-ready') && waited < 10_000; waited += 100) await sleep(100);
+    const clientPort = 45200;
+    const flow = { family: 4 as const, clientAddress: running.lab.client.address, clientPort, vipAddress: running.lab.dvipa.address, vipPort: 7000 };
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--source-port', String(clientPort), '--timeout', '10']), 30_000);
+    const res = JSON.parse(r.stdout);
+    // The route switched to n3, where no socket exists: the kernel answers the client with a reset.
+    expect(res.ok).toBe(false);
+    expect(res.error).toMatch(/ConnectionResetError|reset/i);
+    // Whether 'live' reached n3 before or after it noticed the application's death, n3 releases the flow.
+    // Released at once, removed after the release grace (3 s in the lab): no entry leaks.
+    expect(running.routes.get(flow)?.state).toBe('released');
+    for (let waited = 0; running.routes.get(flow) && waited < 8000; waited += 100) await sleep(100);
+    expect(running.routes.get(flow)).toBeUndefined();
   });
 });
