@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs every system package Baton needs (skipped when already present), then the npm dependencies.
+# BATON_DEPS=runtime: only what a machine needs to build and run Baton (the Vagrant VMs use it,
+# through `make build` too); the default, BATON_DEPS=all, adds what only `make test` needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
   clang llvm libbpf-dev bpftool gcc libc6-dev linux-libc-dev make pkg-config util-linux
-  iproute2 ethtool tcpdump socat curl python3 procps
+  iproute2 ethtool tcpdump socat curl python3 procps openssl
 )
+case "${BATON_DEPS:-all}" in
+  all) packages+=(vagrant) ;; # `make vagrant-validate` checks vagrant/Vagrantfile with it
+  runtime) ;;
+  *) echo "deps: BATON_DEPS must be all or runtime, not ${BATON_DEPS}" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

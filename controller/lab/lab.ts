@@ -29,7 +29,6 @@ import {
   listNamespaces,
   namespaceExists,
   namespacePids,
-  sysctl,
   run,
 } from './netns.js';
 import {
@@ -134,10 +133,9 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
       await ip(e.ns, ['addr', 'add', `${e.address}/${prefixLength}`, 'dev', e.dev], { step });
       if (e.node) {
         // Replies leave a target with the DVIPA as source though the request came through the
-        // distributor: strict reverse-path filtering must not get a say.
-        for (const key of ['net.ipv4.conf.all.rp_filter', 'net.ipv4.conf.default.rp_filter', `net.ipv4.conf.${e.dev}.rp_filter`]) {
-          await sysctl(e.ns, key, 0);
-        }
+        // distributor: reverse-path filtering must not get a say. The script is the one that
+        // provisions a VM node, so the lab and real machines cannot drift apart.
+        await inNamespace(e.ns, [path.join(repoRoot(), 'scripts', 'provision', 'sysctls.sh'), e.dev], { step: 'sysctl' });
         // XDP_TX from the node's eth0 is only delivered when the peer runs an XDP program of
         // its own (KERNEL-NOTES, XDP steering on veth); pass.o lets everything through.
         await ip(sw, ['link', 'set', 'dev', e.peer, 'xdpdrv', 'obj', passObj, 'sec', 'xdp'], { step });

@@ -124,11 +124,6 @@ export function procPids(): number[] {
     .map(Number);
 }
 
-/** Sets a sysctl inside a namespace (/proc/sys/net is per namespace of the opener). */
-export async function sysctl(ns: string, key: string, value: string | number): Promise<void> {
-  await inNamespace(ns, ['sysctl', '-q', '-w', `${key}=${value}`], { step: 'sysctl' });
-}
-
 interface IpLink {
   ifname: string;
   link_type?: string;
