@@ -1,7 +1,7 @@
 // Shared by the example applications: command-line options and waiting for the node's batond.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
-import type { HandoffTarget, TargetInfo } from '../controller/sdk/index.js';
+import { ROUTING_LIMIT_DEFAULTS, type HandoffTarget, type RoutingLimits, type TargetInfo } from '../controller/sdk/index.js';
 
 export interface ExampleOptions {
   agent: string;
@@ -17,7 +17,18 @@ export interface ExampleOptions {
   instance?: string;
   /** The node's control socket, when given: registration and target discovery (claims 18–24). */
   control?: { port: number; secretFile: string };
+  /** Routing applications: the routing-phase limits (controller/sdk/routing-guard.ts). */
+  routing: RoutingLimits;
 }
+
+/** The routing-phase options, their flags and what they bound. */
+const ROUTING_FLAGS: Array<[keyof RoutingLimits, string, string]> = [
+  ['idleMs', '--routing-idle-ms <ms>', 'close a connection that sends nothing for this long before the decision'],
+  ['deadlineMs', '--routing-deadline-ms <ms>', 'close a connection still undecided this long after accept'],
+  ['maxBytes', '--routing-max-bytes <n>', 'close a connection that sends more than this before the decision'],
+  ['maxPerSource', '--routing-max-per-source <n>', 'refuse connections beyond this many undecided ones from one address'],
+  ['maxTotal', '--routing-max-total <n>', 'refuse connections beyond this many undecided ones in all'],
+];
 
 /** Users and the node each is served by; the default is the mapping documented in examples/README.md. */
 function parseUsers(spec: string): Map<string, string> {
@@ -30,8 +41,10 @@ function parseUsers(spec: string): Map<string, string> {
   return users;
 }
 
-export function exampleOptions(name: string, defaultPort: number): ExampleOptions {
-  const opts = new Command()
+/** `routingDefaults`: where an application's protocol needs other bounds than the SDK's defaults. */
+export function exampleOptions(name: string, defaultPort: number, routingDefaults: Partial<RoutingLimits> = {}): ExampleOptions {
+  const routingDefault = { ...ROUTING_LIMIT_DEFAULTS, ...routingDefaults };
+  const command = new Command()
     .name(name)
     .requiredOption('--agent <path>', 'batond application socket of this node')
     .requiredOption('--node <name>', 'this node\'s name')
@@ -43,13 +56,23 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
     .option('--instance <name>', 'target applications: instance name, unique on the node (default: the application name)')
     .option('--control-port <port>', 'UDP port of batond\'s control socket on this node')
-    .option('--control-secret <file>', 'the node\'s control secret file')
+    .option('--control-secret <file>', 'the node\'s control secret file');
+  for (const [key, flag, what] of ROUTING_FLAGS) command.option(flag, `routing applications: ${what}`, String(routingDefault[key]));
+  const opts = command
     .parse()
     .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string; controlPort?: string; controlSecret?: string; instance?: string }>();
   if (Boolean(opts.controlPort) !== Boolean(opts.controlSecret)) throw new Error('--control-port and --control-secret go together');
   const capacity = Number(opts.capacity);
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
   if (opts.framework !== 'node' && opts.framework !== 'fastify') throw new Error(`--framework: expected node or fastify, got "${opts.framework}"`);
+  const routing = { ...routingDefault };
+  for (const [key, flag] of ROUTING_FLAGS) {
+    const long = flag.split(' ')[0]!;
+    const given = String(command.getOptionValue(command.options.find((o) => o.long === long)!.attributeName()));
+    const n = Number(given);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${long}: expected a positive integer, got "${given}"`);
+    routing[key] = n;
+  }
   return {
     agent: opts.agent,
     node: opts.node,
@@ -59,6 +82,7 @@ export function exampleOptions(name: string, defaultPort: number): ExampleOption
     targets: opts.targets.split(',').filter(Boolean),
     capacity,
     framework: opts.framework,
+    routing,
     ...(opts.instance ? { instance: opts.instance } : {}),
     ...(opts.controlPort && opts.controlSecret ? { control: { port: Number(opts.controlPort), secretFile: opts.controlSecret } } : {}),
   };

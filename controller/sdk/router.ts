@@ -23,6 +23,7 @@ import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
+import { holdForHandoff } from './routing-guard.js';
 import { connectionIds, handedOff } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
 
@@ -156,19 +157,29 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     const list = Array.isArray(targets) ? targets : [targets as HandoffTarget];
     if (list.length === 0) throw new BatonError('E_NO_TARGET', 'no target to hand the connection to', { step: 'prepare' });
     const attempts: HandoffAttempt[] = [];
-    for (const target of list) {
-      try {
-        const result = await this.handoffOnce(socket, target, opts);
-        return { ...result, attempts: [...attempts, { target, outcome: 'done' }] };
-      } catch (err) {
-        if (!isBatonError(err) || !RETRYABLE.has(err.code)) throw err;
-        attempts.push({ target, outcome: 'failed', code: err.code, reason: err.message });
-        if (attempts.length === list.length) {
-          throw new BatonError(err.code, list.length > 1 ? `all ${list.length} targets failed; last: ${err.message}` : err.message, { ...err.context, attempts }, { cause: err });
+    // The socket is Baton's from here: routing-phase limits (routing-guard.ts) must not close it
+    // under a handoff, and come back only if every target failed and it is the application's again.
+    const hold = holdForHandoff(socket);
+    let moved = false;
+    try {
+      for (const target of list) {
+        try {
+          const result = await this.handoffOnce(socket, target, opts);
+          moved = true;
+          return { ...result, attempts: [...attempts, { target, outcome: 'done' }] };
+        } catch (err) {
+          if (!isBatonError(err) || !RETRYABLE.has(err.code)) throw err;
+          attempts.push({ target, outcome: 'failed', code: err.code, reason: err.message });
+          if (attempts.length === list.length) {
+            throw new BatonError(err.code, list.length > 1 ? `all ${list.length} targets failed; last: ${err.message}` : err.message, { ...err.context, attempts }, { cause: err });
+          }
         }
       }
+      throw new Error('unreachable');
+    } finally {
+      if (moved) hold.handedOff();
+      else hold.returned();
     }
-    throw new Error('unreachable');
   }
 
   /**

@@ -3,8 +3,11 @@
 // connection, picks the user's node and hands the connection off with that request as peeked
 // bytes: the target's stock http.Server answers it. Users (examples/README.md): alice/wonderland
 // is served by n2, bob/builder by n3.
+// Until the handoff, the routing-phase limits apply (--routing-*): 408 to a client that says
+// nothing or too slowly, 413 past the byte bound, 429 past the per-address bound, 503 past the
+// total, each followed by a close.
 import net from 'node:net';
-import { RouterClient } from '../../controller/sdk/index.js';
+import { type LimitReason, RouterClient, RoutingGuard } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { exampleOptions, targetsFor, withRetry } from '../common.js';
 import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
@@ -15,7 +18,8 @@ const PASSWORDS = new Map([
   ['alice', 'wonderland'],
   ['bob', 'builder'],
 ]);
-const opts = exampleOptions('http-router', 80);
+// A client may need every attempt, each a head and a body of up to MAX_HEAD, before the decision.
+const opts = exampleOptions('http-router', 80, { maxBytes: (MAX_ATTEMPTS + 1) * 2 * MAX_HEAD });
 const log = createLogger({ app: 'http-router', node: opts.node });
 const router = await withRetry('connect to batond', () =>
   RouterClient.connect({ socketPath: opts.agent, name: 'http-router', logger: log, ports: [opts.port], control: opts.control }),
@@ -58,6 +62,22 @@ function response(status: string, headers: Record<string, string>, body: string)
 function reply(socket: net.Socket, status: string, headers: Record<string, string>, body: string): void {
   socket.write(response(status, headers, body));
 }
+
+const LIMIT_REPLIES: Record<LimitReason, [string, Record<string, string>, string]> = {
+  idle: ['408 Request Timeout', {}, 'request not received in time\n'],
+  deadline: ['408 Request Timeout', {}, 'request not received in time\n'],
+  'too-many-bytes': ['413 Content Too Large', {}, 'too much data before the request was decided\n'],
+  'per-source': ['429 Too Many Requests', { 'Retry-After': '1' }, 'too many connections from your address\n'],
+  total: ['503 Service Unavailable', { 'Retry-After': '1' }, 'too many connections\n'],
+};
+const guard = new RoutingGuard({
+  ...opts.routing,
+  logger: log,
+  reply: (reason) => {
+    const [status, headers, body] = LIMIT_REPLIES[reason];
+    return response(status, { ...headers, Connection: 'close' }, body);
+  },
+});
 
 function converse(socket: net.Socket): void {
   const client = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -122,6 +142,6 @@ function converse(socket: net.Socket): void {
   socket.on('data', onData);
 }
 
-const server = net.createServer(converse);
+const server = net.createServer(guard.wrap(converse));
 server.listen({ host: opts.dvipa, port: opts.port }, () => log.info({ dvipa: opts.dvipa, port: opts.port }, 'http router listening'));
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); router.close(); process.exit(0); });
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); guard.close(); router.close(); process.exit(0); });

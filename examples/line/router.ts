@@ -6,8 +6,10 @@
 //                          answers OK <node> and serves GET/PUT from then on.
 // The reply to USER comes from the target once it is live, so the client has nothing in flight
 // during the move (KERNEL-NOTES: the cheap way to avoid a stall).
+// Until USER, the routing-phase limits apply (--routing-*): a client that says nothing, trickles,
+// floods or opens too many connections gets an ERR line saying why, and is closed.
 import net from 'node:net';
-import { RouterClient, isBatonError } from '../../controller/sdk/index.js';
+import { type LimitReason, RouterClient, RoutingGuard, isBatonError } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { exampleOptions, withRetry } from '../common.js';
 import { patternChunk } from './pattern.js';
@@ -19,6 +21,16 @@ const log = createLogger({ app: 'line-router', node: opts.node });
 const router = await withRetry('connect to batond', () =>
   RouterClient.connect({ socketPath: opts.agent, name: 'line-router', logger: log, ports: [opts.port], control: opts.control }),
 );
+
+const LIMIT_ERRORS: Record<LimitReason, string> = {
+  idle: `nothing received for ${opts.routing.idleMs} ms`,
+  deadline: `no USER within ${opts.routing.deadlineMs} ms`,
+  'too-many-bytes': `more than ${opts.routing.maxBytes} bytes before USER`,
+  'per-source': 'too many connections from your address',
+  total: 'too many connections, try again later',
+};
+// The protocol has error lines: a client (or a person at a terminal) learns why it was closed.
+const guard = new RoutingGuard({ ...opts.routing, logger: log, reply: (reason) => `ERR ${LIMIT_ERRORS[reason]}\n` });
 
 function targetFor(user: string): string | undefined {
   return opts.users.get(user);
@@ -90,6 +102,6 @@ function converse(socket: net.Socket): void {
   socket.on('data', onData);
 }
 
-const server = net.createServer(converse);
+const server = net.createServer(guard.wrap(converse));
 server.listen({ host: opts.dvipa, port: opts.port }, () => log.info({ dvipa: opts.dvipa, port: opts.port }, 'line router listening'));
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); router.close(); process.exit(0); });
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); guard.close(); router.close(); process.exit(0); });
