@@ -192,6 +192,22 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
       console.log(`   ${label.padEnd(28)} ${String(median(xs)).padStart(8)} ${String(pct(xs, 99)).padStart(8)}`);
     }
     console.log(`   first reply after USER (client view, ms): median ${median(results.map((r) => r.first_reply_ms))}`);
+
+    console.log('\n== Operating it: batonctl against the distributor\'s REST API, with four clients connected');
+    const batonctl = async (...args: string[]) =>
+      (await run(process.execPath, [path.join(repoRoot(), 'dist/controller/bin/batonctl.js'), ...args, '--lab', lab.prefix, '--dir', opts.dir], { timeout: 60_000 })).stdout.trimEnd();
+    const probing = ['alice', 'alice', 'bob', 'bob'].map((user) => inClient(lab, lineClient(lab, ['--user', user, '--probe-for', '5']), 60_000));
+    type Row = { id: string; node: string };
+    const live = async () => (JSON.parse(await batonctl('connections', '--state', 'forward', '--json')) as { connections: Row[] }).connections;
+    for (let waited = 0; (await live()).length < 4 && waited < 10_000; waited += 200) await sleep(200);
+    console.log(`$ batonctl status\n${await batonctl('status')}\n`);
+    console.log(`$ batonctl connections\n${await batonctl('connections', '--state', 'forward')}\n`);
+    const onN2 = (await live()).find((c) => c.node === 'n2');
+    if (onN2) console.log(`$ batonctl move ${onN2.id} n3\n${await batonctl('move', onN2.id, 'n3')}\n`);
+    console.log(`$ batonctl connections\n${await batonctl('connections', '--state', 'forward')}`);
+    const probes = (await Promise.all(probing)).map((r) => JSON.parse(r.stdout || '{}') as { ok?: boolean; probe_nodes?: string[] });
+    const movedOne = probes.filter((p) => p.probe_nodes?.join(',') === 'n2,n3').length === 1;
+    check('batonctl move: one live connection n2 → n3, its client never noticed', probes.every((p) => p.ok) && movedOne, probes.map((p) => (p.probe_nodes ?? []).join('→')).join(', '));
   } finally {
     await labDown({ prefix: opts.prefix, dir: opts.dir });
   }
