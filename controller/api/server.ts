@@ -40,6 +40,9 @@ export async function createApiServer(opts: { admin: AgentAdmin; metrics: AgentM
     // A stop must not wait for a long move request to finish.
     forceCloseConnections: true,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    // A malformed percent-escape (400) or an over-long path parameter (414) is refused by the
+    // router before any route runs: without this it answers fastify's own JSON, not problem+json.
+    frameworkErrors: (err, request, reply) => errorHandler(err, request, reply),
   });
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) =>

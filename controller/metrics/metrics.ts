@@ -4,6 +4,7 @@
 // same monotonic counters the kernel kept while it was down.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counter as KernelCounter, StatName } from '../agent/routing-table.js';
+import { channelRejections } from '../transfer/channel.js';
 
 /** Steps of a handoff, as the per-step histogram labels them. */
 export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'commit' | 'route' | 'total';
@@ -64,6 +65,16 @@ export class AgentMetrics {
       });
     xdpCounter('baton_xdp_packets_total', 'Packets seen by the XDP steering program, by verdict reason', 'packets');
     xdpCounter('baton_xdp_bytes_total', 'Bytes seen by the XDP steering program, by verdict reason', 'bytes');
+    new Counter({
+      name: 'baton_transfer_rejected_total',
+      help: 'Frames refused on transfer channels (peers and applications), by reason: framing and too-large close the link; schema, unexpected-type and blob-count drop the message',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(channelRejections())) this.inc({ reason }, n);
+      },
+    });
     new Gauge({
       name: 'baton_routing_table_entries',
       help: 'Flows in the connection routing table',

@@ -8,8 +8,22 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from './framing.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, REJECT_REASONS, type RejectReason, rejectionOf } from './framing.js';
 import { type Body, decodeMessage, type Decoded, header, type MessageType } from './messages.js';
+
+export type { RejectReason } from './framing.js';
+
+// Every channel of the process adds here too: channels come and go, the node's counters must not.
+const totals = new Map<RejectReason, number>();
+
+/**
+ * Frames refused by every channel of this process since it started, by reason (all reasons
+ * present, zero when none): monotonic, for a Prometheus counter. framing and too-large closed a
+ * channel; schema, unexpected-type and blob-count dropped one message and left the channel open.
+ */
+export function channelRejections(): Record<RejectReason, number> {
+  return Object.fromEntries(REJECT_REASONS.map((r) => [r, totals.get(r) ?? 0])) as Record<RejectReason, number>;
+}
 
 export interface ChannelEvents<K extends MessageType> {
   message: [Decoded<K>];
@@ -19,8 +33,8 @@ export interface ChannelEvents<K extends MessageType> {
 export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<In>> {
   private readonly decoder: FrameDecoder;
   private closed = false;
-  /** Messages dropped because they failed validation, by reason; read by tests and metrics. */
-  readonly rejected = new Map<string, number>();
+  /** Frames this channel refused, by reason (channelRejections() sums every channel). */
+  readonly rejected = new Map<RejectReason, number>();
 
   constructor(
     readonly socket: net.Socket,
@@ -59,31 +73,38 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
   }
 
   private onData(chunk: Buffer): void {
-    let frames;
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (err) {
-      this.count('framing');
-      this.log.error({ err: (err as Error).message, remote: this.socket.remoteAddress }, 'framing violation: closing channel');
-      this.close(err as Error);
-      return;
-    }
-    for (const frame of frames) {
+    if (this.closed) return;
+    this.decoder.append(chunk);
+    // A listener may close the channel on one message (a refused hello): the frames that came in
+    // the same read are from a link already given up, and must not reach anyone.
+    while (!this.closed) {
+      let frame;
+      try {
+        frame = this.decoder.next();
+      } catch (err) {
+        this.count(rejectionOf(err) ?? 'framing');
+        this.log.error({ err: (err as Error).message, remote: this.socket.remoteAddress }, 'framing violation: closing channel');
+        this.close(err as Error);
+        return;
+      }
+      if (!frame) return;
       let decoded: Decoded<In>;
       try {
         decoded = decodeMessage(frame, this.accepts);
       } catch (err) {
-        if (!isBatonError(err, 'E_PROTOCOL')) throw err;
-        this.count(err.message.startsWith('unexpected message type') ? 'unexpected-type' : 'schema');
-        this.log.error({ err: err.message, connId: err.context.connId }, 'message rejected');
+        const reason = rejectionOf(err);
+        if (!reason || !isBatonError(err)) throw err;
+        this.count(reason);
+        this.log.error({ err: err.message, connId: err.context.connId, reason }, 'message rejected');
         continue;
       }
       this.emit('message', decoded);
     }
   }
 
-  private count(reason: string): void {
+  private count(reason: RejectReason): void {
     this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
+    totals.set(reason, (totals.get(reason) ?? 0) + 1);
   }
 }
 

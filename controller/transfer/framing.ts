@@ -8,16 +8,33 @@
 //
 // Socket queues travel as raw blobs so a multi-megabyte send queue is neither base64-inflated nor
 // copied through a JSON string.
-import { BatonError } from '../errors.js';
+import { BatonError, isBatonError } from '../errors.js';
 
 export const FRAME_PREFIX_BYTES = 8;
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
 export const MAX_HEADER_BYTES = 64 * 1024;
 
+/**
+ * Why a received frame was refused. framing and too-large break the byte stream (the channel
+ * closes); the others drop one message (messages.ts). Carried as `rejection` in the E_PROTOCOL
+ * error's context so the channel counts by reason without parsing error text.
+ */
+export type RejectReason = 'framing' | 'too-large' | 'schema' | 'unexpected-type' | 'blob-count';
+export const REJECT_REASONS: readonly RejectReason[] = ['framing', 'too-large', 'schema', 'unexpected-type', 'blob-count'];
+
+/** The reason a frame decoder or decodeMessage error gives; undefined for any other error. */
+export function rejectionOf(err: unknown): RejectReason | undefined {
+  if (!isBatonError(err, 'E_PROTOCOL')) return undefined;
+  const r = err.context.rejection;
+  return REJECT_REASONS.find((known) => known === r);
+}
+
 export interface Frame {
   header: Record<string, unknown> & { blobs?: number[] };
   blobs: Buffer[];
 }
+
+const broken = (message: string, rejection: RejectReason) => new BatonError('E_PROTOCOL', message, { step: 'decode', rejection });
 
 export function encodeFrame(header: Record<string, unknown>, blobs: Buffer[] = []): Buffer[] {
   const json = Buffer.from(JSON.stringify(blobs.length > 0 ? { ...header, blobs: blobs.map((b) => b.length) } : header), 'utf8');
@@ -42,21 +59,32 @@ export class FrameDecoder {
 
   constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
 
+  /** Every whole frame buffered; a violation throws, losing the frames before it in this chunk (see next()). */
   push(chunk: Buffer): Frame[] {
+    this.append(chunk);
+    const frames: Frame[] = [];
+    for (let f = this.next(); f; f = this.next()) frames.push(f);
+    return frames;
+  }
+
+  append(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    const frames: Frame[] = [];
-    for (;;) {
-      if (this.buffered < 4) break;
-      const frameLength = this.peekUInt32(0);
-      if (frameLength < 4 || frameLength > this.maxFrameBytes) {
-        throw new BatonError('E_PROTOCOL', `frame length ${frameLength} outside 4..${this.maxFrameBytes}`, { step: 'decode' });
-      }
-      if (this.buffered < 4 + frameLength) break;
-      const whole = this.take(4 + frameLength);
-      frames.push(parseFrame(whole.subarray(4)));
+  }
+
+  /**
+   * The next whole frame, or undefined until more bytes arrive; throws on reaching a violation.
+   * One frame at a time, so frames that came before a violation in the same read are still
+   * handled, as they would have been had the read ended between them.
+   */
+  next(): Frame | undefined {
+    if (this.buffered < 4) return undefined;
+    const frameLength = this.peekUInt32(0);
+    if (frameLength < 4 || frameLength > this.maxFrameBytes) {
+      throw broken(`frame length ${frameLength} outside 4..${this.maxFrameBytes}`, frameLength < 4 ? 'framing' : 'too-large');
     }
-    return frames;
+    if (this.buffered < 4 + frameLength) return undefined;
+    return parseFrame(this.take(4 + frameLength).subarray(4));
   }
 
   private peekUInt32(offset: number): number {
@@ -85,26 +113,29 @@ export class FrameDecoder {
 
 function parseFrame(body: Buffer): Frame {
   const headerLength = body.readUInt32BE(0);
-  if (headerLength > MAX_HEADER_BYTES || 4 + headerLength > body.length) {
-    throw new BatonError('E_PROTOCOL', `header length ${headerLength} does not fit a frame of ${body.length} bytes`, { step: 'decode' });
+  if (headerLength > MAX_HEADER_BYTES) {
+    throw broken(`header length ${headerLength} exceeds ${MAX_HEADER_BYTES}`, 'too-large');
+  }
+  if (4 + headerLength > body.length) {
+    throw broken(`header length ${headerLength} does not fit a frame of ${body.length} bytes`, 'framing');
   }
   let header: unknown;
   try {
     header = JSON.parse(body.subarray(4, 4 + headerLength).toString('utf8'));
   } catch (err) {
-    throw new BatonError('E_PROTOCOL', `frame header is not valid JSON: ${(err as Error).message}`, { step: 'decode' });
+    throw broken(`frame header is not valid JSON: ${(err as Error).message}`, 'framing');
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
-    throw new BatonError('E_PROTOCOL', 'frame header must be a JSON object', { step: 'decode' });
+    throw broken('frame header must be a JSON object', 'framing');
   }
   const declared = (header as { blobs?: unknown }).blobs ?? [];
   if (!Array.isArray(declared) || !declared.every((n) => Number.isInteger(n) && n >= 0)) {
-    throw new BatonError('E_PROTOCOL', 'header.blobs must be an array of non-negative integers', { step: 'decode' });
+    throw broken('header.blobs must be an array of non-negative integers', 'framing');
   }
   const payload = body.subarray(4 + headerLength);
   const total = (declared as number[]).reduce((a, b) => a + b, 0);
   if (total !== payload.length) {
-    throw new BatonError('E_PROTOCOL', `header.blobs declares ${total} bytes but the frame carries ${payload.length}`, { step: 'decode' });
+    throw broken(`header.blobs declares ${total} bytes but the frame carries ${payload.length}`, 'framing');
   }
   const blobs: Buffer[] = [];
   let offset = 0;

@@ -6,7 +6,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
 import type { TcpConnectionState } from '../../native/repair.js';
-import type { Frame } from './framing.js';
+import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -178,6 +178,7 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
   if (typeof type !== 'string' || !(allowed as readonly string[]).includes(type)) {
     throw new BatonError('E_PROTOCOL', `unexpected message type ${JSON.stringify(type)} (expected one of ${allowed.join(', ')})`, {
       step: 'validate',
+      rejection: 'unexpected-type' satisfies RejectReason,
     });
   }
   const check = checks[type as MessageType];
@@ -189,11 +190,12 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
     throw new BatonError('E_PROTOCOL', `invalid ${type} message at ${where}`, {
       step: 'validate',
       connId,
+      rejection: 'schema' satisfies RejectReason,
     });
   }
   const want = BLOB_COUNT[type as MessageType];
   if (frame.blobs.length !== want) {
-    throw new BatonError('E_PROTOCOL', `${type} message carries ${frame.blobs.length} blobs, expected ${want}`, { step: 'validate' });
+    throw new BatonError('E_PROTOCOL', `${type} message carries ${frame.blobs.length} blobs, expected ${want}`, { step: 'validate', rejection: 'blob-count' satisfies RejectReason });
   }
   return { msg: frame.header as unknown as Message<K>, blobs: frame.blobs };
 }

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
-import { certsDir } from '../../../controller/lab/cluster.js';
+import { API_PORT, certsDir } from '../../../controller/lab/cluster.js';
 import { useLab } from '../../helpers/lab.js';
 
 const running = useLab();
@@ -118,6 +118,10 @@ describe('handoff in the namespace lab', () => {
     const n2log = readLog(running.lab, 'n2-batond');
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('invalid offer'))).toBe(true);
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('unexpected message type'))).toBe(true);
+    // Counted by reason where operators look.
+    const metrics = execFileSync('ip', ['netns', 'exec', n2.ns, 'curl', '-s', `http://${n2.address}:${API_PORT}/metrics`], { encoding: 'utf8' });
+    expect(metrics).toMatch(/^baton_transfer_rejected_total\{reason="schema",node="n2"\} [1-9]/m);
+    expect(metrics).toMatch(/^baton_transfer_rejected_total\{reason="unexpected-type",node="n2"\} [1-9]/m);
     expect([...running.routes.entries()].filter(([, e]) => e.state === 'frozen').length).toBe(frozenBefore);
     // The cluster still hands off.
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000']), 30_000);
