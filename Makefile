@@ -64,3 +64,17 @@ lab-down: build
 
 clean:
 	rm -rf $(BUILD) dist
+
+# The benchmark suite (bench/, BENCHMARKS.md): its own lab, bounded (under 10 minutes on 2 cores),
+# writes bench/results.json and regenerates BENCHMARKS.md and bench/charts/. HAProxy is a baseline
+# the suite starts, not a dependency of Baton: bench-deps installs it, `make deps` does not.
+.PHONY: bench bench-deps
+bench: build bench-deps $(BUILD)/bench/flood
+	BATON_LOG_LEVEL=warn node dist/bench/main.js
+
+bench-deps:
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null || { apt-get update && apt-get install -y haproxy wrk; }
+
+$(BUILD)/bench/flood: bench/flood.c
+	@mkdir -p $(dir $@)
+	gcc $(NATIVE_CFLAGS) -o $@ $<

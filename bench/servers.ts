@@ -1,0 +1,151 @@
+// Baselines for `make bench`: plain servers that listen on a node's own address, for the direct and
+// HAProxy paths the benchmarks compare Baton with. The example targets only take transferred
+// connections, so these serve the same protocols with the same code where it matters:
+//   line  GET <n> / PUT <n> / QUIT as examples/line/target.ts (same pattern, same chunk size,
+//         SHA-256 of uploads), no HELLO/USER phase;
+//   http  node:http answering like examples/http/target.ts, behind HTTP Digest as
+//         examples/http/router.ts asks for it. Nonces are stateless (HMAC of a random part with a
+//         secret every instance shares), so a request may be checked by another instance than the
+//         one that issued the challenge, as happens behind HAProxy.
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import { Command } from 'commander';
+import { challenge, parseAuthorization, verify } from '../examples/http/digest.js';
+import { patternChunk } from '../examples/line/pattern.js';
+
+const CHUNK = 256 * 1024;
+const MAX_TRANSFER = 1 << 30;
+const PASSWORDS = new Map([
+  ['alice', 'wonderland'],
+  ['bob', 'builder'],
+]);
+
+function streamPattern(socket: net.Socket, total: number, done: () => void): void {
+  let sent = 0;
+  const pump = () => {
+    while (sent < total) {
+      const n = Math.min(CHUNK, total - sent);
+      const ok = socket.write(patternChunk(sent, n));
+      sent += n;
+      if (!ok) {
+        socket.once('drain', pump);
+        return;
+      }
+    }
+    done();
+  };
+  pump();
+}
+
+function serveLine(socket: net.Socket): void {
+  socket.on('error', () => socket.destroy());
+  let buffered: Buffer = Buffer.alloc(0);
+  let upload: { remaining: number; hash: ReturnType<typeof createHash> } | undefined;
+  let busy = false;
+  const step = () => {
+    while (!busy) {
+      if (upload) {
+        const n = Math.min(upload.remaining, buffered.length);
+        upload.hash.update(buffered.subarray(0, n));
+        upload.remaining -= n;
+        buffered = buffered.subarray(n);
+        if (upload.remaining > 0) return;
+        socket.write(`SHA256 ${upload.hash.digest('hex')}\n`);
+        upload = undefined;
+        continue;
+      }
+      const nl = buffered.indexOf(0x0a);
+      if (nl < 0) return;
+      const line = buffered.subarray(0, nl).toString('utf8').trim();
+      buffered = buffered.subarray(nl + 1);
+      if (line === 'QUIT') {
+        socket.end('BYE\n');
+        return;
+      }
+      const m = /^(GET|PUT) (\d{1,10})$/.exec(line);
+      if (!m || Number(m[2]) > MAX_TRANSFER) {
+        socket.write('ERR expected GET <n>, PUT <n> or QUIT\n');
+        continue;
+      }
+      const n = Number(m[2]);
+      if (m[1] === 'PUT') {
+        upload = { remaining: n, hash: createHash('sha256') };
+        continue;
+      }
+      busy = true;
+      streamPattern(socket, n, () => {
+        busy = false;
+        step();
+      });
+    }
+  };
+  socket.on('data', (chunk: Buffer) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    step();
+  });
+}
+
+/** GET /hold?ms=N answers after N ms (at most 5 s), as the example target does. */
+function holdMs(url: string | undefined): number {
+  const m = /^\/hold\?ms=(\d{1,4})$/.exec(url ?? '');
+  return m ? Math.min(Number(m[1]), 5000) : 0;
+}
+
+/** nonce = random part + HMAC(secret, random part): any instance holding the secret can check it. */
+function nonceMaker(secret: Buffer) {
+  const tag = (r: string) => createHmac('sha256', secret).update(r).digest('hex').slice(0, 32);
+  return {
+    issue: () => {
+      const r = randomBytes(16).toString('hex');
+      return `${r}${tag(r)}`;
+    },
+    valid: (nonce: string | undefined) => typeof nonce === 'string' && nonce.length === 64 && tag(nonce.slice(0, 32)) === nonce.slice(32),
+  };
+}
+
+function serveHttp(host: string, port: number, node: string, secretFile: string): void {
+  const nonces = nonceMaker(fs.readFileSync(secretFile));
+  const server = http.createServer(async (req, res) => {
+    const auth = parseAuthorization(req.headers.authorization);
+    const user = auth && nonces.valid(auth.nonce) ? verify(req.method ?? 'GET', auth, auth.nonce!, PASSWORDS) : undefined;
+    if (!user) {
+      // Sized, not chunked: the same framing as the HTTP example's router gives its 401.
+      const body = 'authentication required\n';
+      res.writeHead(401, { 'WWW-Authenticate': challenge(nonces.issue()), 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
+      res.end(body);
+      return;
+    }
+    // examples/http/target.ts awaits its /hold delay on every request, also when it is 0, and a
+    // zero timer still waits for the next timer tick (~1 ms). The baseline does the same work, so
+    // that the comparison is of the paths, not of two handlers.
+    await new Promise((resolve) => setTimeout(resolve, holdMs(req.url)));
+    res.setHeader('X-Served-By', node);
+    res.setHeader('X-Framework', 'node');
+    res.setHeader('X-Instance', 'plain');
+    res.setHeader('Content-Type', 'text/plain');
+    res.end(`hello ${user}, served by ${node} for ${req.method} ${req.url}\n`);
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen({ host, port }, () => console.log(JSON.stringify({ msg: 'plain http listening', host, port, node })));
+}
+
+const program = new Command().name('bench-servers');
+program
+  .command('line')
+  .requiredOption('--host <address>')
+  .requiredOption('--port <port>')
+  .action((o: { host: string; port: string }) => {
+    const server = net.createServer(serveLine);
+    server.listen({ host: o.host, port: Number(o.port), backlog: 4096 }, () => console.log(JSON.stringify({ msg: 'plain line listening', host: o.host, port: Number(o.port) })));
+  });
+program
+  .command('http')
+  .requiredOption('--host <address>')
+  .requiredOption('--port <port>')
+  .requiredOption('--node <name>')
+  .requiredOption('--secret-file <path>')
+  .action((o: { host: string; port: string; node: string; secretFile: string }) => serveHttp(o.host, Number(o.port), o.node, o.secretFile));
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => process.exit(0));
+program.parse();
