@@ -48,7 +48,11 @@ const KINDS: Record<string, string> = {
 };
 const USERS: Record<string, string> = { alice: 'n2', bob: 'n3' };
 
-const running = useLab();
+// Under 5 % loss a client's HELLO or USER can take longer than the routing guard's production
+// idle bound (10 s) to arrive through its own retransmission backoff; this test is about the
+// handoff, so the routing phase gets a minute (limits.routing-phase.test.ts tests the bounds).
+const patientRouting = ['--routing-idle-ms', '60000', '--routing-deadline-ms', '120000'];
+const running = useLab({ extraArgs: { 'n1-line-router': patientRouting } });
 let impairment: Impairment | undefined;
 
 beforeAll(async () => {
