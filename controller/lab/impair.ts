@@ -89,6 +89,7 @@ function readStats(file: string): ImpairStats | undefined {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as ImpairStats;
   } catch {
+    // The relay replaces the file atomically; it is absent only before its first report.
     return undefined;
   }
 }
