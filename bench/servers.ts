@@ -13,31 +13,13 @@ import http from 'node:http';
 import net from 'node:net';
 import { Command } from 'commander';
 import { challenge, parseAuthorization, verify } from '../examples/http/digest.js';
-import { patternChunk } from '../examples/line/pattern.js';
+import { streamPattern } from '../examples/line/pattern.js';
 
-const CHUNK = 256 * 1024;
 const MAX_TRANSFER = 1 << 30;
 const PASSWORDS = new Map([
   ['alice', 'wonderland'],
   ['bob', 'builder'],
 ]);
-
-function streamPattern(socket: net.Socket, total: number, done: () => void): void {
-  let sent = 0;
-  const pump = () => {
-    while (sent < total) {
-      const n = Math.min(CHUNK, total - sent);
-      const ok = socket.write(patternChunk(sent, n));
-      sent += n;
-      if (!ok) {
-        socket.once('drain', pump);
-        return;
-      }
-    }
-    done();
-  };
-  pump();
-}
 
 function serveLine(socket: net.Socket): void {
   socket.on('error', () => socket.destroy());

@@ -1,5 +1,7 @@
 // The deterministic byte pattern GET streams: byte i of a stream is i mod 251 (a prime, so the
 // pattern never lines up with power-of-two buffer sizes and a shifted or repeated chunk shows).
+import type net from 'node:net';
+
 const PERIOD = 251;
 const block = Buffer.alloc(PERIOD * 256);
 for (let i = 0; i < block.length; i++) block[i] = i % PERIOD;
@@ -15,4 +17,24 @@ export function patternChunk(offset: number, length: number): Buffer {
     written += n;
   }
   return out;
+}
+
+const CHUNK = 256 * 1024;
+
+/** Writes the first `total` bytes of the pattern to the socket, honouring backpressure, then calls done. */
+export function streamPattern(socket: net.Socket, total: number, done: () => void): void {
+  let sent = 0;
+  const pump = () => {
+    while (sent < total) {
+      const n = Math.min(CHUNK, total - sent);
+      const ok = socket.write(patternChunk(sent, n));
+      sent += n;
+      if (!ok) {
+        socket.once('drain', pump);
+        return;
+      }
+    }
+    done();
+  };
+  pump();
 }

@@ -9,33 +9,14 @@
 //   QUIT     → BYE, closes
 // Beyond --capacity live connections it refuses offers.
 import { createHash } from 'node:crypto';
-import type net from 'node:net';
 import { RouterClient, TargetClient, isBatonError, type TransferredConnection } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
-import { patternChunk } from './pattern.js';
+import { streamPattern } from './pattern.js';
 
 const MAX_TRANSFER = 1 << 30;
-const CHUNK = 256 * 1024;
 const opts = exampleOptions('line-target', 7000);
 const log = createLogger({ app: 'line-target', node: opts.node });
-
-function streamPattern(socket: net.Socket, total: number, done: () => void): void {
-  let sent = 0;
-  const pump = () => {
-    while (sent < total) {
-      const n = Math.min(CHUNK, total - sent);
-      const ok = socket.write(patternChunk(sent, n));
-      sent += n;
-      if (!ok) {
-        socket.once('drain', pump);
-        return;
-      }
-    }
-    done();
-  };
-  pump();
-}
 
 function serve(conn: TransferredConnection): void {
   const { socket } = conn;
