@@ -58,8 +58,11 @@ export interface AdminParts {
   installedAt(flow: FlowKey): number | undefined;
 }
 
-/** How long an application may take to move a connection before the API reports a timeout. */
-export const MOVE_TIMEOUT_MS = 35_000;
+/**
+ * How long the API waits for an application to move a connection: the SDK gives the application
+ * 30 s (sdk/target.ts MOVE_TIMEOUT_MS) and answers itself when that runs out; 5 s more for the answer.
+ */
+export const API_MOVE_TIMEOUT_MS = 35_000;
 
 export class AgentAdmin {
   constructor(private readonly p: AdminParts) {}
@@ -197,7 +200,7 @@ export class AgentAdmin {
     this.checkDestination(toNode);
     if (toNode === this.p.self.name) throw new BatonError('E_HANDOFF_STATE', `connection ${id} is already served on ${toNode}`, { connId, step: 'move' });
     try {
-      await this.p.relay.requestMove(connId, toNode, MOVE_TIMEOUT_MS);
+      await this.p.relay.requestMove(connId, toNode, API_MOVE_TIMEOUT_MS);
       this.p.metrics.operatorMove('done');
       this.p.log.info({ connId, id, to: toNode }, 'connection moved by the operator');
       return { id, from: this.p.self.name, to: toNode, connId };
