@@ -136,11 +136,17 @@ export function isAlive(pid: number, lab?: string): boolean {
 
 /** The BATON_LAB marker in a process's initial environment, if any. */
 export function labOf(pid: number): string | undefined {
-  let environ: string;
-  try {
-    environ = fs.readFileSync(`/proc/${pid}/environ`, 'latin1');
-  } catch {
-    return undefined;
+  let environ = '';
+  // A process in the middle of execve (ip netns exec becoming the command) reads as an empty
+  // environment for a moment: seen as a supervised process briefly "not ours". Ours always have
+  // one, so an empty read is asked again a few times, 1 ms apart.
+  for (let attempt = 0; environ === '' && attempt < 5; attempt++) {
+    if (attempt > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    try {
+      environ = fs.readFileSync(`/proc/${pid}/environ`, 'latin1');
+    } catch {
+      return undefined;
+    }
   }
   const key = `${LAB_ENV}=`;
   for (const kv of environ.split('\0')) if (kv.startsWith(key)) return kv.slice(key.length);

@@ -12,6 +12,8 @@ export interface TestCertificates {
   keyFile(node: string): string;
   /** ca/cert/key buffers for a node, as tls.createServer/connect take them. */
   material(node: string): { ca: Buffer; cert: Buffer; key: Buffer };
+  /** Deletes the directory: every caller does, when it is done. */
+  dispose(): void;
 }
 
 export function makeCertificates(nodes: Array<{ name: string; address: string }>, dir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-certs-'))): TestCertificates {
@@ -24,6 +26,7 @@ export function makeCertificates(nodes: Array<{ name: string; address: string }>
     certFile: (node) => path.join(dir, `${node}.crt`),
     keyFile: (node) => path.join(dir, `${node}.key`),
     material: (node) => ({ ca: fs.readFileSync(certs.caFile), cert: fs.readFileSync(certs.certFile(node)), key: fs.readFileSync(certs.keyFile(node)) }),
+    dispose: () => fs.rmSync(dir, { recursive: true, force: true }),
   };
   return certs;
 }

@@ -124,7 +124,11 @@ describe('authenticated peer links', () => {
 
     expect(attack('plain', { from: 'n1' })).not.toBe('open');
     const otherCa = makeCertificates([{ name: 'n1', address: node('n1').address }]);
-    expect(attack('tls', { from: 'n1', cert: { ca: labCert('n1').ca, cert: otherCa.certFile('n1'), key: otherCa.keyFile('n1') } })).not.toBe('open');
+    try {
+      expect(attack('tls', { from: 'n1', cert: { ca: labCert('n1').ca, cert: otherCa.certFile('n1'), key: otherCa.keyFile('n1') } })).not.toBe('open');
+    } finally {
+      otherCa.dispose();
+    }
     // n3's genuine certificate, but the connection comes from n1's address.
     expect(attack('tls', { from: 'n1', cert: labCert('n3'), claim: 'n3' })).not.toBe('open');
     // n1's genuine certificate and address, but the hello claims to be n3.

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { type AddressHolder, DvipaSet } from '../../../controller/agent/dvipa-set.js';
 
 /** Records what would be put on and taken off lo; the kernel side is covered by the lab tests. */
@@ -10,7 +10,12 @@ function recorder(): AddressHolder & { held: Set<string> } {
   return { held, hold: async (a) => void held.add(a), release: async (a) => void held.delete(a) };
 }
 
-const fresh = () => path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'baton-dvipa-')), 'dvipas.json');
+const dirs: string[] = [];
+const fresh = () => {
+  dirs.push(fs.mkdtempSync(path.join(os.tmpdir(), 'baton-dvipa-')));
+  return path.join(dirs.at(-1)!, 'dvipas.json');
+};
+afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
 const primary = { address: '10.0.0.10', ports: [80, 7000] };
 
 describe('DvipaSet', () => {

@@ -1,13 +1,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { bearerMatches, loadApiToken } from '../../../controller/api/token.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-token-'));
 afterEach(() => {
   for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
 });
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 const write = (name: string, text: string, mode: number) => {
   const file = path.join(dir, name);
