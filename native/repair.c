@@ -378,9 +378,19 @@ int baton_repair_off(int fd)
 	return leave_repair(fd);
 }
 
-int baton_go_live(int fd)
+int baton_go_live(int fd, const uint32_t *timestamp)
 {
+	/* Only settable in repair mode. */
+	if (timestamp && set_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)*timestamp))
+		return fail("TCP_TIMESTAMP");
 	return leave_repair(fd);
+}
+
+int baton_timestamp(int fd, uint32_t *timestamp)
+{
+	if (get_u32(fd, IPPROTO_TCP, TCP_TIMESTAMP, timestamp))
+		return fail("TCP_TIMESTAMP");
+	return 0;
 }
 
 /*
@@ -506,11 +516,11 @@ int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const u
 		opts[nopts++] = (struct tcp_repair_opt){ TCPOPT_TIMESTAMP, 0 };
 	STEP("TCP_REPAIR_OPTIONS",
 	     setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts, (socklen_t)(nopts * sizeof(opts[0]))));
-	/* Without it the peer drops every segment as a PAWS failure. Started ahead, because the
-	 * old socket may have sent later timestamps after the snapshot; PAWS only refuses older. */
+	/* Without it the peer drops every segment as a PAWS failure. The snapshot's clock is only a
+	 * start: the old socket may send later stamps until it is closed, so baton_go_live sets the
+	 * clock it had then. */
 	if (st->options & BATON_OPT_TIMESTAMPS)
-		STEP("TCP_TIMESTAMP",
-		     set_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)(st->timestamp + BATON_TIMESTAMP_ADVANCE)));
+		STEP("TCP_TIMESTAMP", set_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)st->timestamp));
 
 	ret = write_queue(fd, TCP_SEND_QUEUE, sendq, st->send_len - st->unsent_len);
 	if (ret)

@@ -23,8 +23,8 @@
  *   baton_import_append_recv(fd, delta)    the export delta, while still in repair mode
  *   baton_import_append_sent(fd, ...)      the part of the unsent tail the old socket
  *                                          transmitted after the snapshot
- *   ...route the flow to this node...
- *   baton_go_live(fd)                      TCP_REPAIR off: the kernel sends a window probe
+ *   ...route the flow to this node, close the old socket (baton_timestamp just before)...
+ *   baton_go_live(fd, &timestamp)          TCP_REPAIR off: the kernel sends a window probe
  *   write the unsent tail of the send queue through the normal socket API
  *
  * Every call returns 0 (baton_dup: the new fd) or -errno. On failure baton_last_step()
@@ -36,17 +36,7 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 3
-
-/*
- * baton_import starts the new socket's timestamp clock this many ticks (ms) past st->timestamp.
- * Repair mode does not silence a socket: it sends queued data when the peer opens its window
- * and its timers still fire (zero-window probes), stamped with a clock that kept running after
- * the snapshot. A restored clock behind the peer's last-seen value gets every segment dropped
- * by PAWS until it catches up; ahead is always accepted. Covers handoffs where the old socket
- * kept sending for up to a second after the snapshot.
- */
-#define BATON_TIMESTAMP_ADVANCE 1000u
+#define BATON_ABI_VERSION 4
 
 /* tcpi_options bits, kept as the kernel reports them. */
 #define BATON_OPT_TIMESTAMPS 1u
@@ -73,7 +63,7 @@ struct baton_tcp_state {
 	uint32_t recv_seq;        /* first byte of the receive queue (not yet read by the app) */
 	uint32_t recv_len;
 	uint32_t mss;             /* the peer's MSS clamp */
-	uint32_t timestamp;       /* TCP_TIMESTAMP clock at export (see BATON_TIMESTAMP_ADVANCE) */
+	uint32_t timestamp;       /* TCP_TIMESTAMP clock at export (see baton_go_live) */
 	uint32_t snd_wl1;         /* TCP_REPAIR_WINDOW, as the kernel names them */
 	uint32_t snd_wnd;
 	uint32_t max_window;
@@ -153,8 +143,21 @@ int baton_import_append_sent(int fd, const uint8_t *buf, uint32_t len);
  */
 int baton_import_set_window(int fd, const uint32_t window[5]);
 
-/* TCP_REPAIR off on an imported socket: the kernel sends a window probe, the peer answers. */
-int baton_go_live(int fd);
+/*
+ * TCP_REPAIR off on an imported socket: the kernel sends a window probe, the peer answers.
+ * timestamp (NULL: leave the clock alone): the old socket's TCP_TIMESTAMP clock when it was
+ * closed (baton_timestamp). Repair mode does not silence a socket: it still sends when the peer
+ * opens its window and when its timers fire, stamped with a clock that runs on after the
+ * snapshot. Restarting from that last clock keeps every stamp the target sends at or above the
+ * last one the peer saw (PAWS drops older ones) without running ahead of real time (the peer
+ * echoes the stamps, and the target's RTT samples are "now − echo": a clock set ahead inflates
+ * them by as much).
+ */
+int baton_go_live(int fd, const uint32_t *timestamp);
+
+/* The socket's TCP_TIMESTAMP clock now (ms ticks plus its offset). Read it just before the old
+ * socket's silent close, for the target's baton_go_live. */
+int baton_timestamp(int fd, uint32_t *timestamp);
 
 /* Repair mode on (if not already), then close: the peer sees nothing. If repair mode cannot
  * be turned on the fd is NOT closed, since a plain close would send a FIN or RST. */

@@ -50,7 +50,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;
@@ -149,22 +149,31 @@ interface Native {
   appendRecv(fd: number, buf: Buffer, len: number): number;
   appendSent(fd: number, buf: Buffer, len: number): number;
   setWindow(fd: number, window: Uint32Array): number;
-  goLive(fd: number): number;
+  goLive(fd: number, timestamp: Uint32Array | null): number;
+  timestamp(fd: number, out: Uint32Array): number;
   closeSilently(fd: number): number;
   dup(fd: number): number;
 }
 
 let loaded: Native | undefined;
+let library: ReturnType<typeof koffi.load> | undefined;
+const libraryPath = buildPath('native', 'libbaton.so');
+
+/** build/native/libbaton.so (every native/*.c), loaded once per process. */
+export function libbaton(): ReturnType<typeof koffi.load> {
+  if (library) return library;
+  try {
+    library = koffi.load(libraryPath);
+  } catch (err) {
+    throw new BatonError('E_NATIVE', `cannot load ${libraryPath} (run \`make native\`): ${(err as Error).message}`, { step: 'load' }, { cause: err });
+  }
+  return library;
+}
 
 function native(): Native {
   if (loaded) return loaded;
-  const path = buildPath('native', 'libbaton.so');
-  let lib: ReturnType<typeof koffi.load>;
-  try {
-    lib = koffi.load(path);
-  } catch (err) {
-    throw new BatonError('E_NATIVE', `cannot load ${path} (run \`make native\`): ${(err as Error).message}`, { step: 'load' }, { cause: err });
-  }
+  const path = libraryPath;
+  const lib = libbaton();
   const c = {
     abiVersion: lib.func('baton_abi_version', 'uint32_t', []),
     stateSize: lib.func('baton_state_size', 'uint32_t', []),
@@ -177,7 +186,8 @@ function native(): Native {
     appendRecv: lib.func('baton_import_append_recv', 'int', ['int', 'const uint8_t *', 'uint32_t']),
     appendSent: lib.func('baton_import_append_sent', 'int', ['int', 'const uint8_t *', 'uint32_t']),
     setWindow: lib.func('baton_import_set_window', 'int', ['int', 'const uint32_t *']),
-    goLive: lib.func('baton_go_live', 'int', ['int']),
+    goLive: lib.func('baton_go_live', 'int', ['int', 'const uint32_t *']),
+    timestamp: lib.func('baton_timestamp', 'int', ['int', 'uint32_t *']),
     closeSilently: lib.func('baton_close_silently', 'int', ['int']),
     dup: lib.func('baton_dup', 'int', ['int']),
   } as Native;
@@ -202,7 +212,7 @@ export function loadNative(): void {
 
 const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, num]) => [num, name]));
 
-function errnoName(errno: number): string {
+export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `errno ${errno}`;
 }
 
@@ -468,10 +478,19 @@ export function setWindow(fd: number, window: TcpConnectionState['window']): voi
 /**
  * Leaves repair mode: the kernel sends a window probe and the connection is live. Only once the
  * route points here, or the peer's answer reaches a node with no socket for it. Hand the fd to
- * Node afterwards with `new net.Socket({ fd })`.
+ * Node afterwards with `new net.Socket({ fd })`. timestamp: the old socket's clock when it was
+ * closed (socketTimestamp), so the stamps this socket sends continue that sequence (see
+ * baton_go_live in native/repair.h).
  */
-export function goLive(fd: number): void {
-  check(native().goLive(fd), 'baton_go_live', { fd });
+export function goLive(fd: number, timestamp?: number): void {
+  check(native().goLive(fd, timestamp === undefined ? null : Uint32Array.of(timestamp >>> 0)), 'baton_go_live', { fd });
+}
+
+/** The socket's TCP timestamp clock now: read just before closing a handed-off socket. */
+export function socketTimestamp(fd: number): number {
+  const out = new Uint32Array(1);
+  check(native().timestamp(fd, out), 'baton_timestamp', { fd });
+  return out[0]!;
 }
 
 /** Closes without a FIN or RST (repair mode on, then close). On failure the fd stays open. */

@@ -31,6 +31,8 @@ import { loadApiToken } from '../api/token.js';
 import { AgentMetrics } from '../metrics/metrics.js';
 import { AgentAdmin } from './admin.js';
 import { TransferLog } from './transfer-log.js';
+import { CloseWatcher } from './close-watcher.js';
+import { tcpState } from '../../native/diag.js';
 
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
 type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
@@ -51,6 +53,7 @@ export class NodeAgent {
   private readonly peers: PeerLinks;
   private readonly peerTls: PeerTlsMaterial;
   private readonly relay: TargetRelay;
+  private readonly closing: CloseWatcher;
   private readonly channels = new Set<Channel<MessageType>>();
   private readonly directory = new TargetDirectory(EXPIRY_MS);
   private control?: ControlServer;
@@ -73,7 +76,20 @@ export class NodeAgent {
     this.isDistributor = config.distributor === self.name;
     this.peerTls = loadPeerTls(config, self);
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs, this.peerTls);
-    this.relay = new TargetRelay(log, config.handoffStepTimeoutMs * 8, (flow, connId) => this.release(flow, connId));
+    this.relay = new TargetRelay(
+      log,
+      config.handoffStepTimeoutMs * 8,
+      (flow, connId) => this.release(flow, connId),
+      (flow) => this.closing.forget(flow),
+    );
+    this.closing = new CloseWatcher(
+      (flow) => tcpState(flow.family, { address: flow.vipAddress, port: flow.vipPort }, { address: flow.clientAddress, port: flow.clientPort }),
+      (flow, connId, how) => {
+        this.log.debug({ connId, ...how }, 'TCP done with a closed connection');
+        this.routes?.finished(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not finished'));
+      },
+      log,
+    );
     this.dvipas = new DvipaSet(
       config.dvipa,
       path.join(config.stateDir ?? '/var/lib/baton', `${config.instance}-${self.name}.dvipas.json`),
@@ -181,6 +197,7 @@ export class NodeAgent {
     for (const ch of this.channels) ch.close();
     this.peers.close();
     this.relay.close();
+    this.closing.close();
     this.routeService?.close();
     clearInterval(this.listenerBeat);
     this.control?.close();
@@ -253,9 +270,15 @@ export class NodeAgent {
     });
   }
 
-  /** A connection served here has ended: the distributor lets its entry go after the grace. */
+  /**
+   * A connection served here was closed by its application (or the application is gone): the
+   * distributor marks its entry released now, and removes it once this node's kernel is done with
+   * the connection too (close-watcher.ts).
+   */
   private release(flow: FlowKey, connId: string): void {
     this.routes?.release(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not released'));
+    // Watched even if that failed: finished also releases an entry still forwarding.
+    this.closing.watch(flow, connId);
   }
 
   private reportListeners(): void {
@@ -278,6 +301,7 @@ export class NodeAgent {
       if (op === 'freeze') this.routeService.freeze(requester, flow);
       else if (op === 'unfreeze') this.routeService.unfreeze(requester, flow);
       else if (op === 'release') this.routeService.release(requester, flow);
+      else if (op === 'finished') this.routeService.finished(requester, flow);
       else if (msg.target) this.routeService.forward(requester, flow, msg.target);
       else throw new BatonError('E_PROTOCOL', 'forward without a target', { connId, step: op });
       channel.send('routed', { connId, ok: true });
@@ -332,8 +356,8 @@ export class NodeAgent {
         void this.coordinator.run(router, d as never);
         return;
       }
-      if (msg.type === 'delta' && router) {
-        if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId }, 'delta for no handoff in progress');
+      if ((msg.type === 'delta' || msg.type === 'closed') && router) {
+        if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId, type: msg.type }, 'message for no handoff in progress');
         return;
       }
       if (msg.type === 'release' && target) {

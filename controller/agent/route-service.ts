@@ -8,9 +8,12 @@
 //   forward(R, flow, T)    only after R's freeze; T is the new owner (no entry when T is the
 //                          distributor: its own kernel serves the flow).
 //   unfreeze(R, flow)      only after R's freeze: puts the remembered entry back (rollback).
-//   release(R, flow)       R serves the flow and it has closed: the entry becomes RELEASED (still
-//                          forwarding the last packets; a new SYN on the tuple reclaims it in XDP)
-//                          and is removed after releaseGraceMs.
+//   release(R, flow)       R serves the flow and its application has closed it: the entry becomes
+//                          RELEASED (still forwarding: TCP's closing handshake goes on; a new SYN
+//                          on the tuple reclaims it in XDP).
+//   finished(R, flow)      R's kernel is done with the flow too (no socket, or TIME_WAIT; see
+//                          close-watcher.ts): the entry is removed after releaseGraceMs. A RELEASED
+//                          entry whose owner never says so (it died) goes after releasedMaxMs.
 //
 // A freeze nobody finishes (its owner died mid-handoff) is rolled back after a bound.
 import { BatonError } from '../errors.js';
@@ -26,6 +29,9 @@ interface FreezeRecord {
 }
 
 export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'release' | 'remove' | 'entries'>;
+
+/** How long a RELEASED entry waits for its owner's finished before it goes anyway, unless configured. */
+export const DEFAULT_RELEASED_MAX_MS = 300_000;
 
 export class RouteService {
   private readonly frozen = new Map<string, FreezeRecord>();
@@ -47,8 +53,9 @@ export class RouteService {
     // install times now and then rather than on every sweep, which would cost a lookup per flow.
     this.pruner = setInterval(() => this.pruneInstalled(), 60_000);
     this.pruner.unref();
-    // Released entries outlive a controller restart in the pinned table: give them their grace again.
-    for (const [flow, entry] of routes.entries()) if (entry.state === 'released') this.scheduleRemoval(flow, entry.targetNode);
+    // Released entries outlive a controller restart in the pinned table, but whether their owner
+    // already said finished does not: give them the longer bound again.
+    for (const [flow, entry] of routes.entries()) if (entry.state === 'released') this.scheduleRemoval(flow, entry.targetNode, this.releasedMaxMs());
   }
 
   release(requester: string, flow: FlowKey): void {
@@ -56,10 +63,23 @@ export class RouteService {
     const current = this.routes.get(flow);
     if (current?.state !== 'forward' || current.targetNode !== owner.id) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
     this.routes.release(flow, { node: owner.id, mac: owner.mac });
-    this.scheduleRemoval(flow, owner.id);
+    this.scheduleRemoval(flow, owner.id, this.releasedMaxMs());
   }
 
-  private scheduleRemoval(flow: FlowKey, node: number): void {
+  finished(requester: string, flow: FlowKey): void {
+    const owner = this.node(requester, flow);
+    const current = this.routes.get(flow);
+    const owned = (current?.state === 'released' || current?.state === 'forward') && current.targetNode === owner.id;
+    if (!owned) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
+    if (current.state === 'forward') this.routes.release(flow, { node: owner.id, mac: owner.mac });
+    this.scheduleRemoval(flow, owner.id, this.config.releaseGraceMs);
+  }
+
+  private releasedMaxMs(): number {
+    return this.config.releasedMaxMs ?? DEFAULT_RELEASED_MAX_MS;
+  }
+
+  private scheduleRemoval(flow: FlowKey, node: number, afterMs: number): void {
     const key = describeFlow(flow);
     clearTimeout(this.releasing.get(key));
     const timer = setTimeout(() => {
@@ -70,7 +90,7 @@ export class RouteService {
         this.routes.remove(flow);
         this.installed.delete(key);
       }
-    }, this.config.releaseGraceMs);
+    }, afterMs);
     timer.unref();
     this.releasing.set(key, timer);
   }

@@ -86,6 +86,7 @@ export const TimingsSchema = Type.Object({
   freezeUs: Type.Number(),
   commitRttUs: Type.Number(),
   routeUs: Type.Number(),
+  closeUs: Type.Optional(Type.Number({ description: 'done sent to the routing application until it said the old socket is closed' })),
   totalUs: Type.Number(),
 });
 

@@ -63,8 +63,13 @@ export const ClusterConfigSchema = Type.Object(
     xdpMode: Type.Union([Type.Literal('native'), Type.Literal('generic')]),
     /** Upper bound for each step of a handoff waiting on another party. */
     handoffStepTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000 }),
-    /** How long an entry keeps forwarding after its owner closed the connection (its last packets). */
+    /**
+     * How long an entry keeps forwarding once TCP on the serving node is done with the connection
+     * (no socket, or TIME_WAIT): covers a client's retransmitted last FIN.
+     */
     releaseGraceMs: Type.Integer({ minimum: 0, maximum: 600_000 }),
+    /** A closed connection whose serving node never reports TCP done (it died) loses its entry after this. Default 300000. */
+    releasedMaxMs: Type.Optional(Type.Integer({ minimum: 1000, maximum: 3_600_000 })),
     limits: Type.Optional(
       Type.Object(
         {

@@ -7,7 +7,7 @@ import type { Counter as KernelCounter, StatName } from '../agent/routing-table.
 import { channelRejections } from '../transfer/channel.js';
 
 /** Steps of a handoff, as the per-step histogram labels them. */
-export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'commit' | 'route' | 'total';
+export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'commit' | 'route' | 'close' | 'total';
 
 export interface KernelView {
   /** XDP verdicts by reason, summed over CPUs; undefined on a node that does not steer. */
@@ -40,7 +40,7 @@ export class AgentMetrics {
     });
     this.stepSeconds = new Histogram({
       name: 'baton_handoff_step_seconds',
-      help: 'Duration of each handoff step: export (router app), offer (round trip to the target), import (target app), freeze, commit (round trip), route install, total',
+      help: 'Duration of each handoff step: export (router app), offer (round trip to the target), import (target app), freeze, commit (round trip), route install, close (the router app closing its socket and reporting its clock), total',
       labelNames: ['step'],
       buckets: [25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1],
       registers,
@@ -103,7 +103,7 @@ export class AgentMetrics {
     });
   }
 
-  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs?: number; offerRttUs: number; importUs: number; freezeUs: number; commitRttUs: number; routeUs: number; totalUs?: number }): void {
+  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs?: number; offerRttUs: number; importUs: number; freezeUs: number; commitRttUs: number; routeUs: number; closeUs?: number; totalUs?: number }): void {
     this.handoffs.inc({ outcome, step: outcome === 'done' ? 'none' : (step ?? 'unknown') });
     if (!timings) return;
     const observe = (s: HandoffStep, us: number | undefined) => {
@@ -115,6 +115,7 @@ export class AgentMetrics {
     observe('freeze', timings.freezeUs);
     observe('commit', timings.commitRttUs);
     observe('route', timings.routeUs);
+    observe('close', timings.closeUs);
     observe('total', timings.totalUs);
   }
 

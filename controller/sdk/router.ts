@@ -18,7 +18,7 @@ import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, type TcpConnectionState } from '../../native/repair.js';
+import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, socketTimestamp, type TcpConnectionState } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
 import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
@@ -246,9 +246,12 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       const outcome = await finished;
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
-      // The route points at the target; the socket is still in repair mode, so this close is silent.
+      // The route points at the target; the socket is still in repair mode, so this close is
+      // silent. The target continues its timestamp clock from the reading taken just before.
+      const timestamp = readTimestamp(taken.fd, log);
       handedOff.add(socket);
       socket.destroy();
+      this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
       const timings: HandoffTimings = { exportUs, deltaUs, ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
       log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.received.length, sentSinceSnapshot: snapshot.unsentLength - delta.unsentLength }, 'connection handed off');
       return { connId, target, timings };
@@ -267,6 +270,15 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     } finally {
       this.active.delete(socket);
     }
+  }
+}
+
+function readTimestamp(fd: number, log: Logger): number | undefined {
+  try {
+    return socketTimestamp(fd);
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'cannot read the timestamp clock; the target estimates it');
+    return undefined;
   }
 }
 

@@ -25,6 +25,13 @@ type FromAgent = (typeof Accepts.target)[number];
 
 /** A reinstated socket neither committed nor aborted within this time is dropped silently. */
 const PENDING_TIMEOUT_MS = 30_000;
+/**
+ * When live comes without the old socket's closing clock (the routing application never
+ * confirmed its close), the clock is estimated as the snapshot's plus the time since the import
+ * plus this much: the old socket may have gone on stamping segments for a while. Ahead costs
+ * inflated first RTT samples; behind would cost PAWS drops.
+ */
+const TIMESTAMP_ESTIMATE_SLACK_MS = 1000;
 
 export interface TransferredConnection {
   connId: string;
@@ -79,6 +86,7 @@ interface Pending {
   offer: Message<'offer'>;
   peeked: Buffer;
   timer: NodeJS.Timeout;
+  importedAt: number;
 }
 
 export class TargetClient {
@@ -155,7 +163,7 @@ export class TargetClient {
       case 'commit':
         return this.onCommit(msg.connId, blobs[0]!, msg.unsentLength, msg.window);
       case 'live':
-        return this.onLive(msg.connId);
+        return this.onLive(msg.connId, msg.timestamp);
       case 'abort':
         return this.drop(msg.connId, msg.reason);
       case 'move':
@@ -217,7 +225,7 @@ export class TargetClient {
       const importUs = Math.round((performance.now() - t) * 1000);
       const timer = setTimeout(() => this.drop(connId, `neither live nor abort within ${PENDING_TIMEOUT_MS} ms`), PENDING_TIMEOUT_MS);
       timer.unref();
-      this.pending.set(connId, { fd, state, offer, peeked, timer });
+      this.pending.set(connId, { fd, state, offer, peeked, timer, importedAt: performance.now() });
       this.channel.send('accept', { connId, importUs });
     } catch (err) {
       const reason = isBatonError(err) ? err.message : `import failed: ${(err as Error).message}`;
@@ -277,7 +285,7 @@ export class TargetClient {
     }
   }
 
-  private onLive(connId: string): void {
+  private onLive(connId: string, oldClock: number | undefined): void {
     const p = this.pending.get(connId);
     if (!p) {
       this.log.error({ connId }, 'live for a connection not pending here');
@@ -286,8 +294,13 @@ export class TargetClient {
     clearTimeout(p.timer);
     this.pending.delete(connId);
     let socket: net.Socket;
+    let timestamp: number | undefined;
+    if (p.state.options.timestamps) {
+      timestamp = oldClock ?? (p.state.timestamp + Math.round(performance.now() - p.importedAt) + TIMESTAMP_ESTIMATE_SLACK_MS) >>> 0;
+      if (oldClock === undefined) this.log.warn({ connId }, 'no closing clock from the routing node: timestamp clock estimated');
+    }
     try {
-      goLive(p.fd);
+      goLive(p.fd, timestamp);
       socket = new net.Socket({ fd: p.fd, readable: true, writable: true });
     } catch (err) {
       this.log.error({ connId, err: (err as Error).message }, 'could not leave repair mode: connection lost');

@@ -14,8 +14,15 @@
 //              bytes as sent, and says ready.
 //   5. route   the entry now forwards to the target. Earlier, the target kernel would answer the
 //              client with a reset; later, the client's packets would meet a closed socket here.
-//   6. live    the target leaves repair mode (its window probe acknowledges everything, the delta
-//              included); the routing application closes its socket silently.
+//   6. close   the routing application closes its socket silently and says what its TCP timestamp
+//              clock read then: repair mode does not stop the kernel sending (timers, a window
+//              that opens), so until this close the old socket may stamp segments later than the
+//              snapshot.
+//   7. live    the target sets its clock to that reading and leaves repair mode (its window probe
+//              acknowledges everything, the delta included). Continuing the old clock exactly
+//              keeps its stamps at or above the last the client saw (PAWS) and its first RTT
+//              samples honest (a clock set ahead inflates each by as much).
+// The client's packets that arrive between 5 and 7 wait in the target's receive queue.
 //
 // Any failure before step 5 puts the entry back as it was (none, or forwarding to this node) and
 // tells the routing application, which leaves repair mode on its socket: the connection carries on
@@ -47,8 +54,8 @@ export interface HandoffRecord {
   outcome: 'done' | 'failed';
   step?: string;
   reason?: string;
-  /** The distributor's step timings, the router application's export, and the whole handoff as seen here. */
-  timings?: DistributorTimings & { exportUs?: number; totalUs: number };
+  /** The distributor's step timings, the router application's export and close, and the whole handoff as seen here. */
+  timings?: DistributorTimings & { exportUs?: number; closeUs?: number; totalUs: number };
 }
 
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
@@ -129,13 +136,19 @@ export class HandoffCoordinator {
       step = 'route';
       const tRoute = performance.now();
       await this.routes.forward(flow, targetNode.name, connId);
+      frozen = false;
       const routeUs = micros(tRoute);
 
-      peer.channel.send('live', { connId });
+      // Past the point of no return: from here on nothing rolls back.
+      step = 'close';
       const timings = { offerRttUs, importUs, freezeUs, commitRttUs, routeUs };
+      const tClose = performance.now();
       router.channel.send('done', { connId, timings });
-      log.info({ event: 'handoff', outcome: 'done', client, timings }, 'handoff complete');
-      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings: { ...timings, exportUs: msg.exportUs, totalUs: micros(t0) } });
+      const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
+      const closeUs = micros(tClose);
+      peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
+      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs } }, 'handoff complete');
+      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings: { ...timings, exportUs: msg.exportUs, closeUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
       if (frozen) await this.unfreeze(flow, connId, log);
@@ -147,6 +160,21 @@ export class HandoffCoordinator {
       this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
     } finally {
       if (admitted) this.inFlight.delete(connId);
+    }
+  }
+
+  /**
+   * The old socket's clock when the routing application closed it. Never throws: the target must
+   * go live whatever happens here (the route already points at it); without a reading it
+   * estimates the clock itself.
+   */
+  private async oldSocketClosed(router: RouterConnection, connId: string, timeout: number, log: Logger): Promise<number | undefined> {
+    try {
+      const closed = await router.replies.wait(connId, ['closed'], timeout, 'close');
+      return (closed.msg as Message<'closed'>).timestamp;
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'routing application did not confirm the close; the target estimates the timestamp clock');
+      return undefined;
     }
   }
 

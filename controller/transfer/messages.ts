@@ -111,8 +111,12 @@ export const Schemas = {
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
   commit: message('commit', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
   ready: message('ready', { connId: ConnIdSchema }),
-  /** The route points at the target: leave repair mode and serve. */
-  live: message('live', { connId: ConnIdSchema }),
+  /**
+   * The route points at the target and the old socket is closed: leave repair mode and serve.
+   * timestamp: the old socket's TCP timestamp clock when it was closed (absent if the routing
+   * application never said: the target then estimates it).
+   */
+  live: message('live', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
   abort: message('abort', { connId: ConnIdSchema, reason: Reason }),
   /**
    * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
@@ -120,7 +124,7 @@ export const Schemas = {
    */
   route: message('route', {
     connId: ConnIdSchema,
-    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release')]),
+    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release'), Type.Literal('finished')]),
     flow: FlowSchema,
     target: Type.Optional(Name),
   }),
@@ -136,6 +140,8 @@ export const Schemas = {
   move: message('move', { connId: ConnIdSchema, node: Name }),
   moved: message('moved', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
+  /** Routing application → its agent, answering done: the old socket is closed, silently; its clock then. */
+  closed: message('closed', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
   failed: message('failed', {
     connId: ConnIdSchema,
     step: Type.String({ maxLength: 32 }),
@@ -151,7 +157,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, failed: 0,
+  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -160,7 +166,7 @@ const checks = Object.fromEntries(
 
 /** What each side of each channel may receive. */
 export const Accepts = {
-  agentFromRouter: ['hello', 'offer', 'delta'],
+  agentFromRouter: ['hello', 'offer', 'delta', 'closed'],
   agentFromTarget: ['hello', 'accept', 'reject', 'ready', 'release', 'moved'],
   agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
   peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],

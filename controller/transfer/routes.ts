@@ -4,6 +4,7 @@
 import { BatonError } from '../errors.js';
 import type { FlowKey } from '../agent/routing-table.js';
 import type { RouteService } from '../agent/route-service.js';
+import type { Message } from './messages.js';
 import type { PeerLinks } from './peers.js';
 
 export interface RouteWriter {
@@ -11,6 +12,7 @@ export interface RouteWriter {
   forward(flow: FlowKey, target: string, connId: string): Promise<void>;
   unfreeze(flow: FlowKey, connId: string): Promise<void>;
   release(flow: FlowKey, connId: string): Promise<void>;
+  finished(flow: FlowKey, connId: string): Promise<void>;
 }
 
 export class LocalRoutes implements RouteWriter {
@@ -33,6 +35,10 @@ export class LocalRoutes implements RouteWriter {
 
   async release(flow: FlowKey): Promise<void> {
     this.service.release(this.self, flow);
+  }
+
+  async finished(flow: FlowKey): Promise<void> {
+    this.service.finished(this.self, flow);
   }
 }
 
@@ -59,7 +65,11 @@ export class RemoteRoutes implements RouteWriter {
     return this.ask('release', flow, connId);
   }
 
-  private async ask(op: 'freeze' | 'forward' | 'unfreeze' | 'release', flow: FlowKey, connId: string, target?: string): Promise<void> {
+  finished(flow: FlowKey, connId: string): Promise<void> {
+    return this.ask('finished', flow, connId);
+  }
+
+  private async ask(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
     const link = await this.peers.get(this.distributor);
     const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, op);
     link.channel.send('route', { connId, op, flow, ...(target ? { target } : {}) });

@@ -48,6 +48,8 @@ export class TargetRelay {
     private readonly staleAfterMs: number,
     /** A flow routed here whose application is gone: the node releases its routing-table entry. */
     private readonly onOrphan: (flow: FlowKey, connId: string) => void = () => undefined,
+    /** A connection went live here (its 4-tuple may be one an earlier connection is still closing). */
+    private readonly onLive: (flow: FlowKey) => void = () => undefined,
   ) {
     this.sweeper = setInterval(() => this.sweep(), Math.max(1000, staleAfterMs / 2));
     this.sweeper.unref();
@@ -132,9 +134,10 @@ export class TargetRelay {
     }
     if (msg.type === 'commit') p.app.channel.send('commit', { connId, unsentLength: msg.unsentLength, window: msg.window }, blobs);
     else if (msg.type === 'live') {
-      p.app.channel.send('live', { connId });
+      p.app.channel.send('live', msg.timestamp === undefined ? { connId } : { connId, timestamp: msg.timestamp });
       this.pending.delete(connId);
       this.owned.set(connId, { app: p.app, flow: p.flow, since: Date.now() });
+      this.onLive(p.flow);
     } else {
       p.app.channel.send('abort', { connId, reason: msg.reason });
       this.pending.delete(connId);

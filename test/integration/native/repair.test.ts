@@ -30,6 +30,7 @@ import {
   importConnection,
   leaveRepair,
   socketFd,
+  socketTimestamp,
   type TcpConnectionState,
 } from '../../../native/repair.js';
 
@@ -372,9 +373,12 @@ function importHere(state: TcpConnectionState, prepend?: Buffer): number {
   return inNetns(NS_S, () => importConnection(state, prepend ? { prepend } : {}));
 }
 
-/** Leaves repair mode, hands the fd to Node and queues the never-transmitted tail first. */
-function live(fd: number, state: TcpConnectionState): net.Socket {
-  goLive(fd);
+/**
+ * Leaves repair mode, hands the fd to Node and queues the never-transmitted tail first. clock:
+ * the old socket's timestamp clock at its close (omitted: the snapshot's stays).
+ */
+function live(fd: number, state: TcpConnectionState, clock?: number): net.Socket {
+  goLive(fd, clock);
   const sock = new net.Socket({ fd, readable: true, writable: true });
   if (state.unsentLength > 0) sock.write(state.sendQueue.subarray(state.sendQueue.length - state.unsentLength));
   return sock;
@@ -563,12 +567,17 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       const before = resets();
       const pawsBefore = counters(NS_C).TcpExtPAWSEstab ?? 0;
 
+      const clock = socketTimestamp(fd);
+      expect((clock - state.timestamp) >>> 0).toBeGreaterThanOrEqual(150);
       closeOriginal(sock, fd);
       const fd2 = importHere(state);
       const tail = state.sendQueue.length - state.unsentLength;
       appendSent(fd2, state.sendQueue.subarray(tail, tail + transmitted));
       setWindow(fd2, delta.window);
-      const sock2 = live(fd2, { ...state, unsentLength: delta.unsentLength });
+      const sock2 = live(fd2, { ...state, unsentLength: delta.unsentLength }, clock);
+      // The target's clock continues the old one: not behind (PAWS, below), not ahead (its RTT
+      // samples are "now − echo" of stamps the old socket sent).
+      expect((socketTimestamp(fd2) - clock) >>> 0).toBeLessThan(50);
       openSockets.push(sock2);
       const got = new Sink(sock2);
       // The connection carries on both ways. Had the target taken the transmitted bytes for
@@ -591,7 +600,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       // from its RTO (seen: a 3 s stall, one run in four).
       expect(resets()).toEqual(before);
       // The old socket stamped those transmissions after the snapshot's clock reading: the
-      // target's clock starts ahead of it, or the client drops the target's segments (PAWS).
+      // target's clock continues from the close, or the client drops the target's segments (PAWS).
       expect(counters(NS_C).TcpExtPAWSEstab ?? 0).toBe(pawsBefore);
     });
   });
@@ -865,10 +874,10 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
           // that jumped back would have the client drop every segment as a PAWS failure.
           expect(last.options).toEqual(prev.options);
           expect([last.sndWscale, last.rcvWscale, last.mss]).toEqual([prev.sndWscale, prev.rcvWscale, prev.mss]);
-          // (each import starts the clock 1000 ticks ahead: BATON_TIMESTAMP_ADVANCE)
-          expect((last.timestamp - prev.timestamp) >>> 0).toBeGreaterThanOrEqual(1_000);
-          expect((last.timestamp - prev.timestamp) >>> 0).toBeLessThan(5_000);
+          // (each hop continues the clock from the close: it advances by real time, a few ms)
+          expect((last.timestamp - prev.timestamp) >>> 0).toBeLessThan(1_000);
         }
+        const clock = socketTimestamp(fd);
         closeSilently(fd);
         const state = last;
         fd = inNetns(NS_S, () => {
@@ -877,7 +886,7 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
           importUs.push((performance.now() - ti) * 1000);
           return imported;
         });
-        goLive(fd);
+        goLive(fd, clock);
       }
       // Every hop's receive queue was carried on, so the last one holds all 50 kB.
       expect(last!.recvQueue.length).toBe(50_000);

@@ -1,11 +1,15 @@
 // A routing-table entry lives as long as its connection: when the serving node's application sees
-// the connection close, the entry becomes RELEASED (it still forwards the last packets) and is gone
+// the connection close, the entry becomes RELEASED (it still forwards: TCP's closing handshake goes
+// on), and once the serving node's kernel is done with it too (no socket, or TIME_WAIT) it is gone
 // after the grace period (3 s in the lab). After many connections have come and gone, the table is
 // empty again: nothing leaks.
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { curlDigest, inClient, lineClient } from '../../../controller/lab/demo.js';
 import { pidFileOf, readPidFile } from '../../../controller/lab/processes.js';
+import { repoRoot } from '../../../controller/paths.js';
 import { useLab } from '../../helpers/lab.js';
 
 const running = useLab();
@@ -39,6 +43,34 @@ describe('routing-table entries end with their connections', () => {
     await sleep(3500);
     expect(states()).toContain('forward');
     expect((await held).stdout).toContain('served by n3');
+    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+  });
+
+  it('a client that closes long after the target did keeps its entry until its FIN is in: acknowledged by the target, no reset', async () => {
+    const { lab } = running;
+    const n1 = lab.nodes.find((n) => n.name === 'n1')!;
+    const n2 = lab.nodes.find((n) => n.name === 'n2')!;
+    const outRsts = () => Number(/TcpOutRsts\s+(\d+)/.exec(execFileSync('ip', ['netns', 'exec', n1.ns, 'nstat', '-az', 'TcpOutRsts'], { encoding: 'utf8' }))?.[1]);
+    const rstsBefore = outRsts();
+    // Connection: close: the target's HTTP server ends the response and destroys the socket, so
+    // its kernel is left in FIN_WAIT2 on its own; this client reads to the end, then waits twice
+    // the lab's grace (3 s) before it closes its side. Its FIN must still reach n2.
+    const client = inClient(
+      lab,
+      ['python3', path.join(repoRoot(), 'test/helpers/http_late_close.py'), '--host', lab.dvipa.address, '--user', 'alice', '--password', 'wonderland', '--linger', '6'],
+      30_000,
+    );
+    await until('the connection handed off', () => states().includes('forward') || states().includes('released'), 5000);
+    await sleep(4500);
+    // Past the grace since the application closed: the client has not, so TCP is not done.
+    expect(states()).toEqual(['released']);
+    const out = await client;
+    expect(out.stdout, out.stderr).toMatch(/^HTTP\/1.1 200 OK \d+\nclosed$/m);
+    const port = /^HTTP\/1.1 200 OK (\d+)/m.exec(out.stdout)![1];
+    // The target received the client's FIN (FIN_WAIT2 → TIME_WAIT) and the distributor sent no RST.
+    const onN2 = execFileSync('ip', ['netns', 'exec', n2.ns, 'ss', '-Htan', 'state', 'time-wait', 'dst', `${lab.client.address}:${port}`], { encoding: 'utf8' });
+    expect(onN2.trim()).not.toBe('');
+    expect(outRsts()).toBe(rstsBefore);
     await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 

@@ -8,7 +8,7 @@ import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';
 
 const config = {
-  version: 1, instance: 't', dvipa: { address: '10.0.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100, releaseGraceMs: 200,
+  version: 1, instance: 't', dvipa: { address: '10.0.0.10', ports: [7000] }, distributor: 'n1', controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100, releaseGraceMs: 200, releasedMaxMs: 1000,
   nodes: ['n1', 'n2', 'n3'].map((name, i) => ({ name, id: i + 1, address: `10.0.0.${11 + i}`, mac: `02:00:00:00:00:0${i + 1}`, interface: 'eth0', peerPort: 4700, agentSocket: `/tmp/${name}`, controlSecretFile: `/tmp/${name}.secret` })),
 } as ClusterConfig;
 
@@ -98,15 +98,39 @@ describe('routing table changes at the distributor', () => {
     expect(() => service.freeze('n9', { ...flow, clientPort: 1 })).toThrow(/unknown node n9/);
   });
 
-  it('release: only the owner; the entry keeps forwarding as RELEASED, then goes after the grace', async () => {
+  it('release: only the owner; the entry keeps forwarding as RELEASED while TCP closes, then goes the grace after finished', async () => {
     const { service, state } = setup();
     service.freeze('n1', flow);
     service.forward('n1', flow, 'n2');
     expect(() => service.release('n3', flow)).toThrow(/n3 does not serve this flow/);
     service.release('n2', flow);
     expect(state()).toBe('released:2');
-    await new Promise((r) => setTimeout(r, 400)); // releaseGraceMs is 200 here
+    await new Promise((r) => setTimeout(r, 400)); // past releaseGraceMs (200): still closing, still there
+    expect(state()).toBe('released:2');
+    expect(() => service.finished('n3', flow)).toThrow(/n3 does not serve this flow/);
+    service.finished('n2', flow);
+    expect(state()).toBe('released:2');
+    await new Promise((r) => setTimeout(r, 400));
     expect(state()).toBeUndefined();
+  });
+
+  it('finished without a release (it was lost) releases and removes the entry; an owner that never says finished loses it after releasedMaxMs', async () => {
+    const { table, service, state } = setup();
+    service.freeze('n1', flow);
+    service.forward('n1', flow, 'n2');
+    service.finished('n2', flow);
+    expect(state()).toBe('released:2');
+    await new Promise((r) => setTimeout(r, 400));
+    expect(state()).toBeUndefined();
+
+    const other = { ...flow, clientPort: flow.clientPort + 1 };
+    service.freeze('n1', other);
+    service.forward('n1', other, 'n3');
+    service.release('n3', other);
+    await new Promise((r) => setTimeout(r, 600));
+    expect(table.get(other)?.state).toBe('released');
+    await new Promise((r) => setTimeout(r, 700)); // releasedMaxMs is 1000 here
+    expect(table.get(other)).toBeUndefined();
   });
 
   it('a released entry reclaimed and reused meanwhile is not removed by the old grace timer', async () => {
@@ -114,6 +138,7 @@ describe('routing table changes at the distributor', () => {
     service.freeze('n1', flow);
     service.forward('n1', flow, 'n2');
     service.release('n2', flow);
+    service.finished('n2', flow);
     table.remove(flow); // XDP reclaimed the tuple for a new connection...
     service.freeze('n1', flow);
     service.forward('n1', flow, 'n3'); // ...which was handed to n3
@@ -121,11 +146,13 @@ describe('routing table changes at the distributor', () => {
     expect(state()).toBe('forward:3');
   });
 
-  it('a restarted distributor gives released entries left in the pinned table their grace again', async () => {
+  it('a restarted distributor gives released entries left in the pinned table the longer bound again', async () => {
     const table = new MemoryTable();
     table.release(flow, { node: 2, mac: '02:00:00:00:00:02' });
     services.push(new RouteService(table, config, createLogger({}, 'silent'), 10_000));
     await new Promise((r) => setTimeout(r, 400));
+    expect(table.get(flow)?.state).toBe('released');
+    await new Promise((r) => setTimeout(r, 900));
     expect(table.get(flow)).toBeUndefined();
   });
 

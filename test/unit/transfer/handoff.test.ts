@@ -5,7 +5,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { makeCertificates } from '../../helpers/certs.js';
 import { sampleState } from '../../helpers/state.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/agent/routing-table.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';
@@ -34,6 +34,9 @@ class RecordingRoutes implements RouteWriter {
   async release() {
     this.ops.push('release');
   }
+  async finished() {
+    this.ops.push('finished');
+  }
 }
 
 type TargetScript = (msg: Decoded<MessageType>, reply: Channel<MessageType>) => void;
@@ -45,25 +48,28 @@ const certs = makeCertificates([{ name: 'n1', address: '127.0.0.1' }, { name: 'n
 afterEach(() => {
   while (closers.length) closers.pop()!();
 });
+afterAll(() => certs.dispose());
 
 /** A target node on loopback that welcomes the peer and answers as the script says. */
-async function targetNode(script: TargetScript): Promise<{ port: number; seen: string[] }> {
+async function targetNode(script: TargetScript): Promise<{ port: number; seen: string[]; lives: Array<{ timestamp?: number }> }> {
   const seen: string[] = [];
+  const lives: Array<{ timestamp?: number }> = [];
   const server = tls.createServer({ ...certs.material('n2'), requestCert: true, rejectUnauthorized: true }, (s) => {
     const ch = new Channel<MessageType>(s, Accepts.agentFromPeer, log);
     ch.on('message', (d) => {
       seen.push(d.msg.type);
+      if (d.msg.type === 'live') lives.push({ timestamp: d.msg.timestamp });
       if (d.msg.type === 'hello') ch.send('welcome', { node: 'n2' });
       else script(d, ch);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   closers.push(() => server.close());
-  return { port: (server.address() as net.AddressInfo).port, seen };
+  return { port: (server.address() as net.AddressInfo).port, seen, lives };
 }
 
 /** A routing application's channel pair: what the coordinator holds and what the app sees. */
-async function routerPair() {
+async function routerPair(closeClock?: number) {
   const server = net.createServer();
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
@@ -83,6 +89,7 @@ async function routerPair() {
   app.on('message', (d) => {
     got.push(d);
     if (d.msg.type === 'frozen') app.send('delta', { connId: d.msg.connId, unsentLength: 0, window: state.window }, [Buffer.from('late')]);
+    if (d.msg.type === 'done' && closeClock !== undefined) app.send('closed', { connId: d.msg.connId, timestamp: closeClock });
   });
   return { router: { channel: agentChannel, replies, name: 'test-router' }, got };
 }
@@ -98,7 +105,7 @@ function cluster(targetPort: number): ClusterConfig {
   };
 }
 
-async function runHandoff(script: TargetScript) {
+async function runHandoff(script: TargetScript, closeClock?: number) {
   const target = await targetNode(script);
   const config = cluster(target.port);
   const routes = new RecordingRoutes();
@@ -106,28 +113,37 @@ async function runHandoff(script: TargetScript) {
   closers.push(() => peers.close());
   const records: HandoffRecord[] = [];
   const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, (r) => records.push(r));
-  const { router, got } = await routerPair();
+  const { router, got } = await routerPair(closeClock);
   const { conn, queues } = connToWire(state);
   const offer = { msg: { v: 1, type: 'offer', connId: 'n1.t', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: { user: 'a' } }, blobs: [...queues, Buffer.alloc(0)] };
   await coordinator.run(router, offer as Decoded<'offer'>);
   await new Promise((r) => setTimeout(r, 50));
-  return { routes, records, got: got.map((d) => d.msg.type), seen: target.seen };
+  return { routes, records, got: got.map((d) => d.msg.type), seen: target.seen, lives: target.lives };
 }
 
 describe('handoff state machine at the routing node', () => {
-  it('success: freeze after accept, route only after ready, then live to the target and done to the router', async () => {
-    const r = await runHandoff((d, ch) => {
+  it('success: freeze after accept, route only after ready, done to the router, then live with its closing clock to the target', async () => {
+    const script: TargetScript = (d, ch) => {
       const connId = (d.msg as { connId: string }).connId;
       if (d.msg.type === 'offer') ch.send('accept', { connId, importUs: 5 });
       if (d.msg.type === 'commit') {
         expect(d.blobs[0]!.toString()).toBe('late');
         ch.send('ready', { connId });
       }
-    });
+    };
+    const r = await runHandoff(script, 123_456);
     expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
     expect(r.got).toEqual(['frozen', 'done']);
+    expect(r.lives).toEqual([{ timestamp: 123_456 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
+
+    // A router that never confirms its close does not hold the target back: live goes without a
+    // clock after the step timeout, and the handoff is still done (the route already points there).
+    const silent = await runHandoff(script);
+    expect(silent.seen).toEqual(['hello', 'offer', 'commit', 'live']);
+    expect(silent.lives).toEqual([{ timestamp: undefined }]);
+    expect(silent.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
   });
 
   it('reject at offer: nothing frozen, no abort, the router is told E_REJECTED', async () => {

@@ -1,0 +1,103 @@
+// When TCP, not the application, is done with a connection this node served. An application's
+// close only starts TCP's closing handshake: a client that has not closed yet may still send data
+// and its FIN (FIN_WAIT1/2, for as long as it likes), and a client whose FIN was not acknowledged
+// retransmits it (LAST_ACK, CLOSING). Each of those packets reaches the distributor first; with no
+// entry there, its kernel answers with a reset. So the entry goes only once this node's kernel has
+// finished with the 4-tuple: no socket left, or TIME_WAIT (the client's last packet, at most a
+// retransmitted FIN, is covered by the distributor's releaseGraceMs from then).
+//
+// The kernel is asked with sock_diag, one netlink round trip per flow (~10 µs), first soon after
+// the close, then less and less often: most closes finish within a round trip, a few take a
+// client's whole FIN_WAIT2 time (tcp_fin_timeout, 60 s by default).
+import type { TcpStateName } from '../../native/diag.js';
+import type { Logger } from '../log.js';
+import { describeFlow, type FlowKey } from './routing-table.js';
+
+export type KernelTcpState = TcpStateName | 'GONE' | 'UNKNOWN';
+export type StateLookup = (flow: FlowKey) => KernelTcpState;
+
+/** States in which the client has nothing more to send that the node must still receive. */
+const FINISHED = new Set<KernelTcpState>(['GONE', 'CLOSE', 'TIME_WAIT']);
+
+interface Watched {
+  flow: FlowKey;
+  connId: string;
+  since: number;
+  nextCheck: number;
+  interval: number;
+  lastState?: KernelTcpState;
+}
+
+export interface CloseWatcherOptions {
+  /** First check this long after the close; each later one waits twice as long, up to maxIntervalMs. */
+  firstCheckMs?: number;
+  maxIntervalMs?: number;
+  /** Give up on a flow after this long (the distributor removes a released entry after its own bound anyway). */
+  giveUpAfterMs?: number;
+}
+
+export class CloseWatcher {
+  private readonly watched = new Map<string, Watched>();
+  private readonly ticker: NodeJS.Timeout;
+  private readonly firstCheckMs: number;
+  private readonly maxIntervalMs: number;
+  private readonly giveUpAfterMs: number;
+
+  constructor(
+    private readonly lookup: StateLookup,
+    /** TCP is done with the flow (or the watch gave up: finished is false). */
+    private readonly onFinished: (flow: FlowKey, connId: string, how: { state: KernelTcpState; finished: boolean; afterMs: number }) => void,
+    private readonly log: Logger,
+    opts: CloseWatcherOptions = {},
+  ) {
+    this.firstCheckMs = opts.firstCheckMs ?? 50;
+    this.maxIntervalMs = opts.maxIntervalMs ?? 2000;
+    this.giveUpAfterMs = opts.giveUpAfterMs ?? 180_000;
+    this.ticker = setInterval(() => this.check(), Math.max(10, Math.min(this.firstCheckMs, 50)));
+    this.ticker.unref();
+  }
+
+  watch(flow: FlowKey, connId: string): void {
+    const now = Date.now();
+    this.watched.set(describeFlow(flow), { flow, connId, since: now, nextCheck: now + this.firstCheckMs, interval: this.firstCheckMs });
+  }
+
+  /** A new connection on this 4-tuple now lives here: the old one's end is no longer news. */
+  forget(flow: FlowKey): void {
+    this.watched.delete(describeFlow(flow));
+  }
+
+  /** Flows whose close is still in progress, with the kernel state last seen. */
+  pending(): Array<{ connId: string; state?: KernelTcpState; sinceMs: number }> {
+    const now = Date.now();
+    return [...this.watched.values()].map((w) => ({ connId: w.connId, state: w.lastState, sinceMs: now - w.since }));
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+  }
+
+  private check(): void {
+    const now = Date.now();
+    for (const [key, w] of this.watched) {
+      if (w.nextCheck > now) continue;
+      let state: KernelTcpState;
+      try {
+        state = this.lookup(w.flow);
+      } catch (err) {
+        state = 'UNKNOWN';
+        this.log.warn({ connId: w.connId, err: (err as Error).message }, 'cannot read the kernel state of a closing connection');
+      }
+      w.lastState = state;
+      const finished = FINISHED.has(state);
+      if (finished || now - w.since >= this.giveUpAfterMs) {
+        this.watched.delete(key);
+        if (!finished) this.log.warn({ connId: w.connId, state, afterMs: now - w.since }, 'connection still not closed by TCP: letting its entry go anyway');
+        this.onFinished(w.flow, w.connId, { state, finished, afterMs: now - w.since });
+        continue;
+      }
+      w.interval = Math.min(w.interval * 2, this.maxIntervalMs);
+      w.nextCheck = now + w.interval;
+    }
+  }
+}
