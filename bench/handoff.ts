@@ -79,7 +79,7 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
       unit: 'µs',
       better: 'lower',
       goal: { text: 'p50 ≤ 100 µs, p99 ≤ 300 µs', met: total.median <= 100 && total.p99 <= 300 },
-      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones; time from the routing application's handoff() call until batond reports the route installed and the target told to go live (the SDK's totalUs), with the SDK's per-step timings from the router's log`,
+      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones; time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the SDK's per-step timings from the router's log. Not counted: the router then closes its socket and reports its timestamp clock (closed), and only then is the target told to go live: three more one-way messages (router → its batond → target batond → target application) before the target socket is live`,
       details: {
         steps,
         failed,

@@ -359,6 +359,17 @@ describe.skipIf(!isRoot)('XDP steering on the distributor (namespace lab)', () =
     expect(stats.droppedBadEntry.packets).toBe(0n);
   });
 
+  it('counts a table of thousands exactly (the walk /metrics does on every scrape)', () => {
+    const before = steering.routes.size();
+    const many = Array.from({ length: 5000 }, (_, i) => flow(i % 2 ? 4 : 6, 20000 + i));
+    for (const f of many) steering.routes.freeze(f);
+    expect(steering.routes.size()).toBe(before + 5000);
+    for (const f of many.slice(0, 2500)) steering.routes.remove(f);
+    expect(steering.routes.size()).toBe(before + 2500);
+    for (const f of many.slice(2500)) steering.routes.remove(f);
+    expect(steering.routes.size()).toBe(before);
+  });
+
   it('a restarted controller reuses the pinned maps: entries survive and keep steering', async () => {
     const key = flow(4, 41010);
     const oldId = steering.programId;
