@@ -50,6 +50,9 @@ function printLogTails(runDir: string, chars = 3000): void {
 
 /** One lab for the calling test file: built before its tests, torn down after them, whatever happened. */
 export function useLab(opts: LabProcessOptions = {}): LabFixture {
+  // Tests read a process's log as soon as a client has its answer: the lab's processes (which
+  // inherit this environment) must have written the line before they sent the bytes.
+  process.env.BATON_LOG_SYNC = '1';
   let running: RunningLab | undefined;
   let routes: RoutingTable | undefined;
   beforeAll(async () => {
