@@ -239,7 +239,7 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
         `Baton adds ${fmt(((m.median - (direct ?? NaN)) * 1000))} µs per request to the direct median: the request's trip through n1's XDP program and the bridge once more (answers go straight back). HAProxy adds a relay through user space and a second TCP connection.`,
       );
       out.push(
-        'Every path here answers after about 1 ms even on an idle machine: the example target (`examples/http/target.ts`) awaits its `/hold` delay on every request, also when it is 0, and a zero-length timer in Node.js waits for the next timer tick (~1 ms). The baseline servers do the same so that the comparison is of the paths; without that timer all three medians drop by about a millisecond and Baton\'s constant addition becomes a larger fraction of a direct request.',
+        'The example target and the baseline server answer the same way: at once, with no timer (a zero-length timer in Node.js waits for the next timer tick, about 1 ms, which all three paths used to pay per request).',
       );
       break;
     }
