@@ -84,7 +84,7 @@ function converse(socket: net.Socket): void {
   const nonce = newNonce();
   let attempts = 0;
   let buffered: Buffer = Buffer.alloc(0);
-  log.info({ client, event: 'accepted' }, 'connection accepted');
+  log.debug({ client, event: 'accepted' }, 'connection accepted');
   socket.on('error', (err) => log.warn({ client, err: err.message }, 'client socket error'));
 
   const onData = (chunk: Buffer) => {
@@ -99,7 +99,7 @@ function converse(socket: net.Socket): void {
         return;
       }
       const user = verify(req.method, parseAuthorization(req.headers.get('authorization')) ?? {}, nonce, PASSWORDS);
-      log.info({ client, event: 'exchange', request: `${req.method} ${req.target}`, user: user ?? null }, 'request');
+      log.debug({ client, event: 'exchange', request: `${req.method} ${req.target}`, user: user ?? null }, 'request');
       const node = user ? opts.users.get(user) : undefined;
       if (!user || !node) {
         buffered = buffered.subarray(req.length);

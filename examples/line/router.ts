@@ -40,7 +40,7 @@ function converse(socket: net.Socket): void {
   let buffered: Buffer = Buffer.alloc(0);
   let greeted = false;
   const client = `${socket.remoteAddress}:${socket.remotePort}`;
-  log.info({ client, event: 'accepted' }, 'connection accepted');
+  log.debug({ client, event: 'accepted' }, 'connection accepted');
   socket.on('error', (err) => log.warn({ client, err: err.message }, 'client socket error'));
 
   const onData = (chunk: Buffer) => {
@@ -56,7 +56,7 @@ function converse(socket: net.Socket): void {
       }
       const line = buffered.subarray(0, nl).toString('utf8').trim();
       buffered = buffered.subarray(nl + 1);
-      log.info({ client, event: 'exchange', line }, 'client said');
+      log.debug({ client, event: 'exchange', line }, 'client said');
       if (!greeted) {
         if (line !== 'HELLO') {
           socket.write('ERR say HELLO first\n');
