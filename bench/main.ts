@@ -33,7 +33,7 @@ const BUDGET_S = 600;
  * bound, so nothing had to shrink.
  */
 const GROUPS: Record<string, (b: BenchLab, log: (s: string) => void) => Promise<MetricResult[]>> = {
-  handoff: async (b, log) => [await handoffLatency(b, { runs: 5, perRun: 100, warmup: 50 }, log)],
+  handoff: async (b, log) => [await handoffLatency(b, { runs: 5, perRun: 100, warmup: 1000 }, log)],
   rate: async (b, log) => [await handoffRate(b, { runs: 3, connections: 5000, concurrency: 128 }, log)],
   stall: async (b, log) => [await stall(b, { runs: 3, perRun: 50, puts: 60, measured: 40 }, log)],
   throughput: (b, log) => throughput(b, { bytes: 1e9, runs: 3 }, log),
