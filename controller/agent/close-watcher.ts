@@ -42,6 +42,8 @@ export class CloseWatcher {
   private readonly firstCheckMs: number;
   private readonly maxIntervalMs: number;
   private readonly giveUpAfterMs: number;
+  private lookupErrors = 0;
+  private lastErrorLog = -Infinity;
 
   constructor(
     private readonly lookup: StateLookup,
@@ -85,11 +87,16 @@ export class CloseWatcher {
       try {
         state = this.lookup(w.flow);
       } catch (err) {
+        // Without the kernel's word, do what was done before it was asked: the grace starts now.
         state = 'UNKNOWN';
-        this.log.warn({ connId: w.connId, err: (err as Error).message }, 'cannot read the kernel state of a closing connection');
+        this.lookupErrors++;
+        if (now - this.lastErrorLog >= 60_000) {
+          this.lastErrorLog = now;
+          this.log.warn({ connId: w.connId, err: (err as Error).message, errors: this.lookupErrors }, 'cannot read the kernel state of a closing connection: its entry goes after the grace');
+        }
       }
       w.lastState = state;
-      const finished = FINISHED.has(state);
+      const finished = FINISHED.has(state) || state === 'UNKNOWN';
       if (finished || now - w.since >= this.giveUpAfterMs) {
         this.watched.delete(key);
         if (!finished) this.log.warn({ connId: w.connId, state, afterMs: now - w.since }, 'connection still not closed by TCP: letting its entry go anyway');
