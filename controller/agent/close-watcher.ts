@@ -25,7 +25,6 @@ interface Watched {
   since: number;
   nextCheck: number;
   interval: number;
-  lastState?: KernelTcpState;
 }
 
 export interface CloseWatcherOptions {
@@ -69,10 +68,9 @@ export class CloseWatcher {
     this.watched.delete(describeFlow(flow));
   }
 
-  /** Flows whose close is still in progress, with the kernel state last seen. */
-  pending(): Array<{ connId: string; state?: KernelTcpState; sinceMs: number }> {
-    const now = Date.now();
-    return [...this.watched.values()].map((w) => ({ connId: w.connId, state: w.lastState, sinceMs: now - w.since }));
+  /** Flows whose close is still in progress. */
+  size(): number {
+    return this.watched.size;
   }
 
   close(): void {
@@ -95,7 +93,6 @@ export class CloseWatcher {
           this.log.warn({ connId: w.connId, err: (err as Error).message, errors: this.lookupErrors }, 'cannot read the kernel state of a closing connection: its entry goes after the grace');
         }
       }
-      w.lastState = state;
       const finished = FINISHED.has(state) || state === 'UNKNOWN';
       if (finished || now - w.since >= this.giveUpAfterMs) {
         this.watched.delete(key);

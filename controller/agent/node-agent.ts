@@ -103,6 +103,7 @@ export class NodeAgent {
       xdp: () => this.steering?.routes.stats(),
       routingTable: () => (this.steering ? { entries: this.steering.routes.size(), capacity: this.steering.routes.capacity() ?? 0 } : undefined),
       targets: () => this.directory.all().length,
+      closing: () => this.closing.size(),
     });
   }
 

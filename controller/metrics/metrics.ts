@@ -14,6 +14,8 @@ export interface KernelView {
   xdp(): Record<StatName, KernelCounter> | undefined;
   routingTable(): { entries: number; capacity: number } | undefined;
   targets(): number;
+  /** Connections served here that their application closed and TCP has not finished yet. */
+  closing(): number;
 }
 
 const MICRO = 1e-6;
@@ -99,6 +101,14 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(kernel.targets());
+      },
+    });
+    new Gauge({
+      name: 'baton_connections_closing',
+      help: 'Connections served here whose application has closed them while TCP has not finished (their entries still forward)',
+      registers,
+      collect() {
+        this.set(kernel.closing());
       },
     });
   }

@@ -166,7 +166,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     const flow = { family: 4 as const, clientAddress: '10.203.0.100', clientPort: 40100, vipAddress: '10.203.0.10', vipPort: 7000 };
     transfers.add({ connId: 'n2.a', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'done', timings: { offerRttUs: 1, importUs: 2, freezeUs: 3, commitRttUs: 4, routeUs: 5, totalUs: 15 } });
     transfers.add({ connId: 'n2.b', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'failed', step: 'offer', reason: 'refused' });
-    metrics = new AgentMetrics('n2', { xdp: () => undefined, routingTable: () => undefined, targets: () => directory.all().length });
+    metrics = new AgentMetrics('n2', { xdp: () => undefined, routingTable: () => undefined, targets: () => directory.all().length, closing: () => 0 });
 
     // A target application on this node serving one transferred connection, reached through real
     // channels: it refuses every move, as an application with no safe point would.

@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { API_PORT } from '../../../controller/lab/cluster.js';
 import { curlDigest, inClient, lineClient } from '../../../controller/lab/demo.js';
 import { pidFileOf, readPidFile } from '../../../controller/lab/processes.js';
 import { repoRoot } from '../../../controller/paths.js';
@@ -64,6 +65,8 @@ describe('routing-table entries end with their connections', () => {
     await sleep(4500);
     // Past the grace since the application closed: the client has not, so TCP is not done.
     expect(states()).toEqual(['released']);
+    const metrics = execFileSync('ip', ['netns', 'exec', n2.ns, 'curl', '-s', `http://${n2.address}:${API_PORT}/metrics`], { encoding: 'utf8' });
+    expect(metrics).toMatch(/^baton_connections_closing\{node="n2"\} 1$/m);
     const out = await client;
     expect(out.stdout, out.stderr).toMatch(/^HTTP\/1.1 200 OK \d+\nclosed$/m);
     const port = /^HTTP\/1.1 200 OK (\d+)/m.exec(out.stdout)![1];
