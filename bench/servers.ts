@@ -1,21 +1,20 @@
 // Baselines for `make bench`: plain servers that listen on a node's own address, for the direct and
 // HAProxy paths the benchmarks compare Baton with. The example targets only take transferred
 // connections, so these serve the same protocols with the same code where it matters:
-//   line  GET <n> / PUT <n> / QUIT as examples/line/target.ts (same pattern, same chunk size,
-//         SHA-256 of uploads), no HELLO/USER phase;
+//   line  GET <n> / PUT <n> / QUIT with the example target's own code (examples/line/session.ts),
+//         no HELLO/USER phase;
 //   http  node:http answering like examples/http/target.ts, behind HTTP Digest as
 //         examples/http/router.ts asks for it. Nonces are stateless (HMAC of a random part with a
 //         secret every instance shares), so a request may be checked by another instance than the
 //         one that issued the challenge, as happens behind HAProxy.
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { Command } from 'commander';
 import { challenge, parseAuthorization, verify } from '../examples/http/digest.js';
-import { streamPattern } from '../examples/line/pattern.js';
+import { LineSession } from '../examples/line/session.js';
 
-const MAX_TRANSFER = 1 << 30;
 const PASSWORDS = new Map([
   ['alice', 'wonderland'],
   ['bob', 'builder'],
@@ -23,50 +22,7 @@ const PASSWORDS = new Map([
 
 function serveLine(socket: net.Socket): void {
   socket.on('error', () => socket.destroy());
-  let buffered: Buffer = Buffer.alloc(0);
-  let upload: { remaining: number; hash: ReturnType<typeof createHash> } | undefined;
-  let busy = false;
-  const step = () => {
-    while (!busy) {
-      if (upload) {
-        const n = Math.min(upload.remaining, buffered.length);
-        upload.hash.update(buffered.subarray(0, n));
-        upload.remaining -= n;
-        buffered = buffered.subarray(n);
-        if (upload.remaining > 0) return;
-        socket.write(`SHA256 ${upload.hash.digest('hex')}\n`);
-        upload = undefined;
-        continue;
-      }
-      const nl = buffered.indexOf(0x0a);
-      if (nl < 0) return;
-      const line = buffered.subarray(0, nl).toString('utf8').trim();
-      buffered = buffered.subarray(nl + 1);
-      if (line === 'QUIT') {
-        socket.end('BYE\n');
-        return;
-      }
-      const m = /^(GET|PUT) (\d{1,10})$/.exec(line);
-      if (!m || Number(m[2]) > MAX_TRANSFER) {
-        socket.write('ERR expected GET <n>, PUT <n> or QUIT\n');
-        continue;
-      }
-      const n = Number(m[2]);
-      if (m[1] === 'PUT') {
-        upload = { remaining: n, hash: createHash('sha256') };
-        continue;
-      }
-      busy = true;
-      streamPattern(socket, n, () => {
-        busy = false;
-        step();
-      });
-    }
-  };
-  socket.on('data', (chunk: Buffer) => {
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-    step();
-  });
+  new LineSession(socket, { usage: 'ERR expected GET <n>, PUT <n> or QUIT' });
 }
 
 /** GET /hold?ms=N answers after N ms (at most 5 s), as the example target does. */
