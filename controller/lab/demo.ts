@@ -121,7 +121,11 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
     prefix: opts.prefix,
     dir: opts.dir,
     // n3's HTTP target takes one connection at a time, so the demo can show a refusal and a retry.
-    processes: (l) => (specs = labProcesses(l, { extraArgs: { 'n3-http-target': ['--capacity', '1'] } })),
+    // The routers log each accept and exchange at debug level: the timelines below are made of them.
+    processes: (l) =>
+      (specs = labProcesses(l, { extraArgs: { 'n3-http-target': ['--capacity', '1'] } }).map((s) =>
+        s.name.endsWith('-router') ? { ...s, env: { ...s.env, BATON_LOG_LEVEL: 'debug' } } : s,
+      )),
   });
   try {
     await waitUntilReady(lab, specs);
