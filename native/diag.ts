@@ -3,10 +3,11 @@
 // to tell the distributor when TCP itself is finished with the 4-tuple.
 import os from 'node:os';
 import { BatonError } from '../controller/errors.js';
-import { addressToBytes, errnoName, libbaton, type TcpEndpoint } from './repair.js';
+import { errnoName } from './errno.js';
+import { addressToBytes, libbaton, type TcpEndpoint } from './repair.js';
 
 /** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
-export const TCP_STATES = {
+const TCP_STATES = {
   1: 'ESTABLISHED',
   2: 'SYN_SENT',
   3: 'SYN_RECV',

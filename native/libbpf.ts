@@ -15,6 +15,7 @@
 import os from 'node:os';
 import koffi, { type TypeObject } from 'koffi';
 import { BatonError } from '../controller/errors.js';
+import { errnoName } from './errno.js';
 
 // ---- constants from <linux/bpf.h>, <linux/if_link.h>, <linux/magic.h> -------------------
 
@@ -84,11 +85,6 @@ const c = {
 
 // ---- errors -----------------------------------------------------------------------------
 
-const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, num]) => [num, name]));
-
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `errno ${errno}`;
-}
 
 function fail(fn: string, errno: number, context: Record<string, unknown> = {}): never {
   throw new BatonError('E_BPF', `${fn} failed: ${errnoName(errno)}`, {

@@ -15,6 +15,7 @@ import net from 'node:net';
 import os from 'node:os';
 import koffi from 'koffi';
 import { BatonError } from '../controller/errors.js';
+import { errnoName } from './errno.js';
 import { buildPath } from '../controller/paths.js';
 
 export interface TcpEndpoint {
@@ -210,11 +211,6 @@ export function loadNative(): void {
   native();
 }
 
-const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, num]) => [num, name]));
-
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `errno ${errno}`;
-}
 
 /** Throws for a negative (-errno) return, naming the step the C side recorded. */
 function check(ret: number, call: string, context: Record<string, unknown> = {}): number {

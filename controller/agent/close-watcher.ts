@@ -14,7 +14,7 @@ import type { Logger } from '../log.js';
 import { describeFlow, type FlowKey } from './routing-table.js';
 
 export type KernelTcpState = TcpStateName | 'GONE' | 'UNKNOWN';
-export type StateLookup = (flow: FlowKey) => KernelTcpState;
+type StateLookup = (flow: FlowKey) => KernelTcpState;
 
 /** States in which the client has nothing more to send that the node must still receive. */
 const FINISHED = new Set<KernelTcpState>(['GONE', 'CLOSE', 'TIME_WAIT']);

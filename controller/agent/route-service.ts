@@ -31,7 +31,7 @@ interface FreezeRecord {
 export type TableOps = Pick<RoutingTable, 'get' | 'freeze' | 'forward' | 'release' | 'remove' | 'entries'>;
 
 /** How long a RELEASED entry waits for its owner's finished before it goes anyway, unless configured. */
-export const DEFAULT_RELEASED_MAX_MS = 300_000;
+const DEFAULT_RELEASED_MAX_MS = 300_000;
 
 export class RouteService {
   private readonly frozen = new Map<string, FreezeRecord>();

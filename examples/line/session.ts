@@ -9,7 +9,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type net from 'node:net';
 import { streamPattern } from './pattern.js';
 
-export const MAX_TRANSFER = 1 << 30;
+const MAX_TRANSFER = 1 << 30;
 
 export interface LineCommands {
   /** The answer to a line that is no command. */
