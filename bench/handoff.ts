@@ -35,13 +35,13 @@ function handoffs(b: BenchLab, count: number, concurrency: number, timeoutMs: nu
   return b.client<HandoffsOut>(['handoffs', '--host', b.lab.dvipa.address, '--port', String(LINE_PORT), '--count', String(count), '--concurrency', String(concurrency)], timeoutMs);
 }
 
-export const LOCAL_STEP = 'router ↔ its batond: 4 messages and the work between steps (rest of total)';
+export const LOCAL_STEP = 'router ↔ its batond: 2 messages (handoff, done) and the work between steps (rest of total)';
 
 /** Steps as the issue names them, from the SDK's timings; what is left of the total is messaging between the router and its batond. */
 const STEPS: Array<[string, (t: Timings) => number]> = [
-  ['export (snapshot, router app)', (t) => t.exportUs],
+  ['export (snapshot, n1 batond)', (t) => t.exportUs],
   ['transfer message (offer round trip minus import)', (t) => t.offerRttUs - t.importUs],
-  ['import (target app)', (t) => t.importUs],
+  ['import (n2 batond)', (t) => t.importUs],
   ['freeze (map update)', (t) => t.freezeUs],
   ['delta read', (t) => t.deltaUs],
   ['commit round trip', (t) => t.commitRttUs],
@@ -81,7 +81,7 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
       unit: 'µs',
       better: 'lower',
       goal: { text: 'p50 ≤ 100 µs, p99 ≤ 300 µs', met: total.median <= 100 && total.p99 <= 300 },
-      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the SDK's per-step timings from the router's log. Not counted: the router then closes its socket and reports its timestamp clock (closed), and only then is the target told to go live: three more one-way messages (router → its batond → target batond → target application) before the target socket is live`,
+      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the per-step timings (n1's batond does every socket step and reports them in done) from the router's log. Not counted: the router then closes its socket and reports its timestamp clock (closed), and only then is the target told to go live: two more one-way messages (router → its batond → target batond, which leaves repair mode) before the target socket is live, and a third that hands it to the target application`,
       details: {
         steps,
         failed,

@@ -17,6 +17,8 @@ import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.
 import { PeerLinks } from '../transfer/peers.js';
 import { authenticatePeer, loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
 import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
+import { type DescriptorLink, LinkMaker } from '../transfer/fd-exchange.js';
+import { nativeSockets } from '../transfer/sockets.js';
 import { ensureDvipa, releaseDvipa } from './dvipa.js';
 import { DvipaSet } from './dvipa-set.js';
 import { RouteService } from './route-service.js';
@@ -48,6 +50,7 @@ export class NodeAgent {
   private routeService?: RouteService;
   private routes?: RouteWriter;
   private coordinator?: HandoffCoordinator;
+  private links?: LinkMaker;
   private peerServer?: net.Server;
   private appServer?: net.Server;
   private readonly peers: PeerLinks;
@@ -79,6 +82,7 @@ export class NodeAgent {
     this.relay = new TargetRelay(
       log,
       config.handoffStepTimeoutMs * 8,
+      nativeSockets,
       (flow, connId) => this.release(flow, connId),
       (flow) => this.closing.forget(flow),
     );
@@ -127,9 +131,10 @@ export class NodeAgent {
       // Connections this node serves can move on (claim 10); the distributor changes the table.
       this.routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
-    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, this.log, (r) => {
+    this.links = new LinkMaker(this.log.child({ svc: 'descriptors' }));
+    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, nativeSockets, this.log, (r) => {
       // A connection this node served and handed on is no longer its to release.
-      if (r.outcome === 'done') this.relay.movedOn(r.flow);
+      if (r.outcome === 'done' && r.flow) this.relay.movedOn(r.flow);
       this.transfers.add(r);
       this.metrics.handoff(r.outcome, r.step, r.timings);
     }, this.config.limits?.handoffsInFlight, (address) => this.dvipas.has(address));
@@ -160,8 +165,8 @@ export class NodeAgent {
     this.peerServer = await listen(peerServer, { host: this.self.address, port: this.self.peerPort });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
     fs.rmSync(this.self.agentSocket, { force: true });
-    // Owner-only from the moment it exists: applications on this node must be privileged anyway
-    // (TCP_REPAIR needs CAP_NET_ADMIN), and a chmod after listen() would leave a window open.
+    // Owner-only from the moment it exists: whoever connects hands batond live connections and
+    // receives others', and a chmod after listen() would leave a window open.
     const umask = process.umask(0o177);
     try {
       this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket });
@@ -198,6 +203,7 @@ export class NodeAgent {
     for (const ch of this.channels) ch.close();
     this.peers.close();
     this.relay.close();
+    this.links?.close();
     this.closing.close();
     this.routeService?.close();
     clearInterval(this.listenerBeat);
@@ -318,9 +324,11 @@ export class NodeAgent {
     let role: 'router' | 'target' | undefined;
     let router: RouterConnection | undefined;
     let target: TargetApp | undefined;
+    let descriptors: DescriptorLink | undefined;
     const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'application sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
     channel.on('close', () => {
       clearTimeout(helloTimer);
+      descriptors?.close();
       router?.replies.failAll(new BatonError('E_PEER', 'routing application disconnected'));
       if (target) {
         for (const { connId, flow } of this.relay.releasedAll(target)) this.release(flow, connId);
@@ -330,8 +338,15 @@ export class NodeAgent {
     channel.on('message', (d) => {
       const { msg } = d;
       if (msg.type === 'hello') {
-        if (role || msg.role === 'peer' || (msg.role === 'target' && !msg.ports)) {
+        if (role || msg.role === 'peer' || (msg.role === 'target' && !msg.ports) || !msg.fdAddress || !this.links) {
           log.error({ role: msg.role, name: msg.name }, 'application hello refused');
+          channel.close();
+          return;
+        }
+        try {
+          descriptors = this.links.make(msg.fdAddress);
+        } catch (err) {
+          log.error({ name: msg.name, inbox: msg.fdAddress, err: (err as Error).message }, 'application hello refused: cannot send it the descriptor link');
           channel.close();
           return;
         }
@@ -347,17 +362,31 @@ export class NodeAgent {
             channel.close();
             return;
           }
-          target = { name: msg.name, instance: msg.instance, ports, channel: channel as unknown as TargetApp['channel'] };
+          target = {
+            name: msg.name,
+            instance: msg.instance,
+            ports,
+            channel: channel as unknown as TargetApp['channel'],
+            descriptors,
+            decides: msg.decides ?? false,
+            capacity: msg.capacity ?? 0,
+          };
           this.relay.register(target);
         }
         channel.send('welcome', { node: this.self.name });
         return;
       }
-      if (msg.type === 'offer' && router && this.coordinator) {
-        void this.coordinator.run(router, d as never);
+      if (msg.type === 'handoff' && router && descriptors && this.coordinator) {
+        const fd = descriptors.take(msg.connId);
+        if (fd === undefined) {
+          log.warn({ connId: msg.connId }, 'handoff without the socket descriptor');
+          router.channel.send('failed', { connId: msg.connId, step: 'export', code: 'E_HANDOFF_STATE', reason: 'the socket descriptor did not arrive with the handoff request' });
+          return;
+        }
+        void this.coordinator.run(router, d as never, fd);
         return;
       }
-      if ((msg.type === 'delta' || msg.type === 'closed') && router) {
+      if (msg.type === 'closed' && router) {
         if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId, type: msg.type }, 'message for no handoff in progress');
         return;
       }
@@ -367,7 +396,7 @@ export class NodeAgent {
         else log.warn({ connId: msg.connId }, 'release of a connection this application does not serve');
         return;
       }
-      if ((msg.type === 'accept' || msg.type === 'reject' || msg.type === 'ready' || msg.type === 'moved') && target) {
+      if ((msg.type === 'decided' || msg.type === 'moved') && target) {
         this.relay.fromApp(target, d as never);
         return;
       }

@@ -80,10 +80,11 @@ export const TargetChangeSchema = Type.Object(
 );
 
 export const TimingsSchema = Type.Object({
-  exportUs: Type.Optional(Type.Number()),
+  exportUs: Type.Number(),
   offerRttUs: Type.Number(),
   importUs: Type.Number(),
   freezeUs: Type.Number(),
+  deltaUs: Type.Number(),
   commitRttUs: Type.Number(),
   routeUs: Type.Number(),
   closeUs: Type.Optional(Type.Number({ description: 'done sent to the routing application until it said the old socket is closed' })),
@@ -92,7 +93,7 @@ export const TimingsSchema = Type.Object({
 
 export const TransferSchema = Type.Object({
   connId: Type.String(),
-  id: Type.String(),
+  id: Type.Optional(Type.String({ description: 'the connection id of its 4-tuple; absent when the handoff failed before the socket could be read' })),
   at: Type.String(),
   from: Type.String({ description: 'the routing application that handed it off' }),
   target: Type.String({ description: 'the node it went to' }),

@@ -68,7 +68,7 @@ type Stats = { xdp: Record<string, { packets: number; bytes: number }> | null; r
 type ClusterNode = { name: string; address: string; role: string; reachable: boolean; lastReportMs: number | null; targets: number; api: string };
 type Target = { node: string; app: string; instance: string; port: number; capacity: number; load: number; weight: number; draining: boolean };
 type Connection = { id: string; state: string; node: string; packets?: number; bytes?: number; ageSeconds?: number; app?: string };
-type Transfer = { at: string; connId: string; id: string; from: string; target: string; outcome: string; step?: string; reason?: string; timings?: { totalUs: number; exportUs?: number; offerRttUs: number; commitRttUs: number; routeUs: number } };
+type Transfer = { at: string; connId: string; id?: string; from: string; target: string; outcome: string; step?: string; reason?: string; timings?: { totalUs: number; exportUs: number; offerRttUs: number; commitRttUs: number; routeUs: number } };
 type Drain = { node: string; targetsDrained: number; moved: number; failed: number; connections: Array<{ id: string; to?: string; ok: boolean; error?: string }> };
 
 export function registerOperatorCommands(program: Command): void {
@@ -148,7 +148,7 @@ export function registerOperatorCommands(program: Command): void {
       out(o, transfers, () =>
         table(
           ['at', 'connection', 'conn id', 'from', 'to', 'outcome', 'total µs', 'export', 'offer', 'commit', 'route'],
-          transfers.map((t) => [t.at, t.id, t.connId, t.from, t.target, t.outcome === 'done' ? 'done' : `failed at ${t.step}: ${t.reason}`, us(t.timings?.totalUs), us(t.timings?.exportUs), us(t.timings?.offerRttUs), us(t.timings?.commitRttUs), us(t.timings?.routeUs)]),
+          transfers.map((t) => [t.at, t.id ?? '-', t.connId, t.from, t.target, t.outcome === 'done' ? 'done' : `failed at ${t.step}: ${t.reason}`, us(t.timings?.totalUs), us(t.timings?.exportUs), us(t.timings?.offerRttUs), us(t.timings?.commitRttUs), us(t.timings?.routeUs)]),
         ),
       );
     });

@@ -7,7 +7,7 @@ import type { Counter as KernelCounter, StatName } from '../agent/routing-table.
 import { channelRejections } from '../transfer/channel.js';
 
 /** Steps of a handoff, as the per-step histogram labels them. */
-export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'commit' | 'route' | 'close' | 'total';
+export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'delta' | 'commit' | 'route' | 'close' | 'total';
 
 export interface KernelView {
   /** XDP verdicts by reason, summed over CPUs; undefined on a node that does not steer. */
@@ -42,7 +42,7 @@ export class AgentMetrics {
     });
     this.stepSeconds = new Histogram({
       name: 'baton_handoff_step_seconds',
-      help: 'Duration of each handoff step: export (router app), offer (round trip to the target), import (target app), freeze, commit (round trip), route install, close (the router app closing its socket and reporting its clock), total',
+      help: 'Duration of each handoff step: export (snapshot), offer (round trip to the target), import (at the target), freeze, delta (read after the freeze), commit (round trip), route install, close (the router app closing its socket and reporting its clock), total',
       labelNames: ['step'],
       buckets: [25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1],
       registers,
@@ -113,7 +113,7 @@ export class AgentMetrics {
     });
   }
 
-  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs?: number; offerRttUs: number; importUs: number; freezeUs: number; commitRttUs: number; routeUs: number; closeUs?: number; totalUs?: number }): void {
+  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs: number; offerRttUs: number; importUs: number; freezeUs: number; deltaUs: number; commitRttUs: number; routeUs: number; closeUs?: number; totalUs?: number }): void {
     this.handoffs.inc({ outcome, step: outcome === 'done' ? 'none' : (step ?? 'unknown') });
     if (!timings) return;
     const observe = (s: HandoffStep, us: number | undefined) => {
@@ -123,6 +123,7 @@ export class AgentMetrics {
     observe('offer', timings.offerRttUs);
     observe('import', timings.importUs);
     observe('freeze', timings.freezeUs);
+    observe('delta', timings.deltaUs);
     observe('commit', timings.commitRttUs);
     observe('route', timings.routeUs);
     observe('close', timings.closeUs);

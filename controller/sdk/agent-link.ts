@@ -6,7 +6,8 @@ import { BatonError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import type { ControlOptions } from './control-link.js';
 import { Channel } from '../transfer/channel.js';
-import type { MessageType } from '../transfer/messages.js';
+import type { Body, Message, MessageType } from '../transfer/messages.js';
+import { channelPeerPid, type DescriptorLink, type LinkInbox } from '../transfer/fd-exchange.js';
 
 export interface AgentLinkOptions {
   /** batond's application socket on this node (cluster config: nodes[].agentSocket). */
@@ -19,11 +20,23 @@ export interface AgentLinkOptions {
   control?: ControlOptions;
 }
 
-export async function openAgentLink<In extends MessageType>(
-  opts: AgentLinkOptions,
-  accepts: readonly In[],
-  hello: { role: 'router' | 'target'; ports?: number[]; instance?: string },
-): Promise<{ channel: Channel<In>; node: string; log: Logger }> {
+/** What an application says of itself in its hello. */
+export type AppHello = Omit<Body<'hello'>, 'name' | 'fdAddress'> & { role: 'router' | 'target' };
+
+export interface AgentLink<In extends MessageType> {
+  channel: Channel<In>;
+  /** The node batond runs on. */
+  node: string;
+  /** Socket descriptors to and from batond (fd-exchange.ts); closed with the channel. */
+  descriptors: DescriptorLink;
+  log: Logger;
+}
+
+/**
+ * Connects to batond and says hello with the inbox's address; batond sends the descriptor link
+ * there before its welcome.
+ */
+export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptions, accepts: readonly In[], hello: AppHello, inbox: LinkInbox): Promise<AgentLink<In>> {
   const log = opts.logger ?? createLogger({ app: opts.name });
   const timeoutMs = opts.connectTimeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
@@ -43,13 +56,24 @@ export async function openAgentLink<In extends MessageType>(
       clearTimeout(timer);
       channel.off('message', onWelcome);
       channel.off('close', onClose);
-      const node = (d.msg as { node: string }).node;
+      const { node } = d.msg as Message<'welcome'>;
+      let descriptors: DescriptorLink | undefined;
+      try {
+        descriptors = inbox.accept(channelPeerPid(socket));
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'cannot take the descriptor link');
+      }
+      if (!descriptors) {
+        channel.close();
+        reject(new BatonError('E_PROTOCOL', `batond at ${opts.socketPath} sent no descriptor link with its welcome`, { step: 'hello', node }));
+        return;
+      }
+      const link = descriptors;
+      channel.once('close', () => link.close());
       // A caller's logger already says where it runs; ours learns it from the welcome.
-      resolve({ channel, node, log: opts.logger ? log : log.child({ node }) });
+      resolve({ channel, node, descriptors, log: opts.logger ? log : log.child({ node }) });
     });
-    socket.once('connect', () =>
-      channel.send('hello', { role: hello.role, name: opts.name, ...(hello.ports ? { ports: hello.ports } : {}), ...(hello.instance ? { instance: hello.instance } : {}) }),
-    );
+    socket.once('connect', () => channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address }));
   });
 }
 
@@ -64,9 +88,10 @@ export class AgentLinkKeeper<In extends MessageType> {
   constructor(
     private readonly opts: AgentLinkOptions,
     private readonly accepts: readonly In[],
-    private readonly hello: { role: 'router' | 'target'; ports?: number[]; instance?: string },
+    private readonly hello: AppHello,
+    private readonly inbox: LinkInbox,
     private readonly log: Logger,
-    private readonly attach: (channel: Channel<In>) => void,
+    private readonly attach: (link: AgentLink<In>) => void,
   ) {}
 
   watch(channel: Channel<In>): void {
@@ -85,13 +110,13 @@ export class AgentLinkKeeper<In extends MessageType> {
     for (let delay = 100; !this.stopped; delay = Math.min(delay * 2, 1000)) {
       await sleep(delay);
       try {
-        const { channel } = await openAgentLink({ ...this.opts, logger: this.log }, this.accepts, this.hello);
+        const link = await openAgentLink({ ...this.opts, logger: this.log }, this.accepts, this.hello, this.inbox);
         if (this.stopped) {
-          channel.close();
+          link.channel.close();
           return;
         }
-        this.attach(channel);
-        this.watch(channel);
+        this.attach(link);
+        this.watch(link.channel);
         this.log.info('link to batond re-established');
         return;
       } catch (err) {

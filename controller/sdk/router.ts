@@ -7,9 +7,10 @@
 //   // or several targets, tried in order, with an error reply to the client if none takes it:
 //   await router.handoffOrReply(socket, [t1, t2], { appState, peeked, errorReply: (e) => `ERR ${e.code}\n` });
 //
-// Once handoff() is called the socket belongs to Baton: do not write to it. On success the socket
-// has been closed silently here (the 'close' event fires; the client saw nothing) and the target
-// application serves the connection. On failure handoff() rejects with a BatonError saying which
+// Once handoff() is called the socket belongs to Baton: do not write to it. The SDK stops reading
+// it and hands batond a duplicate of its descriptor; batond does every TCP_REPAIR step (the
+// application needs no privilege for that). On success the socket has been closed silently here
+// (the 'close' event fires; the client saw nothing) and the target application serves the connection. On failure handoff() rejects with a BatonError saying which
 // step failed, and the socket is exactly as before: still connected, reading resumed, any bytes
 // that arrived meanwhile delivered. The application may retry elsewhere or answer the client.
 import { randomBytes } from 'node:crypto';
@@ -17,11 +18,12 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { exportDelta, exportSnapshot, leaveRepair, loadNative, socketFd, socketTimestamp, type TcpConnectionState } from '../../native/repair.js';
+import { createLogger, type Logger } from '../log.js';
+import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
-import { Accepts, connToWire, type DistributorTimings } from '../transfer/messages.js';
-import { AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
+import { LinkInbox } from '../transfer/fd-exchange.js';
+import { Accepts, type DistributorTimings } from '../transfer/messages.js';
+import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
 import { connectionIds, handedOff } from './handed-off.js';
@@ -51,8 +53,7 @@ export interface HandoffOptions {
 }
 
 export interface HandoffTimings extends DistributorTimings {
-  exportUs: number;
-  deltaUs: number;
+  /** From the handoff() call until batond said the route points at the target. */
   totalUs: number;
 }
 
@@ -91,26 +92,36 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   private readonly replies = new PendingReplies<FromAgent>();
   private readonly active = new Set<net.Socket>();
 
-  private channel!: Channel<FromAgent>;
+  private link!: AgentLink<FromAgent>;
   private readonly keeper: AgentLinkKeeper<FromAgent>;
 
   private constructor(
-    channel: Channel<FromAgent>,
-    readonly node: string,
+    link: AgentLink<FromAgent>,
+    private readonly inbox: LinkInbox,
     private readonly log: Logger,
     opts: RouterOptions,
     private readonly control?: ControlLink,
   ) {
     super();
     control?.on('targets', (list) => this.emit('targets', list));
-    this.keeper = new AgentLinkKeeper(opts, Accepts.router, { role: 'router' }, log, (ch) => this.attach(ch));
-    this.attach(channel);
-    this.keeper.watch(channel);
+    this.keeper = new AgentLinkKeeper(opts, Accepts.router, { role: 'router' }, inbox, log, (l) => this.attach(l));
+    this.attach(link);
+    this.keeper.watch(link.channel);
+  }
+
+  /** The node this application runs on (its batond's name). */
+  get node(): string {
+    return this.link.node;
+  }
+
+  private get channel(): Channel<FromAgent> {
+    return this.link.channel;
   }
 
   /** Handoffs in flight on a link that drops fail (and roll back); new ones wait for the next link. */
-  private attach(channel: Channel<FromAgent>): void {
-    this.channel = channel;
+  private attach(link: AgentLink<FromAgent>): void {
+    this.link = link;
+    const { channel } = link;
     channel.on('message', (d) => {
       if (!this.replies.deliver(d)) this.log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
     });
@@ -120,18 +131,26 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   static async connect(opts: RouterOptions): Promise<RouterClient> {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
-    const { channel, node, log } = await openAgentLink(opts, Accepts.router, { role: 'router' });
+    if (opts.control && !opts.ports?.length) throw new BatonError('E_CONFIG', 'a routing application registering on the control socket must name its DVIPA ports', { step: 'register' });
+    const inbox = new LinkInbox(opts.logger ?? createLogger({ app: opts.name }));
+    let link: AgentLink<FromAgent>;
+    try {
+      link = await openAgentLink(opts, Accepts.router, { role: 'router' }, inbox);
+    } catch (err) {
+      inbox.close();
+      throw err;
+    }
     let control: ControlLink | undefined;
     if (opts.control) {
-      if (!opts.ports?.length) throw new BatonError('E_CONFIG', 'a routing application registering on the control socket must name its DVIPA ports', { step: 'register' });
       try {
-        control = await ControlLink.open(opts.control, { role: 'router', app: opts.name, ports: opts.ports }, log);
+        control = await ControlLink.open(opts.control, { role: 'router', app: opts.name, ports: opts.ports! }, link.log);
       } catch (err) {
-        channel.close();
+        link.channel.close();
+        inbox.close();
         throw err;
       }
     }
-    return new RouterClient(channel, node, log, opts, control);
+    return new RouterClient(link, inbox, link.log, opts, control);
   }
 
   /**
@@ -146,6 +165,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     this.keeper.stop();
     this.control?.close();
     this.channel.close();
+    this.inbox.close();
   }
 
   /**
@@ -223,48 +243,46 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     this.active.add(socket);
     const taken = takeOverReads(socket, connId);
     const replay = Buffer.concat([peeked, taken.buffered]);
-    let snapshot: TcpConnectionState | undefined;
+    let sent = false;
+    let answered = false;
     try {
       await drainWrites(socket, connId);
       if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });
-      const tExport = performance.now();
-      snapshot = exportSnapshot(taken.fd);
-      const exportUs = micros(tExport);
-      const { conn, queues } = connToWire(snapshot);
-
-      const frozen = this.replies.wait(connId, ['frozen', 'failed'], HANDOFF_TIMEOUT_MS, 'offer');
-      this.channel.send('offer', { connId, from: this.node, target, conn, appState: opts.appState ?? null, exportUs }, [...queues, replay]);
-      const verdict = await frozen;
-      if (verdict.msg.type === 'failed') throw failure(verdict.msg, connId);
-
-      // The flow is frozen at the distributor: nothing more can arrive; ship what came since the snapshot.
-      const tDelta = performance.now();
-      const delta = exportDelta(taken.fd, snapshot);
-      const deltaUs = micros(tDelta);
-      const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'commit');
-      this.channel.send('delta', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
+      if (this.channel.isClosed) throw new BatonError('E_PEER', 'link to batond is closed', { connId, node: this.node, step: 'prepare' });
+      // The descriptor goes first: batond looks for it when it reads the request.
+      try {
+        this.link.descriptors.send(taken.fd, connId);
+      } catch (err) {
+        throw new BatonError('E_PEER', `cannot hand the socket to batond: ${(err as Error).message}`, { connId, node: this.node, step: 'prepare' }, { cause: err });
+      }
+      sent = true;
+      const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'handoff');
+      this.channel.send('handoff', { connId, target, appState: opts.appState ?? null }, [replay]);
       const outcome = await finished;
+      answered = true;
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
-      // The route points at the target; the socket is still in repair mode, so this close is
+      // The route points at the target; batond left the socket in repair mode, so this close is
       // silent. The target continues its timestamp clock from the reading taken just before.
       const timestamp = readTimestamp(taken.fd, log);
       handedOff.add(socket);
       socket.destroy();
       this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
-      const timings: HandoffTimings = { exportUs, deltaUs, ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
-      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, sendQueue: snapshot.sendQueue.length, recvQueue: snapshot.recvQueue.length + delta.received.length, sentSinceSnapshot: snapshot.unsentLength - delta.unsentLength }, 'connection handed off');
+      const timings: HandoffTimings = { ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
+      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {
-      // Roll back: leave repair mode (if we entered it) and give the application its socket back.
+      // Roll back: batond takes the socket out of repair mode before it says failed. If it never
+      // answered (it died, or the link dropped) the socket may still be in repair mode: leave it
+      // here, which needs CAP_NET_ADMIN; without it the connection is stuck and goes.
       try {
-        if (snapshot) leaveRepair(taken.fd);
+        if (sent && !answered) leaveRepair(taken.fd);
         taken.restore();
       } catch (rollbackErr) {
         log.error({ err: (rollbackErr as Error).message }, 'rollback failed: destroying the socket');
         socket.destroy(rollbackErr as Error);
       }
-      const e = isBatonError(err) ? err : new BatonError('E_NATIVE', (err as Error).message, { connId, step: 'export' }, { cause: err });
+      const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step: sent ? 'handoff' : 'prepare' }, { cause: err });
       log.warn({ event: 'handoff', outcome: 'failed', code: e.code, step: e.context.step, err: e.message }, 'handoff failed; socket kept');
       throw e;
     } finally {

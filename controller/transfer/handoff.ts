@@ -1,32 +1,35 @@
 // The routing node's side of one handoff: the state machine that turns a routing application's
-// offer into a connection served by a target node. Steps, and why this order (KERNEL-NOTES, "The
-// order that gave zero stalls"):
+// request into a connection served by a target node. The application has stopped reading its
+// socket and sent batond a duplicate of its descriptor (fd-exchange.ts); batond does every socket
+// step itself, so the application hears from it only once more (done, or failed). Steps, and why
+// this order (KERNEL-NOTES, "The order that gave zero stalls"):
 //
-//   1. offer   the routing application has snapshotted its socket (repair mode: it sends nothing,
-//              still queues what arrives); relay the state to the target node, which reinstates it
-//              in repair mode and accepts, or rejects.
-//   2. freeze  set the flow's routing-table entry to FROZEN: XDP drops the client's packets, so the
+//   1. export  repair mode on the socket, its state read: it sends nothing new, still queues what
+//              arrives.
+//   2. offer   relay the state to the target node, which reinstates it in repair mode and accepts,
+//              or rejects.
+//   3. freeze  set the flow's routing-table entry to FROZEN: XDP drops the client's packets, so the
 //              old socket's queues stop changing. (On the distributor itself, or through it when
 //              this node serves a connection that moves on again: see routes.ts.)
-//   3. delta   the routing application reads what reached its receive queue since the snapshot,
-//              and how much of the unsent tail its socket transmitted meanwhile.
-//   4. commit  the target appends the delta, still in repair mode, marks the newly transmitted
+//   4. delta   read what reached the receive queue since the snapshot, and how much of the unsent
+//              tail the socket transmitted meanwhile.
+//   5. commit  the target appends the delta, still in repair mode, marks the newly transmitted
 //              bytes as sent, and says ready.
-//   5. route   the entry now forwards to the target. Earlier, the target kernel would answer the
+//   6. route   the entry now forwards to the target. Earlier, the target kernel would answer the
 //              client with a reset; later, the client's packets would meet a closed socket here.
-//   6. close   the routing application closes its socket silently and says what its TCP timestamp
-//              clock read then: repair mode does not stop the kernel sending (timers, a window
-//              that opens), so until this close the old socket may stamp segments later than the
-//              snapshot.
-//   7. live    the target sets its clock to that reading and leaves repair mode (its window probe
+//   7. close   the routing application closes its socket silently (repair mode is still on) and
+//              says what its TCP timestamp clock read then: repair mode does not stop the kernel
+//              sending (timers), so until this close the old socket may stamp segments later than
+//              the snapshot. Read in the application, right before its close, the reading is exact.
+//   8. live    the target sets its clock to that reading and leaves repair mode (its window probe
 //              acknowledges everything, the delta included). Continuing the old clock exactly
 //              keeps its stamps at or above the last the client saw (PAWS) and its first RTT
 //              samples honest (a clock set ahead inflates each by as much).
-// The client's packets that arrive between 5 and 7 wait in the target's receive queue.
+// The client's packets that arrive between 6 and 8 wait in the target's receive queue.
 //
-// Any failure before step 5 puts the entry back as it was (none, or forwarding to this node) and
-// tells the routing application, which leaves repair mode on its socket: the connection carries on
-// at the routing node, nothing lost.
+// Any failure before step 6 puts the entry back as it was (none, or forwarding to this node),
+// takes the socket out of repair mode and tells the routing application, which resumes reading:
+// the connection carries on at the routing node, nothing lost.
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -34,8 +37,10 @@ import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import type { FlowKey } from '../agent/routing-table.js';
 import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
-import type { Accepts, Decoded, DistributorTimings, Message } from './messages.js';
+import { type Accepts, connToWire, type Decoded, type DistributorTimings, type Message } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
+import type { HandoffSockets } from './sockets.js';
+import type { TcpConnectionState } from '../../native/repair.js';
 
 type RouterMessage = (typeof Accepts.agentFromRouter)[number];
 
@@ -47,15 +52,16 @@ export interface RouterConnection {
 
 export interface HandoffRecord {
   connId: string;
-  flow: FlowKey;
+  /** Absent when the handoff failed before the socket's state was read. */
+  flow?: FlowKey;
   from: string;
   target: string;
   client: string;
   outcome: 'done' | 'failed';
   step?: string;
   reason?: string;
-  /** The distributor's step timings, the router application's export and close, and the whole handoff as seen here. */
-  timings?: DistributorTimings & { exportUs?: number; closeUs?: number; totalUs: number };
+  /** The step timings, the routing application's close, and the whole handoff as seen here. */
+  timings?: DistributorTimings & { closeUs?: number; totalUs: number };
 }
 
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
@@ -69,6 +75,7 @@ export class HandoffCoordinator {
     private readonly self: NodeConfig,
     private readonly routes: RouteWriter,
     private readonly peers: PeerLinks,
+    private readonly sockets: HandoffSockets,
     private readonly log: Logger,
     private readonly onRecord: (r: HandoffRecord) => void,
     private readonly maxInFlight = 4096,
@@ -76,21 +83,19 @@ export class HandoffCoordinator {
     private readonly isDvipa: (address: string) => boolean = (address) => address === config.dvipa.address,
   ) {}
 
-  async run(router: RouterConnection, offer: Decoded<'offer'>): Promise<void> {
-    const { msg, blobs } = offer;
+  /**
+   * Hands the connection off. fd is batond's duplicate of the application's socket: closed here
+   * whatever happens (the application keeps its own).
+   */
+  async run(router: RouterConnection, request: Decoded<'handoff'>, fd: number): Promise<void> {
+    const { msg, blobs } = request;
     const connId = msg.connId;
     const log = this.log.child({ connId, target: msg.target.node });
-    const conn = msg.conn;
-    const flow: FlowKey = {
-      family: conn.family,
-      clientAddress: conn.remote.address,
-      clientPort: conn.remote.port,
-      vipAddress: conn.local.address,
-      vipPort: conn.local.port,
-    };
-    const client = `${conn.remote.address}:${conn.remote.port}`;
     const t0 = performance.now();
-    let step = 'offer';
+    let step = 'export';
+    let exported: TcpConnectionState | undefined;
+    let flow: FlowKey | undefined;
+    let client: string | undefined;
     let frozen = false;
     let peer: PeerLink | undefined;
     let admitted = false;
@@ -102,15 +107,24 @@ export class HandoffCoordinator {
       const targetNode = this.config.nodes.find((n) => n.name === msg.target.node);
       if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${msg.target.node}`, { connId, step });
       if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
-      if (!this.isDvipa(conn.local.address)) {
-        throw new BatonError('E_HANDOFF_STATE', `connection is to ${conn.local.address}, which is not a DVIPA`, { connId, step });
-      }
       const timeout = this.config.handoffStepTimeoutMs;
-      log.debug({ client }, 'offer received');
 
+      const tExport = performance.now();
+      const state = this.sockets.snapshot(fd);
+      exported = state;
+      const exportUs = micros(tExport);
+      flow = { family: state.family, clientAddress: state.remote.address, clientPort: state.remote.port, vipAddress: state.local.address, vipPort: state.local.port };
+      client = `${state.remote.address}:${state.remote.port}`;
+      if (!this.isDvipa(state.local.address)) {
+        throw new BatonError('E_HANDOFF_STATE', `connection is to ${state.local.address}, which is not a DVIPA`, { connId, step });
+      }
+      log.debug({ client }, 'handoff requested');
+
+      step = 'offer';
       peer = await this.peers.get(targetNode.name);
       const tOffer = performance.now();
-      peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, blobs);
+      const { conn, queues } = connToWire(state);
+      peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, [...queues, blobs[0]!]);
       const answer = await peer.replies.wait(connId, ['accept', 'reject'], timeout, step);
       if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step, node: targetNode.name });
       const offerRttUs = micros(tOffer);
@@ -121,14 +135,15 @@ export class HandoffCoordinator {
       await this.routes.freeze(flow, connId);
       frozen = true;
       const freezeUs = micros(tFreeze);
-      router.channel.send('frozen', { connId });
 
       step = 'delta';
-      const delta = await router.replies.wait(connId, ['delta'], timeout, step);
+      const tDelta = performance.now();
+      const delta = this.sockets.delta(fd, state);
+      const deltaUs = micros(tDelta);
 
       step = 'commit';
       const tCommit = performance.now();
-      peer.channel.send('commit', { connId, unsentLength: delta.msg.unsentLength, window: delta.msg.window }, delta.blobs);
+      peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
       const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
       if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
       const commitRttUs = micros(tCommit);
@@ -141,25 +156,46 @@ export class HandoffCoordinator {
 
       // Past the point of no return: from here on nothing rolls back.
       step = 'close';
-      const timings = { offerRttUs, importUs, freezeUs, commitRttUs, routeUs };
+      const timings: DistributorTimings = { exportUs, offerRttUs, importUs, freezeUs, deltaUs, commitRttUs, routeUs };
       const tClose = performance.now();
       router.channel.send('done', { connId, timings });
+      this.releaseDescriptor(fd, log);
       const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
       const closeUs = micros(tClose);
       peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
       log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs } }, 'handoff complete');
-      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client, outcome: 'done', timings: { ...timings, exportUs: msg.exportUs, closeUs, totalUs: micros(t0) } });
+      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client: client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
-      if (frozen) await this.unfreeze(flow, connId, log);
+      if (frozen) await this.unfreeze(flow!, connId, log);
       // The target may hold a reinstated socket in repair mode: tell it to drop it silently.
       // Only a target that said no has certainly kept nothing.
       if (peer && !(step === 'offer' && e.code === 'E_REJECTED')) peer.channel.send('abort', { connId, reason: e.message });
+      // The application resumes reading once told: its socket must be out of repair mode by then.
+      if (exported) this.resume(fd, log);
+      this.releaseDescriptor(fd, log);
       router.channel.send('failed', { connId, step, code: e.code, reason: e.message });
       log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
-      this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client, outcome: 'failed', step, reason: e.message });
+      this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client: client ?? 'unknown', outcome: 'failed', step, reason: e.message });
     } finally {
       if (admitted) this.inFlight.delete(connId);
+    }
+  }
+
+  /** Rollback: repair mode off. If even that fails the application's socket is stuck silent: say so loudly. */
+  private resume(fd: number, log: Logger): void {
+    try {
+      this.sockets.resume(fd);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot take the socket out of repair mode: the connection is stuck at the routing node');
+    }
+  }
+
+  private releaseDescriptor(fd: number, log: Logger): void {
+    try {
+      this.sockets.release(fd);
+    } catch (err) {
+      log.error({ fd, err: (err as Error).message }, 'cannot close batond\'s duplicate of the socket');
     }
   }
 

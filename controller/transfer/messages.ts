@@ -18,6 +18,8 @@ export const ConnIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
 const IpAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' });
 const Endpoint = Type.Object({ address: IpAddress, port: Port }, { additionalProperties: false });
 const Reason = Type.String({ maxLength: 512 });
+/** An abstract Unix socket name (without the leading NUL): printable, no spaces. */
+const FdAddress = Type.String({ minLength: 1, maxLength: 100, pattern: '^[!-~]+$' });
 
 const WindowSchema = Type.Object(
   { sndWl1: U32, sndWnd: U32, maxWindow: U32, rcvWnd: U32, rcvWup: U32 },
@@ -60,10 +62,12 @@ export type ConnMeta = Static<typeof ConnMetaSchema>;
 
 export const TimingsSchema = Type.Object(
   {
+    exportUs: Type.Number({ minimum: 0 }),
     offerRttUs: Type.Number({ minimum: 0 }),
     importUs: Type.Number({ minimum: 0 }),
     freezeUs: Type.Number({ minimum: 0 }),
     commitRttUs: Type.Number({ minimum: 0 }),
+    deltaUs: Type.Number({ minimum: 0 }),
     routeUs: Type.Number({ minimum: 0 }),
   },
   { additionalProperties: false },
@@ -85,8 +89,24 @@ export const Schemas = {
     ports: Type.Optional(Type.Array(Port, { minItems: 1, maxItems: 64 })),
     /** Targets: the instance name offers may ask for (the one registered on the control socket). */
     instance: Type.Optional(Name),
+    /** Applications: their inbox, where batond sends its end of the descriptor link (fd-exchange.ts). */
+    fdAddress: Type.Optional(FdAddress),
+    /** Targets: true when the application decides on each offer itself (decide/decided); otherwise batond accepts up to capacity. */
+    decides: Type.Optional(Type.Boolean()),
+    /** Targets: connections served at once beyond which batond refuses offers; 0 for no limit. */
+    capacity: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000_000 })),
   }),
+  /** batond → application, peer → peer: the node's name. To an application, after its descriptor link was sent. */
   welcome: message('welcome', { node: Name }),
+  /**
+   * Routing application → its agent: hand this connection to target. The socket's descriptor was
+   * sent just before on the descriptor link, tagged with connId. Blob: the peeked bytes.
+   */
+  handoff: message('handoff', {
+    connId: ConnIdSchema,
+    target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
+    appState: Type.Unknown(),
+  }),
   /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes. */
   offer: message('offer', {
     connId: ConnIdSchema,
@@ -94,20 +114,9 @@ export const Schemas = {
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
-    /** Routing application → its agent: how long the export took, for the agent's per-step metrics. */
-    exportUs: Type.Optional(Type.Number({ minimum: 0 })),
   }),
   accept: message('accept', { connId: ConnIdSchema, importUs: Type.Number({ minimum: 0 }) }),
   reject: message('reject', { connId: ConnIdSchema, reason: Reason }),
-  /** Distributor → routing application: the flow is frozen in XDP; send what arrived since the snapshot. */
-  frozen: message('frozen', { connId: ConnIdSchema }),
-  /**
-   * Routing application → distributor. Blob: receive-queue bytes that arrived after the snapshot.
-   * unsentLength: the old socket's untransmitted tail once frozen. A socket in repair mode still
-   * transmits when an ACK opens the window, so part of the snapshot's unsent tail may have gone out.
-   * window: the old socket's window once frozen, newer than the snapshot's.
-   */
-  delta: message('delta', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
   commit: message('commit', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
   ready: message('ready', { connId: ConnIdSchema }),
@@ -118,6 +127,16 @@ export const Schemas = {
    */
   live: message('live', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
   abort: message('abort', { connId: ConnIdSchema, reason: Reason }),
+  /** Agent → a target application that decides on offers: may it take this connection? Blob: the peeked bytes. */
+  decide: message('decide', { connId: ConnIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
+  decided: message('decided', { connId: ConnIdSchema, accept: Type.Boolean(), reason: Type.Optional(Reason) }),
+  /**
+   * Agent → target application: a live connection is yours. Its descriptor was sent just before on
+   * the descriptor link, tagged with connId. Blobs: the peeked bytes (already at
+   * the head of the socket's receive queue, for a look), and the tail the routing node never
+   * transmitted (the application writes it first).
+   */
+  transferred: message('transferred', { connId: ConnIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
   /**
    * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
    * started on a node that is not the distributor). The distributor checks the sender owns the flow.
@@ -156,8 +175,8 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
-  hello: 0, welcome: 0, offer: 3, accept: 0, reject: 0, frozen: 0, delta: 1,
-  commit: 1, ready: 0, live: 0, abort: 0, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
+  hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
+  decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -166,12 +185,12 @@ const checks = Object.fromEntries(
 
 /** What each side of each channel may receive. */
 export const Accepts = {
-  agentFromRouter: ['hello', 'offer', 'delta', 'closed'],
-  agentFromTarget: ['hello', 'accept', 'reject', 'ready', 'release', 'moved'],
+  agentFromRouter: ['hello', 'handoff', 'closed'],
+  agentFromTarget: ['hello', 'decided', 'release', 'moved'],
   agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
   peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
-  router: ['welcome', 'frozen', 'done', 'failed'],
-  target: ['welcome', 'offer', 'commit', 'live', 'abort', 'move'],
+  router: ['welcome', 'done', 'failed'],
+  target: ['welcome', 'decide', 'transferred', 'abort', 'move'],
 } as const satisfies Record<string, readonly MessageType[]>;
 
 export interface Decoded<K extends MessageType = MessageType> {

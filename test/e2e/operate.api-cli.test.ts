@@ -139,7 +139,7 @@ describe('REST admin API and batonctl', () => {
   it('/metrics: handoffs by outcome, step histograms, table size and capacity, XDP verdicts, control datagrams', async () => {
     const text = String((await api('n1', 'GET', '/metrics')).body);
     expect(text).toMatch(/^baton_handoffs_total\{outcome="done",step="none",node="n1"\} [1-9]/m);
-    for (const step of ['export', 'offer', 'import', 'freeze', 'commit', 'route', 'total']) {
+    for (const step of ['export', 'offer', 'import', 'freeze', 'delta', 'commit', 'route', 'total']) {
       expect(text).toMatch(new RegExp(`^baton_handoff_step_seconds_count\\{node="n1",step="${step}"\\} [1-9]`, 'm'));
     }
     expect(text).toMatch(/^baton_routing_table_capacity\{node="n1"\} 262144$/m);

@@ -37,6 +37,7 @@ import { Channel } from '../../controller/transfer/channel.js';
 import { encodeFrame, FrameDecoder } from '../../controller/transfer/framing.js';
 import { Accepts, connToWire, decodeMessage, header, type MessageType } from '../../controller/transfer/messages.js';
 import { type TargetApp, TargetRelay } from '../../controller/transfer/target-relay.js';
+import type { HandoffSockets } from '../../controller/transfer/sockets.js';
 import { sampleState } from '../helpers/state.js';
 import { broken, checkAsync, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
@@ -153,7 +154,9 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     const config = clusterConfig(apiPort, stateDir);
     const self = config.nodes[1]!;
 
-    relay = new TargetRelay(log, 60_000);
+    // The socket steps are the lab's business: here the served connection only has to exist.
+    const noSockets = { reinstate: () => 99, goLive: () => undefined, release: () => undefined, discard: () => undefined } as unknown as HandoffSockets;
+    relay = new TargetRelay(log, 60_000, noSockets);
     directory = new TargetDirectory(3_600_000);
     // Another node's report, so the read views and a drain have something to show.
     directory.setRemote('n3', [{ node: 'n3', app: 'line-target', instance: 'line-target', port: 7000, capacity: 10, load: 2, weight: 100, draining: false }]);
@@ -164,7 +167,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     control = new ControlServer({ node: 'n2', port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log });
     transfers = new TransferLog();
     const flow = { family: 4 as const, clientAddress: '10.203.0.100', clientPort: 40100, vipAddress: '10.203.0.10', vipPort: 7000 };
-    transfers.add({ connId: 'n2.a', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'done', timings: { offerRttUs: 1, importUs: 2, freezeUs: 3, commitRttUs: 4, routeUs: 5, totalUs: 15 } });
+    transfers.add({ connId: 'n2.a', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'done', timings: { exportUs: 1, offerRttUs: 1, importUs: 2, freezeUs: 3, deltaUs: 1, commitRttUs: 4, routeUs: 5, totalUs: 16 } });
     transfers.add({ connId: 'n2.b', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'failed', step: 'offer', reason: 'refused' });
     metrics = new AgentMetrics('n2', { xdp: () => undefined, routingTable: () => undefined, targets: () => directory.all().length, closing: () => 0 });
 
@@ -176,7 +179,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     const peer = new Channel(peerEnd, Accepts.agentFromPeer, log);
     const agentSide = new Channel(agentEnd, Accepts.agentFromTarget, log);
     const appSide = new Channel(appEnd, Accepts.target, log);
-    const target: TargetApp = { name: 'line-target', instance: 'line-target', ports: [7000], channel: agentSide };
+    const target: TargetApp = { name: 'line-target', instance: 'line-target', ports: [7000], channel: agentSide, descriptors: { send: () => undefined }, decides: false, capacity: 0 };
     relay.register(target);
     agentSide.on('message', (d) => relay.fromApp(target, d));
     appSide.on('message', (d) => {

@@ -31,7 +31,7 @@ export function readRoutes(ctx: ApiContext): FastifyPluginAsync {
           response: { 200: Type.Object({ transfers: Type.Array(TransferSchema) }) },
         },
       },
-      async (request) => ({ transfers: ctx.admin.transfers(request.query.limit).map((t) => ({ ...t, id: connectionId(t.flow) })) }),
+      async (request) => ({ transfers: ctx.admin.transfers(request.query.limit).map((t) => (t.flow ? { ...t, id: connectionId(t.flow) } : t)) }),
     );
     app.get('/v1/stats', { schema: { summary: 'XDP verdict counters, routing-table size, transfers, control socket', tags: ['cluster'], response: { 200: StatsSchema } } }, async () => ctx.admin.stats());
     app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['metrics'], produces: ['text/plain'] } }, async (_request, reply) =>

@@ -90,25 +90,39 @@ describe('target faults before the acknowledgement', () => {
       const res = JSON.parse(r.stdout);
       expect(res).toMatchObject({ ok: true, served_by: 'n2', get_ok: true });
       expect(res.first_greeting).toMatch(/^ERR cannot reach n3: E_REJECTED at offer/);
-      const refusal = readLog(running.lab, 'n3-line-target').find((l) => l.msg === 'transfer refused: socket could not be reinstated');
+      const refusal = readLog(running.lab, 'n3-batond').find((l) => l.msg === 'transfer refused: socket could not be reinstated');
       expect(String(refusal?.err)).toMatch(/connect\(remote\) failed: EADDRNOTAVAIL|EADDRINUSE/);
     } finally {
       holder.kill('SIGKILL');
     }
   });
 
-  it('target application dies after saying ready: the client sees a reset, the entry is released and removed', async () => {
+  it('target application dies after its batond said ready: the client sees a reset, the entry is released and removed', async () => {
     // The only application on n3's port 7000 is one that crashes between ready and live.
+    // It holds the routing application (SIGSTOP) once it has accepted, so that it is dead when
+    // 'live' comes: resumed below whatever happens.
     await stopProcess(running.lab.runDir, 'n3-line-target', running.lab.prefix);
+    const router = pidOf('n1-line-router');
     await startProcess(
-      { name: 'n3-crashing-target', ns: node('n3').ns, argv: [process.execPath, path.join(repoRoot(), 'test/fixtures/crash-after-ready.mjs'), repoRoot(), agentSocket(running.lab, 'n3'), '7000'] },
+      { name: 'n3-crashing-target', ns: node('n3').ns, argv: [process.execPath, path.join(repoRoot(), 'test/fixtures/crash-after-ready.mjs'), repoRoot(), agentSocket(running.lab, 'n3'), '7000', String(router)] },
       { runDir: running.lab.runDir, lab: running.lab.prefix },
     );
     for (let waited = 0; !readLog(running.lab, 'n3-batond').some((l) => l.msg === 'target application registered' && l.app === 'crash-after-ready') && waited < 10_000; waited += 100) await sleep(100);
     const clientPort = 45200;
     const flow = { family: 4 as const, clientAddress: running.lab.client.address, clientPort, vipAddress: running.lab.dvipa.address, vipPort: 7000 };
-    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--source-port', String(clientPort), '--timeout', '10']), 30_000);
-    const res = JSON.parse(r.stdout);
+    let res: { ok: boolean; error?: string };
+    try {
+      // Streaming through the handoff: its bytes reach n3 once the route points there, first the
+      // reinstated socket (silent, in repair mode), then, once the application died with it, none.
+      const args = ['--user', 'bob', '--source-port', String(clientPort), '--timeout', '10', '--stream-during-handoff', '--put', '4000000'];
+      res = JSON.parse((await inClient(running.lab, lineClient(running.lab, args), 30_000)).stdout);
+    } finally {
+      process.kill(router, 'SIGCONT');
+    }
+    // 'live' comes after the routing node's step timeout (the router was held): n3 releases the flow then.
+    const orphaned = () => readLog(running.lab, 'n3-batond').some((l) => l.msg === 'routed here after its target application died: releasing the flow (the client sees a reset)');
+    for (let waited = 0; !orphaned() && waited < 8000; waited += 100) await sleep(100);
+    expect(orphaned()).toBe(true);
     // The route switched to n3, where no socket exists: the kernel answers the client with a reset.
     expect(res.ok).toBe(false);
     expect(res.error).toMatch(/ConnectionResetError|reset/i);

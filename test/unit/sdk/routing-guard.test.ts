@@ -13,7 +13,9 @@ import { createLogger } from '../../../controller/log.js';
 import { RouterClient } from '../../../controller/sdk/router.js';
 import { type RoutingGuardOptions, type RoutingPhase, RoutingGuard, sourceOf } from '../../../controller/sdk/routing-guard.js';
 import { Channel } from '../../../controller/transfer/channel.js';
+import { type DescriptorLink, LinkMaker } from '../../../controller/transfer/fd-exchange.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
+import { nativeSockets } from '../../../controller/transfer/sockets.js';
 
 const cleanups: Array<() => void | Promise<void>> = [];
 afterEach(async () => {
@@ -282,28 +284,44 @@ describe('counts, logs, leftovers', () => {
 });
 
 describe('handoff takes the socket out of the guard (RouterClient against a scripted batond; needs CAP_NET_ADMIN)', () => {
-  /** Answers hello, then each offer after `delayMs` with the given outcome. */
+  /**
+   * Answers hello, then each handoff after `delayMs` with the given outcome, doing to the socket
+   * what batond does (repair mode on; on failure off again) through the descriptor it was sent.
+   */
   async function scriptedAgent(outcome: 'done' | 'failed', delayMs: number): Promise<string> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guard-agent-'));
     const socketPath = path.join(dir, 'agent.sock');
     const log = createLogger({}, 'silent');
+    const links = new LinkMaker(log);
     const server = net.createServer((s) => {
       const ch = new Channel(s, Accepts.agentFromRouter, log);
+      let descriptors: DescriptorLink | undefined;
       ch.on('message', ({ msg }) => {
-        if (msg.type === 'hello') ch.send('welcome', { node: 'n1' });
-        if (msg.type === 'offer') {
-          const t = setTimeout(() => {
-            if (outcome === 'failed') ch.send('failed', { connId: msg.connId, step: 'offer', code: 'E_REJECTED', reason: 'scripted refusal' });
-            else ch.send('frozen', { connId: msg.connId });
-          }, delayMs);
-          cleanups.push(() => clearTimeout(t));
+        if (msg.type === 'hello') {
+          descriptors = links.make(msg.fdAddress!);
+          cleanups.push(() => descriptors!.close());
+          ch.send('welcome', { node: 'n1' });
         }
-        if (msg.type === 'delta') ch.send('done', { connId: msg.connId, timings: { offerRttUs: 1, importUs: 1, freezeUs: 1, commitRttUs: 1, routeUs: 1 } });
+        if (msg.type !== 'handoff') return;
+        const fd = descriptors!.take(msg.connId);
+        expect(fd).toBeDefined();
+        nativeSockets.snapshot(fd!);
+        const t = setTimeout(() => {
+          if (outcome === 'failed') {
+            nativeSockets.resume(fd!);
+            ch.send('failed', { connId: msg.connId, step: 'offer', code: 'E_REJECTED', reason: 'scripted refusal' });
+          } else {
+            ch.send('done', { connId: msg.connId, timings: { exportUs: 1, offerRttUs: 1, importUs: 1, freezeUs: 1, deltaUs: 1, commitRttUs: 1, routeUs: 1 } });
+          }
+          nativeSockets.release(fd!);
+        }, delayMs);
+        cleanups.push(() => clearTimeout(t));
       });
     });
     await new Promise<void>((resolve) => server.listen(socketPath, resolve));
     cleanups.push(async () => {
       await new Promise((resolve) => server.close(resolve));
+      links.close();
       fs.rmSync(dir, { recursive: true, force: true });
     });
     return socketPath;

@@ -1,6 +1,8 @@
 // The routing node's handoff state machine against a scripted target node over real loopback
-// channels: every path before the route switch must leave no routing entry and tell both sides;
-// the success path must install the route only after the target is ready.
+// channels, with the socket steps recorded instead of done (sockets.ts is the seam; the lab tests
+// do them for real): every path before the route switch must leave no routing entry, take the
+// socket out of repair mode before the application hears of the failure, and tell both sides; the
+// success path must install the route only after the target is ready.
 import net from 'node:net';
 import tls from 'node:tls';
 import { makeCertificates } from '../../helpers/certs.js';
@@ -14,6 +16,7 @@ import { type HandoffRecord, HandoffCoordinator } from '../../../controller/tran
 import type { RouteWriter } from '../../../controller/transfer/routes.js';
 import { Accepts, connToWire, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
 import { PeerLinks } from '../../../controller/transfer/peers.js';
+import type { HandoffSockets } from '../../../controller/transfer/sockets.js';
 
 const log = createLogger({}, 'silent');
 
@@ -36,6 +39,49 @@ class RecordingRoutes implements RouteWriter {
   }
   async finished() {
     this.ops.push('finished');
+  }
+}
+
+/** The socket steps, recorded in order with what the routing application had been told by then. */
+class RecordingSockets implements HandoffSockets {
+  readonly ops: string[] = [];
+  constructor(
+    private readonly told: () => string[],
+    private readonly exported = state,
+  ) {}
+  private op(name: string) {
+    this.ops.push(this.told().length ? `${name} (after ${this.told().join(',')})` : name);
+  }
+  snapshot(fd: number) {
+    expect(fd).toBe(42);
+    this.op('snapshot');
+    return this.exported;
+  }
+  delta() {
+    this.op('delta');
+    return { received: Buffer.from('late'), unsentLength: 0, window: state.window };
+  }
+  resume() {
+    this.op('resume');
+  }
+  clock(): number {
+    throw new Error('the routing node does not read the clock: the application does, at its close');
+  }
+  release(fd: number) {
+    expect(fd).toBe(42);
+    this.op('release');
+  }
+  reinstate(): number {
+    throw new Error('not at the routing node');
+  }
+  complete() {
+    throw new Error('not at the routing node');
+  }
+  goLive() {
+    throw new Error('not at the routing node');
+  }
+  discard() {
+    throw new Error('not at the routing node');
   }
 }
 
@@ -82,16 +128,19 @@ async function routerPair(closeClock?: number) {
     server.close();
   });
   const agentChannel = new Channel(agentSide, Accepts.agentFromRouter, log);
+  // What the coordinator has told the application so far, at the moment it says it.
+  const told: string[] = [];
+  const send = agentChannel.send.bind(agentChannel);
+  agentChannel.send = ((type: never, body: never, blobs?: Buffer[]) => (told.push(type), send(type, body, blobs))) as typeof agentChannel.send;
   const replies = new PendingReplies<(typeof Accepts.agentFromRouter)[number]>();
   agentChannel.on('message', (d) => replies.deliver(d));
   const app = new Channel(appSide, Accepts.router, log);
   const got: Array<Decoded<(typeof Accepts.router)[number]>> = [];
   app.on('message', (d) => {
     got.push(d);
-    if (d.msg.type === 'frozen') app.send('delta', { connId: d.msg.connId, unsentLength: 0, window: state.window }, [Buffer.from('late')]);
     if (d.msg.type === 'done' && closeClock !== undefined) app.send('closed', { connId: d.msg.connId, timestamp: closeClock });
   });
-  return { router: { channel: agentChannel, replies, name: 'test-router' }, got };
+  return { router: { channel: agentChannel, replies, name: 'test-router' }, got, told };
 }
 
 function cluster(targetPort: number): ClusterConfig {
@@ -105,27 +154,39 @@ function cluster(targetPort: number): ClusterConfig {
   };
 }
 
-async function runHandoff(script: TargetScript, closeClock?: number) {
-  const target = await targetNode(script);
-  const config = cluster(target.port);
+async function coordinatorFor(targetPort: number, exported = state) {
+  const config = cluster(targetPort);
   const routes = new RecordingRoutes();
   const peers = new PeerLinks(config, config.nodes[0]!, log, 1000, certs.material('n1'));
   closers.push(() => peers.close());
   const records: HandoffRecord[] = [];
-  const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, (r) => records.push(r));
-  const { router, got } = await routerPair(closeClock);
-  const { conn, queues } = connToWire(state);
-  const offer = { msg: { v: 1, type: 'offer', connId: 'n1.t', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: { user: 'a' } }, blobs: [...queues, Buffer.alloc(0)] };
-  await coordinator.run(router, offer as Decoded<'offer'>);
+  const pair = await routerPair(closeClock.value);
+  const sockets = new RecordingSockets(() => pair.told, exported);
+  const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, sockets, log, (r) => records.push(r));
+  return { coordinator, routes, sockets, records, ...pair };
+}
+const closeClock: { value?: number } = {};
+
+const request = { msg: { v: 1, type: 'handoff', connId: 'n1.t', target: { node: 'n2', port: 7000 }, appState: { user: 'a' } }, blobs: [Buffer.from('peeked')] } as Decoded<'handoff'>;
+
+async function runHandoff(script: TargetScript, clock?: number) {
+  const target = await targetNode(script);
+  closeClock.value = clock;
+  const { coordinator, routes, sockets, records, router, got } = await coordinatorFor(target.port);
+  await coordinator.run(router, request, 42);
   await new Promise((r) => setTimeout(r, 50));
-  return { routes, records, got: got.map((d) => d.msg.type), seen: target.seen, lives: target.lives };
+  return { routes, records, sockets: sockets.ops, got: got.map((d) => d.msg.type), seen: target.seen, lives: target.lives };
 }
 
 describe('handoff state machine at the routing node', () => {
   it('success: freeze after accept, route only after ready, done to the router, then live with its closing clock to the target', async () => {
     const script: TargetScript = (d, ch) => {
       const connId = (d.msg as { connId: string }).connId;
-      if (d.msg.type === 'offer') ch.send('accept', { connId, importUs: 5 });
+      if (d.msg.type === 'offer') {
+        // The exported state and the application's peeked bytes travel together.
+        expect(d.blobs.map((b) => b.toString())).toEqual(['reply', 'GET 1\n', 'peeked']);
+        ch.send('accept', { connId, importUs: 5 });
+      }
       if (d.msg.type === 'commit') {
         expect(d.blobs[0]!.toString()).toBe('late');
         ch.send('ready', { connId });
@@ -134,7 +195,9 @@ describe('handoff state machine at the routing node', () => {
     const r = await runHandoff(script, 123_456);
     expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
-    expect(r.got).toEqual(['frozen', 'done']);
+    expect(r.got).toEqual(['done']);
+    // Repair mode stays on: the application's close, after done, must be silent.
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'release (after done)']);
     expect(r.lives).toEqual([{ timestamp: 123_456 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
 
@@ -153,6 +216,7 @@ describe('handoff state machine at the routing node', () => {
     expect(r.routes.ops).toEqual([]);
     expect(r.seen).toEqual(['hello', 'offer']);
     expect(r.got).toEqual(['failed']);
+    expect(r.sockets).toEqual(['snapshot', 'resume', 'release']);
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'offer', reason: expect.stringContaining('full') });
   });
 
@@ -162,7 +226,8 @@ describe('handoff state machine at the routing node', () => {
     });
     expect(r.routes.ops).toEqual(['freeze', 'unfreeze']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
-    expect(r.got).toEqual(['frozen', 'failed']);
+    expect(r.got).toEqual(['failed']);
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'resume', 'release']);
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'commit' });
   });
 
@@ -173,19 +238,30 @@ describe('handoff state machine at the routing node', () => {
     expect(r.got).toEqual(['failed']);
   });
 
-  it('an offer for a connection not on the DVIPA is refused before anything is sent', async () => {
+  it('a connection not on the DVIPA is refused before anything is sent, its socket resumed', async () => {
     const target = await targetNode(() => undefined);
-    const config = cluster(target.port);
-    const routes = new RecordingRoutes();
-    const peers = new PeerLinks(config, config.nodes[0]!, log, 1000, certs.material('n1'));
-    closers.push(() => peers.close());
-    const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, log, () => undefined);
-    const { router, got } = await routerPair();
-    const { conn, queues } = connToWire({ ...state, local: { address: '10.203.0.11', port: 7000 } });
-    await coordinator.run(router, { msg: { v: 1, type: 'offer', connId: 'n1.x', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: null }, blobs: [...queues, Buffer.alloc(0)] } as Decoded<'offer'>);
+    const { coordinator, routes, sockets, router, got } = await coordinatorFor(target.port, { ...state, local: { address: '10.203.0.11', port: 7000 } });
+    await coordinator.run(router, { ...request, msg: { ...request.msg, connId: 'n1.x' } }, 42);
     await new Promise((r) => setTimeout(r, 50));
     expect(routes.ops).toEqual([]);
     expect(target.seen).toEqual([]);
+    expect(sockets.ops).toEqual(['snapshot', 'resume', 'release']);
     expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', code: 'E_HANDOFF_STATE' }]);
+  });
+
+  it('an export that fails leaves nothing to resume: only batond\'s descriptor is closed', async () => {
+    const target = await targetNode(() => undefined);
+    const { coordinator, sockets, router, got, records } = await coordinatorFor(target.port);
+    sockets.snapshot = () => {
+      sockets.ops.push('snapshot (failed)');
+      throw new Error('TCP_REPAIR(on) failed: EPERM');
+    };
+    await coordinator.run(router, request, 42);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sockets.ops).toEqual(['snapshot (failed)', 'release']);
+    expect(target.seen).toEqual([]);
+    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'export', reason: expect.stringContaining('EPERM') }]);
+    expect(records[0]).toMatchObject({ outcome: 'failed', step: 'export', client: 'unknown' });
+    expect(records[0]!.flow).toBeUndefined();
   });
 });

@@ -17,7 +17,7 @@ const offer = () => {
 
 describe('transfer messages', () => {
   it('carry a connection state exactly: JSON fields plus queues as blobs', () => {
-    const { msg, blobs } = decodeMessage(offer(), Accepts.target);
+    const { msg, blobs } = decodeMessage(offer(), Accepts.agentFromPeer);
     expect(msg.type).toBe('offer');
     const back = connFromWire((msg as Message<'offer'>).conn, blobs[0]!, blobs[1]!);
     expect(back).toEqual(state);
@@ -40,12 +40,25 @@ describe('transfer messages', () => {
   ])('reject an offer with %s, naming the path', (_name, mutate) => {
     const f = offer();
     mutate(f.header);
-    expect(() => decodeMessage(f, Accepts.target)).toThrow(/invalid offer message at \/|invalid offer/);
+    expect(() => decodeMessage(f, Accepts.agentFromPeer)).toThrow(/invalid offer message at \/|invalid offer/);
   });
 
   it('reject a wrong number of blobs', () => {
     const f = roundTrip(header('commit', { connId: 'n1.abc', unsentLength: 0, window: state.window }), []);
-    expect(() => decodeMessage(f, Accepts.target)).toThrow(/carries 0 blobs, expected 1/);
+    expect(() => decodeMessage(f, Accepts.agentFromPeer)).toThrow(/carries 0 blobs, expected 1/);
+  });
+
+  it('an application sees only its own messages: no connection state reaches it', () => {
+    // A routing application hands a socket over and hears done or failed; a target application
+    // is asked (decide) and given a live socket (transferred): the TCP state stays between batonds.
+    expect(() => decodeMessage(offer(), Accepts.target)).toThrow(/unexpected message type "offer"/);
+    const handoff = roundTrip(header('handoff', { connId: 'n1.abc', target: { node: 'n2', port: 7000 }, appState: null }), [Buffer.from('peek')]);
+    expect(decodeMessage(handoff, Accepts.agentFromRouter).msg.type).toBe('handoff');
+    expect(() => decodeMessage(handoff, Accepts.agentFromPeer)).toThrow(/unexpected message type "handoff"/);
+    const transferred = roundTrip(header('transferred', { connId: 'n1.abc', from: 'n1', client: { address: '10.0.0.1', port: 4000 }, appState: {} }), [Buffer.alloc(0), Buffer.from('tail')]);
+    expect(decodeMessage(transferred, Accepts.target).blobs[1]!.toString()).toBe('tail');
+    const hello = roundTrip(header('hello', { role: 'target', name: 't', ports: [7000], fdAddress: 'has space' }));
+    expect(() => decodeMessage(hello, Accepts.agentFromTarget)).toThrow(/invalid hello message at \/fdAddress/);
   });
 
   it('reject an unsent length larger than the send queue', () => {

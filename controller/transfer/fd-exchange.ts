@@ -1,0 +1,160 @@
+// Socket descriptors between an application and its batond (SCM_RIGHTS, native/fdpass.ts).
+//
+// Each application has a private descriptor link with batond: a connected pair of Unix datagram
+// sockets, made by batond when the application says hello. Its end reaches the application
+// through the application's inbox, an abstract address named in the hello; the application takes
+// it only from batond's pid (the kernel stamps every datagram with its sender's: SCM_CREDENTIALS),
+// since anybody in the namespace may send to an abstract address. A pair, not datagrams to
+// batond's own address: between the ends of a pair the kernel applies no queue-length limit
+// (net.unix.max_dgram_qlen is 10 in a fresh namespace, and would fail the 12th handoff in flight),
+// only the sender's send buffer, which batond sets large.
+//
+// On the link, a descriptor travels tagged with its connection id, always just before the stream
+// message that names it (handoff, transferred): by the time that message is read the descriptor is
+// already queued, so take() only has to drain the queue, never wait.
+import type net from 'node:net';
+import { BatonError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { closeFd, FdSocket, peerPid } from '../../native/fdpass.js';
+
+/** A descriptor nobody claimed within this time is closed (its stream message never came). */
+const UNCLAIMED_MS = 10_000;
+/** The link itself, as batond's inbox datagram tags it. */
+const LINK_TAG = 'baton-link';
+/** Send buffer of each end of a link: ~1 KiB per waiting descriptor, so thousands may wait. */
+const LINK_SNDBUF = 4 << 20;
+
+/** One end of the descriptor link between batond and one application. */
+export class DescriptorLink {
+  private readonly parked = new Map<string, { fd: number; at: number }>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly socket: FdSocket,
+    private readonly log: Logger,
+  ) {
+    this.sweeper = setInterval(() => this.sweep(Date.now()), UNCLAIMED_MS);
+    this.sweeper.unref();
+  }
+
+  /** Sends a duplicate of fd; the caller keeps its own and closes it when it is done with it. */
+  send(fd: number, connId: string): void {
+    this.socket.send(null, fd, connId);
+  }
+
+  /**
+   * The descriptor sent for connId, or undefined if none came. The caller owns it from here: it
+   * must close it (closeFd) or hand it to a net.Socket.
+   */
+  take(connId: string): number | undefined {
+    this.drain();
+    const parked = this.parked.get(connId);
+    if (!parked) return undefined;
+    this.parked.delete(connId);
+    return parked.fd;
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    this.drain();
+    this.sweep(Infinity);
+    this.socket.close();
+  }
+
+  private drain(): void {
+    const now = Date.now();
+    for (const got of this.socket.receiveAll()) {
+      if ('error' in got) {
+        this.log.warn({ err: got.error }, 'descriptor datagram dropped');
+        continue;
+      }
+      const earlier = this.parked.get(got.tag);
+      if (earlier) discard(earlier.fd, got.tag, 'replaced by a later one with the same tag', this.log);
+      this.parked.set(got.tag, { fd: got.fd, at: now });
+    }
+  }
+
+  private sweep(now: number): void {
+    for (const [connId, p] of this.parked) {
+      if (now - p.at < UNCLAIMED_MS) continue;
+      this.parked.delete(connId);
+      discard(p.fd, connId, 'nobody claimed it', this.log);
+    }
+  }
+}
+
+/** batond's side: makes each application's link and sends the application its end. */
+export class LinkMaker {
+  private readonly socket = FdSocket.open();
+
+  constructor(private readonly log: Logger) {}
+
+  /** A link for the application whose inbox is at inboxAddress; throws E_NATIVE if it cannot be sent there. */
+  make(inboxAddress: string): DescriptorLink {
+    const [ours, theirs] = FdSocket.pair(LINK_SNDBUF);
+    try {
+      this.socket.send(inboxAddress, theirs.fd, LINK_TAG);
+    } catch (err) {
+      ours.close();
+      throw err;
+    } finally {
+      theirs.close();
+    }
+    return new DescriptorLink(ours, this.log);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** The application's side: where batond's end of the link arrives. Lives across reconnections. */
+export class LinkInbox {
+  private readonly socket = FdSocket.open();
+
+  constructor(private readonly log: Logger) {}
+
+  /** The inbox's abstract address, for the hello. */
+  get address(): string {
+    return this.socket.address;
+  }
+
+  /** The link batond (agentPid) sent before its welcome; anything else queued is closed. */
+  accept(agentPid: number): DescriptorLink | undefined {
+    let link: FdSocket | undefined;
+    for (const got of this.socket.receiveAll()) {
+      if ('error' in got) {
+        this.log.warn({ err: got.error }, 'inbox datagram dropped');
+        continue;
+      }
+      if (got.tag !== LINK_TAG || got.pid !== agentPid) {
+        discard(got.fd, got.tag, `not batond's link (from pid ${got.pid}, batond is ${agentPid})`, this.log);
+        continue;
+      }
+      link?.close();
+      link = FdSocket.adopt(got.fd);
+    }
+    return link && new DescriptorLink(link, this.log);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+function discard(fd: number, tag: string, why: string, log: Logger): void {
+  try {
+    closeFd(fd);
+  } catch (err) {
+    log.error({ tag, err: (err as Error).message }, 'cannot close a discarded descriptor');
+    return;
+  }
+  log.warn({ tag }, `descriptor discarded: ${why}`);
+}
+
+/** The pid at the other end of a connected Unix stream socket (an application's channel, or batond's). */
+export function channelPeerPid(socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new BatonError('E_HANDOFF_STATE', 'channel socket has no descriptor', { step: 'peer-credentials' });
+  return peerPid(fd);
+}

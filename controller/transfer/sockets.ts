@@ -1,0 +1,58 @@
+// The socket work batond does in a handoff, named by what it means to the handoff. The routing
+// node's batond exports the application's socket (a duplicate of its descriptor) and reads the
+// delta; the target node's batond reinstates the connection, completes it and makes it live, then
+// hands the descriptor to the target application. Each step is one native call (native/repair.ts);
+// the state machines (handoff.ts, target-relay.ts) only see this interface, so their unit tests
+// can run without a kernel.
+import { closeFd } from '../../native/fdpass.js';
+import {
+  appendReceived,
+  appendSent,
+  closeSilently,
+  type ExportDelta,
+  exportDelta,
+  exportSnapshot,
+  goLive,
+  importConnection,
+  leaveRepair,
+  setWindow,
+  socketTimestamp,
+  type TcpConnectionState,
+} from '../../native/repair.js';
+
+export interface HandoffSockets {
+  /** Routing node: repair mode on, the connection's state read (the socket then sends nothing new). */
+  snapshot(fd: number): TcpConnectionState;
+  /** Routing node, once frozen: what reached the socket, and what it transmitted, since the snapshot. */
+  delta(fd: number, snapshot: TcpConnectionState): ExportDelta;
+  /** Routing node, rolling back: repair mode off; the application's socket carries on. */
+  resume(fd: number): void;
+  /** The socket's TCP timestamp clock now. */
+  clock(fd: number): number;
+  /** Closes this process's descriptor only (plain close): the socket lives on in the application. */
+  release(fd: number): void;
+  /** Target node: the connection rebuilt in repair mode, peeked bytes ahead of its receive queue. */
+  reinstate(state: TcpConnectionState, peeked: Buffer): number;
+  /** Target node, still in repair mode: the routing node's delta, applied (see TargetRelay.commit). */
+  complete(fd: number, sentSinceSnapshot: Buffer, received: Buffer, window: TcpConnectionState['window']): void;
+  /** Target node: repair mode off with the old socket's clock; the kernel's window probe follows. */
+  goLive(fd: number, timestamp?: number): void;
+  /** Drops a reinstated socket: no FIN, no RST. */
+  discard(fd: number): void;
+}
+
+export const nativeSockets: HandoffSockets = {
+  snapshot: exportSnapshot,
+  delta: exportDelta,
+  resume: leaveRepair,
+  clock: socketTimestamp,
+  release: closeFd,
+  reinstate: (state, peeked) => importConnection(state, { prepend: peeked }),
+  complete(fd, sentSinceSnapshot, received, window) {
+    appendSent(fd, sentSinceSnapshot);
+    appendReceived(fd, received);
+    setWindow(fd, window);
+  },
+  goLive,
+  discard: closeSilently,
+};
