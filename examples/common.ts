@@ -1,7 +1,7 @@
 // Shared by the example applications: command-line options and waiting for the node's batond.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
-import { ROUTING_LIMIT_DEFAULTS, type HandoffTarget, type RoutingLimits, type TargetInfo } from '../controller/sdk/index.js';
+import { ROUTING_LIMIT_DEFAULTS, type HandoffTarget, type RoutingLimits, type TargetInfo, type TargetOptions } from '../controller/sdk/index.js';
 
 export interface ExampleOptions {
   agent: string;
@@ -88,16 +88,15 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
   };
 }
 
-/** Counts a target's live connections and refuses offers beyond its capacity (claims 4, 14). */
-export function capacityPolicy(capacity: number) {
-  let active = 0;
-  return {
-    decide: () => (active < capacity ? ({ accept: true } as const) : ({ accept: false, reason: `at capacity (${capacity} connections)` } as const)),
-    track(socket: { once(event: 'close', fn: () => void): unknown }) {
-      active++;
-      socket.once('close', () => active--);
-    },
-  };
+/**
+ * The examples' capacity: batond refuses offers beyond it for the application, which is then not
+ * asked (a round trip less per handoff). --capacity 0 means "take nothing", which the SDK cannot
+ * say (its 0 is no limit): then the application refuses each offer itself, as one that decides
+ * does (claims 4, 14).
+ */
+export function capacityOptions(capacity: number): Pick<TargetOptions, 'capacity' | 'onOffer'> {
+  if (capacity > 0) return { capacity };
+  return { capacity: 0, onOffer: () => ({ accept: false, reason: 'at capacity (0 connections)' }) };
 }
 
 /**

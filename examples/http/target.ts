@@ -3,14 +3,15 @@
 // transfer; the authenticated request the router peeked is replayed at the head of the stream, so
 // the server answers it, and later keep-alive requests, normally. The user comes from the routing
 // application's state (claims 6, 7): the target never asks for credentials again. Beyond
-// --capacity live connections it refuses offers (claims 4, 14) and the router tries elsewhere.
+// --capacity live connections its batond refuses offers for it (claims 4, 14) and the router
+// tries elsewhere.
 // GET /hold?ms=N answers after N ms, to keep a connection busy in demos and tests.
 import http from 'node:http';
 import type net from 'node:net';
 import Fastify from 'fastify';
 import { TargetClient, serveHttp } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { capacityPolicy, exampleOptions, withRetry } from '../common.js';
+import { capacityOptions, exampleOptions, withRetry } from '../common.js';
 
 const opts = exampleOptions('http-target', 80);
 const log = createLogger({ app: 'http-target', node: opts.node });
@@ -53,12 +54,10 @@ async function webServer(): Promise<http.Server> {
 }
 
 const server = await webServer();
-const capacity = capacityPolicy(opts.capacity);
 const target = await withRetry('connect to batond', () =>
   TargetClient.connect(
-    { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, onOffer: capacity.decide, capacity: opts.capacity, control: opts.control },
+    { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, ...capacityOptions(opts.capacity), control: opts.control },
     (conn) => {
-      capacity.track(conn.socket);
       users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
       log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');
       serveHttp(server, conn);

@@ -10,7 +10,7 @@
 // Beyond --capacity live connections its batond refuses offers for it.
 import { RouterClient, TargetClient, isBatonError, type TransferredConnection } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, withRetry } from '../common.js';
+import { capacityOptions, exampleOptions, withRetry } from '../common.js';
 import { LineSession } from './session.js';
 const opts = exampleOptions('line-target', 7000);
 const log = createLogger({ app: 'line-target', node: opts.node });
@@ -79,13 +79,8 @@ function serve(conn: TransferredConnection): void {
 
 // A target serves connections and can move them on: it is a routing application too.
 const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-target', logger: log, ports: [opts.port], control: opts.control }));
-// No onOffer: batond accepts offers on its own up to --capacity, and a handoff to this target
-// saves the round trip to ask it (the HTTP target shows an application deciding for itself).
-// --capacity 0 takes nothing (the SDK's capacity 0 would mean no limit): then it refuses each
-// offer itself, as an application that decides does.
-const refuseAll = () => ({ accept: false, reason: 'at capacity (0 connections)' }) as const;
 const target = await withRetry('connect to batond', () =>
-  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, capacity: opts.capacity, onOffer: opts.capacity === 0 ? refuseAll : undefined, control: opts.control }, serve),
+  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, ...capacityOptions(opts.capacity), control: opts.control }, serve),
 );
 log.info({ port: opts.port }, 'line target registered');
 for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); router.close(); process.exit(0); });
