@@ -88,6 +88,11 @@ export interface LabProcessOptions {
   extraArgs?: Record<string, string[]>;
   /** More HTTP target instances: node → instance names. */
   moreHttpTargets?: Record<string, string[]>;
+  /**
+   * Named processes that run without any capability (setpriv empties their bounding set before
+   * node starts), as applications may in production: batond does the privileged socket work.
+   */
+  unprivileged?: string[];
 }
 
 /**
@@ -133,6 +138,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     }
   }
   for (const spec of specs) spec.argv.push(...(opts.extraArgs?.[spec.name] ?? []));
+  for (const spec of specs) if (opts.unprivileged?.includes(spec.name)) spec.argv.unshift('setpriv', '--bounding-set=-all', '--inh-caps=-all', '--');
   return specs;
 }
 
