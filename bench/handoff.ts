@@ -44,7 +44,7 @@ const STEPS: Array<[string, (t: Timings) => number]> = [
   ['import (n2 batond)', (t) => t.importUs],
   ['freeze (map update)', (t) => t.freezeUs],
   ['delta read', (t) => t.deltaUs],
-  ['commit round trip', (t) => t.commitRttUs],
+  ['commit round trip (0 when there was nothing to commit)', (t) => t.commitRttUs],
   ['route install (map update)', (t) => t.routeUs],
   [LOCAL_STEP, (t) => t.totalUs - t.exportUs - t.offerRttUs - t.freezeUs - t.deltaUs - t.commitRttUs - t.routeUs],
   ['total handoff()', (t) => t.totalUs],
@@ -85,6 +85,7 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
       details: {
         steps,
         failed,
+        commitsSkipped: all.filter((t) => t.commitRttUs === 0).length,
         clientViewUs: { note: 'USER sent → OK from the target received, at the client', ...summarize(client.flat()) },
       },
     },

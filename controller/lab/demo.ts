@@ -95,7 +95,7 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
       out.push(`  ${at(l.time)}  target chosen: ${l.target}; handed off as ${l.connId}`);
       out.push(
         `             export ${t.exportUs} µs | transfer ${Math.max(0, (t.offerRttUs ?? 0) - (t.importUs ?? 0))} µs | import ${t.importUs} µs | ` +
-          `freeze ${t.freezeUs} µs + delta ${t.deltaUs} µs | commit ${t.commitRttUs} µs | route install ${t.routeUs} µs | total ${t.totalUs} µs`,
+          `freeze ${t.freezeUs} µs + delta ${t.deltaUs} µs | ${t.commitRttUs ? `commit ${t.commitRttUs} µs` : 'nothing to commit'} | route install ${t.routeUs} µs | total ${t.totalUs} µs`,
       );
       for (const n of lab.nodes) {
         for (const app of ['http-target', 'line-target']) {
@@ -191,7 +191,7 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
     const done = readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').slice(before);
     const series = (k: string) => done.map((l) => l.timings?.[k] ?? NaN).filter((x) => Number.isFinite(x));
     console.log(`   per step over ${done.length} handoffs (µs)     median      p99`);
-    for (const [label, key] of [['export (snapshot)', 'exportUs'], ['offer round trip', 'offerRttUs'], ['  of which import', 'importUs'], ['freeze (map update)', 'freezeUs'], ['delta read', 'deltaUs'], ['commit round trip', 'commitRttUs'], ['route install', 'routeUs'], ['total handoff()', 'totalUs']] as const) {
+    for (const [label, key] of [['export (snapshot)', 'exportUs'], ['offer round trip', 'offerRttUs'], ['  of which import', 'importUs'], ['freeze (map update)', 'freezeUs'], ['delta read', 'deltaUs'], ['commit (0: nothing to)', 'commitRttUs'], ['route install', 'routeUs'], ['total handoff()', 'totalUs']] as const) {
       const xs = series(key);
       console.log(`   ${label.padEnd(28)} ${String(median(xs)).padStart(8)} ${String(pct(xs, 99)).padStart(8)}`);
     }

@@ -14,7 +14,9 @@
 //   4. delta   read what reached the receive queue since the snapshot, and how much of the unsent
 //              tail the socket transmitted meanwhile.
 //   5. commit  the target appends the delta, still in repair mode, marks the newly transmitted
-//              bytes as sent, and says ready.
+//              bytes as sent, and says ready. When the delta is empty and the window unchanged
+//              (nothing arrived, nothing left: a client waiting for an answer) there is nothing to
+//              commit, and the route follows the delta read at once.
 //   6. route   the entry now forwards to the target. Earlier, the target kernel would answer the
 //              client with a reset; later, the client's packets would meet a closed socket here.
 //   7. close   the routing application closes its socket silently (repair mode is still on) and
@@ -40,7 +42,7 @@ import type { Channel, PendingReplies } from './channel.js';
 import { type Accepts, connToWire, type Decoded, type DistributorTimings, type Message } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
 import type { HandoffSockets } from './sockets.js';
-import type { TcpConnectionState } from '../../native/repair.js';
+import type { ExportDelta, TcpConnectionState } from '../../native/repair.js';
 
 type RouterMessage = (typeof Accepts.agentFromRouter)[number];
 
@@ -141,12 +143,18 @@ export class HandoffCoordinator {
       const delta = this.sockets.delta(fd, state);
       const deltaUs = micros(tDelta);
 
+      // Nothing changed since the snapshot (the usual case: a client waiting for an answer sends
+      // nothing): the target's socket already is the frozen one, and the commit round trip would
+      // carry nothing. Skipped, the flow is frozen only for the delta read and the route install.
       step = 'commit';
-      const tCommit = performance.now();
-      peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
-      const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
-      if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
-      const commitRttUs = micros(tCommit);
+      let commitRttUs = 0;
+      if (!unchangedSince(state, delta)) {
+        const tCommit = performance.now();
+        peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
+        const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
+        if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
+        commitRttUs = micros(tCommit);
+      }
 
       step = 'route';
       const tRoute = performance.now();
@@ -222,4 +230,19 @@ export class HandoffCoordinator {
       log.error({ err: (err as Error).message }, 'could not unfreeze; the distributor will restore the entry when the freeze expires');
     }
   }
+}
+
+/** Did the socket stay as the snapshot saw it: nothing received, nothing transmitted, the same window? */
+function unchangedSince(snapshot: TcpConnectionState, delta: ExportDelta): boolean {
+  const a = snapshot.window;
+  const b = delta.window;
+  return (
+    delta.received.length === 0 &&
+    delta.unsentLength === snapshot.unsentLength &&
+    a.sndWl1 === b.sndWl1 &&
+    a.sndWnd === b.sndWnd &&
+    a.maxWindow === b.maxWindow &&
+    a.rcvWnd === b.rcvWnd &&
+    a.rcvWup === b.rcvWup
+  );
 }

@@ -57,9 +57,11 @@ class RecordingSockets implements HandoffSockets {
     this.op('snapshot');
     return this.exported;
   }
+  /** What arrived between the snapshot and the freeze; nothing at all skips the commit. */
+  late = Buffer.from('late');
   delta() {
     this.op('delta');
-    return { received: Buffer.from('late'), unsentLength: 0, window: state.window };
+    return { received: this.late, unsentLength: this.exported.unsentLength, window: { ...this.exported.window } };
   }
   resume() {
     this.op('resume');
@@ -169,10 +171,11 @@ const closeClock: { value?: number } = {};
 
 const request = { msg: { v: 1, type: 'handoff', connId: 'n1.t', target: { node: 'n2', port: 7000 }, appState: { user: 'a' } }, blobs: [Buffer.from('peeked')] } as Decoded<'handoff'>;
 
-async function runHandoff(script: TargetScript, clock?: number) {
+async function runHandoff(script: TargetScript, clock?: number, late = Buffer.from('late')) {
   const target = await targetNode(script);
   closeClock.value = clock;
   const { coordinator, routes, sockets, records, router, got } = await coordinatorFor(target.port);
+  sockets.late = late;
   await coordinator.run(router, request, 42);
   await new Promise((r) => setTimeout(r, 50));
   return { routes, records, sockets: sockets.ops, got: got.map((d) => d.msg.type), seen: target.seen, lives: target.lives };
@@ -207,6 +210,20 @@ describe('handoff state machine at the routing node', () => {
     expect(silent.seen).toEqual(['hello', 'offer', 'commit', 'live']);
     expect(silent.lives).toEqual([{ timestamp: undefined }]);
     expect(silent.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
+  });
+
+  it('nothing arrived since the snapshot: no commit round trip, the route follows the delta read at once', async () => {
+    const script: TargetScript = (d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') ch.send('accept', { connId, importUs: 5 });
+      if (d.msg.type === 'commit') ch.send('ready', { connId });
+    };
+    const r = await runHandoff(script, 99, Buffer.alloc(0));
+    expect(r.seen).toEqual(['hello', 'offer', 'live']);
+    expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'release (after done)']);
+    expect(r.lives).toEqual([{ timestamp: 99 }]);
+    expect(r.records[0]).toMatchObject({ outcome: 'done', timings: { commitRttUs: 0 } });
   });
 
   it('reject at offer: nothing frozen, no abort, the router is told E_REJECTED', async () => {

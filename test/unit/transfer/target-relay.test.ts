@@ -77,6 +77,15 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
     w.relay.close();
   });
 
+  it('live right after accept (the routing node had nothing to commit): the snapshot goes live as it was', () => {
+    const w = world();
+    w.app();
+    w.relay.fromPeer(w.peer as never, offer('c') as never);
+    w.relay.fromPeer(w.peer as never, msg('live', 'c', { timestamp: 5 }) as never);
+    expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept', 'goLive fd10 ts=5', 'descriptor fd10 (c)', 'app:transferred', 'release fd10']);
+    w.relay.close();
+  });
+
   it('an application that decides is asked first; reinstated only on yes; a no goes back as the reason', () => {
     const w = world();
     const t = w.app({ decides: true });
