@@ -16,7 +16,6 @@ import {
   importConnection,
   leaveRepair,
   setWindow,
-  socketTimestamp,
   type TcpConnectionState,
 } from '../../native/repair.js';
 
@@ -27,8 +26,6 @@ export interface HandoffSockets {
   delta(fd: number, snapshot: TcpConnectionState): ExportDelta;
   /** Routing node, rolling back: repair mode off; the application's socket carries on. */
   resume(fd: number): void;
-  /** The socket's TCP timestamp clock now. */
-  clock(fd: number): number;
   /** Closes this process's descriptor only (plain close): the socket lives on in the application. */
   release(fd: number): void;
   /** Target node: the connection rebuilt in repair mode, peeked bytes ahead of its receive queue. */
@@ -45,7 +42,6 @@ export const nativeSockets: HandoffSockets = {
   snapshot: exportSnapshot,
   delta: exportDelta,
   resume: leaveRepair,
-  clock: socketTimestamp,
   release: closeFd,
   reinstate: (state, peeked) => importConnection(state, { prepend: peeked }),
   complete(fd, sentSinceSnapshot, received, window) {

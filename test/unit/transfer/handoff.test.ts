@@ -66,9 +66,6 @@ class RecordingSockets implements HandoffSockets {
   resume() {
     this.op('resume');
   }
-  clock(): number {
-    throw new Error('the routing node does not read the clock: the application does, at its close');
-  }
   release(fd: number) {
     expect(fd).toBe(42);
     this.op('release');
