@@ -338,8 +338,19 @@ export class NodeAgent {
     channel.on('message', (d) => {
       const { msg } = d;
       if (msg.type === 'hello') {
-        if (role || msg.role === 'peer' || (msg.role === 'target' && !msg.ports) || !msg.fdAddress || !this.links) {
-          log.error({ role: msg.role, name: msg.name }, 'application hello refused');
+        const why = role
+          ? 'a second hello'
+          : msg.role === 'peer'
+            ? 'a peer on the application socket'
+            : msg.role === 'target' && !msg.ports
+              ? 'a target without ports'
+              : !msg.fdAddress
+                ? 'no descriptor inbox (fdAddress): an SDK older than the descriptor link'
+                : !this.links
+                  ? 'batond is still starting'
+                  : undefined;
+        if (why || !this.links || !msg.fdAddress || msg.role === 'peer') {
+          log.error({ role: msg.role, name: msg.name, why }, 'application hello refused');
           channel.close();
           return;
         }

@@ -10,9 +10,10 @@
 // Once handoff() is called the socket belongs to Baton: do not write to it. The SDK stops reading
 // it and hands batond a duplicate of its descriptor; batond does every TCP_REPAIR step (the
 // application needs no privilege for that). On success the socket has been closed silently here
-// (the 'close' event fires; the client saw nothing) and the target application serves the connection. On failure handoff() rejects with a BatonError saying which
-// step failed, and the socket is exactly as before: still connected, reading resumed, any bytes
-// that arrived meanwhile delivered. The application may retry elsewhere or answer the client.
+// (the 'close' event fires; the client saw nothing) and the target application serves the
+// connection. On failure handoff() rejects with a BatonError saying which step failed, and the
+// socket is exactly as before: still connected, reading resumed, any bytes that arrived meanwhile
+// delivered. The application may retry elsewhere or answer the client.
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';

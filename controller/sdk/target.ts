@@ -14,7 +14,7 @@
 // are also given as `peeked` for applications that want to look without reading.
 import http from 'node:http';
 import net from 'node:net';
-import type { Logger } from '../log.js';
+import { createLogger, type Logger } from '../log.js';
 import { closeFd } from '../../native/fdpass.js';
 import { loadNative } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
@@ -22,7 +22,6 @@ import { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, openAgentLink } from './agent-link.js';
 import { ControlLink } from './control-link.js';
-import { createLogger } from '../log.js';
 import { connectionIds, handedOff } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];

@@ -148,7 +148,8 @@ export class HandoffCoordinator {
       // carry nothing. Skipped, the flow is frozen only for the delta read and the route install.
       step = 'commit';
       let commitRttUs = 0;
-      if (!unchangedSince(state, delta)) {
+      const committed = !unchangedSince(state, delta);
+      if (committed) {
         const tCommit = performance.now();
         peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
         const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
@@ -171,7 +172,8 @@ export class HandoffCoordinator {
       const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
       const closeUs = micros(tClose);
       peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
-      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs } }, 'handoff complete');
+      const sizes = { send: state.sendQueue.length, recv: state.recvQueue.length + delta.received.length, peeked: blobs[0]!.length, sentSinceSnapshot: state.unsentLength - delta.unsentLength };
+      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs }, queues: sizes, committed }, 'handoff complete');
       this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client: client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
