@@ -119,7 +119,7 @@ export async function handoffRate(b: BenchLab, opts: { runs: number; connections
       better: 'higher',
       goal: { text: '≥ 5,000/s, 0 failures', met: median(rates) >= 5000 && failed === 0 },
       method: `${opts.runs} runs × ${opts.connections} connections, ${opts.concurrency} in flight at once from the client namespace; each connects, logs in (one handoff), waits for the target's OK and closes; rate = successful handoffs / wall time of the run`,
-      details: { failed, errors, connectionsPerRun: opts.connections, concurrency: opts.concurrency, clientViewUnderLoadUs: summarize(latencies), machineBusyPct: round(median(busy), 3) },
+      details: { failed, errors, connectionsPerRun: opts.connections, concurrency: opts.concurrency, clientViewUnderLoadUs: summarize(latencies), machineBusyPct: round(median(busy), 3), cpus: os.cpus().length },
     },
     rates,
   );
