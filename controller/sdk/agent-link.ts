@@ -4,10 +4,10 @@ import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BatonError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import type { ControlOptions } from './control-link.js';
+import { ControlLink, type ControlOptions, type Registration } from './control-link.js';
 import { Channel } from '../transfer/channel.js';
 import type { Body, Message, MessageType } from '../transfer/messages.js';
-import { channelPeerPid, type DescriptorLink, type LinkInbox } from '../transfer/fd-exchange.js';
+import { channelPeerPid, type DescriptorLink, LinkInbox } from '../transfer/fd-exchange.js';
 
 export interface AgentLinkOptions {
   /** batond's application socket on this node (cluster config: nodes[].agentSocket). */
@@ -75,6 +75,30 @@ export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptio
     });
     socket.once('connect', () => channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address }));
   });
+}
+
+/**
+ * Everything an application opens when it starts: its descriptor inbox, the link to batond, and
+ * (with opts.control) its registration on the control socket. What was opened is closed again when
+ * a later step fails.
+ */
+export async function openApplication<In extends MessageType>(
+  opts: AgentLinkOptions,
+  accepts: readonly In[],
+  hello: AppHello,
+  registration: Registration,
+): Promise<{ link: AgentLink<In>; inbox: LinkInbox; control?: ControlLink }> {
+  const inbox = new LinkInbox(opts.logger ?? createLogger({ app: opts.name }));
+  let link: AgentLink<In> | undefined;
+  try {
+    link = await openAgentLink(opts, accepts, hello, inbox);
+    const control = opts.control ? await ControlLink.open(opts.control, registration, link.log) : undefined;
+    return { link, inbox, control };
+  } catch (err) {
+    link?.channel.close();
+    inbox.close();
+    throw err;
+  }
 }
 
 /**

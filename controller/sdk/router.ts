@@ -19,13 +19,13 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
-import { LinkInbox } from '../transfer/fd-exchange.js';
+import type { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, type DistributorTimings } from '../transfer/messages.js';
-import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openAgentLink } from './agent-link.js';
-import { ControlLink } from './control-link.js';
+import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
+import type { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
 import { connectionIds, handedOff } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
@@ -133,24 +133,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     // Pay for loading the native library now, not inside the first handoff.
     loadNative();
     if (opts.control && !opts.ports?.length) throw new BatonError('E_CONFIG', 'a routing application registering on the control socket must name its DVIPA ports', { step: 'register' });
-    const inbox = new LinkInbox(opts.logger ?? createLogger({ app: opts.name }));
-    let link: AgentLink<FromAgent>;
-    try {
-      link = await openAgentLink(opts, Accepts.router, { role: 'router' }, inbox);
-    } catch (err) {
-      inbox.close();
-      throw err;
-    }
-    let control: ControlLink | undefined;
-    if (opts.control) {
-      try {
-        control = await ControlLink.open(opts.control, { role: 'router', app: opts.name, ports: opts.ports! }, link.log);
-      } catch (err) {
-        link.channel.close();
-        inbox.close();
-        throw err;
-      }
-    }
+    const { link, inbox, control } = await openApplication(opts, Accepts.router, { role: 'router' }, { role: 'router', app: opts.name, ports: opts.ports ?? [] });
     return new RouterClient(link, inbox, link.log, opts, control);
   }
 

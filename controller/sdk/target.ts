@@ -14,14 +14,14 @@
 // are also given as `peeked` for applications that want to look without reading.
 import http from 'node:http';
 import net from 'node:net';
-import { createLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import { closeFd } from '../../native/fdpass.js';
 import { loadNative } from '../../native/repair.js';
 import type { Channel } from '../transfer/channel.js';
-import { LinkInbox } from '../transfer/fd-exchange.js';
+import type { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
-import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, openAgentLink } from './agent-link.js';
-import { ControlLink } from './control-link.js';
+import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, openApplication } from './agent-link.js';
+import type { ControlLink } from './control-link.js';
 import { connectionIds, handedOff } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];
@@ -119,25 +119,8 @@ export class TargetClient {
     loadNative();
     const instance = opts.instance ?? opts.name;
     const capacity = opts.capacity ?? 0;
-    const inbox = new LinkInbox(opts.logger ?? createLogger({ app: opts.name }));
     const hello: AppHello = { role: 'target', ports: opts.ports, instance, decides: opts.onOffer !== undefined, capacity };
-    let link: AgentLink<FromAgent>;
-    try {
-      link = await openAgentLink(opts, Accepts.target, hello, inbox);
-    } catch (err) {
-      inbox.close();
-      throw err;
-    }
-    let control: ControlLink | undefined;
-    if (opts.control) {
-      try {
-        control = await ControlLink.open(opts.control, { role: 'target', app: opts.name, instance, ports: opts.ports, capacity, load: 0 }, link.log);
-      } catch (err) {
-        link.channel.close();
-        inbox.close();
-        throw err;
-      }
-    }
+    const { link, inbox, control } = await openApplication(opts, Accepts.target, hello, { role: 'target', app: opts.name, instance, ports: opts.ports, capacity, load: 0 });
     return new TargetClient(link, inbox, link.log, opts, hello, onConnection, control);
   }
 
