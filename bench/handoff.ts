@@ -1,12 +1,14 @@
 // Handoff benchmarks: latency (one at a time, per step), rate (many clients at once), and the stall
 // a client sees when it keeps sending while its connection moves.
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RoutingTable } from '../controller/agent/routing-table.js';
 import { readLog } from '../controller/lab/demo.js';
 import { type MetricResult, latencyMetric, median, percentile, rateMetric, round, runInterleaved, summarize } from './harness.js';
 import { type BenchLab, LINE_PORT, PLAIN_LINE_PORT } from './lab.js';
-import { procStat } from './system.js';
+import { processCpuNs, procStat } from './system.js';
 
 interface HandoffsOut {
   ok: number;
@@ -100,11 +102,23 @@ export async function handoffRate(b: BenchLab, opts: { runs: number; connections
   const errors: Record<string, number> = {};
   const latencies: number[] = [];
   const busy: number[] = [];
+  // Where the CPU goes: each lab process (schedstat, all threads), the kernel's softirq work (every
+  // namespace's packets), and the rest of the machine's busy time (the client, the kernel's work in
+  // process context that schedstat does not charge to a lab process, anything else).
+  const processes = labProcessPids(b);
+  const cpuNs: Record<string, number> = Object.fromEntries([...Object.keys(processes), 'softirq', 'machine'].map((k) => [k, 0]));
+  let handedOff = 0;
   for (let run = 0; run < opts.runs; run++) {
     const s0 = procStat();
+    const p0 = Object.fromEntries(Object.entries(processes).map(([name, pid]) => [name, processCpuNs([pid])]));
     const t0 = performance.now();
     const out = await handoffs(b, opts.connections, opts.concurrency, 180_000);
-    busy.push((100 * (procStat().busyNs - s0.busyNs)) / ((performance.now() - t0) * 1e6 * os.cpus().length));
+    const s1 = procStat();
+    for (const [name, pid] of Object.entries(processes)) cpuNs[name]! += processCpuNs([pid]) - p0[name]!;
+    cpuNs.softirq! += s1.softirqNs - s0.softirqNs;
+    cpuNs.machine! += s1.busyNs - s0.busyNs;
+    handedOff += out.ok;
+    busy.push((100 * (s1.busyNs - s0.busyNs)) / ((performance.now() - t0) * 1e6 * os.cpus().length));
     rates.push(out.ok / (out.elapsedMs / 1000));
     failed += out.failed;
     for (const [k, v] of Object.entries(out.errors)) errors[k] = (errors[k] ?? 0) + v;
@@ -119,11 +133,35 @@ export async function handoffRate(b: BenchLab, opts: { runs: number; connections
       better: 'higher',
       goal: { text: '≥ 5,000/s, 0 failures', met: median(rates) >= 5000 && failed === 0 },
       method: `${opts.runs} runs × ${opts.connections} connections, ${opts.concurrency} in flight at once from the client namespace; each connects, logs in (one handoff), waits for the target's OK and closes; rate = successful handoffs / wall time of the run`,
-      details: { failed, errors, connectionsPerRun: opts.connections, concurrency: opts.concurrency, clientViewUnderLoadUs: summarize(latencies), machineBusyPct: round(median(busy), 3), cpus: os.cpus().length },
+      details: { failed, errors, connectionsPerRun: opts.connections, concurrency: opts.concurrency, clientViewUnderLoadUs: summarize(latencies), machineBusyPct: round(median(busy), 3), cpus: os.cpus().length, cpuPerHandoffUs: cpuPerHandoff(cpuNs, handedOff) },
     },
     rates,
   );
   return m;
+}
+
+/** Every process the lab started (batonds, routers, targets, the suite's baselines), by name. */
+function labProcessPids(b: BenchLab): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const f of fs.readdirSync(b.lab.runDir)) {
+    if (!f.endsWith('.pid')) continue;
+    const pid = Number(fs.readFileSync(path.join(b.lab.runDir, f), 'utf8'));
+    if (Number.isInteger(pid) && fs.existsSync(`/proc/${pid}`)) out[f.slice(0, -'.pid'.length)] = pid;
+  }
+  return out;
+}
+
+/** µs of CPU per handoff: each process that did any work, softirq, and what the machine spent besides. */
+function cpuPerHandoff(cpuNs: Record<string, number>, handedOff: number): Record<string, number> {
+  const { softirq = 0, machine = 0, ...byProcess } = cpuNs;
+  const us = (ns: number) => round(ns / 1000 / handedOff, 3);
+  const out: Record<string, number> = {};
+  for (const [name, ns] of Object.entries(byProcess).sort((a, b) => b[1] - a[1])) if (us(ns) >= 1) out[name] = us(ns);
+  const processes = Object.values(byProcess).reduce((a, x) => a + x, 0);
+  out['kernel softirq (every namespace\'s packets)'] = us(softirq);
+  out['the rest: the client, kernel work outside these processes'] = us(Math.max(0, machine - processes - softirq));
+  out.total = us(machine);
+  return out;
 }
 
 interface StallOut {

@@ -193,6 +193,11 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
       out.push(
         `Failures: ${fmt(d.failed as number)}${Object.keys((d.errors as object) ?? {}).length ? ` (${Object.entries(d.errors as Record<string, number>).map(([k, v]) => `${v}× ${k}`).join('; ')})` : ''}. With ${fmt(d.concurrency as number)} logins in flight, each handoff took a median ${fmt((cv?.median ?? NaN) / 1000)} ms from the client's USER to the target's OK (p99 ${fmt((cv?.p99 ?? NaN) / 1000)} ms): queueing, since one handoff alone, seen from the client, takes ${fmt(((find(all, 'handoff-latency')?.details?.clientViewUs as { median: number } | undefined)?.median ?? NaN) / 1000)} ms (latency benchmark). The machine was ${fmt(d.machineBusyPct as number)} % busy during the runs (median): the routing application, three batonds, two targets and the client share the two cores, and every handoff costs each of them the event-loop work of the messages above; the rate is what two cores give for that work, so it moves with the per-handoff message count, like the latency. Counted that way, a handoff costs ${fmt((((d.cpus as number) * (d.machineBusyPct as number)) / 100 / m.median) * 1000)} ms of CPU summed over every process and the kernel's packet work (the client's included); 5,000 handoffs a second on ${fmt(d.cpus as number)} cores would need ${fmt(((d.cpus as number) / 5000) * 1000)} ms or less.`,
       );
+      const split = d.cpuPerHandoffUs as Record<string, number> | undefined;
+      if (split) {
+        out.push('Where that CPU goes, per handoff (all runs; each lab process from its threads\' schedstat, softirq and the machine\'s total from /proc/stat):');
+        out.push(table(['where', 'CPU µs per handoff'], Object.entries(split).map(([k, v]) => [k === 'total' ? '**total (machine busy time)**' : k, k === 'total' ? `**${fmt(v)}**` : fmt(v)])));
+      }
       break;
     }
     case 'throughput-download':
