@@ -1,13 +1,18 @@
 // The handoff through every layer in the namespace lab: data queued in both directions when the
 // connection moves, a client that keeps sending during the export, the old socket silent (no FIN,
 // no RST from the routing node), the routing-table entry installed and XDP steering the flow, and
-// a malformed transfer message that changes nothing.
+// a malformed transfer message that changes nothing, and an application hello batond cannot give
+// a descriptor link to.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
-import { API_PORT, certsDir } from '../../../controller/lab/cluster.js';
+import net from 'node:net';
+import { agentSocket, API_PORT, certsDir } from '../../../controller/lab/cluster.js';
+import { createLogger } from '../../../controller/log.js';
+import { Channel } from '../../../controller/transfer/channel.js';
+import { Accepts } from '../../../controller/transfer/messages.js';
 import { useLab } from '../../helpers/lab.js';
 
 const running = useLab();
@@ -90,6 +95,31 @@ describe('handoff in the namespace lab', () => {
     // grace period) rather than FORWARD.
     expect(entry).toMatchObject({ state: 'released', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
     expect(entry!.packets).toBeGreaterThan(0n);
+  });
+
+  it('an application hello batond cannot give a descriptor link to is refused, saying why', async () => {
+    const refusals = () => readLog(running.lab, 'n2-batond').filter((l) => String(l.msg).startsWith('application hello refused'));
+    const before = refusals().length;
+    /** Says hello on n2's application socket; resolves when batond closes the link (it must). */
+    const helloThenClosed = (hello: Record<string, unknown>) =>
+      new Promise<void>((resolve, reject) => {
+        const ch = new Channel(net.connect({ path: agentSocket(running.lab, 'n2') }), Accepts.target, createLogger({}, 'silent'));
+        const timer = setTimeout(() => reject(new Error('batond kept the link open')), 5000);
+        ch.socket.once('connect', () => ch.send('hello', { role: 'target', name: 'old-sdk', ports: [7000], ...hello }));
+        ch.on('message', (d) => reject(new Error(`batond answered ${d.msg.type}`)));
+        ch.once('close', () => (clearTimeout(timer), resolve()));
+      });
+    // An SDK from before the descriptor link names no inbox.
+    await helloThenClosed({});
+    // An inbox nobody listens on (an application in another network namespace looks the same).
+    await helloThenClosed({ fdAddress: 'nobody-listens-here' });
+    const refused = refusals().slice(before);
+    expect(refused).toHaveLength(2);
+    expect(refused[0]).toMatchObject({ why: expect.stringContaining('no descriptor inbox') });
+    expect(refused[1]).toMatchObject({ msg: 'application hello refused: cannot send it the descriptor link', err: expect.stringContaining('ECONNREFUSED') });
+    // The node's real targets are untouched: a handoff to n2 still works.
+    const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '1000']), 30_000);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, served_by: 'n2' });
   });
 
   it('a malformed transfer message on the peer port is logged and changes nothing', async () => {
