@@ -256,7 +256,7 @@ export class NodeAgent {
         }
         peerName = claimed.name;
         clearTimeout(helloTimer);
-        channel.send('welcome', { node: this.self.name });
+        channel.send('welcome', { node: this.self.name, handoffStepTimeoutMs: this.config.handoffStepTimeoutMs });
         return;
       }
       if (!peerName) {
@@ -384,7 +384,7 @@ export class NodeAgent {
           };
           this.relay.register(target);
         }
-        channel.send('welcome', { node: this.self.name });
+        channel.send('welcome', { node: this.self.name, handoffStepTimeoutMs: this.config.handoffStepTimeoutMs });
         return;
       }
       if (msg.type === 'handoff' && router && descriptors && this.coordinator) {

@@ -29,6 +29,8 @@ export interface AgentLink<In extends MessageType> {
   node: string;
   /** Socket descriptors to and from batond (fd-exchange.ts); closed with the channel. */
   descriptors: DescriptorLink;
+  /** batond's handoff step timeout (welcome), if it said. */
+  handoffStepTimeoutMs?: number;
   log: Logger;
 }
 
@@ -56,7 +58,7 @@ export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptio
       clearTimeout(timer);
       channel.off('message', onWelcome);
       channel.off('close', onClose);
-      const { node } = d.msg as Message<'welcome'>;
+      const { node, handoffStepTimeoutMs } = d.msg as Message<'welcome'>;
       let descriptors: DescriptorLink | undefined;
       try {
         descriptors = inbox.accept(channelPeerPid(socket));
@@ -71,7 +73,7 @@ export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptio
       const link = descriptors;
       channel.once('close', () => link.close());
       // A caller's logger already says where it runs; ours learns it from the welcome.
-      resolve({ channel, node, descriptors, log: opts.logger ? log : log.child({ node }) });
+      resolve({ channel, node, descriptors, handoffStepTimeoutMs, log: opts.logger ? log : log.child({ node }) });
     });
     socket.once('connect', () => channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address }));
   });

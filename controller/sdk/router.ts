@@ -34,8 +34,15 @@ type FromAgent = (typeof Accepts.router)[number];
 
 /** Bytes the target replays before anything new from the client; they go into its kernel receive queue. */
 export const MAX_PEEKED_BYTES = 256 * 1024;
-/** How long handoff() waits for the agent's verdict in total. */
-const HANDOFF_TIMEOUT_MS = 10_000;
+/**
+ * How long handoff() waits for batond's verdict: longer than batond can take, or the application
+ * would resume reading a socket whose route batond may still move. batond waits at most one step
+ * timeout for each of the peer link, the offer, the freeze, the commit and the route before it
+ * says done or failed; a second more for the messages. 10 s when batond did not say its timeout.
+ */
+export function verdictTimeoutMs(handoffStepTimeoutMs?: number): number {
+  return handoffStepTimeoutMs === undefined ? 10_000 : 5 * handoffStepTimeoutMs + 1000;
+}
 /** How long handoff() waits for Node to flush what the application already wrote. */
 const DRAIN_TIMEOUT_MS = 2_000;
 
@@ -240,7 +247,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
         throw new BatonError('E_PEER', `cannot hand the socket to batond: ${(err as Error).message}`, { connId, node: this.node, step: 'prepare' }, { cause: err });
       }
       sent = true;
-      const finished = this.replies.wait(connId, ['done', 'failed'], HANDOFF_TIMEOUT_MS, 'handoff');
+      const finished = this.replies.wait(connId, ['done', 'failed'], verdictTimeoutMs(this.link.handoffStepTimeoutMs), 'handoff');
       this.channel.send('handoff', { connId, target, appState: opts.appState ?? null }, [replay]);
       const outcome = await finished;
       answered = true;

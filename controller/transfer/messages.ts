@@ -97,7 +97,11 @@ export const Schemas = {
     capacity: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000_000 })),
   }),
   /** batond → application, peer → peer: the node's name. To an application, after its descriptor link was sent. */
-  welcome: message('welcome', { node: Name }),
+  welcome: message('welcome', {
+    node: Name,
+    /** To applications: the node's handoff step timeout, from which the SDK bounds its own wait. */
+    handoffStepTimeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000 })),
+  }),
   /**
    * Routing application → its agent: hand this connection to target. The socket's descriptor was
    * sent just before on the descriptor link, tagged with connId. Blob: the peeked bytes.
