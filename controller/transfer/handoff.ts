@@ -177,6 +177,11 @@ export class HandoffCoordinator {
       this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client: client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
+      if (step === 'close') {
+        // The route already points at the target and the descriptor is closed: nothing to undo.
+        log.error({ err: e.message }, 'error after the route switched; the handoff stands');
+        return;
+      }
       if (frozen) await this.unfreeze(flow!, connId, log);
       // The target may hold a reinstated socket in repair mode: tell it to drop it silently.
       // Only a target that said no has certainly kept nothing.
