@@ -19,6 +19,12 @@ import { closeFd, FdSocket, peerPid } from '../../native/fdpass.js';
 
 /** A descriptor nobody claimed within this time is closed (its stream message never came). */
 const UNCLAIMED_MS = 10_000;
+/**
+ * Descriptors waiting for their stream message on one link, at most: as many as handoffs batond
+ * runs at once by default. Beyond it a misbehaving application only fills its own link; the
+ * newcomers are closed rather than batond's descriptor table.
+ */
+const MAX_PARKED = 4096;
 /** The link itself, as batond's inbox datagram tags it. */
 const LINK_TAG = 'baton-link';
 /** Send buffer of each end of a link: ~1 KiB per waiting descriptor, so thousands may wait. */
@@ -54,7 +60,9 @@ export class DescriptorLink {
     return parked.fd;
   }
 
+  /** Closes the link and every descriptor still waiting on it. Idempotent. */
   close(): void {
+    if (this.socket.fd < 0) return;
     clearInterval(this.sweeper);
     this.drain();
     this.sweep(Infinity);
@@ -70,6 +78,10 @@ export class DescriptorLink {
       }
       const earlier = this.parked.get(got.tag);
       if (earlier) discard(earlier.fd, got.tag, 'replaced by a later one with the same tag', this.log);
+      else if (this.parked.size >= MAX_PARKED) {
+        discard(got.fd, got.tag, `${MAX_PARKED} descriptors already wait on this link`, this.log);
+        continue;
+      }
       this.parked.set(got.tag, { fd: got.fd, at: now });
     }
   }
