@@ -13,6 +13,8 @@ export interface ExampleOptions {
   targets: string[];
   /** Target applications: how many transferred connections to serve at once; more are refused. */
   capacity: number;
+  /** Target applications: count capacity and answer each offer in the application (onOffer) rather than in batond. */
+  decide: boolean;
   framework: 'node' | 'fastify';
   instance?: string;
   /** The node's control socket, when given: registration and target discovery (claims 18–24). */
@@ -53,6 +55,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
     .option('--users <map>', 'user=node pairs: who is served where', 'alice=n2,bob=n3')
     .option('--targets <nodes>', 'routing applications: nodes to fall back to when the user\'s node refuses', 'n2,n3')
     .option('--capacity <n>', 'target applications: connections served at once before refusing more', '1000')
+    .option('--decide', 'target applications: answer each offer here (onOffer) instead of letting batond accept up to --capacity')
     .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
     .option('--instance <name>', 'target applications: instance name, unique on the node (default: the application name)')
     .option('--control-port <port>', 'UDP port of batond\'s control socket on this node')
@@ -60,7 +63,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
   for (const [key, flag, what] of ROUTING_FLAGS) command.option(flag, `routing applications: ${what}`, String(routingDefault[key]));
   const opts = command
     .parse()
-    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; framework: string; controlPort?: string; controlSecret?: string; instance?: string }>();
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; decide?: boolean; framework: string; controlPort?: string; controlSecret?: string; instance?: string }>();
   if (Boolean(opts.controlPort) !== Boolean(opts.controlSecret)) throw new Error('--control-port and --control-secret go together');
   const capacity = Number(opts.capacity);
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
@@ -81,6 +84,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
     users: parseUsers(opts.users),
     targets: opts.targets.split(',').filter(Boolean),
     capacity,
+    decide: opts.decide === true,
     framework: opts.framework,
     routing,
     ...(opts.instance ? { instance: opts.instance } : {}),
@@ -90,13 +94,16 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
 
 /**
  * The examples' capacity: batond refuses offers beyond it for the application, which is then not
- * asked (a round trip less per handoff). --capacity 0 means "take nothing", which the SDK cannot
- * say (its 0 is no limit): then the application refuses each offer itself, as one that decides
- * does (claims 4, 14).
+ * asked (a round trip less per handoff). With --decide the application answers each offer itself
+ * (onOffer), counting its own connections, as one with a policy of its own would. --capacity 0
+ * means "take nothing", which the SDK cannot say (its 0 is no limit): the application then
+ * refuses each offer itself (claims 4, 14).
  */
-export function capacityOptions(capacity: number): Pick<TargetOptions, 'capacity' | 'onOffer'> {
-  if (capacity > 0) return { capacity };
-  return { capacity: 0, onOffer: () => ({ accept: false, reason: 'at capacity (0 connections)' }) };
+export function capacityOptions(opts: Pick<ExampleOptions, 'capacity' | 'decide'>, load: () => number): Pick<TargetOptions, 'capacity' | 'onOffer'> {
+  const { capacity } = opts;
+  if (capacity > 0 && !opts.decide) return { capacity };
+  const refusal = { accept: false, reason: `at capacity (${capacity} connections)` } as const;
+  return { capacity, onOffer: () => (load() < capacity ? { accept: true } : refusal) };
 }
 
 /**

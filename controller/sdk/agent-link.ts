@@ -6,7 +6,7 @@ import { BatonError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { ControlLink, type ControlOptions, type Registration } from './control-link.js';
 import { Channel } from '../transfer/channel.js';
-import type { Body, Message, MessageType } from '../transfer/messages.js';
+import type { Body, Decoded, Message, MessageType } from '../transfer/messages.js';
 import { channelPeerPid, type DescriptorLink, LinkInbox } from '../transfer/fd-exchange.js';
 
 export interface AgentLinkOptions {
@@ -31,6 +31,11 @@ export interface AgentLink<In extends MessageType> {
   descriptors: DescriptorLink;
   /** batond's handoff step timeout (welcome), if it said. */
   handoffStepTimeoutMs?: number;
+  /**
+   * Delivers batond's messages to handler: first those that came since the welcome (batond may
+   * offer a connection before the application has finished starting), then the rest as they come.
+   */
+  listen(handler: (d: Decoded<In>) => void): void;
   log: Logger;
 }
 
@@ -72,8 +77,17 @@ export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptio
       }
       const link = descriptors;
       channel.once('close', () => link.close());
+      // Kept until the application listens: a transferred connection dropped here would be lost.
+      const early: Array<Decoded<In>> = [];
+      const keep = (m: Decoded<In>) => early.push(m);
+      channel.on('message', keep);
+      const listen = (handler: (m: Decoded<In>) => void) => {
+        channel.off('message', keep);
+        for (const m of early.splice(0)) handler(m);
+        channel.on('message', handler);
+      };
       // A caller's logger already says where it runs; ours learns it from the welcome.
-      resolve({ channel, node, descriptors, handoffStepTimeoutMs, log: opts.logger ? log : log.child({ node }) });
+      resolve({ channel, node, descriptors, handoffStepTimeoutMs, listen, log: opts.logger ? log : log.child({ node }) });
     });
     socket.once('connect', () => channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address }));
   });

@@ -130,7 +130,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   private attach(link: AgentLink<FromAgent>): void {
     this.link = link;
     const { channel } = link;
-    channel.on('message', (d) => {
+    link.listen((d) => {
       if (!this.replies.deliver(d)) this.log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
     });
     channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node: this.node })));

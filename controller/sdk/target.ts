@@ -111,7 +111,7 @@ export class TargetClient {
 
   private attach(link: AgentLink<FromAgent>): void {
     this.link = link;
-    link.channel.on('message', (d) => this.onMessage(d));
+    link.listen((d) => this.onMessage(d));
   }
 
   static async connect(opts: TargetOptions, onConnection: (conn: TransferredConnection) => void): Promise<TargetClient> {

@@ -54,9 +54,11 @@ async function webServer(): Promise<http.Server> {
 }
 
 const server = await webServer();
-const target = await withRetry('connect to batond', () =>
+// Declared first: a deciding application's policy may be asked before connect() has returned.
+let target: TargetClient | undefined;
+target = await withRetry('connect to batond', () =>
   TargetClient.connect(
-    { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, ...capacityOptions(opts.capacity), control: opts.control },
+    { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, ...capacityOptions(opts, () => target?.load ?? 0), control: opts.control },
     (conn) => {
       users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
       log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');

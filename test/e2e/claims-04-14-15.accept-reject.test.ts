@@ -1,16 +1,18 @@
 // Claims 4, 14, 15: the target application is told of the transfer and accepts or refuses it;
 // the routing node closes its socket only after an acceptance. n2's line target is at capacity
-// (it refuses everything); n3's accepts.
+// (it refuses everything); n3's decides on each offer itself (--decide) and accepts.
 import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
 import { useLab } from '../helpers/lab.js';
 
-const running = useLab({ extraArgs: { 'n2-line-target': ['--capacity', '0'] } });
+const running = useLab({ extraArgs: { 'n2-line-target': ['--capacity', '0'], 'n3-line-target': ['--decide'] } });
 
 describe('the target application accepts or refuses a transfer', () => {
   it('accepted: the connection moves and the target serves it', async () => {
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--expect-node', 'n3', '--get', '1000']), 30_000);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, served_by: 'n3' });
+    // n3's application was asked (it registered as one that decides), not just its batond.
+    expect(readLog(running.lab, 'n3-batond').find((l) => l.msg === 'target application registered' && l.app === 'line-target')).toMatchObject({ decides: true });
   });
 
   it('refused: the target was asked, said why, and the routing node kept serving the same connection', async () => {
