@@ -1,16 +1,21 @@
 /*
  * Baton native: passing socket descriptors between an application and batond (SCM_RIGHTS).
  *
- * Each process already has a stream channel to batond. Descriptors travel beside it, on a Unix
- * SOCK_DGRAM socket in the abstract namespace: one datagram per descriptor, its payload a tag
- * (the connection id) that the stream message refers to. The sender sends the datagram BEFORE
- * the stream message, so a receiver that has read the message knows the datagram is queued and
- * receives without blocking; nothing here waits or polls.
+ * Each process already has a stream channel to batond. Descriptors travel beside it on Unix
+ * SOCK_DGRAM sockets: one datagram per descriptor, its payload a tag (the connection id) that the
+ * stream message refers to. The sender sends the datagram BEFORE the stream message, so a receiver
+ * that has read the message knows the datagram is queued and receives without blocking; nothing
+ * here waits or polls.
+ *
+ * Two kinds of socket (controller/transfer/fd-exchange.ts uses both): a socket bound in the
+ * abstract namespace (baton_fdsock_open: an application's inbox, where batond sends it one end of
+ * its descriptor link), and a connected pair (baton_fd_pair: the link itself, which has no
+ * queue-length limit between its ends).
  *
  * The receiver has SO_PASSCRED on, so the kernel attaches the sender's credentials to every
  * datagram. Anybody in the network namespace can send to an abstract address: the receiver
- * accepts a descriptor only if that pid equals baton_peer_pid() of the stream channel it expects
- * the descriptor on.
+ * accepts a descriptor there only if that pid equals baton_peer_pid() of the stream channel it
+ * expects the descriptor on.
  *
  * Abstract names cross as bytes without the leading NUL: "baton-x" is sun_path "\0baton-x"
  * (ss shows it as "@baton-x"). Every call returns -errno on failure and never prints.

@@ -1,8 +1,9 @@
 // Socket descriptors between an application and batond (native/fdpass.c; the protocol is in
-// native/fdpass.h). Descriptors travel on an abstract Unix datagram socket beside each process's
-// stream channel to batond, one descriptor and its tag (the connection id) per datagram. The
-// sender sends the datagram before the stream message that names the tag, so whoever reads that
-// message calls receiveAll() knowing the datagram is already queued: no polling, nothing async.
+// native/fdpass.h). Descriptors travel on Unix datagram sockets beside each process's stream
+// channel to batond, one descriptor and its tag (the connection id) per datagram: to an address in
+// the abstract namespace (FdSocket.open), or between the ends of a connected pair (FdSocket.pair).
+// The sender sends the datagram before the stream message that names the tag, so whoever reads
+// that message calls receiveAll() knowing the datagram is already queued: no polling, nothing async.
 //
 // Anybody in the network namespace can send to an abstract address. Every received descriptor
 // comes with the sender's pid as the kernel saw it: accept it only if that equals peerPid() of
