@@ -83,11 +83,13 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
       unit: 'µs',
       better: 'lower',
       goal: { text: 'p50 ≤ 100 µs, p99 ≤ 300 µs', met: total.median <= 100 && total.p99 <= 300 },
-      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the per-step timings (n1's batond does every socket step and reports them in done) from the router's log. Not counted: the router then closes its socket and reports its timestamp clock (closed), and only then is the target told to go live: two more one-way messages (router → its batond → target batond, which leaves repair mode) before the target socket is live, and a third that hands it to the target application`,
+      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the per-step timings (n1's batond does every socket step and reports them in done) from the router's log. Not counted: the target going live, one more one-way message (live, sent with done when the old socket can send nothing more; otherwise after the router reports its clock at the close: two more), and one that hands the socket to the target application`,
       details: {
         steps,
         failed,
         commitsSkipped: all.filter((t) => t.commitRttUs === 0).length,
+        // n1's batond says per handoff where the old socket's final clock came from.
+        quietClocks: readLog(b.lab, `${b.lab.distributor}-batond`).filter((l) => l.msg === 'handoff complete').slice(-all.length).filter((l) => l.clock === 'quiet socket').length,
         clientViewUs: { note: 'USER sent → OK from the target received, at the client', ...summarize(client.flat()) },
       },
     },

@@ -185,7 +185,7 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
         `Even the kernel steps alone exceed the 100 µs p50 goal. Two of them are worth a look when optimising: the freeze and the route install each take ${fmt(steps['freeze (map update)']?.median)} and ${fmt(steps['route install (map update)']?.median)} µs in batond, for a read and a write of one map entry, while one bpf() map call from Node.js measures ${fmt(oneCall)} µs (table-lookup below).`,
       );
       const cv = d.clientViewUs as { median: number; p99: number } | undefined;
-      if (cv) out.push(`Seen from the client (USER sent → the target's OK received): median ${fmt(cv.median)} µs, p99 ${fmt(cv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)}.`);
+      if (cv) out.push(`Seen from the client (USER sent → the target's OK received): median ${fmt(cv.median)} µs, p99 ${fmt(cv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)}. In ${fmt(d.quietClocks as number)} of ${fmt(m.samples)} handoffs the old socket was quiet (nothing left to send, everything received acknowledged), so n1's batond read its final clock itself and the target went live with done, without waiting for the router's close.`);
       break;
     }
     case 'handoff-rate': {

@@ -393,6 +393,36 @@ int baton_timestamp(int fd, uint32_t *timestamp)
 	return 0;
 }
 
+int baton_quiet_clock(int fd, uint32_t rcv_nxt, uint32_t *timestamp)
+{
+	struct tcp_repair_window win;
+	socklen_t len = sizeof(win);
+	int outq = 0, keepalive = 0;
+	socklen_t klen = sizeof(keepalive);
+
+	if (ioctl(fd, SIOCOUTQ, &outq))
+		return fail("SIOCOUTQ");
+	if (outq)
+		return -EBUSY;
+	if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &klen))
+		return fail("SO_KEEPALIVE");
+	if (keepalive)
+		return -EBUSY;
+	if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &len))
+		return fail("TCP_REPAIR_WINDOW");
+	if (win.rcv_wup != rcv_nxt) {
+		/* A delayed ACK is due: send it now rather than have its timer stamp a later clock. */
+		if (set_int(fd, IPPROTO_TCP, TCP_QUICKACK, 1))
+			return fail("TCP_QUICKACK");
+		len = sizeof(win);
+		if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &len))
+			return fail("TCP_REPAIR_WINDOW");
+		if (win.rcv_wup != rcv_nxt)
+			return -EBUSY;
+	}
+	return baton_timestamp(fd, timestamp);
+}
+
 /*
  * Writes into a queue of a socket in repair mode. The new socket's buffers start at the
  * defaults while the exported queue may have filled an autotuned buffer many times larger:

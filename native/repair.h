@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 4
+#define BATON_ABI_VERSION 5
 
 /* tcpi_options bits, kept as the kernel reports them. */
 #define BATON_OPT_TIMESTAMPS 1u
@@ -158,6 +158,18 @@ int baton_go_live(int fd, const uint32_t *timestamp);
 /* The socket's TCP_TIMESTAMP clock now (ms ticks plus its offset). Read it just before the old
  * socket's silent close, for the target's baton_go_live. */
 int baton_timestamp(int fd, uint32_t *timestamp);
+
+/*
+ * The clock of an old socket in repair mode, taken when it can send nothing more by itself, so
+ * that the reading is as final as one taken at its close: nothing in its send queue (SIOCOUTQ 0:
+ * no retransmission, loss probe or zero-window probe can fire), no keepalive, and everything it
+ * received acknowledged (rcv_wup == rcv_nxt; a pending delayed ACK is sent now with TCP_QUICKACK,
+ * which repair mode does not stop). Call it once the flow no longer reaches this socket (frozen
+ * or routed away), with rcv_nxt = the receive queue's start sequence plus its length.
+ * 0 and *timestamp; -EBUSY when the socket might still send (read the clock at its close
+ * instead); another -errno on failure (baton_last_step).
+ */
+int baton_quiet_clock(int fd, uint32_t rcv_nxt, uint32_t *timestamp);
 
 /* Repair mode on (if not already), then close: the peer sees nothing. If repair mode cannot
  * be turned on the fd is NOT closed, since a plain close would send a FIN or RST. */

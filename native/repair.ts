@@ -51,7 +51,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;
@@ -152,6 +152,7 @@ interface Native {
   setWindow(fd: number, window: Uint32Array): number;
   goLive(fd: number, timestamp: Uint32Array | null): number;
   timestamp(fd: number, out: Uint32Array): number;
+  quietClock(fd: number, rcvNxt: number, out: Uint32Array): number;
   closeSilently(fd: number): number;
   dup(fd: number): number;
 }
@@ -189,6 +190,7 @@ function native(): Native {
     setWindow: lib.func('baton_import_set_window', 'int', ['int', 'const uint32_t *']),
     goLive: lib.func('baton_go_live', 'int', ['int', 'const uint32_t *']),
     timestamp: lib.func('baton_timestamp', 'int', ['int', 'uint32_t *']),
+    quietClock: lib.func('baton_quiet_clock', 'int', ['int', 'uint32_t', 'uint32_t *']),
     closeSilently: lib.func('baton_close_silently', 'int', ['int']),
     dup: lib.func('baton_dup', 'int', ['int']),
   } as Native;
@@ -486,6 +488,21 @@ export function goLive(fd: number, timestamp?: number): void {
 export function socketTimestamp(fd: number): number {
   const out = new Uint32Array(1);
   check(native().timestamp(fd, out), 'baton_timestamp', { fd });
+  return out[0]!;
+}
+
+/**
+ * The clock of an old socket in repair mode if it can send nothing more by itself (nothing in its
+ * send queue, no keepalive, everything received acknowledged: a due delayed ACK is sent now), so
+ * the reading is final without waiting for its close; undefined when it still might send. rcvNxt:
+ * the sequence number after the last byte received (receive queue start + length, delta included).
+ * See baton_quiet_clock in native/repair.h.
+ */
+export function quietClock(fd: number, rcvNxt: number): number | undefined {
+  const out = new Uint32Array(1);
+  const ret = native().quietClock(fd, rcvNxt >>> 0, out);
+  if (ret === -os.constants.errno.EBUSY) return undefined;
+  check(ret, 'baton_quiet_clock', { fd });
   return out[0]!;
 }
 

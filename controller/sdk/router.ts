@@ -254,11 +254,13 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
       // The route points at the target; batond left the socket in repair mode, so this close is
-      // silent. The target continues its timestamp clock from the reading taken just before.
-      const timestamp = readTimestamp(taken.fd, log);
+      // silent. Unless batond read the socket's final clock itself, the target continues from the
+      // reading taken just before the close.
+      const done = outcome.msg as { clockNeeded?: boolean };
+      const timestamp = done.clockNeeded === false ? undefined : readTimestamp(taken.fd, log);
       handedOff.add(socket);
       socket.destroy();
-      this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
+      if (done.clockNeeded !== false) this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
       const timings: HandoffTimings = { ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
       log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
       return { connId, target, timings };

@@ -167,13 +167,20 @@ export class HandoffCoordinator {
       step = 'close';
       const timings: DistributorTimings = { exportUs, offerRttUs, importUs, freezeUs, deltaUs, commitRttUs, routeUs };
       const tClose = performance.now();
-      router.channel.send('done', { connId, timings });
+      // No client packet reaches the old socket any more. If it can send nothing by itself either,
+      // its clock now is its clock at the close: the target goes live at once. Otherwise the
+      // application reads the clock right before its close and says it (closed).
+      const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
+      if (finalClock !== undefined) peer.channel.send('live', { connId, timestamp: finalClock });
+      router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
       this.releaseDescriptor(fd, log);
-      const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
+      if (finalClock === undefined) {
+        const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
+        peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
+      }
       const closeUs = micros(tClose);
-      peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
       const sizes = { send: state.sendQueue.length, recv: state.recvQueue.length + delta.received.length, peeked: blobs[0]!.length, sentSinceSnapshot: state.unsentLength - delta.unsentLength };
-      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs }, queues: sizes, committed }, 'handoff complete');
+      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs }, queues: sizes, committed, clock: finalClock === undefined ? 'at the close' : 'quiet socket' }, 'handoff complete');
       this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client: client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(t0) } });
     } catch (err) {
       const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
@@ -203,6 +210,16 @@ export class HandoffCoordinator {
       this.sockets.resume(fd);
     } catch (err) {
       log.error({ err: (err as Error).message }, 'cannot take the socket out of repair mode: the connection is stuck at the routing node');
+    }
+  }
+
+  /** The old socket's final clock if it is quiet; undefined (the application reads it at its close) otherwise or on failure. */
+  private quietClock(fd: number, rcvNxt: number, log: Logger): number | undefined {
+    try {
+      return this.sockets.quietClock(fd, rcvNxt);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'cannot tell whether the old socket is quiet: its clock is read at its close');
+      return undefined;
     }
   }
 

@@ -162,7 +162,11 @@ export const Schemas = {
    */
   move: message('move', { connId: ConnIdSchema, node: Name }),
   moved: message('moved', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
-  done: message('done', { connId: ConnIdSchema, timings: TimingsSchema }),
+  /**
+   * Distributor → routing application: the route points at the target. clockNeeded false: batond
+   * read the old socket's final clock itself (it could send nothing more), so no closed is due.
+   */
+  done: message('done', { connId: ConnIdSchema, timings: TimingsSchema, clockNeeded: Type.Optional(Type.Boolean()) }),
   /** Routing application → its agent, answering done: the old socket is closed, silently; its clock then. */
   closed: message('closed', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
   failed: message('failed', {

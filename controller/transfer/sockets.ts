@@ -15,6 +15,7 @@ import {
   goLive,
   importConnection,
   leaveRepair,
+  quietClock,
   setWindow,
   type TcpConnectionState,
 } from '../../native/repair.js';
@@ -26,6 +27,8 @@ export interface HandoffSockets {
   delta(fd: number, snapshot: TcpConnectionState): ExportDelta;
   /** Routing node, rolling back: repair mode off; the application's socket carries on. */
   resume(fd: number): void;
+  /** Routing node, once the flow no longer reaches the socket: its final clock if it can send nothing more by itself. */
+  quietClock(fd: number, rcvNxt: number): number | undefined;
   /** Closes this process's descriptor only (plain close): the socket lives on in the application. */
   release(fd: number): void;
   /** Target node: the connection rebuilt in repair mode, peeked bytes ahead of its receive queue. */
@@ -42,6 +45,7 @@ export const nativeSockets: HandoffSockets = {
   snapshot: exportSnapshot,
   delta: exportDelta,
   resume: leaveRepair,
+  quietClock,
   release: closeFd,
   reinstate: (state, peeked) => importConnection(state, { prepend: peeked }),
   complete(fd, sentSinceSnapshot, received, window) {

@@ -29,6 +29,7 @@ import {
   goLive,
   importConnection,
   leaveRepair,
+  quietClock,
   socketFd,
   socketTimestamp,
   type TcpConnectionState,
@@ -511,6 +512,30 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
     });
   });
 
+  it('quietClock: the final clock of an old socket that can send nothing more; none while it still could', async () => {
+    await withConnection({ listen: S4 }, async ({ client, sock }) => {
+      const fd = socketFd(sock);
+      await client.wait(client.send(1_000));
+      await sleep(20);
+      const state = exportSnapshot(fd);
+      const rcvNxt = (state.recvSeq + state.recvQueue.length) >>> 0;
+      // Nothing to send, keepalive off, everything received acknowledged (a due ACK goes now).
+      const clock = quietClock(fd, rcvNxt);
+      expect(clock).toBeDefined();
+      expect(Math.abs(socketTimestamp(fd) - clock!)).toBeLessThanOrEqual(1);
+      // Bytes it has not acknowledged (as far as the caller knows): it might still ACK them later.
+      expect(quietClock(fd, (rcvNxt + 1) >>> 0)).toBeUndefined();
+      // A keepalive timer would stamp a later clock.
+      sock.setKeepAlive(true, 60_000);
+      expect(quietClock(fd, rcvNxt)).toBeUndefined();
+      sock.setKeepAlive(false);
+      expect(quietClock(fd, rcvNxt)).toBeDefined();
+      // (A socket with something in its send queue: the lost-segments test below.)
+      leaveRepair(fd);
+      sock.destroy();
+    });
+  });
+
   it('delta: bytes arriving after the snapshot come back from exportDelta and, appended, keep the stream exact with no client timeout', async () => {
     await withConnection({ listen: S4 }, async ({ client, sock }) => {
       const fd = socketFd(sock);
@@ -725,6 +750,8 @@ describe.skipIf(!isRoot)('native/repair (TCP_REPAIR in network namespaces)', () 
       await sleep(50);
 
       const state = exportSnapshot(fd);
+      // Segments in flight may be retransmitted later, stamped with a later clock: not quiet.
+      expect(quietClock(fd, (state.recvSeq + state.recvQueue.length) >>> 0)).toBeUndefined();
       const sentPart = state.sendQueue.length - state.unsentLength;
       expect(state.sendQueue.length).toBe(n);
       expect(state.sendQueue.equals(data.subarray(0, n))).toBe(true);

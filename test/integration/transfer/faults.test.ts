@@ -97,39 +97,38 @@ describe('target faults before the acknowledgement', () => {
     }
   });
 
-  it('target application dies after its batond said ready: the client sees a reset, the entry is released and removed', async () => {
-    // The only application on n3's port 7000 is one that crashes between ready and live.
-    // It holds the routing application (SIGSTOP) once it has accepted, so that it is dead when
-    // 'live' comes: resumed below whatever happens.
+  it('target application dies after its batond accepted: the commit is refused, the routing node rolls back and answers on the same connection', async () => {
+    // The only application on n3's port 7000 decides to accept, stops n1's batond (SIGSTOP) and
+    // dies; n1's batond is resumed once it is gone. The client streams through the move, so n1
+    // has a delta to commit, and n3, whose application is gone, refuses it. (A move with nothing
+    // to commit switches the route at once and 'live' then finds no application: n3 releases the
+    // flow, unit-tested in test/unit/transfer/target-relay.test.ts.)
     await stopProcess(running.lab.runDir, 'n3-line-target', running.lab.prefix);
-    const router = pidOf('n1-line-router');
+    const routingAgent = pidOf('n1-batond');
     await startProcess(
-      { name: 'n3-crashing-target', ns: node('n3').ns, argv: [process.execPath, path.join(repoRoot(), 'test/fixtures/crash-after-ready.mjs'), repoRoot(), agentSocket(running.lab, 'n3'), '7000', String(router)] },
+      { name: 'n3-crashing-target', ns: node('n3').ns, argv: [process.execPath, path.join(repoRoot(), 'test/fixtures/crash-after-ready.mjs'), repoRoot(), agentSocket(running.lab, 'n3'), '7000', String(routingAgent)] },
       { runDir: running.lab.runDir, lab: running.lab.prefix },
     );
     for (let waited = 0; !readLog(running.lab, 'n3-batond').some((l) => l.msg === 'target application registered' && l.app === 'crash-after-ready') && waited < 10_000; waited += 100) await sleep(100);
+    const crashing = pidOf('n3-crashing-target');
     const clientPort = 45200;
     const flow = { family: 4 as const, clientAddress: running.lab.client.address, clientPort, vipAddress: running.lab.dvipa.address, vipPort: 7000 };
-    let res: { ok: boolean; error?: string };
+    let res: Record<string, unknown>;
     try {
-      // Streaming through the handoff: its bytes reach n3 once the route points there, first the
-      // reinstated socket (silent, in repair mode), then, once the application died with it, none.
-      const args = ['--user', 'bob', '--source-port', String(clientPort), '--timeout', '10', '--stream-during-handoff', '--put', '4000000'];
-      res = JSON.parse((await inClient(running.lab, lineClient(running.lab, args), 30_000)).stdout);
+      const client = inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--source-port', String(clientPort), '--timeout', '10', '--stream-during-handoff', '--put', '100000']), 30_000);
+      for (let waited = 0; fs.existsSync(`/proc/${crashing}`) && waited < 10_000; waited += 20) await sleep(20);
+      await sleep(300);
+      process.kill(routingAgent, 'SIGCONT');
+      res = JSON.parse((await client).stdout);
     } finally {
-      process.kill(router, 'SIGCONT');
+      process.kill(routingAgent, 'SIGCONT');
     }
-    // 'live' comes after the routing node's step timeout (the router was held): n3 releases the flow then.
-    const orphaned = () => readLog(running.lab, 'n3-batond').some((l) => l.msg === 'routed here after its target application died: releasing the flow (the client sees a reset)');
-    for (let waited = 0; !orphaned() && waited < 8000; waited += 100) await sleep(100);
-    expect(orphaned()).toBe(true);
-    // The route switched to n3, where no socket exists: the kernel answers the client with a reset.
-    expect(res.ok).toBe(false);
-    expect(res.error).toMatch(/ConnectionResetError|reset/i);
-    // Whether 'live' reached n3 before or after it noticed the application's death, n3 releases the flow.
-    // Released at once, removed after the release grace (3 s in the lab): no entry leaks.
-    expect(running.routes.get(flow)?.state).toBe('released');
-    for (let waited = 0; running.routes.get(flow) && waited < 8000; waited += 100) await sleep(100);
+    // Answered by n1 on the connection it kept: no reset, no lost connection.
+    expect(res.greeting).toMatch(/^ERR cannot reach n3: E_REJECTED at commit/);
+    const failure = readLog(running.lab, 'n1-batond').filter((l) => l.event === 'handoff' && l.outcome === 'failed').pop();
+    expect(failure).toMatchObject({ step: 'commit', code: 'E_REJECTED', err: expect.stringContaining('crash-after-ready went away') });
+    // Nothing frozen, nothing routed to n3 for this flow.
     expect(running.routes.get(flow)).toBeUndefined();
+    expect([...running.routes.entries()].filter(([, e]) => e.state === 'frozen')).toEqual([]);
   });
 });

@@ -66,6 +66,15 @@ class RecordingSockets implements HandoffSockets {
   resume() {
     this.op('resume');
   }
+  /** The old socket's final clock when quiet (batond reads it), undefined when the application must. */
+  quiet: number | undefined = undefined;
+  quietClock(fd: number, rcvNxt: number) {
+    expect(fd).toBe(42);
+    // The receive queue's start and length, plus the delta: the first sequence number not received.
+    expect(rcvNxt).toBe((this.exported.recvSeq + this.exported.recvQueue.length + this.late.length) >>> 0);
+    this.op('quietClock');
+    return this.quiet;
+  }
   release(fd: number) {
     expect(fd).toBe(42);
     this.op('release');
@@ -168,14 +177,15 @@ const closeClock: { value?: number } = {};
 
 const request = { msg: { v: 1, type: 'handoff', connId: 'n1.t', target: { node: 'n2', port: 7000 }, appState: { user: 'a' } }, blobs: [Buffer.from('peeked')] } as Decoded<'handoff'>;
 
-async function runHandoff(script: TargetScript, clock?: number, late = Buffer.from('late')) {
+async function runHandoff(script: TargetScript, clock?: number, late = Buffer.from('late'), quiet?: number) {
   const target = await targetNode(script);
   closeClock.value = clock;
   const { coordinator, routes, sockets, records, router, got } = await coordinatorFor(target.port);
   sockets.late = late;
+  sockets.quiet = quiet;
   await coordinator.run(router, request, 42);
   await new Promise((r) => setTimeout(r, 50));
-  return { routes, records, sockets: sockets.ops, got: got.map((d) => d.msg.type), seen: target.seen, lives: target.lives };
+  return { routes, records, sockets: sockets.ops, got: got.map((d) => d.msg.type), done: got.find((d) => d.msg.type === 'done')?.msg, seen: target.seen, lives: target.lives };
 }
 
 describe('handoff state machine at the routing node', () => {
@@ -197,7 +207,8 @@ describe('handoff state machine at the routing node', () => {
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
     expect(r.got).toEqual(['done']);
     // Repair mode stays on: the application's close, after done, must be silent.
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'release (after done)']);
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
+    expect(r.done).toMatchObject({ clockNeeded: true });
     expect(r.lives).toEqual([{ timestamp: 123_456 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
 
@@ -218,9 +229,23 @@ describe('handoff state machine at the routing node', () => {
     const r = await runHandoff(script, 99, Buffer.alloc(0));
     expect(r.seen).toEqual(['hello', 'offer', 'live']);
     expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'release (after done)']);
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
     expect(r.lives).toEqual([{ timestamp: 99 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', timings: { commitRttUs: 0 } });
+  });
+
+  it('an old socket that can send nothing more: batond reads its final clock, the target goes live at once, no closed is asked for', async () => {
+    const script: TargetScript = (d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') ch.send('accept', { connId, importUs: 5 });
+    };
+    // The router would answer done with clock 1 if asked: the live must carry batond's 777.
+    const r = await runHandoff(script, 1, Buffer.alloc(0), 777);
+    expect(r.seen).toEqual(['hello', 'offer', 'live']);
+    expect(r.lives).toEqual([{ timestamp: 777 }]);
+    expect(r.done).toMatchObject({ type: 'done', clockNeeded: false });
+    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
+    expect(r.records[0]).toMatchObject({ outcome: 'done' });
   });
 
   it('reject at offer: nothing frozen, no abort, the router is told E_REJECTED', async () => {

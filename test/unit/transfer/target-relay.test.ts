@@ -26,6 +26,9 @@ function world() {
       throw new Error('not at the target');
     },
     resume: () => undefined,
+    quietClock: () => {
+      throw new Error('not at the target');
+    },
     reinstate: (state, peeked) => (events.push(`reinstate ${state.remote.port} peeked=${peeked.toString()}`), nextFd++),
     complete: (fd, sent, received) => void events.push(`complete fd${fd} sent=${sent.toString()} received=${received.toString()}`),
     goLive: (fd, ts) => void events.push(`goLive fd${fd} ts=${ts}`),
