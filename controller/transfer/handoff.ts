@@ -171,8 +171,8 @@ export class HandoffCoordinator {
       // its clock now is its clock at the close: the target goes live at once. Otherwise the
       // application reads the clock right before its close and says it (closed).
       const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
-      if (finalClock !== undefined) peer.channel.send('live', { connId, timestamp: finalClock });
       router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
+      if (finalClock !== undefined) peer.channel.send('live', { connId, timestamp: finalClock });
       this.releaseDescriptor(fd, log);
       if (finalClock === undefined) {
         const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
