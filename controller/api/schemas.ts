@@ -87,7 +87,7 @@ export const TimingsSchema = Type.Object({
   deltaUs: Type.Number(),
   commitRttUs: Type.Number(),
   routeUs: Type.Number(),
-  closeUs: Type.Optional(Type.Number({ description: 'done sent to the routing application until it said the old socket is closed' })),
+  closeUs: Type.Optional(Type.Number({ description: 'route switched until live was sent: waiting for the routing application to report its clock at the close, or next to nothing when the old socket was quiet and batond read it' })),
   totalUs: Type.Number(),
 });
 

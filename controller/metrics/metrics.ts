@@ -42,7 +42,7 @@ export class AgentMetrics {
     });
     this.stepSeconds = new Histogram({
       name: 'baton_handoff_step_seconds',
-      help: 'Duration of each handoff step: export (snapshot), offer (round trip to the target), import (at the target), freeze, delta (read after the freeze), commit (round trip), route install, close (the router app closing its socket and reporting its clock), total',
+      help: 'Duration of each handoff step: export (snapshot), offer (round trip to the target), import (at the target), freeze, delta (read after the freeze), commit (round trip), route install, close (route switched until live sent: the router app reporting its clock at the close, or nothing when the old socket was quiet), total',
       labelNames: ['step'],
       buckets: [25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1],
       registers,

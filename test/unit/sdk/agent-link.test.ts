@@ -2,16 +2,11 @@
 // starting (registering on the control socket, building its client): an offer or a live
 // connection dropped there would be lost. A scripted batond sends its welcome and an offer in one
 // write; the TargetClient must answer the offer. Loopback and Unix sockets only.
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../controller/log.js';
 import { TargetClient, type TransferOffer } from '../../../controller/sdk/target.js';
-import { Channel } from '../../../controller/transfer/channel.js';
-import { LinkMaker } from '../../../controller/transfer/fd-exchange.js';
 import { Accepts, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
+import { scriptedAgent } from '../../helpers/scripted-agent.js';
 
 const log = createLogger({}, 'silent');
 const cleanups: Array<() => unknown> = [];
@@ -21,28 +16,16 @@ afterEach(async () => {
 
 describe('the application link', () => {
   it('keeps what batond sends right after its welcome until the client listens', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'early-agent-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const socketPath = path.join(dir, 'agent.sock');
-    const links = new LinkMaker(log);
-    cleanups.push(() => links.close());
     const answers: Array<Decoded<MessageType>['msg']> = [];
-    const agent = net.createServer((s) => {
-      const ch = new Channel(s, Accepts.agentFromTarget, log);
-      ch.on('message', (d) => {
-        if (d.msg.type === 'hello') {
-          const link = links.make(d.msg.fdAddress!);
-          cleanups.push(() => link.close());
-          // One write: the offer arrives in the same chunk as the welcome.
-          ch.send('welcome', { node: 'n2' });
-          ch.send('decide', { connId: 'n1.early', from: 'n1', client: { address: '10.0.0.1', port: 40000 }, appState: { user: 'alice' } }, [Buffer.from('GET')]);
-          return;
-        }
-        answers.push(d.msg);
-      });
-    });
-    await new Promise<void>((resolve) => agent.listen(socketPath, resolve));
-    cleanups.push(() => new Promise((resolve) => agent.close(resolve)));
+    // The offer goes in the same write as the welcome: it arrives in the same chunk.
+    const agent = await scriptedAgent(
+      Accepts.agentFromTarget,
+      { node: 'n2' },
+      (d) => answers.push(d.msg),
+      (ch) => ch.send('decide', { connId: 'n1.early', from: 'n1', client: { address: '10.0.0.1', port: 40000 }, appState: { user: 'alice' } }, [Buffer.from('GET')]),
+    );
+    cleanups.push(() => agent.close());
+    const { socketPath } = agent;
 
     const asked: TransferOffer[] = [];
     const target = await TargetClient.connect({ socketPath, name: 'early', ports: [7000], logger: log, onOffer: (o) => (asked.push(o), { accept: true }) }, () => undefined);

@@ -3,17 +3,13 @@
 // happens when the verdict never comes (a scripted batond that takes the socket into repair mode and
 // falls silent): the SDK gives up, leaves repair mode itself (this test runs privileged) and the
 // connection carries on with the application. Loopback only.
-import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../controller/log.js';
 import { RouterClient, verdictTimeoutMs } from '../../../controller/sdk/router.js';
-import { Channel } from '../../../controller/transfer/channel.js';
-import { type DescriptorLink, LinkMaker } from '../../../controller/transfer/fd-exchange.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
 import { nativeSockets } from '../../../controller/transfer/sockets.js';
+import { scriptedAgent } from '../../helpers/scripted-agent.js';
 
 const log = createLogger({}, 'silent');
 const cleanups: Array<() => unknown> = [];
@@ -31,31 +27,17 @@ describe('verdictTimeoutMs', () => {
 
 describe('a batond that never answers the handoff', () => {
   it('times out after the derived bound, leaves repair mode and gives the application its socket back, reading', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verdict-agent-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const socketPath = path.join(dir, 'agent.sock');
-    const links = new LinkMaker(log);
-    cleanups.push(() => links.close());
     let repaired = 0;
-    const agent = net.createServer((s) => {
-      const ch = new Channel(s, Accepts.agentFromRouter, log);
-      let descriptors: DescriptorLink | undefined;
-      ch.on('message', ({ msg }) => {
-        if (msg.type === 'hello') {
-          descriptors = links.make(msg.fdAddress!);
-          cleanups.push(() => descriptors!.close());
-          ch.send('welcome', { node: 'n1', handoffStepTimeoutMs: 100 });
-        }
-        if (msg.type !== 'handoff') return;
-        const fd = descriptors!.take(msg.connId)!;
-        // What batond does first, then silence; its duplicate closed as a dying batond's would be.
-        nativeSockets.snapshot(fd);
-        repaired++;
-        nativeSockets.release(fd);
-      });
+    const agent = await scriptedAgent(Accepts.agentFromRouter, { node: 'n1', handoffStepTimeoutMs: 100 }, ({ msg }, _ch, descriptors) => {
+      if (msg.type !== 'handoff') return;
+      const fd = descriptors.take(msg.connId)!;
+      // What batond does first, then silence; its duplicate closed as a dying batond's would be.
+      nativeSockets.snapshot(fd);
+      repaired++;
+      nativeSockets.release(fd);
     });
-    await new Promise<void>((resolve) => agent.listen(socketPath, resolve));
-    cleanups.push(() => new Promise((resolve) => agent.close(resolve)));
+    cleanups.push(() => agent.close());
+    const { socketPath } = agent;
 
     const router = await RouterClient.connect({ socketPath, name: 'verdict-test', logger: log });
     cleanups.push(() => router.close());

@@ -1,10 +1,7 @@
 // Routing-phase limits on real sockets over loopback: each bound closes what it must and nothing
 // else, refused connections never reach the application, a handoff (a real RouterClient against a
 // scripted batond) takes the socket out of the guard's reach, and nothing stays behind.
-import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
@@ -12,10 +9,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../controller/log.js';
 import { RouterClient } from '../../../controller/sdk/router.js';
 import { type RoutingGuardOptions, type RoutingPhase, RoutingGuard, sourceOf } from '../../../controller/sdk/routing-guard.js';
-import { Channel } from '../../../controller/transfer/channel.js';
-import { type DescriptorLink, LinkMaker } from '../../../controller/transfer/fd-exchange.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
 import { nativeSockets } from '../../../controller/transfer/sockets.js';
+import { scriptedAgent } from '../../helpers/scripted-agent.js';
 
 const cleanups: Array<() => void | Promise<void>> = [];
 afterEach(async () => {
@@ -285,46 +281,28 @@ describe('counts, logs, leftovers', () => {
 
 describe('handoff takes the socket out of the guard (RouterClient against a scripted batond; needs CAP_NET_ADMIN)', () => {
   /**
-   * Answers hello, then each handoff after `delayMs` with the given outcome, doing to the socket
+   * Answers each handoff after `delayMs` with the given outcome, doing to the socket
    * what batond does (repair mode on; on failure off again) through the descriptor it was sent.
    */
-  async function scriptedAgent(outcome: 'done' | 'failed', delayMs: number): Promise<string> {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guard-agent-'));
-    const socketPath = path.join(dir, 'agent.sock');
-    const log = createLogger({}, 'silent');
-    const links = new LinkMaker(log);
-    const server = net.createServer((s) => {
-      const ch = new Channel(s, Accepts.agentFromRouter, log);
-      let descriptors: DescriptorLink | undefined;
-      ch.on('message', ({ msg }) => {
-        if (msg.type === 'hello') {
-          descriptors = links.make(msg.fdAddress!);
-          cleanups.push(() => descriptors!.close());
-          ch.send('welcome', { node: 'n1' });
+  async function answeringAgent(outcome: 'done' | 'failed', delayMs: number): Promise<string> {
+    const agent = await scriptedAgent(Accepts.agentFromRouter, { node: 'n1' }, ({ msg }, ch, descriptors) => {
+      if (msg.type !== 'handoff') return;
+      const fd = descriptors.take(msg.connId);
+      expect(fd).toBeDefined();
+      nativeSockets.snapshot(fd!);
+      const t = setTimeout(() => {
+        if (outcome === 'failed') {
+          nativeSockets.resume(fd!);
+          ch.send('failed', { connId: msg.connId, step: 'offer', code: 'E_REJECTED', reason: 'scripted refusal' });
+        } else {
+          ch.send('done', { connId: msg.connId, timings: { exportUs: 1, offerRttUs: 1, importUs: 1, freezeUs: 1, deltaUs: 1, commitRttUs: 1, routeUs: 1 } });
         }
-        if (msg.type !== 'handoff') return;
-        const fd = descriptors!.take(msg.connId);
-        expect(fd).toBeDefined();
-        nativeSockets.snapshot(fd!);
-        const t = setTimeout(() => {
-          if (outcome === 'failed') {
-            nativeSockets.resume(fd!);
-            ch.send('failed', { connId: msg.connId, step: 'offer', code: 'E_REJECTED', reason: 'scripted refusal' });
-          } else {
-            ch.send('done', { connId: msg.connId, timings: { exportUs: 1, offerRttUs: 1, importUs: 1, freezeUs: 1, deltaUs: 1, commitRttUs: 1, routeUs: 1 } });
-          }
-          nativeSockets.release(fd!);
-        }, delayMs);
-        cleanups.push(() => clearTimeout(t));
-      });
+        nativeSockets.release(fd!);
+      }, delayMs);
+      cleanups.push(() => clearTimeout(t));
     });
-    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
-    cleanups.push(async () => {
-      await new Promise((resolve) => server.close(resolve));
-      links.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
-    return socketPath;
+    cleanups.push(() => agent.close());
+    return agent.socketPath;
   }
 
   async function routerWith(socketPath: string): Promise<RouterClient> {
@@ -334,7 +312,7 @@ describe('handoff takes the socket out of the guard (RouterClient against a scri
   }
 
   it('a handoff slower than both bounds is not cut, and the moved socket leaves the guard', async () => {
-    const router = await routerWith(await scriptedAgent('done', 500));
+    const router = await routerWith(await answeringAgent('done', 500));
     const s = await serve({ idleMs: 100, deadlineMs: 250, maxBytes: 10 });
     const c = await connect(s.port);
     await until('accepted', () => s.accepted.length === 1);
@@ -346,7 +324,7 @@ describe('handoff takes the socket out of the guard (RouterClient against a scri
   });
 
   it('a failed handoff gives the socket back to the routing phase, its time not counted against the client', async () => {
-    const router = await routerWith(await scriptedAgent('failed', 500));
+    const router = await routerWith(await answeringAgent('failed', 500));
     const s = await serve({ idleMs: 150, deadlineMs: 300 });
     const c = await connect(s.port);
     await until('accepted', () => s.accepted.length === 1);
