@@ -167,7 +167,7 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
     for (const node of ['n2', 'n3']) {
       for (const l of readLog(lab, `${node}-line-target`).filter((x) => x.event === 'handed-off')) {
         const t = l.timings as Record<string, number>;
-        console.log(`  ${node} moved ${l.connId} on to ${l.target}: export ${t.exportUs} µs | offer ${t.offerRttUs} µs | freeze (at n1) ${t.freezeUs} µs | commit ${t.commitRttUs} µs | route (at n1) ${t.routeUs} µs | total ${t.totalUs} µs`);
+        console.log(`  ${node} moved ${l.connId} on to ${l.target}: export ${t.exportUs} µs | offer ${t.offerRttUs} µs | freeze (at n1) ${t.freezeUs} µs | ${t.commitRttUs ? `commit ${t.commitRttUs} µs` : 'nothing to commit'} | route (at n1) ${t.routeUs} µs | total ${t.totalUs} µs`);
       }
     }
 

@@ -14,7 +14,7 @@ import { createLogger } from '../../../controller/log.js';
 import { Channel, PendingReplies } from '../../../controller/transfer/channel.js';
 import { type HandoffRecord, HandoffCoordinator } from '../../../controller/transfer/handoff.js';
 import type { RouteWriter } from '../../../controller/transfer/routes.js';
-import { Accepts, connToWire, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
+import { Accepts, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
 import { PeerLinks } from '../../../controller/transfer/peers.js';
 import type { HandoffSockets } from '../../../controller/transfer/sockets.js';
 
