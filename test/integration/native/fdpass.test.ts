@@ -144,11 +144,10 @@ describe('native/fdpass: socket descriptors over abstract Unix datagram sockets'
   });
 
   it('receiveAll on an empty socket returns [] without blocking', () => {
+    // A blocking receive would never return here (nothing will ever be sent): the test's timeout.
     const receiver = fdSocket();
-    const t0 = performance.now();
     expect(receiver.receiveAll()).toEqual([]);
     expect(receiver.receiveAll()).toEqual([]);
-    expect(performance.now() - t0).toBeLessThan(100);
   });
 
   it('returns every queued datagram, in order, from one receiveAll', async () => {

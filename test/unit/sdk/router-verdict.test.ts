@@ -60,9 +60,10 @@ describe('a batond that never answers the handoff', () => {
     await expect(router.handoff(appSocket, { node: 'n2', port: 7000 })).rejects.toMatchObject({ code: 'E_TIMEOUT' });
     const waited = performance.now() - t0;
     expect(repaired).toBe(1);
-    // Not before the derived bound (1.5 s for a 100 ms step), and not the old fixed 10 s.
+    // Not before the derived bound (1.5 s for a 100 ms step), and well short of the old fixed
+    // 10 s: what is checked is which bound applied, not how fast anything ran.
     expect(waited).toBeGreaterThanOrEqual(1400);
-    expect(waited).toBeLessThan(8000);
+    expect(waited).toBeLessThan(9000);
     // Out of repair mode and reading again: the client's bytes reach the application and back.
     const reply = new Promise<string>((resolve) => clientSide!.once('data', (b) => resolve(b.toString())));
     clientSide!.write('ping');
