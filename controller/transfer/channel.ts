@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { BatonError, isBatonError } from '../errors.js';
+import { countInputError, errorText, type InputSource } from '../input.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, REJECT_REASONS, type RejectReason, rejectionOf } from './framing.js';
 import { type Body, decodeMessage, type Decoded, header, type MessageType } from './messages.js';
@@ -41,6 +42,8 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     readonly socket: net.Socket,
     private readonly accepts: readonly In[],
     private readonly log: Logger,
+    /** Who is at the other end, as baton_input_errors_total labels it: a peer node, an application, batond (sdk). */
+    private readonly source: InputSource = 'peer',
     maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
   ) {
     super();
@@ -83,7 +86,22 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     this.emit('close', err);
   }
 
+  /**
+   * Whatever a frame makes throw here or in a 'message' listener (a bug the input found) stays
+   * here: logged with a bounded message, counted in baton_input_errors_total{source}, and this
+   * link closed. The process, and every other link, goes on.
+   */
   private onData(chunk: Buffer): void {
+    try {
+      this.receive(chunk);
+    } catch (err) {
+      const n = countInputError(this.source);
+      if (n <= 10 || n % 1000 === 0) this.log.error({ source: this.source, err: errorText(err), remote: this.socket.remoteAddress, inputErrors: n }, 'input handler failed: closing channel');
+      this.close(new BatonError('E_PROTOCOL', `input handler failed: ${errorText(err)}`, { step: 'receive' }));
+    }
+  }
+
+  private receive(chunk: Buffer): void {
     if (this.closed) return;
     this.decoder.append(chunk);
     // A listener may close the channel on one message (a refused hello): the frames that came in
@@ -94,7 +112,7 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
         frame = this.decoder.next();
       } catch (err) {
         this.count(rejectionOf(err) ?? 'framing');
-        this.log.error({ err: (err as Error).message, remote: this.socket.remoteAddress }, 'framing violation: closing channel');
+        this.log.error({ err: errorText(err), remote: this.socket.remoteAddress }, 'framing violation: closing channel');
         this.close(err as Error);
         return;
       }
@@ -104,9 +122,10 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
         decoded = decodeMessage(frame, this.accepts);
       } catch (err) {
         const reason = rejectionOf(err);
+        // Anything but a refusal is a bug the input found: onData closes the link.
         if (!reason || !isBatonError(err)) throw err;
         this.count(reason);
-        this.log.error({ err: err.message, connId: err.context.connId, reason }, 'message rejected');
+        this.log.error({ err: errorText(err), connId: err.context.connId, reason }, 'message rejected');
         continue;
       }
       this.emit('message', decoded);

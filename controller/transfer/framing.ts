@@ -9,10 +9,16 @@
 // Socket queues travel as raw blobs so a multi-megabyte send queue is neither base64-inflated nor
 // copied through a JSON string.
 import { BatonError, isBatonError } from '../errors.js';
+import { MAX_JSON_DEPTH, parseJson } from '../input.js';
 
 export const FRAME_PREFIX_BYTES = 8;
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
 export const MAX_HEADER_BYTES = 64 * 1024;
+/**
+ * Deepest nesting a header may have: the message's own objects (a few levels) around application
+ * state that may itself nest MAX_JSON_DEPTH deep (messages.ts bounds that part exactly).
+ */
+export const MAX_HEADER_DEPTH = MAX_JSON_DEPTH + 4;
 
 /**
  * Why a received frame was refused. framing and too-large break the byte stream (the channel
@@ -119,12 +125,11 @@ function parseFrame(body: Buffer): Frame {
   if (4 + headerLength > body.length) {
     throw broken(`header length ${headerLength} does not fit a frame of ${body.length} bytes`, 'framing');
   }
-  let header: unknown;
-  try {
-    header = JSON.parse(body.subarray(4, 4 + headerLength).toString('utf8'));
-  } catch (err) {
-    throw broken(`frame header is not valid JSON: ${(err as Error).message}`, 'framing');
-  }
+  // Bounded before it is parsed: a header nested thousands deep parses, but stringifying it later
+  // (a log line, an offer relayed to another node) would overflow the stack.
+  const parsed = parseJson(body.subarray(4, 4 + headerLength), { maxBytes: MAX_HEADER_BYTES, maxDepth: MAX_HEADER_DEPTH });
+  if (!parsed.ok) throw broken(`frame header refused (${parsed.reason}): ${parsed.detail}`, 'framing');
+  const header = parsed.value;
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw broken('frame header must be a JSON object', 'framing');
   }

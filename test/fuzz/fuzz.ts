@@ -304,3 +304,77 @@ export function chunked(buf: Buffer, cuts: number[]): Buffer[] {
   }
   return out;
 }
+
+// ---- hostile JSON: what every decoder of JSON text must survive -------------------------------
+//
+// Not schema-driven: inputs chosen for what they do to a parser and to what runs after it. Deep
+// nesting (V8 parses 10^5 levels, but JSON.stringify of the result overflows the stack: one
+// datagram killed a batond that way), numbers past a double or exactly at its edges, strings up
+// to a size limit, keys that pollute a prototype if assigned, NUL bytes (escaped, and raw, which
+// JSON forbids), and byte strings that are not UTF-8 (a lenient decoder would turn them into
+// U+FFFD, so two different byte strings could mean one message).
+
+export interface HostileFragment {
+  kind: string;
+  /** A JSON value as bytes (or, for the invalid kinds, bytes that are meant to be refused). */
+  bytes: Buffer;
+}
+
+const deepArray = (n: number) => `${'['.repeat(n)}${']'.repeat(n)}`;
+const deepObject = (n: number) => `${'{"a":'.repeat(n)}0${'}'.repeat(n)}`;
+const deepMixed = (n: number) => `${'[{"k":'.repeat(n)}null${'}]'.repeat(n)}`;
+
+/** Depths around every limit: just past MAX_JSON_DEPTH (64), thousands, the issue's 30,700, and 10^5. */
+export const HOSTILE_DEPTHS = [65, 70, 1_000, 30_700, 100_000] as const;
+
+const fixedFragments: Array<[string, string | Buffer]> = [
+  ['huge-number 1e400', '1e400'],
+  ['huge-number -1e400', '-1e400'],
+  ['huge-number 400 digits', `1${'0'.repeat(400)}`],
+  ['huge-number 2^64', '18446744073709551616'],
+  ['tiny-number 1e-400', '1e-400'],
+  ['negative zero', '-0'],
+  ['long fraction', `0.${'1'.repeat(2000)}`],
+  ['proto keys', '{"__proto__":{"polluted":1},"constructor":{"prototype":{"polluted":1}},"prototype":{"polluted":1}}'],
+  ['proto key nested', '{"a":{"__proto__":{"polluted":1}}}'],
+  ['escaped NUL', '"a\\u0000b\\u0000"'],
+  ['raw NUL in string', Buffer.from([0x22, 0x61, 0x00, 0x62, 0x22])],
+  ['raw NUL outside', Buffer.from([0x00])],
+  ['lone surrogate escape', '"\\ud800"'],
+  ['invalid UTF-8 0xff', Buffer.from([0x22, 0xff, 0x22])],
+  ['invalid UTF-8 truncated', Buffer.from([0x22, 0xc3, 0x22])],
+  ['invalid UTF-8 overlong', Buffer.from([0x22, 0xc0, 0xaf, 0x22])],
+  ['invalid UTF-8 surrogate', Buffer.from([0x22, 0xed, 0xa0, 0x80, 0x22])],
+  ['BOM', Buffer.from([0xef, 0xbb, 0xbf, 0x22, 0x61, 0x22])],
+];
+
+/**
+ * A hostile JSON fragment for a value position. Sizes go up to maxBytes (the surface's limit) and
+ * once past it, so both the size bound and what lies behind it are reached.
+ */
+export function hostileFragment(maxBytes: number): fc.Arbitrary<HostileFragment> {
+  const frag = (kind: string, text: string | Buffer): HostileFragment => ({ kind, bytes: Buffer.isBuffer(text) ? text : Buffer.from(text) });
+  return fc.oneof(
+    fc.constantFrom(...HOSTILE_DEPTHS).chain((n) =>
+      fc.constantFrom(frag(`deep-array ${n}`, deepArray(n)), frag(`deep-object ${n}`, deepObject(n)), frag(`deep-mixed ${n}`, deepMixed(n))),
+    ),
+    fc.constantFrom(...fixedFragments.map(([k, t]) => frag(k, t))),
+    fc.constantFrom(1_000, Math.max(1, maxBytes - 64), maxBytes + 1).map((n) => frag(`long-string ${n}`, `"${'a'.repeat(n)}"`)),
+    fc.constantFrom(1_000, Math.max(1, Math.floor(maxBytes / 7))).map((n) => frag(`many-escapes ${n}`, `"${'\\u0000'.repeat(n)}"`)),
+    fc.constantFrom(1_000, Math.max(1, Math.floor(maxBytes / 2))).map((n) => frag(`wide-array ${n}`, `[${Array(n).fill('0').join(',')}]`)),
+  );
+}
+
+const MARK = '@@baton-fuzz-hole@@';
+
+/**
+ * JSON text of `template` with the value at `key` (a top-level key) replaced by the fragment's
+ * bytes, verbatim; key undefined: the fragment is the whole text.
+ */
+export function embed(template: Record<string, unknown>, key: string | undefined, fragment: HostileFragment): Buffer {
+  if (key === undefined) return fragment.bytes;
+  const copy = { ...template };
+  defineOwn(copy, key, MARK);
+  const [before, after] = JSON.stringify(copy).split(`"${MARK}"`) as [string, string];
+  return Buffer.concat([Buffer.from(before), fragment.bytes, Buffer.from(after)]);
+}

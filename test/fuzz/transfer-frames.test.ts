@@ -9,17 +9,19 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isBatonError } from '../../controller/errors.js';
 import { createLogger } from '../../controller/log.js';
+import { inputErrors } from '../../controller/input.js';
 import { Channel, channelRejections } from '../../controller/transfer/channel.js';
-import { FrameDecoder, MAX_HEADER_BYTES, type Frame, type RejectReason, rejectionOf } from '../../controller/transfer/framing.js';
-import { Accepts, decodeMessage, type MessageType, Schemas } from '../../controller/transfer/messages.js';
-import { broken, check, checkAsync, chunked, defineOwn, mutatedBytes, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
+import { encodeFrame, FrameDecoder, MAX_HEADER_BYTES, type Frame, REJECT_REASONS as REASONS, type RejectReason, rejectionOf } from '../../controller/transfer/framing.js';
+import { Accepts, decodeMessage, header, type MessageType, Schemas } from '../../controller/transfer/messages.js';
+import { useTcpPairs } from '../helpers/loopback.js';
+import { broken, check, checkAsync, chunked, defineOwn, embed, hostileFragment, mutatedBytes, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
 const log = createLogger({}, 'silent');
 
 /** Blobs each type carries, as the message table in docs/protocol.md gives them. */
 const DOC_BLOBS: Record<MessageType, number> = {
   hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
-  decide: 1, decided: 0, transferred: 2, release: 0, move: 0, moved: 0, route: 0, routed: 0, listeners: 0, done: 0, closed: 0, failed: 0,
+  decide: 1, decided: 0, transferred: 2, release: 0, move: 0, moved: 0, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, done: 0, closed: 0, failed: 0,
 };
 const TYPES = Object.keys(Schemas) as MessageType[];
 const SIDES = Object.entries(Accepts) as Array<[string, readonly MessageType[]]>;
@@ -228,32 +230,13 @@ describe('decodeMessage on every side of every link', () => {
 });
 
 describe('a real Channel on a loopback TCP connection', () => {
-  let server: net.Server;
-  const accepted: net.Socket[] = [];
-  const waiting: Array<(s: net.Socket) => void> = [];
-
-  beforeAll(async () => {
-    server = net.createServer((s) => {
-      const w = waiting.shift();
-      if (w) w(s);
-      else accepted.push(s);
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  });
-  afterAll(() => server.close());
+  const pair = useTcpPairs();
 
   /** Both ends of a fresh connection: the client socket, and the server's wrapped in a Channel. */
   async function link(side: readonly MessageType[]): Promise<{ client: net.Socket; channel: Channel<MessageType> }> {
-    const serverSide = new Promise<net.Socket>((resolve) => {
-      const s = accepted.shift();
-      if (s) resolve(s);
-      else waiting.push(resolve);
-    });
-    const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-    // The channel destroys its end on a framing violation: writes still in flight get EPIPE/ECONNRESET here.
-    client.on('error', () => {});
-    await new Promise<void>((r) => client.once('connect', () => r()));
-    return { client, channel: new Channel<MessageType>(await serverSide, side, log) };
+    // The channel destroys its end on a framing violation: writes still in flight get EPIPE/ECONNRESET at the client (ignored).
+    const { client, server } = await pair();
+    return { client, channel: new Channel<MessageType>(server, side, log) };
   }
 
   type Item = { kind: 'valid' | 'schema' | 'blob-count' | 'unexpected-type'; type: MessageType; bytes: Buffer };
@@ -354,6 +337,56 @@ describe('a real Channel on a loopback TCP connection', () => {
     client.destroy();
     inputs += 2;
     expect(got).toEqual(['hello:intruder']);
+  });
+});
+
+describe('hostile JSON in frame headers, on every side of every link (peer, agent socket, SDK)', () => {
+  const pair = useTcpPairs();
+
+  /** Valid headers to break, with the keys where a fragment replaces the value (undefined: the whole header). */
+  const target = fc.constantFrom(...SIDES).chain(([, side]) =>
+    fc.constantFrom(...side).chain((type) =>
+      valid(Schemas[type]).chain((v) => {
+        const { blobs: _b, ...fields } = v as Record<string, unknown>;
+        return fc.constantFrom(undefined, ...Object.keys(fields)).map((key) => ({ side, type, fields, key }));
+      }),
+    ),
+  );
+
+  it('refused and counted, or delivered as a message that can be encoded again; no handler throws, no process error', async () => {
+    let linkRuns = 0;
+    await checkAsync(
+      'channel: hostile JSON',
+      fc.asyncProperty(target, hostileFragment(MAX_HEADER_BYTES), async ({ side, type, fields, key }, fragment) => {
+        linkRuns++;
+        inputs++;
+        const { client, server } = await pair();
+        const channel = new Channel<MessageType>(server, side, log, 'peer');
+        const errorsBefore = inputErrors().peer;
+        const before = channelRejections();
+        const got: Array<Record<string, unknown>> = [];
+        channel.on('message', (d) => {
+          // What batond does with a message it took: relays it (offer, decide, transferred) or logs it.
+          encodeFrame(header(d.msg.type, d.msg as never), d.blobs);
+          got.push(d.msg as Record<string, unknown>);
+        });
+        const closed = new Promise<void>((r) => channel.once('close', () => r()));
+        const json = embed(fields, key, fragment);
+        const blobs = Array.from({ length: DOC_BLOBS[type] }, () => Buffer.from('b'));
+        const prefix = Buffer.alloc(8);
+        prefix.writeUInt32BE(4 + json.length + blobs.length, 0);
+        prefix.writeUInt32BE(json.length, 4);
+        client.end(Buffer.concat([prefix, json, ...blobs]));
+        await closed;
+        client.destroy();
+        const after = channelRejections();
+        const refused = REASONS.reduce((n, r) => n + after[r] - before[r], 0);
+        expect(inputErrors().peer - errorsBefore, `${fragment.kind} at ${key ?? '(header)'}`).toBe(0);
+        expect(refused + got.length, `${fragment.kind} at ${key ?? '(header)'}: one verdict`).toBe(1);
+      }),
+      runs(400),
+    );
+    expect(linkRuns).toBe(runs(400));
   });
 });
 

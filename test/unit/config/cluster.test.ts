@@ -3,24 +3,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { sampleConfig } from '../../helpers/config.js';
 import { type ClusterConfig, parseClusterConfig, parseClusterConfigText, readClusterConfig, writeClusterConfig } from '../../../controller/config/cluster.js';
 
-const good = (): ClusterConfig => ({
-  version: 1,
-  instance: 'lab',
-  dvipa: { address: '10.203.0.10', ports: [80, 7000] },
-  distributor: 'n1',
-  controlPort: 4701,
-  api: { port: 4702, tokenFile: '/etc/baton/api-token' },
-  tls: { caFile: '/etc/baton/ca.crt' },
-  xdpMode: 'native',
-  handoffStepTimeoutMs: 2000,
-  releaseGraceMs: 3000,
-  nodes: [
-    { name: 'n1', id: 1, address: '10.203.0.11', mac: '02:00:00:00:00:01', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n1.sock', controlSecretFile: '/run/baton/n1.secret', certFile: '/etc/baton/n1.crt', keyFile: '/etc/baton/n1.key' },
-    { name: 'n2', id: 2, address: '10.203.0.12', mac: '02:00:00:00:00:02', interface: 'eth0', peerPort: 4700, agentSocket: '/run/baton/n2.sock', controlSecretFile: '/run/baton/n2.secret', certFile: '/etc/baton/n2.crt', keyFile: '/etc/baton/n2.key' },
-  ],
-});
+const good = sampleConfig;
 
 describe('cluster config', () => {
   it('accepts a valid config', () => {

@@ -41,7 +41,7 @@ describe('frame codec', () => {
       p.writeUInt32BE(j.length, 4);
       return Buffer.concat([p, j, extra]);
     };
-    expect(() => new FrameDecoder().push(frame('{nope'))).toThrow(/not valid JSON/);
+    expect(() => new FrameDecoder().push(frame('{nope'))).toThrow(/frame header refused \(not-json\)/);
     expect(() => new FrameDecoder().push(frame('[1,2]'))).toThrow(/must be a JSON object/);
     expect(() => new FrameDecoder().push(frame('{"blobs":[5]}', Buffer.from('abc')))).toThrow(/declares 5 bytes but the frame carries 3/);
     expect(() => new FrameDecoder().push(frame('{"blobs":[-1]}'))).toThrow(/non-negative integers/);
