@@ -1,19 +1,43 @@
-// The control socket's datagrams (claims 18–24): one JSON object per UDP datagram, one schema per
-// type, version 1. Applications send register/heartbeat/update/unregister with their node's
-// control secret; batond answers registered/ack and pushes targets to routing applications.
+// The control socket's datagrams (claims 18–24), version 2: each one is a 32-byte HMAC-SHA256 tag
+// followed by one JSON object, one schema per type. The tag proves that whoever sent it holds the
+// node's control secret; the secret itself never travels. The tag covers a label naming the
+// direction, so a datagram batond sent is never valid sent back to it, and the other way round.
+// The one datagram without a tag is `challenge-request`, whose exact bytes are fixed: nothing an
+// attacker sends unauthenticated is handed to a JSON parser.
 // Documented in docs/protocol.md ("Control socket").
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import { bounded, describeInput, parseJson } from '../input.js';
 
-export const CONTROL_VERSION = 1;
-/** Datagrams larger than this are dropped unread: a full target list for 1024 instances fits. */
+export const CONTROL_VERSION = 2;
+/** Datagrams larger than this (tag included) are dropped unread. */
 export const MAX_DATAGRAM_BYTES = 60 * 1024;
+export const TAG_BYTES = 32;
+/**
+ * Nesting allowed in a body: the deepest schema is `targets` (object, array, object); one level
+ * more lets a body that is one level off be refused by its schema with a path, anything deeper
+ * is refused before JSON.parse sees it.
+ */
+export const CONTROL_MAX_DEPTH = 4;
+
+/** Who a datagram is for: the tag covers it, so it cannot be reflected to the other side. */
+export type Direction = 'to-batond' | 'to-application';
+const LABELS: Record<Direction, Buffer> = {
+  'to-batond': Buffer.from('baton control v2: application to batond\n'),
+  'to-application': Buffer.from('baton control v2: batond to application\n'),
+};
 
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 const Count = Type.Integer({ minimum: 0, maximum: 1_000_000 });
-const Token = Type.String({ minLength: 64, maxLength: 64, pattern: '^[0-9a-f]{64}$' });
 const RegistrationId = Type.String({ pattern: '^[0-9a-f]{16}$' });
+/** The application's nonce in challenge-request: 16 random bytes. */
+const ClientNonce = Type.String({ pattern: '^[0-9a-f]{32}$' });
+/** batond's nonce in challenge: 32 bytes it can check when they come back (challenges.ts). */
+const Nonce = Type.String({ pattern: '^[0-9a-f]{64}$' });
+/** Per-registration counter: every datagram carries a larger one than the last. */
+const Counter = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER });
 
 export const TargetInfoSchema = Type.Object(
   {
@@ -37,9 +61,13 @@ function datagram<K extends string, T extends Record<string, TSchema>>(type: K, 
 }
 
 export const ControlSchemas = {
+  /** Untagged, fixed bytes (challengeRequest()): asks batond for a nonce to register with. */
+  'challenge-request': datagram('challenge-request', { cnonce: ClientNonce }),
+  /** batond's answer, tagged: proves batond holds the secret, and gives a single-use nonce. */
+  challenge: datagram('challenge', { cnonce: ClientNonce, nonce: Nonce }),
   /** Claim 20: the registration says which role the application plays. */
   register: datagram('register', {
-    token: Token,
+    nonce: Nonce,
     role: Type.Union([Type.Literal('router'), Type.Literal('target')]),
     app: Name,
     instance: Type.Optional(Name),
@@ -47,14 +75,21 @@ export const ControlSchemas = {
     capacity: Type.Optional(Count),
     load: Type.Optional(Count),
   }),
-  heartbeat: datagram('heartbeat', { token: Token, id: RegistrationId }),
-  update: datagram('update', { token: Token, id: RegistrationId, capacity: Type.Optional(Count), load: Type.Optional(Count) }),
-  unregister: datagram('unregister', { token: Token, id: RegistrationId }),
-  registered: datagram('registered', { id: RegistrationId, node: Name, heartbeatMs: Count, expiryMs: Count }),
-  /** Claims 21, 22: the full list of target applications on the DVIPA, on registration and on every change. */
-  targets: datagram('targets', { seq: Count, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
-  /** Answer to a heartbeat or update; error when the registration is unknown (expired: register again). */
-  ack: datagram('ack', { id: RegistrationId, ok: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 256 })) }),
+  heartbeat: datagram('heartbeat', { id: RegistrationId, n: Counter }),
+  update: datagram('update', { id: RegistrationId, n: Counter, capacity: Type.Optional(Count), load: Type.Optional(Count) }),
+  unregister: datagram('unregister', { id: RegistrationId, n: Counter }),
+  /** Echoes the register's nonce: the application knows which registration this answers. */
+  registered: datagram('registered', { id: RegistrationId, nonce: Nonce, node: Name, heartbeatMs: Count, expiryMs: Count }),
+  /**
+   * Claims 21, 22: the full list of target applications on the DVIPA, on registration and on every
+   * change. `n` is batond's own counter for this registration: a replayed push is refused.
+   */
+  targets: datagram('targets', { id: RegistrationId, n: Counter, seq: Count, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
+  /**
+   * Answer to a heartbeat or update, echoing its `n`; ok false when the registration is unknown
+   * (expired, or batond restarted: register again).
+   */
+  ack: datagram('ack', { id: RegistrationId, n: Counter, ok: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 256 })) }),
 } as const;
 
 export type ControlType = keyof typeof ControlSchemas;
@@ -62,32 +97,68 @@ export type ControlMessage<K extends ControlType = ControlType> = K extends Cont
 
 const checks = Object.fromEntries(Object.entries(ControlSchemas).map(([k, s]) => [k, TypeCompiler.Compile(s as TSchema)])) as Record<ControlType, TypeCheck<TSchema>>;
 
-export const FromApplication = ['register', 'heartbeat', 'update', 'unregister'] as const;
-export const FromAgent = ['registered', 'targets', 'ack'] as const;
+export const FromApplication = ['challenge-request', 'register', 'heartbeat', 'update', 'unregister'] as const;
+export const FromAgent = ['challenge', 'registered', 'ack', 'targets'] as const;
 
-export type DecodeResult<K extends ControlType> = { ok: true; msg: ControlMessage<K> } | { ok: false; reason: 'too-large' | 'not-json' | 'unexpected-type' | 'schema'; detail: string };
+/** Why a datagram was refused, in the order the checks run (docs/protocol.md). */
+export type DecodeRefusal = 'too-large' | 'bad-mac' | 'encoding' | 'too-deep' | 'not-json' | 'unexpected-type' | 'schema';
+export type DecodeResult<K extends ControlType> = { ok: true; msg: ControlMessage<K> } | { ok: false; reason: DecodeRefusal; detail: string };
 
-/** Parses and validates one datagram; never throws: a bad datagram is a reason to count. */
-export function decodeDatagram<K extends ControlType>(buf: Buffer, allowed: readonly K[]): DecodeResult<K> {
+/** The tag of a body sent in a direction: HMAC-SHA256(key, label || body). */
+export function datagramTag(key: Buffer, direction: Direction, body: Buffer): Buffer {
+  return createHmac('sha256', key).update(LABELS[direction]).update(body).digest();
+}
+
+/** tag || body. */
+export function sealDatagram(key: Buffer, direction: Direction, body: Buffer): Buffer {
+  return Buffer.concat([datagramTag(key, direction, body), body]);
+}
+
+const ZERO_TAG = Buffer.alloc(TAG_BYTES);
+const challengeRequestBody = (cnonce: string) => `{"v":${CONTROL_VERSION},"type":"challenge-request","cnonce":"${cnonce}"}`;
+const CHALLENGE_REQUEST_BYTES = TAG_BYTES + challengeRequestBody('0'.repeat(32)).length;
+const [CR_HEAD, CR_TAIL] = challengeRequestBody('\u0000').split('\u0000') as [string, string];
+
+/** The only untagged datagram: 32 zero bytes, then exactly this JSON, byte for byte. */
+export function challengeRequest(cnonce: string): Buffer {
+  return Buffer.concat([ZERO_TAG, Buffer.from(challengeRequestBody(cnonce))]);
+}
+
+/**
+ * Checks and decodes one datagram; never throws: a bad datagram is a reason to count. The tag is
+ * checked before anything else is read (a challenge-request is matched against its fixed bytes
+ * instead, when `allowed` takes one); only then is the body parsed, with its size, encoding and
+ * nesting bounded first.
+ */
+export function decodeDatagram<K extends ControlType>(buf: Buffer, key: Buffer, direction: Direction, allowed: readonly K[]): DecodeResult<K> {
   if (buf.length > MAX_DATAGRAM_BYTES) return { ok: false, reason: 'too-large', detail: `${buf.length} bytes` };
-  let value: unknown;
-  try {
-    value = JSON.parse(buf.toString('utf8'));
-  } catch (err) {
-    return { ok: false, reason: 'not-json', detail: (err as Error).message };
+  if (buf.length <= TAG_BYTES) return { ok: false, reason: 'bad-mac', detail: `${buf.length} bytes: no room for a tag and a body` };
+  const tag = buf.subarray(0, TAG_BYTES);
+  const body = buf.subarray(TAG_BYTES);
+  if ((allowed as readonly string[]).includes('challenge-request') && tag.equals(ZERO_TAG)) {
+    const text = buf.length === CHALLENGE_REQUEST_BYTES ? body.toString('latin1') : '';
+    const cnonce = text.startsWith(CR_HEAD) && text.endsWith(CR_TAIL) ? text.slice(CR_HEAD.length, -CR_TAIL.length) : '';
+    if (!/^[0-9a-f]{32}$/.test(cnonce)) return { ok: false, reason: 'bad-mac', detail: `untagged, ${buf.length} bytes, not a challenge-request` };
+    return { ok: true, msg: { v: CONTROL_VERSION, type: 'challenge-request', cnonce } as ControlMessage<K> };
   }
-  const type = (value as { type?: unknown } | null)?.type;
-  if (typeof type !== 'string' || !(allowed as readonly string[]).includes(type)) {
-    return { ok: false, reason: 'unexpected-type', detail: JSON.stringify(type) ?? 'undefined' };
+  if (!timingSafeEqual(tag, datagramTag(key, direction, body))) return { ok: false, reason: 'bad-mac', detail: `${buf.length} bytes` };
+  // Past the tag, the sender holds the secret; its datagram is still bounded like any input.
+  const parsed = parseJson(body, { maxBytes: MAX_DATAGRAM_BYTES, maxDepth: CONTROL_MAX_DEPTH });
+  if (!parsed.ok) return { ok: false, reason: parsed.reason, detail: parsed.detail };
+  const value = parsed.value;
+  const type = value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as { type?: unknown }).type : undefined;
+  if (typeof type !== 'string' || !(allowed as readonly string[]).includes(type) || type === 'challenge-request') {
+    return { ok: false, reason: 'unexpected-type', detail: describeInput(type) };
   }
   const check = checks[type as ControlType];
   if (!check.Check(value)) {
     const first = check.Errors(value).First();
-    return { ok: false, reason: 'schema', detail: first ? `${first.path || '/'}: ${first.message}` : 'schema mismatch' };
+    return { ok: false, reason: 'schema', detail: first ? `${bounded(first.path || '/', 64)}: ${bounded(first.message, 120)}` : 'schema mismatch' };
   }
   return { ok: true, msg: value as ControlMessage<K> };
 }
 
-export function encodeDatagram<K extends ControlType>(type: K, body: Omit<ControlMessage<K>, 'v' | 'type'>): Buffer {
-  return Buffer.from(JSON.stringify({ v: CONTROL_VERSION, type, ...body }));
+/** A tagged datagram of a type, from its body's fields. */
+export function encodeDatagram<K extends Exclude<ControlType, 'challenge-request'>>(key: Buffer, direction: Direction, type: K, body: Omit<ControlMessage<K>, 'v' | 'type'>): Buffer {
+  return sealDatagram(key, direction, Buffer.from(JSON.stringify({ v: CONTROL_VERSION, type, ...body })));
 }

@@ -1,17 +1,21 @@
 // batond's control socket (claims 18–24): a UDP socket on the node's loopback, so only processes
-// on this node reach it. Every datagram must carry the node's control secret (a root-only file),
+// on this node reach it. Every datagram but a challenge-request must carry a tag proving its sender
+// holds the node's control secret (a root-only file; the secret itself never travels), be fresh
+// (a register uses a nonce batond issued, once; later datagrams carry a counter that only grows),
 // match its schema, and be one an application may send; anything else is dropped and counted by
 // reason. Target applications register their instance, ports, capacity and load; routing
 // applications get the cluster's target list on registration and on every change. A registration
 // not refreshed by a heartbeat within expiryMs is gone.
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
+import { guard } from '../input.js';
 import type { Logger } from '../log.js';
+import { Challenges } from './challenges.js';
 import type { TargetDirectory } from './directory.js';
-import { type ControlMessage, decodeDatagram, encodeDatagram, FromApplication, type TargetInfo } from './messages.js';
+import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, type TargetInfo } from './messages.js';
 
 export const HEARTBEAT_MS = 1000;
 export const EXPIRY_MS = 3000;
@@ -28,9 +32,16 @@ interface Registration {
   address: string;
   port: number;
   lastSeen: number;
+  /** The largest counter the application has sent; a datagram must carry a larger one. */
+  n: number;
+  /** batond's own counter of targets datagrams sent to this registration. */
+  pushed: number;
 }
 
-/** Reads the node's control secret, creating it (root-only) on first start. */
+/**
+ * Reads the node's control secret, creating it (root-only) on first start. The HMAC key is the
+ * file's 64 hex digits as they are written (ASCII), the same bytes every client reads.
+ */
 export function ensureControlSecret(file: string): Buffer {
   if (!fs.existsSync(file)) {
     fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -44,9 +55,14 @@ export function ensureControlSecret(file: string): Buffer {
 export class ControlServer {
   private readonly socket = dgram.createSocket('udp4');
   private readonly registrations = new Map<string, Registration>();
-  /** Datagrams dropped, by reason: bad-token, not-json, schema, unexpected-type, too-large, unknown-registration, full, port. */
+  private readonly challenges = new Challenges();
+  /**
+   * Datagrams dropped, by reason (docs/protocol.md): too-large, bad-mac, encoding, too-deep,
+   * not-json, unexpected-type, schema, bad-nonce, stale-nonce, replay, unknown-registration, full, port.
+   */
   readonly dropped = new Map<string, number>();
   private sweeper?: NodeJS.Timeout;
+  private closed = false;
   /** Operator settings by instance name (REST API); they outlive the instance re-registering. */
   private readonly operator = new Map<string, { weight: number; draining: boolean }>();
 
@@ -54,6 +70,7 @@ export class ControlServer {
     private readonly opts: {
       node: string;
       port: number;
+      /** The HMAC key: the control secret file's contents (ensureControlSecret). */
       secret: Buffer;
       /** Ports some DVIPA serves now: the only ones applications may register for. */
       dvipaPorts: () => number[];
@@ -69,7 +86,9 @@ export class ControlServer {
   start(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.socket.once('error', (err) => reject(new BatonError('E_CONFIG', `control socket 127.0.0.1:${this.opts.port}: ${err.message}`, { step: 'control' })));
-      this.socket.on('message', (buf, rinfo) => this.onDatagram(buf, rinfo));
+      // Whatever a datagram makes the handler throw is logged bounded and counted in
+      // baton_input_errors_total{source="control"}; there is no link to close, the socket goes on.
+      this.socket.on('message', guard('control', this.opts.log, (buf: Buffer, rinfo: dgram.RemoteInfo) => this.onDatagram(buf, rinfo)));
       this.socket.bind(this.opts.port, '127.0.0.1', () => {
         this.sweeper = setInterval(() => this.sweep(), HEARTBEAT_MS / 2);
         this.sweeper.unref();
@@ -78,36 +97,55 @@ export class ControlServer {
     });
   }
 
+  /** Stops answering; a second call does nothing (a test or a shutdown path may both call it). */
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
     clearInterval(this.sweeper);
     this.socket.close();
   }
 
-  private drop(reason: string, detail: string, from: dgram.RemoteInfo): void {
+  /** Counts a drop; returns the count for that reason. */
+  private count(reason: string): number {
     const count = (this.dropped.get(reason) ?? 0) + 1;
     this.dropped.set(reason, count);
     this.opts.metrics?.drop(reason);
+    return count;
+  }
+
+  private drop(reason: string, detail: string, from: dgram.RemoteInfo): void {
+    const count = this.count(reason);
     // Every drop is counted; a flood of them is logged sparsely (the first ten, then every 1000th).
+    // detail is bounded by whoever made it: never the datagram itself.
     if (count <= 10 || count % 1000 === 0) {
       this.opts.log.warn({ reason, detail, from: `${from.address}:${from.port}`, dropped: count }, 'control datagram dropped');
     }
   }
 
+  private encode<K extends Exclude<ControlType, 'challenge-request'>>(type: K, body: Omit<ControlMessage<K>, 'v' | 'type'>): Buffer {
+    return encodeDatagram(this.opts.secret, 'to-application', type, body);
+  }
+
   private onDatagram(buf: Buffer, from: dgram.RemoteInfo): void {
-    const decoded = decodeDatagram(buf, FromApplication);
+    const decoded = decodeDatagram(buf, this.opts.secret, 'to-batond', FromApplication);
     if (!decoded.ok) return this.drop(decoded.reason, decoded.detail, from);
     const msg = decoded.msg;
-    const token = Buffer.from(msg.token);
-    if (token.length !== this.opts.secret.length || !timingSafeEqual(token, this.opts.secret)) return this.drop('bad-token', msg.type, from);
     this.opts.metrics?.datagram(msg.type);
+    // Untagged and free to ask: the answer is tagged (a squatter on the port could not make it)
+    // and costs batond no memory (challenges.ts).
+    if (msg.type === 'challenge-request') return this.send(this.encode('challenge', { cnonce: msg.cnonce, nonce: this.challenges.issue(from) }), from);
     if (msg.type === 'register') return this.register(msg, from);
     const reg = this.registrations.get(msg.id);
     if (!reg || reg.address !== from.address || reg.port !== from.port) {
-      this.dropped.set('unknown-registration', (this.dropped.get('unknown-registration') ?? 0) + 1);
-      this.opts.metrics?.drop('unknown-registration');
-      this.send(encodeDatagram('ack', { id: msg.id, ok: false, error: 'unknown registration: register again' }), from);
+      // What every application's next heartbeat meets after batond restarted: counted, not logged.
+      this.count('unknown-registration');
+      this.send(this.encode('ack', { id: msg.id, n: msg.n, ok: false, error: 'unknown registration: register again' }), from);
       return;
     }
+    // A datagram recorded earlier and sent again (from this very address: the application's port
+    // once it let it go) carries a counter already seen.
+    if (msg.n <= reg.n) return this.drop('replay', `${msg.type} n ${msg.n}, last ${reg.n}`, from);
+    reg.n = msg.n;
     reg.lastSeen = Date.now();
     if (msg.type === 'unregister') {
       this.registrations.delete(reg.id);
@@ -120,12 +158,15 @@ export class ControlServer {
       if (msg.load !== undefined) reg.load = msg.load;
       this.publishLocal();
     }
-    this.send(encodeDatagram('ack', { id: reg.id, ok: true }), from);
+    this.send(this.encode('ack', { id: reg.id, n: msg.n, ok: true }), from);
     // A routing application's heartbeat also refreshes its copy of the list (a lost push heals).
-    if (reg.role === 'router' && msg.type === 'heartbeat') this.send(this.targetsDatagram(this.opts.directory.all()), from);
+    if (reg.role === 'router' && msg.type === 'heartbeat') this.send(this.targetsDatagram(reg, this.opts.directory.all()), from);
   }
 
   private register(msg: ControlMessage<'register'>, from: dgram.RemoteInfo): void {
+    // The nonce is used up whatever follows: a register refused for its ports cannot be retried as is.
+    const refused = this.challenges.redeem(msg.nonce, from);
+    if (refused) return this.drop(refused, 'register', from);
     if (this.registrations.size >= MAX_REGISTRATIONS) return this.drop('full', `${MAX_REGISTRATIONS} registrations`, from);
     const served = this.opts.dvipaPorts();
     const foreign = msg.ports.filter((p) => !served.includes(p));
@@ -141,15 +182,18 @@ export class ControlServer {
       address: from.address,
       port: from.port,
       lastSeen: Date.now(),
+      n: 0,
+      pushed: 0,
     };
     this.registrations.set(reg.id, reg);
     this.opts.log.info({ app: reg.app, instance: reg.instance, role: reg.role, ports: reg.ports, capacity: reg.capacity }, 'application registered');
-    this.send(encodeDatagram('registered', { id: reg.id, node: this.opts.node, heartbeatMs: HEARTBEAT_MS, expiryMs: EXPIRY_MS }), from);
+    this.send(this.encode('registered', { id: reg.id, nonce: msg.nonce, node: this.opts.node, heartbeatMs: HEARTBEAT_MS, expiryMs: EXPIRY_MS }), from);
     if (reg.role === 'target') this.publishLocal();
-    else this.send(this.targetsDatagram(this.opts.directory.all()), from);
+    else this.send(this.targetsDatagram(reg, this.opts.directory.all()), from);
   }
 
   private sweep(): void {
+    this.challenges.sweep();
     const now = Date.now();
     let targetsGone = false;
     for (const reg of this.registrations.values()) {
@@ -192,16 +236,18 @@ export class ControlServer {
     this.opts.directory.setLocal(targets);
   }
 
-  private targetsDatagram(all: TargetInfo[]): Buffer {
-    return encodeDatagram('targets', { seq: this.opts.directory.seq, targets: all });
+  /** The list for one routing application: its id and the next of its counter make each one unique. */
+  private targetsDatagram(reg: Registration, all: TargetInfo[]): Buffer {
+    return this.encode('targets', { id: reg.id, n: ++reg.pushed, seq: this.opts.directory.seq, targets: all });
   }
 
   private pushTargets(all: TargetInfo[]): void {
-    const datagram = this.targetsDatagram(all);
-    for (const reg of this.registrations.values()) if (reg.role === 'router') this.send(datagram, reg);
+    for (const reg of this.registrations.values()) if (reg.role === 'router') this.send(this.targetsDatagram(reg, all), reg);
   }
 
   private send(buf: Buffer, to: { address: string; port: number }): void {
+    // The directory may still change after close (a peer's report): nothing goes out then.
+    if (this.closed) return;
     this.socket.send(buf, to.port, to.address, (err) => {
       if (err) this.opts.log.warn({ to: `${to.address}:${to.port}`, err: err.message }, 'control datagram not sent');
     });

@@ -1,8 +1,12 @@
 // Claims 18–20, 24: an application opens a UDP control socket to its node's stack and registers,
 // saying whether it is a routing or a target application. Only the node's own processes reach it
-// (bound to the node's loopback) and only with the node's secret; anything forged or malformed is
-// dropped and counted, and changes nothing.
+// (bound to the node's loopback) and only with proof of the node's secret (an HMAC tag: the secret
+// itself is never sent); anything forged, malformed or replayed is dropped and counted, and
+// changes nothing. The client is the plain-Python one (examples/clients/control_client.py).
+// Issue 11: the datagram that once killed batond, sent by an unprivileged user, is dropped unread.
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readLog } from '../../controller/lab/demo.js';
 import { useLab } from '../helpers/lab.js';
@@ -10,7 +14,12 @@ import { controlClient, summary } from '../helpers/control.js';
 
 const running = useLab();
 
-const drops = (reason: string) => readLog(running.lab, 'n1-batond').filter((l) => l.msg === 'control datagram dropped' && l.reason === reason).length;
+/** batond counts every drop; its log line carries the running count (the first ten per reason). */
+const drops = (reason: string) =>
+  Math.max(0, ...readLog(running.lab, 'n1-batond').filter((l) => l.msg === 'control datagram dropped' && l.reason === reason).map((l) => Number(l.dropped)));
+const settle = () => new Promise((r) => setTimeout(r, 100));
+const NONCE = '0'.repeat(64);
+const ID = '0123456789abcdef';
 
 describe('the control socket', () => {
   it('is a UDP socket on the node\'s loopback only', () => {
@@ -19,10 +28,11 @@ describe('the control socket', () => {
     expect(ss.trim().split(/\s+/)).toContain('127.0.0.1:4701');
   });
 
-  it('registers a routing application, which is answered with its id and the target list', async () => {
+  it('registers a routing application through a challenge, answered with its id and the target list', async () => {
     const heard = await controlClient(running.lab, 'n1', ['--role', 'router', '--app', 'py-router'], 0.5);
-    expect(heard[0]).toMatchObject({ type: 'registered', node: 'n1', heartbeatMs: 1000, expiryMs: 3000 });
-    expect(heard[1]?.type).toBe('targets');
+    expect(heard.map((h) => h.type)).toEqual(['registered', 'targets']);
+    expect(heard[0]).toMatchObject({ type: 'registered', node: 'n1', heartbeatMs: 1000, expiryMs: 3000, nonce: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(heard[1]).toMatchObject({ type: 'targets', id: heard[0]!.id, n: 1 });
     expect(readLog(running.lab, 'n1-batond').some((l) => l.msg === 'application registered' && l.app === 'py-router' && l.role === 'router')).toBe(true);
   });
 
@@ -30,22 +40,30 @@ describe('the control socket', () => {
     const target = controlClient(running.lab, 'n2', ['--role', 'target', '--app', 'py-target', '--ports', '7000'], 2.5);
     await new Promise((r) => setTimeout(r, 200));
     const router = await controlClient(running.lab, 'n1', ['--role', 'router', '--app', 'py-router-2'], 1.5);
-    const [registered] = await target;
+    const registered = (await target).find((h) => h.type === 'registered');
     expect(registered).toMatchObject({ type: 'registered', node: 'n2' });
     expect(router.filter((h) => h.type === 'targets').some((h) => summary(h).includes('n2/py-target@7000 0/0'))).toBe(true);
     expect(readLog(running.lab, 'n2-batond').some((l) => l.msg === 'application registered' && l.role === 'target' && l.app === 'py-target')).toBe(true);
   });
 
+  it('a client with a guessed secret cannot believe batond\'s challenge, and registers nothing', async () => {
+    const heard = await controlClient(running.lab, 'n1', ['--token', 'f'.repeat(64), '--app', 'py-forger'], 0.5);
+    expect(heard).toEqual([expect.objectContaining({ dropped: 'bad-mac' })]);
+    expect(readLog(running.lab, 'n1-batond').some((l) => l.msg === 'application registered' && l.app === 'py-forger')).toBe(false);
+  });
+
   it.each([
-    ['a forged token', ['--token', 'f'.repeat(64)], 'bad-token'],
-    ['a datagram that is not JSON', ['--raw', '{nope'], 'not-json'],
-    ['a registration with an unknown role', ['--raw', '{"v":1,"type":"register","token":"' + '0'.repeat(64) + '","role":"admin","app":"x","ports":[80]}'], 'schema'],
-    ['a message type applications may not send', ['--raw', '{"v":1,"type":"targets","seq":1,"targets":[]}'], 'unexpected-type'],
+    ['a datagram tagged with a guessed secret', ['--token', 'f'.repeat(64), '--body', `{"v":2,"type":"heartbeat","id":"${ID}","n":1}`], 'bad-mac'],
+    ['bytes without a tag', ['--raw', '{nope'], 'bad-mac'],
+    ['a tagged body that is not JSON', ['--body', '{nope'], 'not-json'],
+    ['a registration with an unknown role', ['--body', `{"v":2,"type":"register","nonce":"${NONCE}","role":"admin","app":"x","ports":[80]}`], 'schema'],
+    ['a message type applications may not send', ['--body', `{"v":2,"type":"targets","id":"${ID}","n":1,"seq":1,"targets":[]}`], 'unexpected-type'],
+    ['a registration with a nonce batond never issued', ['--body', `{"v":2,"type":"register","nonce":"${NONCE}","role":"router","app":"x","ports":[80]}`], 'bad-nonce'],
   ])('drops %s without an answer, and counts it', async (_what, args, reason) => {
     const before = drops(reason);
     const heard = await controlClient(running.lab, 'n1', args, 0.5);
     expect(heard).toEqual([]);
-    await new Promise((r) => setTimeout(r, 100));
+    await settle();
     expect(drops(reason)).toBe(before + 1);
   });
 
@@ -53,8 +71,21 @@ describe('the control socket', () => {
     const before = drops('port');
     const heard = await controlClient(running.lab, 'n1', ['--ports', '22'], 0.5);
     expect(heard).toEqual([]);
-    await new Promise((r) => setTimeout(r, 100));
+    await settle();
     expect(drops('port')).toBe(before + 1);
+  });
+
+  it('the datagram that once killed batond, sent by an unprivileged user, is dropped unread and batond goes on', async () => {
+    const pid = Number(fs.readFileSync(path.join(running.lab.runDir, 'n1-batond.pid'), 'utf8').trim());
+    const before = drops('bad-mac');
+    const datagram = `{"type":${'['.repeat(30_700)}${']'.repeat(30_700)}}`;
+    expect(await controlClient(running.lab, 'n1', ['--raw', datagram], 0.5, { uid: 65534 })).toEqual([]);
+    await settle();
+    expect(drops('bad-mac')).toBe(before + 1);
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    expect(readLog(running.lab, 'n1-batond').filter((l) => l.msg === 'input handler failed: link closed')).toEqual([]);
+    const heard = await controlClient(running.lab, 'n1', ['--app', 'py-after'], 0.5);
+    expect(heard.map((h) => h.type)).toEqual(['registered', 'targets']);
   });
 
   it('leaves the target list unchanged after all of that', async () => {
