@@ -8,6 +8,7 @@ import koffi from 'koffi';
 import { ROUTES_MAP_NAME, RoutingTable, STEER_PROGRAM_NAME, encodeFlowKey, encodeRoute, type FlowKey } from '../controller/agent/routing-table.js';
 import { defaultObjectPath } from '../controller/agent/xdp.js';
 import { intToIp, ipToInt, parseSubnet, subnetHost } from '../controller/lab/description.js';
+import { API_PORT, apiReadTokenFile, labCaFile } from '../controller/lab/cluster.js';
 import { closeObject, findMap, findProgram, loadObject, mapFd, mapLookup, mapUpdate, openObject, programFd, setMaxEntries } from '../native/libbpf.js';
 import { buildPath } from '../controller/paths.js';
 import { type MetricResult, latencyMetric, median, rateMetric, round, runInterleaved, summarize } from './harness.js';
@@ -247,7 +248,9 @@ export async function tableScale(
       // A Prometheus scrape makes batond count the table (a walk over every key): the most it
       // routinely does with it.
       const c0 = processCpuNs([pid]);
-      const metrics = await b.exec(b.lab.client.ns, ['curl', '-sS', '--max-time', '60', `http://${api}:4702/metrics`], 70_000);
+      // As a Prometheus scraper would: HTTPS checked against the cluster CA, with a read token.
+      const token = fs.readFileSync(apiReadTokenFile(b.lab), 'utf8').trim();
+      const metrics = await b.exec(b.lab.client.ns, ['curl', '-sS', '--max-time', '60', '--cacert', labCaFile(b.lab), '-H', `authorization: Bearer ${token}`, `https://${api}:${API_PORT}/metrics`], 70_000);
       r.scrapeCpuMs = (processCpuNs([pid]) - c0) / 1e6;
       r.tableEntriesReported = Number(/^baton_routing_table_entries\{[^}]*\} (\d+)/m.exec(metrics)?.[1]);
       r.afterScrape = rssMiB(pid);

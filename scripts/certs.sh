@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The cluster CA and node certificates for batond's mutual-TLS peer links (docs/operations.md).
+# The cluster CA and node certificates for batond's mutual-TLS peer links and its HTTPS REST API
+# (docs/operations.md, docs/api.md).
 # The namespace lab runs it for each lab; on machines, run it once where the CA key is kept and
 # copy each node its own certificate and key (never the CA key).
 #
@@ -8,7 +9,10 @@
 #
 # A node certificate names the node (CN and DNS SAN) and its management address (IP SAN): batond
 # accepts a peer only if the certificate's name is a node of the cluster file and the connection
-# comes from that node's address. P-256 keys; certificates valid for 825 days.
+# comes from that node's address. It is good for both ends of TLS (serverAuth, clientAuth): the
+# peer links, the API a client reaches by the node's address (curl --cacert ca.crt
+# https://<ip>:<port>/), and the API requests one node forwards to another. P-256 keys;
+# certificates valid for 825 days.
 set -euo pipefail
 
 usage() {

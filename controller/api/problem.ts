@@ -2,6 +2,7 @@
 // status and becomes the problem type; its context (connection, node, step) travels as members.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { type BatonErrorCode, isBatonError } from '../errors.js';
+import { bounded, countInputError, errorText } from '../input.js';
 
 export const PROBLEM_TYPE_BASE = 'https://baton.invalid/problems/';
 
@@ -9,8 +10,10 @@ const STATUS: Partial<Record<BatonErrorCode, number>> = {
   E_CONFIG: 400,
   E_PROTOCOL: 400,
   E_UNAUTHORIZED: 401,
+  E_FORBIDDEN: 403,
   E_NOT_FOUND: 404,
   E_HANDOFF_STATE: 409,
+  E_QUOTA: 429,
   E_REJECTED: 409,
   E_NO_TARGET: 409,
   E_PEER: 502,
@@ -44,8 +47,40 @@ export function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply
   return reply.code(problem.status).type('application/problem+json').send(problem);
 }
 
-export function errorHandler(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const problem = problemOf(err, request.url);
-  if (problem.status >= 500) request.log.error({ err: (err as Error).message, url: request.url }, 'API request failed');
-  return sendProblem(reply, problem);
+/** Why the API refused a request, as baton_api_refused_total labels it. */
+export type Refusal = 'unauthenticated' | 'forbidden' | 'body' | 'validation' | 'too-large' | 'media-type' | 'url' | 'tls-handshake';
+
+/** A request body the JSON parser refused (not JSON, not UTF-8, too deep, a prototype key): 400. */
+export function badBody(detail: string): FastifyError {
+  return Object.assign(new Error(`body ${detail}`), { statusCode: 400, code: 'E_VALIDATION', name: 'BadBody' }) as FastifyError;
+}
+
+/** What the router and parsers refuse before any handler runs, by the refusal it counts as. */
+const REFUSED_BY_CODE: Record<string, Refusal> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'too-large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'media-type',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'body',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'body',
+  FST_ERR_BAD_URL: 'url',
+  FST_ERR_MAX_PARAM_LENGTH: 'url',
+};
+
+/**
+ * Answers every error as problem+json. A refusal of bad input is counted by its reason. A 5xx
+ * that is no BatonError (a TypeError, a RangeError) means a handler threw on what it was given,
+ * which is a bug: logged, bounded, and counted as an input error.
+ */
+export function errorHandler(refused: (reason: Refusal) => void = () => undefined) {
+  return (err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+    const problem = problemOf(err, request.url);
+    const fe = err as FastifyError;
+    if (fe.validation) refused('validation');
+    else if ((err as Error).name === 'BadBody') refused('body');
+    else if (typeof fe.code === 'string' && REFUSED_BY_CODE[fe.code]) refused(REFUSED_BY_CODE[fe.code]!);
+    if (problem.status >= 500 && !isBatonError(err)) {
+      countInputError('api');
+      request.log.error({ err: errorText(err), method: request.method, url: bounded(request.url, 200) }, 'API request failed');
+    }
+    return sendProblem(reply, problem);
+  };
 }

@@ -44,7 +44,7 @@ export const ConnectionSchema = Type.Object({
   id: Type.String({ description: '<client ip>:<port>_<dvipa>:<port>' }),
   client: Endpoint,
   vip: Endpoint,
-  state: Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('served')]),
+  state: Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('finished'), Type.Literal('served')]),
   node: Type.String(),
   packets: Type.Optional(Type.Integer()),
   bytes: Type.Optional(Type.Integer()),
@@ -56,11 +56,12 @@ export const ConnectionSchema = Type.Object({
 
 export const ConnectionQuerySchema = Type.Object(
   {
-    state: Type.Optional(Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('served')])),
+    state: Type.Optional(Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('finished'), Type.Literal('served')])),
     node: Type.Optional(Name),
     client: Type.Optional(Type.String({ maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' })),
-    limit: Type.Integer({ minimum: 1, maximum: 10_000, default: 100 }),
-    offset: Type.Integer({ minimum: 0, default: 0 }),
+    limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+    /** The next of the page before; absent for the first page. Opaque. */
+    cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,14}$' })),
   },
   { additionalProperties: false },
 );

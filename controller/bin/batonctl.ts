@@ -6,10 +6,11 @@ import { repoRoot } from '../paths.js';
 import { labProcesses, waitUntilReady } from '../lab/cluster.js';
 import { runDemo } from '../lab/demo.js';
 import { labDown, labStatus, labUp } from '../lab/lab.js';
-import { registerOperatorCommands } from '../cli/commands.js';
+import { registerOperatorCommands, registerTokenCommands } from '../cli/commands.js';
 
 const program = new Command().name('batonctl').description('Baton control tool');
 registerOperatorCommands(program);
+registerTokenCommands(program);
 const defaultDir = () => path.join(repoRoot(), 'lab');
 /** Every lab command names its lab the same way. */
 const labCommand = (parent: Command, name: string, prefix = 'baton') =>

@@ -1,11 +1,18 @@
-// batonctl's side of the REST API: typed calls, the token from the environment or a file, and
-// problem+json answers turned into one readable error line.
-import fs from 'node:fs';
+// batonctl's side of the REST API: typed calls over HTTPS that trust only the cluster CA, the
+// operator's token from the environment or a file, and problem+json answers turned into one
+// readable error line.
+import type https from 'node:https';
+import { readSecretFile } from '../api/token.js';
+import { bounded, errorText, parseJson } from '../input.js';
+import { type BoundedAnswer, RequestFailed, requestBounded } from '../api/request.js';
 
 export interface ApiTarget {
-  /** e.g. http://10.0.0.11:4702 */
+  /** e.g. https://10.0.0.11:4702 */
   base: string;
+  /** The operator's token (scope read for the views, admin for changes); none: only GET /v1/node. */
   token?: string;
+  /** PEM of the cluster CA the node's certificate must chain to; required for https. */
+  ca?: Buffer;
 }
 
 export class ApiError extends Error {
@@ -17,14 +24,29 @@ export class ApiError extends Error {
   }
 }
 
-export function readToken(opts: { token?: string; tokenFile?: string }): string | undefined {
-  if (process.env.BATON_API_TOKEN) return process.env.BATON_API_TOKEN.trim();
-  if (opts.tokenFile) return fs.readFileSync(opts.tokenFile, 'utf8').trim();
-  return opts.token;
+/** What an answer may weigh: a listing of 10,000 connections is a few megabytes. */
+const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+const TIMEOUT_MS = 120_000;
+
+/**
+ * The operator's token: BATON_API_TOKEN, else the first line of a token file, which must be the
+ * operator's alone (mode 0600 or stricter, owned by them or root), like an ssh key.
+ */
+export function readToken(opts: { tokenFile?: string; env?: NodeJS.ProcessEnv }): string | undefined {
+  const env = opts.env ?? process.env;
+  if (env.BATON_API_TOKEN) return env.BATON_API_TOKEN.trim();
+  if (opts.tokenFile) return readSecretFile(opts.tokenFile, 'token file', 4096).trim();
+  return undefined;
 }
 
 export class ApiClient {
-  constructor(private readonly target: ApiTarget) {}
+  private readonly url: URL;
+
+  constructor(private readonly target: ApiTarget) {
+    this.url = new URL(target.base);
+    if (this.url.protocol === 'https:' && !target.ca) throw new ApiError(0, `${target.base}: give the cluster CA to check the node's certificate against (--ca-file or BATON_CA_FILE)`);
+    if (this.url.protocol !== 'https:' && this.url.protocol !== 'http:') throw new ApiError(0, `${target.base}: not an http(s) URL`);
+  }
 
   get<T>(path: string): Promise<T> {
     return this.call<T>('GET', path);
@@ -43,29 +65,38 @@ export class ApiClient {
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = {};
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    if (method !== 'GET') {
-      if (!this.target.token) throw new ApiError(401, `${method} ${path} changes state: give a token (--token-file or BATON_API_TOKEN)`);
-      headers.authorization = `Bearer ${this.target.token}`;
-    }
-    let res: Response;
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string | number> = {};
+    if (payload) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
+    if (this.target.token) headers.authorization = `Bearer ${this.target.token}`;
+    const secure = this.url.protocol === 'https:';
+    const options: https.RequestOptions = {
+      host: this.url.hostname.replace(/^\[|\]$/g, ''),
+      port: this.url.port || (secure ? 443 : 80),
+      method,
+      path: `${this.url.pathname.replace(/\/$/, '')}${path}`,
+      headers,
+      signal: AbortSignal.timeout(TIMEOUT_MS),
+      // Only the cluster CA: the node's certificate names its management address (IP SAN) and its name (DNS SAN).
+      ...(secure ? { ca: this.target.ca } : {}),
+    };
+    let answer: BoundedAnswer;
     try {
-      res = await fetch(`${this.target.base}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(120_000) });
+      answer = await requestBounded(secure, options, payload, MAX_ANSWER_BYTES);
     } catch (err) {
-      throw new ApiError(0, `cannot reach ${this.target.base}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`);
+      if (err instanceof RequestFailed && err.kind === 'too-large') throw new ApiError(0, `${method} ${path}: ${err.message}`);
+      throw new ApiError(0, `cannot reach ${this.target.base}: ${errorText(err)}`);
     }
-    const text = await res.text();
-    if (!res.ok) {
-      let detail = text;
-      try {
-        const problem = JSON.parse(text) as { detail?: string; title?: string };
-        detail = `${problem.title ?? res.status}: ${problem.detail ?? text}`;
-      } catch {
-        // Not problem+json (a proxy in between?): show the body as it came.
-      }
-      throw new ApiError(res.status, `${method} ${path} → ${res.status} ${detail}`);
+    const res = { status: answer.status, type: answer.contentType, text: answer.body.toString('utf8') };
+    const json = res.type.includes('json') ? parseJson(res.text, { maxBytes: MAX_ANSWER_BYTES }) : undefined;
+    if (res.status < 200 || res.status >= 300) {
+      const problem = json?.ok ? (json.value as { detail?: unknown; title?: unknown }) : undefined;
+      const detail = problem && typeof problem.detail === 'string' ? `${String(problem.title ?? res.status)}: ${problem.detail}` : bounded(res.text, 500);
+      const hint = res.status === 401 ? ' (give an operator token: --token-file or BATON_API_TOKEN)' : '';
+      throw new ApiError(res.status, `${method} ${path} → ${res.status} ${detail}${hint}`);
     }
-    return (res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text) as T;
+    if (json === undefined) return res.text as T;
+    if (!json.ok) throw new ApiError(res.status, `${method} ${path}: the answer is ${json.reason}: ${json.detail}`);
+    return json.value as T;
   }
 }

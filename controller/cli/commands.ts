@@ -1,19 +1,23 @@
 // batonctl's operator commands: each is one REST API call (or two) and a table, or --json for
 // scripts. Which API: --api, else the namespace lab's distributor when a lab is up (then the
 // command runs inside the distributor's network namespace, where its management address is).
+// The API is HTTPS: the node's certificate is checked against the cluster CA (--ca-file), and the
+// operator's token (--token-file or BATON_API_TOKEN) goes with every request.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import { readLabDescription } from '../lab/description.js';
-import { API_PORT, apiTokenFile } from '../lab/cluster.js';
+import { API_PORT, apiTokenFile, certsDir } from '../lab/cluster.js';
 import { repoRoot } from '../paths.js';
+import { SCOPES, type Scope, newToken, tokenLine } from '../api/token.js';
 import { ApiClient, readToken } from './api-client.js';
 import { bytes, table } from './table.js';
 
 interface GlobalOptions {
   api?: string;
   tokenFile?: string;
+  caFile?: string;
   netns?: string;
   lab: string;
   dir: string;
@@ -21,30 +25,46 @@ interface GlobalOptions {
 }
 
 const NETNS_ENV = 'BATON_CLI_NETNS';
+/** Where provisioning (scripts/provision/batond.sh with vagrant/cluster.yaml) puts the cluster CA. */
+export const DEFAULT_CA_FILE = '/etc/baton/tls/ca.crt';
 
 /** The API to talk to, entering its network namespace first when it lives in one (the lab). */
 function connect(o: GlobalOptions): ApiClient {
   let base = o.api ?? process.env.BATON_API;
   let netns = o.netns;
   let tokenFile = o.tokenFile;
+  let caFile = o.caFile ?? process.env.BATON_CA_FILE;
   if (!base) {
     const labFile = path.join(o.dir, 'lab.json');
-    if (!fs.existsSync(labFile)) throw new Error(`no API given: use --api http://<node address>:<port> (or BATON_API), or start the lab (make lab-up)`);
+    if (!fs.existsSync(labFile)) throw new Error(`no API given: use --api https://<node address>:<port> (or BATON_API), or start the lab (make lab-up)`);
     const lab = readLabDescription(labFile);
     if (lab.prefix !== o.lab) throw new Error(`${labFile} describes lab ${lab.prefix}, not ${o.lab}: pass --lab ${lab.prefix}`);
     const distributor = lab.nodes.find((n) => n.name === lab.distributor)!;
-    base = `http://${distributor.address}:${API_PORT}`;
+    base = `https://${distributor.address}:${API_PORT}`;
     netns ??= distributor.ns;
-    tokenFile ??= apiTokenFile(lab);
+    // The lab's admin operator, unless the caller brought a token of their own.
+    if (!process.env.BATON_API_TOKEN) tokenFile ??= apiTokenFile(lab);
+    caFile ??= path.join(certsDir(lab), 'ca.crt');
   }
+  caFile ??= fs.existsSync(DEFAULT_CA_FILE) ? DEFAULT_CA_FILE : undefined;
+  // Read (and checked) before entering the namespace: the child gets the token itself, not the file.
+  const token = readToken({ tokenFile });
   if (netns && process.env[NETNS_ENV] !== netns) {
     const r = spawnSync('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ...process.argv.slice(1)], {
       stdio: 'inherit',
-      env: { ...process.env, [NETNS_ENV]: netns, BATON_API: base, ...(tokenFile && fs.existsSync(tokenFile) ? { BATON_API_TOKEN: fs.readFileSync(tokenFile, 'utf8').trim() } : {}) },
+      env: { ...process.env, [NETNS_ENV]: netns, BATON_API: base, ...(caFile ? { BATON_CA_FILE: caFile } : {}), ...(token ? { BATON_API_TOKEN: token } : {}) },
     });
     process.exit(r.status ?? 1);
   }
-  return new ApiClient({ base, token: readToken({ tokenFile: tokenFile && fs.existsSync(tokenFile) ? tokenFile : undefined }) });
+  return new ApiClient({ base, token, ca: caFile ? readCa(caFile) : undefined });
+}
+
+function readCa(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`cannot read the cluster CA ${file}: ${(err as Error).message}`);
+  }
 }
 
 function out(o: GlobalOptions, value: unknown, human: () => string): void {
@@ -55,8 +75,9 @@ function out(o: GlobalOptions, value: unknown, human: () => string): void {
 function apiCommand(parent: Command, name: string): Command {
   return parent
     .command(name)
-    .option('--api <url>', 'the REST API of any node, e.g. http://10.0.0.11:4702 (env BATON_API)')
-    .option('--token-file <file>', 'bearer token for changes (env BATON_API_TOKEN)')
+    .option('--api <url>', 'the REST API of any node, e.g. https://10.0.0.11:4702 (env BATON_API)')
+    .option('--ca-file <file>', `the cluster CA the node's certificate must chain to (env BATON_CA_FILE; default ${DEFAULT_CA_FILE}, or the lab's)`)
+    .option('--token-file <file>', 'your operator token, mode 0600 (env BATON_API_TOKEN): scope read for the views, admin for changes')
     .option('--netns <name>', 'network namespace the API is reachable from')
     .option('--lab <prefix>', 'without --api: the namespace lab with this prefix', 'baton')
     .option('--dir <dir>', 'without --api: where the lab keeps lab.json', path.join(repoRoot(), 'lab'))
@@ -123,18 +144,32 @@ export function registerOperatorCommands(program: Command): void {
 
   apiCommand(program, 'connections')
     .description('distributor: the connection routing table; other nodes: the connections they serve')
-    .option('--state <state>', 'forward, frozen, released or served')
+    .option('--state <state>', 'forward, frozen, released, finished or served')
     .option('--node <node>', 'served by this node')
     .option('--client <ip>', 'from this client address')
-    .option('--limit <n>', 'at most n', '100')
-    .option('--offset <n>', 'skip the first n', '0')
-    .action(async (o: GlobalOptions & { state?: string; node?: string; client?: string; limit: string; offset: string }) => {
-      const q = new URLSearchParams({ limit: o.limit, offset: o.offset, ...(o.state ? { state: o.state } : {}), ...(o.node ? { node: o.node } : {}), ...(o.client ? { client: o.client } : {}) });
-      const res = await connect(o).get<{ total: number; offset: number; connections: Connection[] }>(`/v1/connections?${q}`);
+    .option('--limit <n>', 'at most n (fetched a page of up to 1000 at a time)', '100')
+    .option('--all', 'every one, however many')
+    .option('--cursor <cursor>', 'start where a listing before stopped (its "next")')
+    .action(async (o: GlobalOptions & { state?: string; node?: string; client?: string; limit: string; all?: boolean; cursor?: string }) => {
+      const want = o.all ? Infinity : Number(o.limit);
+      if (!(want >= 1)) throw new Error(`--limit must be a positive number, not ${o.limit}`);
+      const api = connect(o);
+      const filter = { ...(o.state ? { state: o.state } : {}), ...(o.node ? { node: o.node } : {}), ...(o.client ? { client: o.client } : {}) };
+      const connections: Connection[] = [];
+      let total: number | undefined;
+      let next = o.cursor;
+      do {
+        const q = new URLSearchParams({ ...filter, limit: String(Math.min(1000, want - connections.length)), ...(next ? { cursor: next } : {}) });
+        const page = await api.get<{ total?: number; connections: Connection[]; next?: string }>(`/v1/connections?${q}`);
+        connections.push(...page.connections);
+        total = page.total;
+        next = page.next;
+      } while (next && connections.length < want);
+      const res = { ...(total !== undefined ? { total } : {}), connections, ...(next ? { next } : {}) };
       out(o, res, () =>
         [
-          table(['connection', 'state', 'node', 'age', 'packets', 'bytes', 'app'], res.connections.map((c) => [c.id, c.state, c.node, c.ageSeconds === undefined ? '-' : `${c.ageSeconds} s`, c.packets, bytes(c.bytes), c.app])),
-          `${res.connections.length} of ${res.total} (offset ${res.offset})`,
+          table(['connection', 'state', 'node', 'age', 'packets', 'bytes', 'app'], connections.map((c) => [c.id, c.state, c.node, c.ageSeconds === undefined ? '-' : `${c.ageSeconds} s`, c.packets, bytes(c.bytes), c.app])),
+          `${connections.length}${total !== undefined ? ` of ${total}` : ''}${next ? ` (more: --cursor ${next}, or --all)` : ''}`,
         ].join('\n'),
       );
     });
@@ -205,3 +240,30 @@ export function registerOperatorCommands(program: Command): void {
       if (res.failed > 0) process.exitCode = 1;
     });
 }
+
+/** Operator tokens: made here, where the operator is; only their hash goes to the nodes. */
+export function registerTokenCommands(program: Command): void {
+  const token = program.command('token').description('operator tokens for the REST API');
+  token
+    .command('new')
+    .description('a new random token for an operator, and its line for the API token file of every node')
+    .argument('<operator>', 'the operator\'s name, as the nodes\' logs will show it')
+    .addOption(new Option('--scope <scope>', 'read: every view; admin: every change too').choices([...SCOPES]).makeOptionMandatory())
+    .option('--json', 'machine-readable output')
+    .action((operator: string, o: { scope: Scope; json?: boolean }) => {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(operator)) throw new Error(`operator name ${JSON.stringify(operator)}: letters, digits, . _ - (at most 63, not starting with . _ -)`);
+      const t = newToken();
+      const line = tokenLine({ name: operator, scope: o.scope }, t);
+      if (o.json) console.log(JSON.stringify({ operator, scope: o.scope, token: t, line }, null, 2));
+      else
+        console.log(
+          [
+            `token of ${operator} (${o.scope}): give it to them, it is shown only now; they keep it in a mode 0600 file (batonctl --token-file) or BATON_API_TOKEN`,
+            `  ${t}`,
+            `line for api.tokenFile on every node (then restart batond there; no connection is dropped):`,
+            `  ${line}`,
+          ].join('\n'),
+        );
+    });
+}
+

@@ -8,7 +8,10 @@
 # /etc/baton/batond.env naming the node, and deploy/systemd/batond.service. The secrets go where
 # cluster.yaml says (api.tokenFile, tls.caFile, the node's certFile and keyFile): each is written
 # from its variable when that is set, otherwise the file must already be in place:
-#   BATON_PROVISION_API_TOKEN   the API token, the same on every node
+#   BATON_PROVISION_API_TOKEN   an admin operator's API token: the token file gets one line, its
+#                               SHA-256 as operator BATON_PROVISION_API_OPERATOR (default admin);
+#                               the token itself is not written on the node (docs/api.md)
+#   BATON_PROVISION_API_TOKENS  instead: the token file's content, lines of batonctl token new
 #   BATON_PROVISION_CA_CERT     the cluster CA certificate (PEM; never the CA key)
 #   BATON_PROVISION_NODE_CERT   this node's certificate and key (PEM), from scripts/certs.sh
 #   BATON_PROVISION_NODE_KEY
@@ -47,14 +50,21 @@ mapfile -t paths < <(node --input-type=module -e '
 [ "${#paths[@]}" -eq 4 ] || exit 2
 token_file=${paths[0]} ca_file=${paths[1]} cert_file=${paths[2]} key_file=${paths[3]}
 
-# The same rule batond applies (controller/api/token.ts), checked here so provisioning fails
-# rather than a service that restarts forever.
+# A token short enough to guess would make its stored hash guessable too; a bearer token has no
+# spaces (RFC 6750). The token file's line: "<operator> admin sha256:<hex>".
 if [ -n "${BATON_PROVISION_API_TOKEN+set}" ]; then
   token=$BATON_PROVISION_API_TOKEN
-  if [ "${#token}" -lt 16 ] || [[ $token =~ [[:space:]] ]]; then
-    echo "batond: BATON_PROVISION_API_TOKEN must hold at least 16 characters without spaces" >&2
+  operator=${BATON_PROVISION_API_OPERATOR:-admin}
+  if [ "${#token}" -lt 32 ] || ! [[ $token =~ ^[A-Za-z0-9._~+/-]+=*$ ]]; then
+    echo "batond: BATON_PROVISION_API_TOKEN must hold at least 32 characters of A-Z a-z 0-9 . _ ~ + / - (batonctl token new makes one)" >&2
     exit 2
   fi
+  if ! [[ $operator =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]]; then
+    echo "batond: BATON_PROVISION_API_OPERATOR $operator is not an operator name" >&2
+    exit 2
+  fi
+  BATON_PROVISION_API_TOKENS="$operator admin sha256:$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)"
+  export BATON_PROVISION_API_TOKENS
 fi
 
 # install_secret <variable> <file> <mode>: the variable's value into the file, never readable
@@ -73,10 +83,23 @@ install_secret() {
     mv -f "$file.new" "$file"
   )
 }
-install_secret BATON_PROVISION_API_TOKEN "$token_file" 0600
+install_secret BATON_PROVISION_API_TOKENS "$token_file" 0600
 install_secret BATON_PROVISION_CA_CERT "$ca_file" 0644
 install_secret BATON_PROVISION_NODE_CERT "$cert_file" 0644
 install_secret BATON_PROVISION_NODE_KEY "$key_file" 0600
+
+# The token file as batond reads it (mode, owner, every line), so provisioning fails here rather
+# than batond at its start.
+# shellcheck disable=SC2016 # JavaScript, not shell, in single quotes
+node --input-type=module -e '
+  const { loadOperatorTokens } = await import(process.argv[1]);
+  try {
+    loadOperatorTokens(process.argv[2]);
+  } catch (err) {
+    console.error(`batond: ${err.message}`);
+    process.exit(2);
+  }
+' "$repo/dist/controller/api/token.js" "$token_file"
 
 if [ "$repo" != /opt/baton ]; then
   if [ -e /opt/baton ] && [ ! -L /opt/baton ]; then

@@ -1,50 +1,46 @@
 // Operating Baton through its REST API and batonctl (the operations issue): reads from every
-// node, the token on every mutation, precise 400s that change nothing, moving a live connection
-// and draining a node while unmodified Python clients keep talking (same socket, verified bytes),
-// Prometheus metrics, and one connection id in the logs of every node a connection visits.
+// node, HTTPS checked against the cluster CA, operator tokens with scopes (a read token reads, an
+// admin token changes), requests forwarded between nodes on the nodes' certificates with no token,
+// precise 400s that change nothing, moving a live connection and draining a node while unmodified
+// Python clients keep talking (same socket, verified bytes), Prometheus metrics, and one
+// connection id in the logs of every node a connection visits.
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { API_PORT, apiTokenFile, labProcesses } from '../../controller/lab/cluster.js';
+import { API_PORT, apiOperatorsFile, clusterConfigPath, labProcesses } from '../../controller/lab/cluster.js';
+import { readClusterConfig, writeClusterConfig } from '../../controller/config/cluster.js';
 import { startProcess } from '../../controller/lab/processes.js';
 import { inClient, lineClient, readLog } from '../../controller/lab/demo.js';
 import { repoRoot } from '../../controller/paths.js';
-import fs from 'node:fs';
+import { type As, apiCurl, labToken } from '../helpers/api.js';
+import { makeCertificates } from '../helpers/certs.js';
 import { useLab } from '../helpers/lab.js';
 
 const run = promisify(execFile);
 const running = useLab();
 
 const node = (name: string) => running.lab.nodes.find((n) => n.name === name)!;
-const token = () => fs.readFileSync(apiTokenFile(running.lab), 'utf8').trim();
 
-/** curl inside a node's namespace (the management network): status and body. */
-async function api(on: string, method: string, urlPath: string, opts: { body?: string; auth?: string | null } = {}): Promise<{ status: number; type: string; body: any }> {
-  const n = node(on);
-  const args = ['netns', 'exec', n.ns, 'curl', '-s', '-L', '-o', '-', '-w', '\n%{http_code} %{content_type}', '-X', method];
-  const auth = opts.auth === undefined ? token() : opts.auth;
-  if (auth !== null) args.push('-H', `authorization: Bearer ${auth}`);
-  if (opts.body !== undefined) args.push('-H', 'content-type: application/json', '--data-binary', opts.body);
-  args.push(`http://${n.address}:${API_PORT}${urlPath}`);
-  const { stdout } = await run('ip', args, { maxBuffer: 16 * 1024 * 1024 });
-  const cut = stdout.lastIndexOf('\n');
-  const [status, type] = stdout.slice(cut + 1).split(' ');
-  const text = stdout.slice(0, cut);
-  let body: any = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // Prometheus text, HTML: the test looks at the string.
-  }
-  return { status: Number(status), type: type ?? '', body };
+/** curl inside a node's namespace (the management network), over HTTPS, as the lab's admin operator unless `as` says otherwise. */
+function api(on: string, method: string, urlPath: string, opts: { body?: string; as?: As } = {}) {
+  return apiCurl(running.lab, on, urlPath, { method, ...opts });
 }
 
-/** The real CLI, finding the lab's distributor API from lab.json as an operator's shell would. */
+/** The real CLI, finding the lab's distributor API, CA and admin token from lab.json as an operator's shell would. */
 async function batonctl(...args: string[]): Promise<string> {
   const { stdout } = await run(process.execPath, [path.join(repoRoot(), 'dist/controller/bin/batonctl.js'), ...args, '--lab', running.lab.prefix, '--dir', path.dirname(running.lab.runDir)], { timeout: 60_000 });
   return stdout;
+}
+
+/** batonctl with an environment of its own (another operator's token); its exit status and output instead of a throw. */
+async function batonctlAs(env: Record<string, string>, ...args: string[]): Promise<{ code: number; out: string }> {
+  return run(process.execPath, [path.join(repoRoot(), 'dist/controller/bin/batonctl.js'), ...args, '--lab', running.lab.prefix, '--dir', path.dirname(running.lab.runDir)], { timeout: 60_000, env: { ...process.env, ...env } }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout + e.stderr }),
+  );
 }
 
 /** Line-protocol clients that stay connected, probing who serves them with verified GET/PUT. */
@@ -78,17 +74,67 @@ describe('REST admin API and batonctl', () => {
     expect(ui.status).toBe(200);
     expect(String(ui.body)).toContain('swagger');
     // Never on the DVIPA: the API listens on the management address only.
-    const onVip = await run('ip', ['netns', 'exec', running.lab.client.ns, 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '2', `http://${running.lab.dvipa.address}:${API_PORT}/v1/node`]).catch((e) => e);
+    const onVip = await run('ip', ['netns', 'exec', running.lab.client.ns, 'curl', '-sk', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '2', `https://${running.lab.dvipa.address}:${API_PORT}/v1/node`]).catch((e) => e);
     expect(String(onVip.stdout)).toBe('000');
+  });
+
+  it('HTTPS only, checked against the cluster CA: plain HTTP gets no answer, batonctl refuses a node its CA did not sign', async () => {
+    expect((await apiCurl(running.lab, 'n2', '/v1/node', { as: null })).status).toBe(200);
+    expect((await apiCurl(running.lab, 'n2', '/v1/node', { as: null, scheme: 'http' })).status).toBe(0);
+    const foreign = makeCertificates([]);
+    try {
+      const r = await batonctlAs({}, 'status', '--ca-file', foreign.caFile);
+      expect(r.code).toBe(1);
+      expect(r.out).toMatch(/batonctl: cannot reach https:\/\/[0-9.]+:4702: .*(self-signed|unable to verify|certificate)/i);
+    } finally {
+      foreign.dispose();
+    }
+  });
+
+  it('scopes: /v1/node is open, reads need a token, a read token cannot change anything (403), and batonctl says so', async () => {
+    for (const p of ['/v1/connections', '/v1/transfers', '/v1/targets', '/metrics']) {
+      const anonymous = await api('n1', 'GET', p, { as: null });
+      expect(anonymous, p).toMatchObject({ status: 401, body: { title: 'E_UNAUTHORIZED' } });
+      expect((await api('n1', 'GET', p, { as: 'read' })).status, p).toBe(200);
+    }
+    const before = (await api('n1', 'GET', '/v1/targets', { as: 'read' })).body.targets;
+    const reader = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true}', as: 'read' });
+    expect(reader).toMatchObject({ status: 403, body: { title: 'E_FORBIDDEN', detail: 'operator lab-read has scope read; PUT needs admin' } });
+    const read = { BATON_API_TOKEN: labToken(running.lab, 'read') };
+    expect(JSON.parse((await batonctlAs(read, 'targets', '--json')).out).length).toBeGreaterThan(0);
+    const refused = await batonctlAs(read, 'target', 'n2/line-target', '--drain');
+    expect(refused).toMatchObject({ code: 1, out: expect.stringContaining('→ 403 E_FORBIDDEN: operator lab-read has scope read') });
+    expect((await api('n1', 'GET', '/v1/targets', { as: 'read' })).body.targets).toEqual(before);
+    expect(readLog(running.lab, 'n1-batond').some((l) => l.msg === 'API request refused' && l.reason === 'forbidden' && l.operator === 'lab-read')).toBe(true);
+  });
+
+  it('batond refuses to start with a token file others can read (exit 78, E_CONFIG), before it touches the node', async () => {
+    const open = path.join(running.lab.runDir, 'api-tokens-0644');
+    fs.copyFileSync(apiOperatorsFile(running.lab), open);
+    fs.chmodSync(open, 0o644);
+    const config = readClusterConfig(clusterConfigPath(running.lab));
+    const file = path.join(running.lab.runDir, 'cluster-open-tokens.yaml');
+    writeClusterConfig(file, { ...config, api: { ...config.api, tokenFile: open } });
+    const r = await run('ip', ['netns', 'exec', node('n2').ns, process.execPath, path.join(repoRoot(), 'dist/controller/bin/batond.js'), '--config', file, '--node', 'n2'], { timeout: 30_000 }).then(
+      () => ({ code: 0, out: '' }),
+      (e: { code: number; stdout: string }) => ({ code: e.code, out: e.stdout }),
+    );
+    expect(r.code).toBe(78);
+    expect(r.out).toContain(`API token file ${open} is open to group or others (mode 644): chmod 600 it`);
+    // The running n2 never noticed.
+    expect((await api('n2', 'GET', '/v1/node', { as: null })).body).toMatchObject({ name: 'n2' });
   });
 
   it('mutations need the token (401), bad bodies get a precise 400, and neither changes anything', async () => {
     const before = (await api('n1', 'GET', '/v1/targets')).body.targets;
-    const noToken = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true}', auth: null });
+    const noToken = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true}', as: null });
     expect(noToken.status).toBe(401);
     expect(noToken.type).toBe('application/problem+json;');
     expect(noToken.body).toMatchObject({ status: 401, title: 'E_UNAUTHORIZED' });
-    expect((await api('n1', 'POST', '/v1/nodes/n2/drain', { auth: 'x'.repeat(32) })).status).toBe(401);
+    expect((await api('n1', 'POST', '/v1/nodes/n2/drain', { as: { token: 'x'.repeat(43) } })).status).toBe(401);
+    // Nested 30,000 deep, forwarded from n2 to the distributor: refused before it is parsed (it once made a 500).
+    const deep = await api('n2', 'POST', '/v1/nodes/n3/drain', { body: `${'['.repeat(30_000)}${']'.repeat(30_000)}` });
+    expect(deep).toMatchObject({ status: 400, body: { title: 'E_VALIDATION', detail: 'body is nested deeper than 8' } });
     const badWeight = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"weight":-1}' });
     expect(badWeight).toMatchObject({ status: 400, body: { title: 'E_VALIDATION', detail: 'body/weight must be >= 0' } });
     const unknownField = await api('n1', 'PUT', '/v1/targets/n2/line-target', { body: '{"draining":true,"evil":1}' });
@@ -115,6 +161,10 @@ describe('REST admin API and batonctl', () => {
       expect(readLog(running.lab, log).some((l) => l.connId === moved.connId), log).toBe(true);
     }
     expect((await api('n2', 'GET', '/v1/transfers')).body.transfers[0]).toMatchObject({ connId: moved.connId, id: conn.id, target: 'n3', outcome: 'done' });
+    // The move was asked of n1 and forwarded to n2, which accepted it on n1's certificate: no token
+    // crossed between the nodes, and n2's log still names the operator.
+    const mutation = readLog(running.lab, 'n2-batond').find((l) => l.msg === 'API mutation' && String(l.url).startsWith('/v1/connections/'))!;
+    expect(mutation).toMatchObject({ method: 'POST', status: 200, forwardedBy: 'n1', operator: 'lab-admin', from: node('n1').address });
   });
 
   it('batonctl drain: every connection on n2 moves to n3, its targets stop taking new ones, per-connection report', async () => {
@@ -137,7 +187,7 @@ describe('REST admin API and batonctl', () => {
   });
 
   it('/metrics: handoffs by outcome, step histograms, table size and capacity, XDP verdicts, control datagrams', async () => {
-    const text = String((await api('n1', 'GET', '/metrics')).body);
+    const text = String((await api('n1', 'GET', '/metrics', { as: 'read' })).body);
     expect(text).toMatch(/^baton_handoffs_total\{outcome="done",step="none",node="n1"\} [1-9]/m);
     for (const step of ['export', 'offer', 'import', 'freeze', 'delta', 'commit', 'route', 'total']) {
       expect(text).toMatch(new RegExp(`^baton_handoff_step_seconds_count\\{node="n1",step="${step}"\\} [1-9]`, 'm'));
@@ -148,7 +198,7 @@ describe('REST admin API and batonctl', () => {
     expect(text).toMatch(/^baton_control_datagrams_total\{type="heartbeat",node="n1"\} [1-9]/m);
     expect(text).toMatch(/^baton_process_resident_memory_bytes\{node="n1"\} [1-9]/m);
     // Moves are counted where they happen: on the node that served the connection.
-    expect(String((await api('n2', 'GET', '/metrics')).body)).toMatch(/^baton_operator_moves_total\{outcome="done",node="n2"\} [1-9]/m);
+    expect(String((await api('n2', 'GET', '/metrics', { as: 'read' })).body)).toMatch(/^baton_operator_moves_total\{outcome="done",node="n2"\} [1-9]/m);
   });
 });
 

@@ -1,48 +1,62 @@
-// Bad input on the REST admin API: bodies, path parameters, query strings and headers of every
-// route, against a real API server (createApiServer, driven with app.inject) on a real AgentAdmin
-// built from real parts of a node that is not the distributor. Every answer must be a 2xx JSON or
-// a 4xx problem+json, never a 5xx; and the node's state must not change, except for what a valid
-// request legitimately does, which is accounted for request by request:
+// Bad input on the REST admin API: bodies, path parameters, query strings, tokens and headers of
+// every route, against a real API server (createApiServer, driven with app.inject) on a real
+// AgentAdmin built from real parts of a node that is not the distributor. Bodies include hostile
+// JSON (nesting 10^5 deep, huge numbers, long strings, prototype keys, NUL bytes, invalid UTF-8)
+// in every position of every route's body. Every answer must be a 2xx JSON or a 4xx
+// problem+json, never a 5xx; a request without a known token is a 401 (but GET /v1/node), a read
+// token on a change a 403; and the node's state must not change, except for what a valid request
+// legitimately does, which is accounted for request by request:
 //   - a request this node does not own is forwarded to the node that does (the distributor n1 or
-//     the instance's node n3): two recording HTTP servers on 127.0.0.2/127.0.0.3 stand in for them,
-//     and every request they receive must be one that passed this node's validation;
+//     the instance's node n3): two recording HTTPS servers on 127.0.0.2/127.0.0.3 with n1's and
+//     n3's certificates stand in for them, and every request they receive must be one that passed
+//     this node's validation, made with n2's client certificate and no token;
 //   - a move of the one connection a target application here serves reaches that application (a
 //     real one on a real Channel, which refuses it: 409), and counts one failed operator move;
 //   - a fanned-out DVIPA add (x-baton-local-only, as the distributor sends it) adds the DVIPA here;
 //     the test checks it is exactly the one asked for and takes it away again.
 //
-// The DVIPA set's AddressHolder records hold/release instead of running `ip`: this is the unit-level
-// view of the API (what the kernel side does is covered by the lab tests), so it needs no root.
+// The node is test/helpers/api-node.ts's: the DVIPA set's AddressHolder records hold/release
+// instead of running `ip`: this is the unit-level view of the API (what the kernel side does is
+// covered by the lab tests), so it needs no root.
 import fs from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import fc from 'fast-check';
 import type { FastifyInstance } from 'fastify';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentAdmin } from '../../controller/agent/admin.js';
+import type { AgentAdmin } from '../../controller/agent/admin.js';
 import { connectionId, parseConnectionId } from '../../controller/agent/connection-id.js';
-import { type AddressHolder, DvipaSet, DvipaSpecSchema } from '../../controller/agent/dvipa-set.js';
-import { TransferLog } from '../../controller/agent/transfer-log.js';
+import { type AddressHolder, DvipaSpecSchema } from '../../controller/agent/dvipa-set.js';
+import type { TransferLog } from '../../controller/agent/transfer-log.js';
 import { MoveBodySchema, TargetChangeSchema } from '../../controller/api/schemas.js';
-import { createApiServer } from '../../controller/api/server.js';
+import { BODY_LIMIT } from '../../controller/api/body.js';
+import { parseTokenFile, tokenLine } from '../../controller/api/token.js';
 import { type ClusterConfig, parseClusterConfig } from '../../controller/config/cluster.js';
-import { TargetDirectory } from '../../controller/control/directory.js';
-import { ControlServer } from '../../controller/control/server.js';
+import type { TargetDirectory } from '../../controller/control/directory.js';
+import type { ControlServer } from '../../controller/control/server.js';
 import { createLogger } from '../../controller/log.js';
-import { AgentMetrics } from '../../controller/metrics/metrics.js';
+import type { AgentMetrics } from '../../controller/metrics/metrics.js';
 import { Channel } from '../../controller/transfer/channel.js';
 import { encodeFrame, FrameDecoder } from '../../controller/transfer/framing.js';
 import { Accepts, connToWire, decodeMessage, header, type MessageType } from '../../controller/transfer/messages.js';
-import { type TargetApp, TargetRelay } from '../../controller/transfer/target-relay.js';
+import type { TargetApp, TargetRelay } from '../../controller/transfer/target-relay.js';
 import type { HandoffSockets } from '../../controller/transfer/sockets.js';
+import { loadPeerTls } from '../../controller/transfer/peer-tls.js';
+import { apiNode } from '../helpers/api-node.js';
+import { makeCertificates } from '../helpers/certs.js';
 import { sampleState } from '../helpers/state.js';
-import { broken, checkAsync, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
+import { broken, checkAsync, embed, hostileFragment, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
 const log = createLogger({}, 'silent');
-const TOKEN = 'fuzz-token-0123456789abcdefghij';
+const TOKEN = 'fuzz-admin-token-0123456789abcdefghij';
+const READ_TOKEN = 'fuzz-read-token-0123456789abcdefghijk';
+const OPERATORS = parseTokenFile(`${tokenLine({ name: 'fuzz-admin', scope: 'admin' }, TOKEN)}\n${tokenLine({ name: 'fuzz-read', scope: 'read' }, READ_TOKEN)}\n`, 'fuzz-tokens');
+const NODE_ADDRESSES = { n1: '127.0.0.2', n2: '127.0.0.4', n3: '127.0.0.3' } as const;
 const SERVED = sampleState();
 const SERVED_CONN_ID = 'n1.fuzz0001';
 const SERVED_ID = connectionId({ family: 4, clientAddress: SERVED.remote.address, clientPort: SERVED.remote.port, vipAddress: SERVED.local.address, vipPort: SERVED.local.port });
@@ -62,39 +76,47 @@ interface Recorded {
   url: string;
   headers: http.IncomingHttpHeaders;
   body: string;
+  /** The client certificate's node name, if it chained to the cluster CA. */
+  client: string | undefined;
+  from: string | undefined;
 }
 
-/** Stands in for another node's API: remembers what it was sent and answers as a node that has none of it. */
-function recordingPeer(node: string, seen: Recorded[]): http.Server {
-  return http.createServer((req, res) => {
+/**
+ * Stands in for another node's API, over HTTPS with that node's certificate: remembers what it
+ * was sent and by which client certificate, and answers as a node that has none of it.
+ */
+function recordingPeer(node: string, seen: Recorded[], tls: { ca: Buffer; cert: Buffer; key: Buffer }): https.Server {
+  return https.createServer({ ...tls, requestCert: true, rejectUnauthorized: false }, (req, res) => {
     let body = '';
+    const socket = req.socket as TLSSocket;
+    const client = socket.authorized ? String(socket.getPeerCertificate().subject?.CN) : undefined;
     req.on('data', (c: Buffer) => (body += c.toString('utf8')));
     req.on('end', () => {
-      seen.push({ node, method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+      seen.push({ node, method: req.method ?? '', url: req.url ?? '', headers: req.headers, body, client, from: socket.remoteAddress });
       res.writeHead(404, { 'content-type': 'application/problem+json' });
       res.end(JSON.stringify({ type: 'https://baton.invalid/problems/E_NOT_FOUND', title: 'E_NOT_FOUND', status: 404, detail: `${node} (fuzz peer) holds none of it`, instance: req.url }));
     });
   });
 }
 
-const listenOn = (server: net.Server | http.Server, host: string, port: number) =>
+const listenOn = (server: net.Server | https.Server, host: string, port: number) =>
   new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve((server.address() as net.AddressInfo).port));
   });
 
-function clusterConfig(apiPort: number, stateDir: string): ClusterConfig {
+function clusterConfig(apiPort: number, stateDir: string, certsDir: string): ClusterConfig {
   const node = (name: string, id: number, address: string) => ({
     name, id, address, mac: `02:00:00:00:00:0${id}`, interface: 'eth1', peerPort: 4700,
     agentSocket: path.join(stateDir, `${name}.sock`), controlSecretFile: path.join(stateDir, `${name}.secret`),
-    certFile: path.join(stateDir, `${name}.crt`), keyFile: path.join(stateDir, `${name}.key`),
+    certFile: path.join(certsDir, `${name}.crt`), keyFile: path.join(certsDir, `${name}.key`),
   });
   return parseClusterConfig({
-    version: 1, instance: 'fuzz', dvipa: { address: SERVED.local.address, ports: [SERVED.local.port] }, distributor: 'n1', stateDir,
-    controlPort: 4701, tls: { caFile: path.join(stateDir, 'ca.crt') }, api: { port: apiPort, tokenFile: path.join(stateDir, 'api-token') },
+    version: 1, instance: 'fuzz', dvipa: { address: SERVED.local.address, ports: [SERVED.local.port] }, dvipaCidrs: ['10.203.0.0/24'], distributor: 'n1', stateDir,
+    controlPort: 4701, tls: { caFile: path.join(certsDir, 'ca.crt') }, api: { port: apiPort, tokenFile: path.join(stateDir, 'api-tokens') },
     xdpMode: 'generic', handoffStepTimeoutMs: 2000, releaseGraceMs: 3000,
     // n2 is the node under test; n1 and n3 are the recording peers. Loopback only.
-    nodes: [node('n1', 1, '127.0.0.2'), node('n2', 2, '127.0.0.4'), node('n3', 3, '127.0.0.3')],
+    nodes: [node('n1', 1, NODE_ADDRESSES.n1), node('n2', 2, NODE_ADDRESSES.n2), node('n3', 3, NODE_ADDRESSES.n3)],
   });
 }
 
@@ -115,6 +137,8 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
   let control: ControlServer;
   let transfers: TransferLog;
   let stateFile: string;
+  /** The connections a target application here serves, by id. */
+  const served = () => relay.page({ limit: 100 }).entries.map((c) => connectionId(c.flow));
 
   /** Two ends of a loopback TCP connection. */
   async function socketPair(): Promise<[net.Socket, net.Socket]> {
@@ -135,14 +159,16 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
   beforeAll(async () => {
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-fuzz-api-'));
     closers.push(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+    const certs = makeCertificates(Object.entries(NODE_ADDRESSES).map(([name, address]) => ({ name, address })));
+    closers.push(() => certs.dispose());
     // Every node serves its API on one port: find one free on both peer addresses.
     let apiPort = 0;
     for (let attempt = 0; ; attempt++) {
-      const n1 = recordingPeer('n1', forwarded);
-      const n3 = recordingPeer('n3', forwarded);
+      const n1 = recordingPeer('n1', forwarded, certs.material('n1'));
+      const n3 = recordingPeer('n3', forwarded, certs.material('n3'));
       try {
-        apiPort = await listenOn(n1, '127.0.0.2', 0);
-        await listenOn(n3, '127.0.0.3', apiPort);
+        apiPort = await listenOn(n1, NODE_ADDRESSES.n1, 0);
+        await listenOn(n3, NODE_ADDRESSES.n3, apiPort);
         closers.push(() => n1.close(), () => n3.close());
         break;
       } catch (err) {
@@ -151,25 +177,20 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
         if (attempt >= 4) throw err;
       }
     }
-    const config = clusterConfig(apiPort, stateDir);
+    const config = clusterConfig(apiPort, stateDir, certs.dir);
     const self = config.nodes[1]!;
 
     // The socket steps are the lab's business: here the served connection only has to exist.
     const noSockets = { reinstate: () => 99, goLive: () => undefined, release: () => undefined, discard: () => undefined } as unknown as HandoffSockets;
-    relay = new TargetRelay(log, 60_000, noSockets);
-    directory = new TargetDirectory(3_600_000);
+    const node = await apiNode({ config, self: 'n2', operators: OPERATORS, tls: loadPeerTls(config, self), holder, sockets: noSockets, log });
+    ({ app, admin, metrics, relay, directory, control, transfers, stateFile } = node);
+    closers.push(() => node.close());
+    holderCalls.length = 0;
     // Another node's report, so the read views and a drain have something to show.
     directory.setRemote('n3', [{ node: 'n3', app: 'line-target', instance: 'line-target', port: 7000, capacity: 10, load: 2, weight: 100, draining: false }]);
-    const dvipas = new DvipaSet(config.dvipa, path.join(stateDir, 'fuzz-n2.dvipas.json'), holder, config.nodes.map((n) => n.address));
-    stateFile = path.join(stateDir, 'fuzz-n2.dvipas.json');
-    await dvipas.load();
-    holderCalls.length = 0;
-    control = new ControlServer({ node: 'n2', port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log });
-    transfers = new TransferLog();
     const flow = { family: 4 as const, clientAddress: '10.203.0.100', clientPort: 40100, vipAddress: '10.203.0.10', vipPort: 7000 };
     transfers.add({ connId: 'n2.a', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'done', timings: { exportUs: 1, offerRttUs: 1, importUs: 2, freezeUs: 3, deltaUs: 1, commitRttUs: 4, routeUs: 5, totalUs: 16 } });
     transfers.add({ connId: 'n2.b', flow, from: 'router', target: 'n3', client: '10.203.0.100:40100', outcome: 'failed', step: 'offer', reason: 'refused' });
-    metrics = new AgentMetrics('n2', { xdp: () => undefined, routingTable: () => undefined, targets: () => directory.all().length, closing: () => 0 });
 
     // A target application on this node serving one transferred connection, reached through real
     // channels: it refuses every move, as an application with no safe point would.
@@ -187,16 +208,12 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
       appMoves.push({ connId: d.msg.connId, node: d.msg.node });
       appSide.send('moved', { connId: d.msg.connId, ok: false, reason: 'fuzz application: no safe point' });
     });
+    // From the distributor, as its peer link authenticated it.
     const { conn, queues } = connToWire(SERVED);
-    relay.fromPeer(peer, received('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0)]));
-    relay.fromPeer(peer, received('live', { connId: SERVED_CONN_ID }, Accepts.agentFromPeer));
+    relay.fromPeer(peer, received('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0)]), 'n1');
+    relay.fromPeer(peer, received('live', { connId: SERVED_CONN_ID }, Accepts.agentFromPeer), 'n1');
     closers.push(() => peer.close(), () => agentSide.close(), () => appSide.close(), () => peerFar.destroy());
-
-    admin = new AgentAdmin({ config, self, startedAt: Date.now(), steering: undefined, relay, directory, control, transfers, metrics, log, dvipas, installedAt: () => undefined });
-    app = await createApiServer({ admin, metrics, config, token: TOKEN, log });
-    await app.ready();
-    closers.push(() => app.close(), () => relay.close(), () => directory.close(), () => control.close());
-    expect(relay.connections().map((c) => connectionId(c.flow))).toEqual([SERVED_ID]);
+    expect(served()).toEqual([SERVED_ID]);
   });
 
   afterAll(async () => {
@@ -218,7 +235,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
       registrations: control.counts(),
       file: fs.existsSync(stateFile) ? fs.readFileSync(stateFile, 'utf8') : null,
       holder: holderCalls,
-      connections: relay.connections(),
+      connections: relay.page({ limit: 100 }).entries,
       transfers: transfers.recent(),
       directory: directory.seq,
     });
@@ -253,9 +270,17 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
   );
   const dvipaAddress = fc.oneof(fc.constantFrom('10.203.0.10', '10.203.0.20', '127.0.0.2', '0.0.0.0', '255.255.255.255', '1.2.3', '01.2.3.4'), ipv4, fc.ipV4());
 
-  /** A JSON body: what the schema wants, the same broken at one place, or anything at all. */
-  const jsonBody = (schema: Parameters<typeof valid>[0], tweak: (v: Record<string, unknown>) => fc.Arbitrary<Record<string, unknown>> = fc.constant) =>
+  /** A body the parser must refuse wherever it appears: too deep, not UTF-8, a raw NUL, a prototype key. */
+  const MUST_REFUSE = /^deep-|^invalid UTF-8|^raw NUL|^proto key/;
+  /** A hostile fragment (fuzz.ts) as the whole body or as the value of one of a valid body's keys. */
+  const hostileBody = (schema: Parameters<typeof valid>[0]): fc.Arbitrary<Body> =>
+    fc.tuple(valid(schema), hostileFragment(BODY_LIMIT)).chain(([v, fragment]) =>
+      fc.constantFrom(undefined, ...Object.keys(v as object)).map((key) => ({ bytes: embed(v as Record<string, unknown>, key, fragment), hostile: fragment.kind })),
+    );
+  /** A JSON body: what the schema wants, the same broken at one place, hostile JSON, or anything at all. */
+  const jsonBody = (schema: Parameters<typeof valid>[0], tweak: (v: Record<string, unknown>) => fc.Arbitrary<Record<string, unknown>> = fc.constant): fc.Arbitrary<string | Body> =>
     fc.oneof(
+      { weight: 2, arbitrary: hostileBody(schema) },
       { weight: 3, arbitrary: valid(schema).chain((v) => tweak(v as Record<string, unknown>)).map((v) => JSON.stringify(v)) },
       { weight: 2, arbitrary: valid(schema).chain((v) => broken(schema, v as Record<string, unknown>)).map((b) => JSON.stringify(b.value)) },
       fc.jsonValue({ maxDepth: 3 }).map((v) => JSON.stringify(v)),
@@ -265,7 +290,12 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
   const moveBody = jsonBody(MoveBodySchema, (v) => fc.oneof(fc.constant(v), nodeName.map((node) => ({ ...v, node }))));
   const targetBody = jsonBody(TargetChangeSchema);
   const dvipaBody = jsonBody(DvipaSpecSchema, (v) => fc.oneof(fc.constant(v), dvipaAddress.map((address) => ({ ...v, address }))));
-  const anyBody = fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, fc.jsonValue({ maxDepth: 2 }).map((v) => JSON.stringify(v)), junk);
+  const anyBody = fc.oneof(
+    { weight: 4, arbitrary: fc.constant(undefined) },
+    fc.jsonValue({ maxDepth: 2 }).map((v) => JSON.stringify(v)),
+    junk,
+    hostileFragment(BODY_LIMIT).map((f): Body => ({ bytes: f.bytes, hostile: f.kind })),
+  );
 
   const contentType = fc.oneof(
     { weight: 6, arbitrary: fc.constant('application/json') },
@@ -273,6 +303,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
   );
   const auth = fc.oneof(
     { weight: 8, arbitrary: fc.constant(`Bearer ${TOKEN}`) },
+    { weight: 2, arbitrary: fc.constant(`Bearer ${READ_TOKEN}`) },
     fc.constantFrom(undefined, '', 'Bearer', `Bearer ${TOKEN} `, `bearer ${TOKEN}`, `Bearer ${TOKEN}x`, `Bearer ${TOKEN.slice(1)}`, `Basic ${TOKEN}`, `Bearer  ${TOKEN}`),
   );
   const queryValue = fc.oneof({ weight: 3, arbitrary: fc.constantFrom('1', '0', '-1', '100', '10000', '10001', '1e3', '1.5', 'true', 'false', 'frozen', 'forward', 'served', 'released', 'n2', '10.203.0.100', '') }, junk);
@@ -287,18 +318,24 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
       junk.map((j) => `?${j}`),
     );
 
+  /** Bytes sent as they are, and the kind of hostile fragment they hold (fuzz.ts hostileFragment). */
+  interface Body {
+    bytes: Buffer;
+    hostile: string;
+  }
+
   interface Req {
     route: string;
     method: string;
     url: string;
-    body?: string;
+    body?: string | Body;
     contentType?: string;
     auth?: string;
     localOnly?: boolean;
     forwardedBy?: string;
   }
 
-  const mutation = (route: string, method: string, url: fc.Arbitrary<string>, body: fc.Arbitrary<string | undefined>, localOnly = false) =>
+  const mutation = (route: string, method: string, url: fc.Arbitrary<string>, body: fc.Arbitrary<string | Body | undefined>, localOnly = false) =>
     fc.record({ url, body, contentType, auth, localOnly: localOnly ? fc.boolean() : fc.constant(false), forwardedBy: fc.option(fc.constantFrom('n1', 'n3'), { freq: 10, nil: undefined }) }).map(
       (r): Req => ({ route, method, ...r }),
     );
@@ -315,7 +352,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     read('views', fc.tuple(fc.constantFrom('/v1/node', '/v1/nodes', '/v1/dvipas', '/v1/targets', '/v1/stats'), query(['limit', 'x'])).map(([p, q]) => p + q)),
     fc.record({ route: fc.constant('elsewhere'), method: fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'), url: fc.tuple(fc.constantFrom('/v1/', '/v1/connections/', '/v1/targets/n2', '/v2/node', '/'), segment(junk)).map(([a, b]) => a + b), auth }),
     // Scraping costs a millisecond or two: rarely.
-    { weight: 1, arbitrary: fc.constant<Req>({ route: 'metrics', method: 'GET', url: '/metrics?x=%zz' }) },
+    { weight: 1, arbitrary: auth.map((a): Req => ({ route: 'metrics', method: 'GET', url: '/metrics?x=%zz', auth: a })) },
   );
 
   // ---- the oracle -------------------------------------------------------------------------------
@@ -331,7 +368,10 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
 
   /** A request another node received must be one this node had validated and may pass on. */
   function justified(r: Recorded): string | undefined {
-    if (r.headers.authorization !== `Bearer ${TOKEN}`) return 'forwarded without the token';
+    // No token crosses between nodes: n2's certificate, from n2's address, names the caller.
+    if (r.headers.authorization !== undefined) return 'forwarded with an Authorization header';
+    if (r.client !== 'n2' || r.from !== NODE_ADDRESSES.n2) return `forwarded with certificate ${r.client} from ${r.from}, not n2's from ${NODE_ADDRESSES.n2}`;
+    if (r.headers['x-baton-operator'] !== 'fuzz-admin') return 'forwarded without naming the operator';
     if (r.headers['x-baton-forwarded-by'] !== 'n2') return 'forwarded without naming n2';
     const p = decodeURIComponent(new URL(r.url, 'http://peer').pathname);
     const body = r.body ? (JSON.parse(r.body) as unknown) : undefined;
@@ -348,6 +388,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     const statuses = new Map<number, number>();
     const byRoute = new Map<string, number>();
     let accounted = { forwarded: 0, moves: 0, dvipas: 0 };
+    let hostileRefused = 0;
     await checkAsync(
       'REST: fuzzed requests',
       fc.asyncProperty(request, async (req) => {
@@ -361,8 +402,10 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
         if (req.contentType !== undefined && req.body !== undefined) headers['content-type'] = req.contentType;
         if (req.localOnly) headers['x-baton-local-only'] = '1';
         if (req.forwardedBy) headers['x-baton-forwarded-by'] = req.forwardedBy;
-        const res = await app.inject({ method: req.method as 'GET', url: req.url, headers, ...(req.body !== undefined ? { payload: req.body } : {}) });
-        const what = `${req.method} ${req.url} ${req.body?.slice(0, 200) ?? ''} → ${res.statusCode} ${res.body.slice(0, 300)}`;
+        const payload = typeof req.body === 'object' ? req.body.bytes : req.body;
+        const res = await app.inject({ method: req.method as 'GET', url: req.url, headers, ...(payload !== undefined ? { payload } : {}) });
+        const shown = typeof req.body === 'object' ? `[${req.body.hostile}] ${req.body.bytes.subarray(0, 200).toString('utf8')}` : (req.body?.slice(0, 200) ?? '');
+        const what = `${req.method} ${req.url} ${shown} → ${res.statusCode} ${res.body.slice(0, 300)}`;
         statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
         const key = `${req.route} ${res.statusCode}`;
         byRoute.set(key, (byRoute.get(key) ?? 0) + 1);
@@ -382,10 +425,18 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
           JSON.parse(res.body);
         }
         const mutating = req.method !== 'GET' && req.method !== 'OPTIONS' && req.method !== 'HEAD';
-        // Without the token only the router's own refusals (malformed URL) come before the 401.
-        if (mutating && req.auth !== `Bearer ${TOKEN}`) {
-          const title = (JSON.parse(res.body) as { title?: string }).title;
-          expect(res.statusCode === 401 || title === 'FST_ERR_BAD_URL' || title === 'FST_ERR_MAX_PARAM_LENGTH', what).toBe(true);
+        const title = res.statusCode >= 400 ? (JSON.parse(res.body) as { title?: string }).title : undefined;
+        // Only the router's own refusals (a malformed URL) come before the access check.
+        const routerRefusal = title === 'FST_ERR_BAD_URL' || title === 'FST_ERR_MAX_PARAM_LENGTH';
+        const open = /^\/v1\/node(\?|$)/.test(req.url) && req.method === 'GET';
+        const known = req.auth === `Bearer ${TOKEN}` || req.auth === `Bearer ${READ_TOKEN}`;
+        if (!open && !known) expect(res.statusCode === 401 || routerRefusal, `no known token: 401\n${what}`).toBe(true);
+        if (mutating && req.auth === `Bearer ${READ_TOKEN}`) expect(res.statusCode === 403 || routerRefusal, `a read token on a change: 403\n${what}`).toBe(true);
+        // A body the parser must refuse never reaches a handler, wherever in the body it is.
+        const contentTypeOk = req.contentType !== undefined && /^application\/json(;\s*charset=utf-8)?$/i.test(req.contentType);
+        if (typeof req.body === 'object' && MUST_REFUSE.test(req.body.hostile) && req.auth === `Bearer ${TOKEN}` && contentTypeOk && !routerRefusal && res.statusCode !== 404) {
+          expect([400, 413], `hostile body refused\n${what}`).toContain(res.statusCode);
+          hostileRefused++;
         }
 
         // What a valid request may legitimately do, accounted one by one.
@@ -403,7 +454,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
         expect(await failedMoves(), what).toBe(movesBefore + moved.length);
         if (req.route === 'dvipa-add' && res.statusCode === 200 && req.localOnly) {
           // Ports as fastify coerced them ("80" → 80, 80 → [80]): the address is what identifies it.
-          const asked = JSON.parse(req.body!) as { address: string };
+          const asked = JSON.parse(typeof req.body === 'object' ? req.body.bytes.toString('utf8') : req.body!) as { address: string };
           const added = admin.dvipas().filter((d) => !JSON.parse(before).dvipas.some((b: { address: string }) => b.address === d.address));
           expect(added, what).toMatchObject([{ address: asked.address, source: 'api', distributor: 'n1' }]);
           expect(dvipaSpecOk.Check({ address: added[0]!.address, ports: added[0]!.ports }), what).toBe(true);
@@ -419,12 +470,13 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
       }),
       runs(8_000),
     );
-    console.log(`REST fuzz statuses ${JSON.stringify(Object.fromEntries([...statuses].sort()))}; accounted ${JSON.stringify(accounted)}\n${JSON.stringify(Object.fromEntries([...byRoute].sort()))}`);
+    console.log(`REST fuzz statuses ${JSON.stringify(Object.fromEntries([...statuses].sort()))}; accounted ${JSON.stringify(accounted)}, hostile bodies refused ${hostileRefused}\n${JSON.stringify(Object.fromEntries([...byRoute].sort()))}`);
     // The generators must reach every kind of outcome, or the test proves less than it says.
     expect(accounted.forwarded).toBeGreaterThan(0);
     expect(accounted.moves).toBeGreaterThan(0);
     expect(accounted.dvipas).toBeGreaterThan(0);
-    for (const s of [200, 400, 401, 404, 409, 413, 415]) expect(statuses.get(s) ?? 0, `status ${s}`).toBeGreaterThan(0);
+    expect(hostileRefused).toBeGreaterThan(0);
+    for (const s of [200, 400, 401, 403, 404, 409, 413, 415]) expect(statuses.get(s) ?? 0, `status ${s}`).toBeGreaterThan(0);
   });
 
   it('nothing escaped: no uncaught exception, no unhandled rejection', () => {

@@ -6,6 +6,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { BatonError } from '../../errors.js';
 import type { ApiContext } from '../server.js';
+import { MAX_PAGE } from '../../agent/admin.js';
 import { ConnectionParamsSchema, ConnectionQuerySchema, ConnectionSchema, MoveBodySchema, MoveResultSchema, ProblemSchema } from '../schemas.js';
 
 export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
@@ -18,14 +19,19 @@ export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
           tags: ['connections'],
           querystring: ConnectionQuerySchema,
           response: {
-            200: Type.Object({ total: Type.Integer(), offset: Type.Integer(), limit: Type.Integer(), connections: Type.Array(ConnectionSchema) }),
+            200: Type.Object({
+              total: Type.Optional(Type.Integer({ description: 'How many match, when a count is kept for the filter: none, or one of state, node, client' })),
+              limit: Type.Integer(),
+              connections: Type.Array(ConnectionSchema),
+              next: Type.Optional(Type.String({ description: 'Pass as cursor for the next page; absent on the last' })),
+            }),
             400: ProblemSchema,
           },
         },
       },
       async (request) => {
         const q = request.query;
-        return { ...ctx.admin.connections(q), offset: q.offset, limit: q.limit };
+        return { ...ctx.admin.connections(q), limit: Math.min(q.limit, MAX_PAGE) };
       },
     );
 
@@ -38,7 +44,7 @@ export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
           security: [{ bearer: [] }],
           params: ConnectionParamsSchema,
           body: MoveBodySchema,
-          response: { 200: MoveResultSchema, 400: ProblemSchema, 401: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 502: ProblemSchema, 504: ProblemSchema },
+          response: { 200: MoveResultSchema, 400: ProblemSchema, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 502: ProblemSchema, 504: ProblemSchema },
         },
       },
       async (request, reply) => {

@@ -6,7 +6,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { DvipaSpecSchema } from '../../agent/dvipa-set.js';
 import type { ApiContext } from '../server.js';
-import { LOCAL_ONLY_HEADER, forwardTo } from '../forward.js';
+import { errorText } from '../../input.js';
+import { LOCAL_ONLY_HEADER, problemDetail } from '../forward.js';
 import { ProblemSchema } from '../schemas.js';
 
 const AddressParams = Type.Object({ address: Type.String({ pattern: '^[0-9.]{7,15}$' }) });
@@ -18,13 +19,14 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
   /** Applies the change on every other node; the distributor has already applied it to itself. */
   const fanOut = async (request: FastifyRequest, method: string, path: string, body?: unknown) => {
     const others = ctx.config.nodes.filter((n) => n.name !== ctx.admin.self.name);
+    const caller = ctx.callerOf(request);
     const results = await Promise.all(
       others.map(async (n) => {
         try {
-          const res = await forwardTo(`http://${n.address}:${ctx.config.api.port}`, { method, path, body }, { token: ctx.token, from: ctx.admin.self.name }, n.name, { [LOCAL_ONLY_HEADER]: '1' });
-          return res.status < 300 ? { node: n.name, ok: true } : { node: n.name, ok: false, error: (res.body as { detail?: string })?.detail ?? `HTTP ${res.status}` };
+          const res = await ctx.forwarder.send(n, { method, path, body }, caller, { [LOCAL_ONLY_HEADER]: '1' });
+          return res.status < 300 ? { node: n.name, ok: true } : { node: n.name, ok: false, error: problemDetail(res.status, res.body) };
         } catch (err) {
-          return { node: n.name, ok: false, error: (err as Error).message };
+          return { node: n.name, ok: false, error: errorText(err) };
         }
       }),
     );
@@ -42,7 +44,7 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
           tags: ['cluster'],
           security: [{ bearer: [] }],
           body: DvipaSpecSchema,
-          response: { 200: FanOutResult, 400: ProblemSchema, 401: ProblemSchema, 409: ProblemSchema },
+          response: { 200: FanOutResult, 400: ProblemSchema, 401: ProblemSchema, 403: ProblemSchema, 409: ProblemSchema },
         },
       },
       async (request, reply) => {
@@ -65,7 +67,7 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
           security: [{ bearer: [] }],
           params: AddressParams,
           querystring: ForceQuery,
-          response: { 200: FanOutResult, 401: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
+          response: { 200: FanOutResult, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
         },
       },
       async (request, reply) => {

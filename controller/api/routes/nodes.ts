@@ -5,7 +5,9 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { BatonError } from '../../errors.js';
 import type { ApiContext } from '../server.js';
-import { forwardTo } from '../forward.js';
+import { type ConnectionView, MAX_PAGE } from '../../agent/admin.js';
+import { errorText } from '../../input.js';
+import { problemDetail } from '../forward.js';
 import { DrainResultSchema, ProblemSchema } from '../schemas.js';
 
 const NodeParams = Type.Object({ name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' }) });
@@ -22,7 +24,7 @@ export function nodeRoutes(ctx: ApiContext): FastifyPluginAsync {
           tags: ['cluster'],
           security: [{ bearer: [] }],
           params: NodeParams,
-          response: { 200: DrainResultSchema, 401: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
+          response: { 200: DrainResultSchema, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
         },
       },
       async (request, reply) => {
@@ -32,19 +34,23 @@ export function nodeRoutes(ctx: ApiContext): FastifyPluginAsync {
         if (node === ctx.config.distributor) throw new BatonError('E_HANDOFF_STATE', `${node} is the distributor: it serves no transferred connections`, { step: 'drain' });
         if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
 
-        const call = (on: string, method: string, path: string, body: unknown) => {
-          const n = ctx.config.nodes.find((x) => x.name === on)!;
-          return forwardTo(`http://${n.address}:${ctx.config.api.port}`, { method, path, body }, { token: ctx.token, from: ctx.admin.self.name }, on);
-        };
+        const caller = ctx.callerOf(request);
+        const call = (on: string, method: string, path: string, body: unknown) => ctx.forwarder.send(ctx.config.nodes.find((x) => x.name === on)!, { method, path, body }, caller);
         const instances = [...new Set(ctx.admin.targets().filter((t) => t.node === node).map((t) => t.instance))];
         let targetsDrained = 0;
         for (const instance of instances) {
           const res = await call(node, 'PUT', `/v1/targets/${node}/${encodeURIComponent(instance)}`, { draining: true });
           if (res.status === 200) targetsDrained++;
-          else request.log.warn({ node, instance, status: res.status, body: res.body }, 'drain: target instance not drained');
+          else request.log.warn({ node, instance, status: res.status, detail: problemDetail(res.status, res.body) }, 'drain: target instance not drained');
         }
 
-        const { connections } = ctx.admin.connections({ node, state: 'forward', limit: Number.MAX_SAFE_INTEGER, offset: 0 });
+        // Every connection the node serves, a page at a time (each page is O(page): handoffs go on meanwhile).
+        const connections: ConnectionView[] = [];
+        for (let cursor: string | undefined, first = true; first || cursor; first = false) {
+          const page = ctx.admin.connections({ node, state: 'forward', limit: MAX_PAGE, cursor });
+          connections.push(...page.connections);
+          cursor = page.next;
+        }
         const results: Array<{ id: string; to?: string; ok: boolean; error?: string }> = [];
         const queue = [...connections];
         const worker = async () => {
@@ -56,10 +62,9 @@ export function nodeRoutes(ctx: ApiContext): FastifyPluginAsync {
             }
             try {
               const res = await call(node, 'POST', `/v1/connections/${encodeURIComponent(c.id)}/transfer`, { node: to });
-              const detail = (res.body as { detail?: string } | undefined)?.detail;
-              results.push(res.status === 200 ? { id: c.id, to, ok: true } : { id: c.id, to, ok: false, error: detail ?? `HTTP ${res.status}` });
+              results.push(res.status === 200 ? { id: c.id, to, ok: true } : { id: c.id, to, ok: false, error: problemDetail(res.status, res.body) });
             } catch (err) {
-              results.push({ id: c.id, to, ok: false, error: (err as Error).message });
+              results.push({ id: c.id, to, ok: false, error: errorText(err) });
             }
           }
         };

@@ -1,4 +1,5 @@
 // Read-only views: this node, the cluster, the DVIPA, targets, recent transfers, stats, metrics.
+// Every one needs an operator token of scope read or admin, but /v1/node, the health check (access.ts).
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { connectionId } from '../../agent/connection-id.js';
@@ -7,7 +8,7 @@ import { ClusterNodeSchema, DvipaSchema, NodeSchema, StatsSchema, TargetInfoSche
 
 export function readRoutes(ctx: ApiContext): FastifyPluginAsync {
   return async (app) => {
-    app.get('/v1/node', { schema: { summary: 'This node: identity, role, uptime, XDP program', tags: ['cluster'], response: { 200: NodeSchema } } }, async () => ctx.admin.node());
+    app.get('/v1/node', { schema: { summary: 'This node: identity, role, uptime, XDP program. Open to anyone (the health check)', tags: ['cluster'], security: [], response: { 200: NodeSchema } } }, async () => ctx.admin.node());
     app.get(
       '/v1/nodes',
       { schema: { summary: 'The cluster as this node sees it (reachable: its batond reported within the expiry)', tags: ['cluster'], response: { 200: Type.Object({ nodes: Type.Array(ClusterNodeSchema) }) } } },

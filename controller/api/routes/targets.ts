@@ -16,7 +16,7 @@ export function targetRoutes(ctx: ApiContext): FastifyPluginAsync {
           security: [{ bearer: [] }],
           params: TargetParamsSchema,
           body: TargetChangeSchema,
-          response: { 200: Type.Object({ targets: Type.Array(TargetInfoSchema) }), 400: ProblemSchema, 401: ProblemSchema, 404: ProblemSchema },
+          response: { 200: Type.Object({ targets: Type.Array(TargetInfoSchema) }), 400: ProblemSchema, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema },
         },
       },
       async (request, reply) => {

@@ -9,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import net from 'node:net';
-import { agentSocket, API_PORT, certsDir } from '../../../controller/lab/cluster.js';
+import { agentSocket, certsDir } from '../../../controller/lab/cluster.js';
+import { metricsOf } from '../../helpers/api.js';
 import { createLogger } from '../../../controller/log.js';
 import { Channel } from '../../../controller/transfer/channel.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
@@ -149,7 +150,7 @@ describe('handoff in the namespace lab', () => {
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('invalid offer'))).toBe(true);
     expect(n2log.some((l) => l.msg === 'message rejected' && String(l.err).includes('unexpected message type'))).toBe(true);
     // Counted by reason where operators look.
-    const metrics = execFileSync('ip', ['netns', 'exec', n2.ns, 'curl', '-s', `http://${n2.address}:${API_PORT}/metrics`], { encoding: 'utf8' });
+    const metrics = metricsOf(running.lab, 'n2');
     expect(metrics).toMatch(/^baton_transfer_rejected_total\{reason="schema",node="n2"\} [1-9]/m);
     expect(metrics).toMatch(/^baton_transfer_rejected_total\{reason="unexpected-type",node="n2"\} [1-9]/m);
     expect([...running.routes.entries()].filter(([, e]) => e.state === 'frozen').length).toBe(frozenBefore);

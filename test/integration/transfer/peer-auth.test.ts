@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { API_PORT, certsDir } from '../../../controller/lab/cluster.js';
+import { certsDir } from '../../../controller/lab/cluster.js';
+import { metricsOf } from '../../helpers/api.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { makeCertificates } from '../../helpers/certs.js';
 import { useLab } from '../../helpers/lab.js';
@@ -115,7 +116,7 @@ function refusedTotal(metrics: string, reason: string): number {
 }
 
 async function n2Metrics(): Promise<string> {
-  return execFileSync('ip', ['netns', 'exec', node('n2').ns, 'curl', '-s', `http://${node('n2').address}:${API_PORT}/metrics`], { encoding: 'utf8' });
+  return metricsOf(running.lab, 'n2');
 }
 
 describe('authenticated peer links', () => {

@@ -6,6 +6,7 @@ describe('problem+json', () => {
   it.each([
     ['E_CONFIG', 400],
     ['E_UNAUTHORIZED', 401],
+    ['E_FORBIDDEN', 403],
     ['E_NOT_FOUND', 404],
     ['E_HANDOFF_STATE', 409],
     ['E_REJECTED', 409],
