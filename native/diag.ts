@@ -7,7 +7,7 @@ import { errnoName } from './errno.js';
 import { addressToBytes, libbaton, type TcpEndpoint } from './repair.js';
 
 /** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
-const TCP_STATES = {
+export const TCP_STATES = {
   1: 'ESTABLISHED',
   2: 'SYN_SENT',
   3: 'SYN_RECV',

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -74,6 +75,62 @@ fail:
 	err = -errno;
 	close(fd);
 	return err;
+}
+
+/* A filesystem sun_path: no NUL inside (the kernel would cut the name there), at most 107 bytes. */
+static int path_addr(struct sockaddr_un *sa, socklen_t *sa_len, const char *path, uint32_t len)
+{
+	if (len == 0 || memchr(path, '\0', len))
+		return -EINVAL;
+	if (len > ABSTRACT_MAX)
+		return -ENAMETOOLONG;
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	memcpy(sa->sun_path, path, len);
+	*sa_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+	return 0;
+}
+
+int baton_fdsock_bind_path(const char *path, uint32_t path_len)
+{
+	struct sockaddr_un sa;
+	socklen_t sa_len;
+	mode_t old;
+	int fd, err;
+
+	err = path_addr(&sa, &sa_len, path, path_len);
+	if (err)
+		return err;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* Owner-only from the moment it exists: a chmod after bind would leave a window open. The
+	 * umask is the process's: a file another thread creates in this instant is owner-only too,
+	 * never more open than asked. */
+	old = umask(0177);
+	err = bind(fd, (struct sockaddr *)&sa, sa_len) ? -errno : 0;
+	umask(old);
+	if (err) {
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int baton_fdsock_connect(int sock, const char *path, uint32_t path_len)
+{
+	struct sockaddr_un sa;
+	socklen_t sa_len;
+	int err;
+
+	err = path_addr(&sa, &sa_len, path, path_len);
+	if (err)
+		return err;
+	while (connect(sock, (struct sockaddr *)&sa, sa_len)) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
 }
 
 int baton_fd_pair(int *a_out, int *b_out, uint32_t sndbuf)

@@ -7,15 +7,23 @@
  * that has read the message knows the datagram is queued and receives without blocking; nothing
  * here waits or polls.
  *
- * Two kinds of socket (controller/transfer/fd-exchange.ts uses both): a socket bound in the
- * abstract namespace (baton_fdsock_open: an application's inbox, where batond sends it one end of
- * its descriptor link), and a connected pair (baton_fd_pair: the link itself, which has no
+ * Three kinds of socket (controller/transfer/fd-exchange.ts uses all three): a socket bound in
+ * the abstract namespace (baton_fdsock_open: an application's inbox, where batond sends it one end
+ * of its descriptor link), batond's socket that sends it, bound at a filesystem path
+ * (baton_fdsock_bind_path), and a connected pair (baton_fd_pair: the link itself, which has no
  * queue-length limit between its ends).
  *
  * The receiver has SO_PASSCRED on, so the kernel attaches the sender's credentials to every
- * datagram. Anybody in the network namespace can send to an abstract address: the receiver
- * accepts a descriptor there only if that pid equals baton_peer_pid() of the stream channel it
- * expects the descriptor on.
+ * datagram. Anybody in the network namespace can send to an abstract address, whatever their uid,
+ * and net.unix.max_dgram_qlen datagrams (10 in a fresh namespace) fill an unread inbox: then
+ * nobody else's datagram gets in (-EAGAIN). So an application's inbox is connected
+ * (baton_fdsock_connect) to batond's own sending socket, bound at a filesystem path beside the
+ * agent socket with its mode (baton_fdsock_bind_path), before every hello: the kernel then takes
+ * datagrams into the inbox from that socket only (any other sender gets -EPERM: unix_may_send
+ * in net/unix/af_unix.c), and does not apply the queue-length limit to it. The path, unlike an
+ * abstract name, cannot be taken by another user first, and only those who may use the agent
+ * socket may connect to it. The receiver still accepts a descriptor only if the datagram's pid
+ * equals baton_peer_pid() of the stream channel it expects the descriptor on.
  *
  * Abstract names cross as bytes without the leading NUL: "baton-x" is sun_path "\0baton-x"
  * (ss shows it as "@baton-x"). Every call returns -errno on failure and never prints.
@@ -39,6 +47,22 @@ int baton_fdsock_open(const char *name, uint32_t name_len, char *bound, uint32_t
 		      uint32_t *bound_len);
 
 /*
+ * A new non-blocking, close-on-exec SOCK_DGRAM socket bound at the filesystem path
+ * path[0..path_len) (1..107 bytes, no NUL, else -EINVAL or -ENAMETOOLONG), created with mode 0600
+ * (owner only, like the agent socket): only a process that may write the path can connect an
+ * inbox to it. -EADDRINUSE when the path exists (remove a stale one first). Returns the fd.
+ */
+int baton_fdsock_bind_path(const char *path, uint32_t path_len);
+
+/*
+ * Connects sock (a datagram socket) to the socket bound at the filesystem path path[0..path_len):
+ * from then on the kernel queues on sock only datagrams sent from that socket (others: -EPERM),
+ * and sock sends there by default. Connecting again to another socket replaces the peer. 0 or
+ * -errno: -ENOENT or -ECONNREFUSED (nothing bound there), -EACCES (no write permission on it).
+ */
+int baton_fdsock_connect(int sock, const char *path, uint32_t path_len);
+
+/*
  * A connected pair of non-blocking, close-on-exec SOCK_DGRAM sockets with SO_PASSCRED on, the
  * private descriptor link between batond and one application (batond keeps *a_out and sends
  * *b_out to the application). Between the two ends of a pair the kernel applies no queue-length
@@ -53,8 +77,9 @@ int baton_fd_pair(int *a_out, int *b_out, uint32_t sndbuf);
  * else -EINVAL), from sock to the socket bound at the abstract name to[0..to_len), or, with
  * to_len 0, to the other end of sock's pair. Never blocks.
  * 0 on success. -EAGAIN: the receiver's queue is full (to an address: net.unix.max_dgram_qlen
- * datagrams, 10 by default, counted when the receiver was created; on a pair: the send buffer); -ECONNREFUSED: nothing is bound at `to`;
- * -EBADF: fd is not open. The caller's fd stays open: the receiver gets its own descriptor.
+ * datagrams, 10 by default, unless the receiver is connected to sock; on a pair: the send
+ * buffer); -EPERM: the receiver is connected to another socket; -ECONNREFUSED: nothing is bound
+ * at `to`; -EBADF: fd is not open. The caller's fd stays open: the receiver gets its own descriptor.
  */
 int baton_fd_send(int sock, const char *to, uint32_t to_len, int fd, const uint8_t *tag,
 		  uint32_t tag_len);

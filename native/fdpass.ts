@@ -5,9 +5,11 @@
 // The sender sends the datagram before the stream message that names the tag, so whoever reads
 // that message calls receiveAll() knowing the datagram is already queued: no polling, nothing async.
 //
-// Anybody in the network namespace can send to an abstract address. Every received descriptor
-// comes with the sender's pid as the kernel saw it: accept it only if that equals peerPid() of
-// the stream channel it was announced on, and close it otherwise.
+// Anybody in the network namespace can send to an abstract address, and fill it: an inbox that
+// must hear from one sender only is connected to that sender's socket (connectTo a socket bound at
+// a filesystem path, FdSocket.bindPath), and the kernel refuses everyone else (EPERM). Every
+// received descriptor comes with the sender's pid as the kernel saw it: accept it only if that
+// equals peerPid() of the stream channel it was announced on, and close it otherwise.
 import os from 'node:os';
 import { BatonError } from '../controller/errors.js';
 import { errnoName } from './errno.js';
@@ -19,6 +21,8 @@ const NAME_MAX = 107; // an abstract sun_path without its leading NUL
 
 interface Native {
   open(name: Buffer, nameLen: number, bound: Buffer, boundCap: number, boundLen: Uint32Array): number;
+  bindPath(path: Buffer, pathLen: number): number;
+  connect(sock: number, path: Buffer, pathLen: number): number;
   pair(a: Int32Array, b: Int32Array, sndbuf: number): number;
   send(sock: number, to: Buffer, toLen: number, fd: number, tag: Buffer, tagLen: number): number;
   recv(sock: number, fdOut: Int32Array, tag: Buffer, tagCap: number, pidOut: Int32Array): number;
@@ -35,6 +39,8 @@ function native(): Native {
   const lib = libbaton();
   bound = {
     open: lib.func('baton_fdsock_open', 'int', ['const uint8_t *', 'uint32_t', 'uint8_t *', 'uint32_t', 'uint32_t *']),
+    bindPath: lib.func('baton_fdsock_bind_path', 'int', ['const uint8_t *', 'uint32_t']),
+    connect: lib.func('baton_fdsock_connect', 'int', ['int', 'const uint8_t *', 'uint32_t']),
     pair: lib.func('baton_fd_pair', 'int', ['int *', 'int *', 'uint32_t']),
     send: lib.func('baton_fd_send', 'int', ['int', 'const uint8_t *', 'uint32_t', 'int', 'const uint8_t *', 'uint32_t']),
     recv: lib.func('baton_fd_recv', 'int', ['int', 'int *', 'uint8_t *', 'uint32_t', 'int32_t *']),
@@ -70,11 +76,12 @@ function fail(errno: number, message: string, context: Record<string, unknown>):
 
 /**
  * A Unix datagram socket that carries socket descriptors: bound in the abstract namespace (open),
- * or one end of a connected pair (pair, adopt).
+ * bound at a filesystem path (bindPath: a sender inboxes connect to), or one end of a connected
+ * pair (pair, adopt).
  */
 export class FdSocket {
   #fd: number;
-  /** The bound abstract name, without the leading NUL (`ss -x` shows it as @address); '' for an end of a pair. */
+  /** The bound abstract name, without the leading NUL (`ss -x` shows it as @address); '' for an end of a pair or a socket bound at a path. */
   readonly address: string;
 
   private constructor(fd: number, address: string) {
@@ -94,6 +101,17 @@ export class FdSocket {
     const fd = c.open(buf, len, out, out.length, lenOut);
     if (fd < 0) throw fail(-fd, `socket+bind(AF_UNIX, SOCK_DGRAM, ${name ? `@${name}` : 'autobind'})`, { step: 'fdsock_open', name });
     return new FdSocket(fd, out.toString('latin1', 0, lenOut[0]));
+  }
+
+  /**
+   * Opens a socket bound at the filesystem path `path` (at most 107 bytes), mode 0600: the sender
+   * an inbox connects to (connectTo). Throws E_NATIVE (EADDRINUSE: the path exists).
+   */
+  static bindPath(path: string): FdSocket {
+    const p = Buffer.from(path, 'utf8');
+    const fd = native().bindPath(p, p.length);
+    if (fd < 0) throw fail(-fd, `socket+bind(AF_UNIX, SOCK_DGRAM, ${path})`, { step: 'fdsock_bind', path });
+    return new FdSocket(fd, '');
   }
 
   /**
@@ -122,8 +140,9 @@ export class FdSocket {
    * Sends fd tagged with tag (1..255 bytes UTF-8) to the FdSocket bound at `to`, or with `to`
    * null to the other end of this pair, without blocking. The caller's fd stays open; the receiver gets its own descriptor of the same
    * socket. Throws E_NATIVE with the errno in the message and context: EAGAIN when the
-   * receiver's queue is full (net.unix.max_dgram_qlen, 10 datagrams by default), ECONNREFUSED
-   * when nobody is bound there, EINVAL for an empty or too long tag, EBADF for a closed fd.
+   * receiver's queue is full (net.unix.max_dgram_qlen, 10 datagrams by default, unless the
+   * receiver is connected to this socket), EPERM when the receiver is connected to another
+   * socket, ECONNREFUSED when nobody is bound there, EINVAL for an empty or too long tag, EBADF for a closed fd.
    */
   send(to: string | null, fd: number, tag: string): void {
     const c = native();
@@ -132,6 +151,17 @@ export class FdSocket {
     const t = bytes(tag, tagScratch, 'utf8');
     const ret = c.send(sock, dest.buf, dest.len, fd, t.buf, t.len);
     if (ret < 0) throw fail(-ret, `sendmsg(SCM_RIGHTS) to ${to === null ? 'the other end of the pair' : `@${to}`}`, { step: 'fd_send', to, fd, tag });
+  }
+
+  /**
+   * Connects this socket to the one bound at the filesystem path `path`: from then on the kernel
+   * queues here only what that socket sends; anyone else's send fails with EPERM. Connecting again
+   * replaces the peer. Throws E_NATIVE (ENOENT or ECONNREFUSED: nothing bound there; EACCES).
+   */
+  connectTo(path: string): void {
+    const p = Buffer.from(path, 'utf8');
+    const ret = native().connect(this.#open('connect'), p, p.length);
+    if (ret < 0) throw fail(-ret, `connect(@${this.address} to ${path})`, { step: 'fdsock_connect', path });
   }
 
   /**

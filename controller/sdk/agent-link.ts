@@ -3,6 +3,7 @@
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BatonError } from '../errors.js';
+import { errorText } from '../input.js';
 import { createLogger, type Logger } from '../log.js';
 import { ControlLink, type ControlOptions, type Registration } from './control-link.js';
 import { Channel } from '../transfer/channel.js';
@@ -40,15 +41,15 @@ export interface AgentLink<In extends MessageType> {
 }
 
 /**
- * Connects to batond and says hello with the inbox's address; batond sends the descriptor link
- * there before its welcome.
+ * Connects to batond, connects the inbox to batond's descriptor socket (fd-exchange.ts) and says
+ * hello with the inbox's address; batond sends the descriptor link there before its welcome.
  */
 export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptions, accepts: readonly In[], hello: AppHello, inbox: LinkInbox): Promise<AgentLink<In>> {
   const log = opts.logger ?? createLogger({ app: opts.name });
   const timeoutMs = opts.connectTimeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
     const socket = net.connect({ path: opts.socketPath });
-    const channel = new Channel<In>(socket, accepts, log);
+    const channel = new Channel<In>(socket, accepts, log, 'sdk');
     const timer = setTimeout(() => {
       channel.close();
       reject(new BatonError('E_PEER', `batond at ${opts.socketPath} did not welcome us within ${timeoutMs} ms`, { step: 'hello' }));
@@ -89,7 +90,20 @@ export async function openAgentLink<In extends MessageType>(opts: AgentLinkOptio
       // A caller's logger already says where it runs; ours learns it from the welcome.
       resolve({ channel, node, descriptors, handoffStepTimeoutMs, listen, log: opts.logger ? log : log.child({ node }) });
     });
-    socket.once('connect', () => channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address }));
+    socket.once('connect', () => {
+      // Before every hello (a restarted batond has a new descriptor socket): only this batond may
+      // queue anything on the inbox from now on, and what strangers queued before is gone.
+      try {
+        inbox.connectTo(opts.socketPath);
+      } catch (err) {
+        channel.off('close', onClose);
+        clearTimeout(timer);
+        channel.close();
+        reject(new BatonError('E_PEER', `cannot reach batond's descriptor socket beside ${opts.socketPath}: ${errorText(err)}`, { step: 'hello' }));
+        return;
+      }
+      channel.send('hello', { ...hello, name: opts.name, fdAddress: inbox.address });
+    });
   });
 }
 

@@ -23,7 +23,8 @@ import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
-import { Accepts, type DistributorTimings } from '../transfer/messages.js';
+import { Accepts, type DistributorTimings, MAX_APP_STATE_BYTES, MAX_PEEKED_BYTES } from '../transfer/messages.js';
+import { MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
@@ -32,8 +33,12 @@ import type { TargetInfo } from '../control/messages.js';
 
 type FromAgent = (typeof Accepts.router)[number];
 
-/** Bytes the target replays before anything new from the client; they go into its kernel receive queue. */
-export const MAX_PEEKED_BYTES = 256 * 1024;
+/**
+ * Bytes the target replays before anything new from the client; they go into its kernel receive
+ * queue. batond refuses more (messages.ts), as it refuses appState over MAX_APP_STATE_BYTES or
+ * nested deeper than MAX_JSON_DEPTH: handoff() checks all three before it sends anything.
+ */
+export { MAX_PEEKED_BYTES };
 /**
  * How long handoff() waits for batond's verdict: longer than batond can take, or the application
  * would resume reading a socket whose route batond may still move. batond waits at most one step
@@ -219,13 +224,17 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
     const peeked = opts.peeked ?? Buffer.alloc(0);
     if (this.channel.isClosed) throw new BatonError('E_PEER', 'link to batond is closed', { connId, node: this.node, step: 'prepare' });
-    let appStateJson: string | undefined;
+    // Depth first, without recursion: stringifying a deep value would overflow the stack.
+    if (valueDepth(opts.appState ?? null, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+      throw new BatonError('E_HANDOFF_STATE', `appState is nested deeper than ${MAX_JSON_DEPTH}`, { connId, step: 'prepare' });
+    }
+    let appStateBytes: number;
     try {
-      appStateJson = JSON.stringify(opts.appState ?? null);
+      appStateBytes = Buffer.byteLength(JSON.stringify(opts.appState ?? null));
     } catch (err) {
       throw new BatonError('E_HANDOFF_STATE', `appState is not JSON-serialisable: ${(err as Error).message}`, { connId, step: 'prepare' });
     }
-    if (appStateJson.length > 32 * 1024) throw new BatonError('E_HANDOFF_STATE', `appState of ${appStateJson.length} bytes exceeds 32 KiB`, { connId, step: 'prepare' });
+    if (appStateBytes > MAX_APP_STATE_BYTES) throw new BatonError('E_HANDOFF_STATE', `appState of ${appStateBytes} bytes exceeds ${MAX_APP_STATE_BYTES / 1024} KiB`, { connId, step: 'prepare' });
     if (socket.readableEnded || socket.writableEnded || socket.destroyed) {
       throw new BatonError('E_HANDOFF_STATE', 'socket is closing: only established connections can be handed off', { connId, step: 'prepare' });
     }
@@ -294,7 +303,7 @@ function readTimestamp(fd: number, log: Logger): number | undefined {
 }
 
 function failure(msg: { step: string; code: string; reason: string }, connId: string): BatonError {
-  const code = (['E_REJECTED', 'E_TIMEOUT', 'E_PEER', 'E_NO_TARGET', 'E_BPF', 'E_HANDOFF_STATE', 'E_PROTOCOL'] as const).find((c) => c === msg.code) ?? 'E_PEER';
+  const code = (['E_REJECTED', 'E_TIMEOUT', 'E_PEER', 'E_NO_TARGET', 'E_BPF', 'E_HANDOFF_STATE', 'E_PROTOCOL', 'E_QUOTA'] as const).find((c) => c === msg.code) ?? 'E_PEER';
   return new BatonError(code, msg.reason, { connId, step: msg.step });
 }
 

@@ -2,18 +2,28 @@
 //
 // Each application has a private descriptor link with batond: a connected pair of Unix datagram
 // sockets, made by batond when the application says hello. Its end reaches the application
-// through the application's inbox, an abstract address named in the hello; the application takes
-// it only from batond's pid (the kernel stamps every datagram with its sender's: SCM_CREDENTIALS),
-// since anybody in the namespace may send to an abstract address. A pair, not datagrams to
-// batond's own address: between the ends of a pair the kernel applies no queue-length limit
-// (net.unix.max_dgram_qlen is 10 in a fresh namespace, and would fail the 12th handoff in flight),
-// only the sender's send buffer, which batond sets large.
+// through the application's inbox, an abstract address named in the hello. Anybody in the network
+// namespace, of any uid, may send to an abstract address, and ten datagrams nobody reads
+// (net.unix.max_dgram_qlen in a fresh namespace) fill it: batond's link then could not get in, and
+// the application could not register. So before every hello the application connects its inbox to
+// batond's sending socket, bound at <agentSocket>.fd (descriptorSocketPath) with the agent
+// socket's owner-only mode, and throws away whatever strangers queued before: from then on the
+// kernel takes datagrams into the inbox from batond's socket only (anyone else's send fails with
+// EPERM) and does not count them against the queue-length limit. Again before each hello, since a
+// restarted batond's socket is a new one. The application still takes the link only from batond's
+// pid (the kernel stamps every datagram with its sender's: SCM_CREDENTIALS). A pair for the link
+// itself, not datagrams to batond's address: between the ends of a pair the kernel applies no
+// queue-length limit (it would fail the 12th handoff in flight), only the sender's send buffer,
+// which batond sets large.
 //
 // On the link, a descriptor travels tagged with its connection id, always just before the stream
 // message that names it (handoff, transferred): by the time that message is read the descriptor is
 // already queued, so take() only has to drain the queue, never wait.
+import fs from 'node:fs';
 import type net from 'node:net';
-import { BatonError } from '../errors.js';
+import path from 'node:path';
+import { BatonError, isBatonError } from '../errors.js';
+import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import { closeFd, FdSocket, peerPid } from '../../native/fdpass.js';
 
@@ -95,11 +105,35 @@ export class DescriptorLink {
   }
 }
 
+/** Where batond's descriptor socket is bound, beside its agent socket: what an inbox connects to. */
+export function descriptorSocketPath(agentSocket: string): string {
+  return `${agentSocket}.fd`;
+}
+
 /** batond's side: makes each application's link and sends the application its end. */
 export class LinkMaker {
-  private readonly socket = FdSocket.open();
+  private readonly socket: FdSocket;
+  private readonly path: string;
 
-  constructor(private readonly log: Logger) {}
+  /**
+   * Binds batond's sending socket at descriptorSocketPath(agentSocket), owner-only like the agent
+   * socket, replacing a stale one a previous batond left (the caller has made sure none lives).
+   * Throws E_CONFIG when agentSocket is over 104 bytes (the path would not fit), E_NATIVE otherwise.
+   */
+  constructor(
+    private readonly log: Logger,
+    agentSocket: string,
+  ) {
+    this.path = descriptorSocketPath(agentSocket);
+    fs.mkdirSync(path.dirname(this.path), { recursive: true });
+    fs.rmSync(this.path, { force: true });
+    try {
+      this.socket = FdSocket.bindPath(this.path);
+    } catch (err) {
+      if (!isBatonError(err) || err.context.errnoName !== 'ENAMETOOLONG') throw err;
+      throw new BatonError('E_CONFIG', `agent socket path ${agentSocket} is too long: its descriptor socket ${this.path} must fit in 107 bytes`, { step: 'listen' });
+    }
+  }
 
   /** A link for the application whose inbox is at inboxAddress; throws E_NATIVE if it cannot be sent there. */
   make(inboxAddress: string): DescriptorLink {
@@ -116,7 +150,9 @@ export class LinkMaker {
   }
 
   close(): void {
+    if (this.socket.fd < 0) return;
     this.socket.close();
+    fs.rmSync(this.path, { force: true });
   }
 }
 
@@ -129,6 +165,28 @@ export class LinkInbox {
   /** The inbox's abstract address, for the hello. */
   get address(): string {
     return this.socket.address;
+  }
+
+  /**
+   * Before each hello: the inbox takes datagrams from the batond at agentSocket only (connected to
+   * its descriptor socket; a stranger's send fails with EPERM), and what anyone queued before is
+   * closed. Throws E_NATIVE when batond's descriptor socket is not there (ENOENT, ECONNREFUSED).
+   */
+  connectTo(agentSocket: string): void {
+    this.socket.connectTo(descriptorSocketPath(agentSocket));
+    let dropped = 0;
+    for (const got of this.socket.receiveAll()) {
+      dropped++;
+      // An error entry's descriptors were closed as it was received.
+      if ('error' in got) continue;
+      try {
+        closeFd(got.fd);
+      } catch (err) {
+        this.log.error({ err: errorText(err) }, 'cannot close a descriptor queued on the inbox');
+      }
+    }
+    // Once per hello, however many: they came from someone who is not batond.
+    if (dropped > 0) this.log.warn({ dropped }, 'datagrams queued on the inbox before the hello discarded');
   }
 
   /** The link batond (agentPid) sent before its welcome; anything else queued is closed. */

@@ -5,11 +5,20 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
+import { describeInput, MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
 
 export const PROTOCOL_VERSION = 1;
+
+/**
+ * Application state (appState) at most this many bytes once serialised, and peeked bytes at most
+ * this many: the routing SDK refuses more before it sends, and every decoder refuses more on
+ * receipt (decodeMessage), so a peer or an application cannot make batond hold or relay more.
+ */
+export const MAX_APP_STATE_BYTES = 32 * 1024;
+export const MAX_PEEKED_BYTES = 256 * 1024;
 
 const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
@@ -147,13 +156,22 @@ export const Schemas = {
    */
   route: message('route', {
     connId: ConnIdSchema,
-    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release'), Type.Literal('finished')]),
+    op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release'), Type.Literal('finished'), Type.Literal('owner')]),
     flow: FlowSchema,
+    /** forward: the new owner. owner: the node that claims to serve the flow (a target checking an offer). */
     target: Type.Optional(Name),
   }),
   routed: message('routed', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   /** Every node → every other node (claim 23): the target applications registered here, on change and as a heartbeat. */
   listeners: message('listeners', { node: Name, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
+  /**
+   * Distributor → a node: which of these flows does your kernel hold a socket for (sock_diag)? Asked
+   * when a restarted distributor finds entries frozen by handoffs of its previous life, to give
+   * each back to the node that served it or remove it (route-service.ts).
+   */
+  probe: message('probe', { connId: ConnIdSchema, flows: Type.Array(FlowSchema, { minItems: 1, maxItems: 1024 }) }),
+  /** Answer to probe, one TCP state per flow in its order (ESTABLISHED, CLOSE_WAIT…, or GONE: no socket). */
+  probed: message('probed', { connId: ConnIdSchema, states: Type.Array(Type.String({ pattern: '^[A-Z_0-9]{1,16}$' }), { maxItems: 1024 }) }),
   /** Target application → its agent: a transferred connection it served has closed. */
   release: message('release', { connId: ConnIdSchema }),
   /**
@@ -184,7 +202,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
-  decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
+  decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
 };
 
 const checks = Object.fromEntries(
@@ -195,8 +213,8 @@ const checks = Object.fromEntries(
 export const Accepts = {
   agentFromRouter: ['hello', 'handoff', 'closed'],
   agentFromTarget: ['hello', 'decided', 'release', 'moved'],
-  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners'],
-  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners', 'probe'],
+  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed', 'probed'],
   router: ['welcome', 'done', 'failed'],
   target: ['welcome', 'decide', 'transferred', 'abort', 'move'],
 } as const satisfies Record<string, readonly MessageType[]>;
@@ -209,14 +227,16 @@ export interface Decoded<K extends MessageType = MessageType> {
 export function decodeMessage<K extends MessageType>(frame: Frame, allowed: readonly K[]): Decoded<K> {
   const type = frame.header.type;
   if (typeof type !== 'string' || !(allowed as readonly string[]).includes(type)) {
-    throw new BatonError('E_PROTOCOL', `unexpected message type ${JSON.stringify(type)} (expected one of ${allowed.join(', ')})`, {
+    // The type is the sender's: described (type and a bounded prefix), never stringified.
+    throw new BatonError('E_PROTOCOL', `unexpected message type ${describeInput(type)} (expected one of ${allowed.join(', ')})`, {
       step: 'validate',
       rejection: 'unexpected-type' satisfies RejectReason,
     });
   }
   const check = checks[type as MessageType];
   const h: Record<string, unknown> = frame.header;
-  const connId = typeof h.connId === 'string' ? h.connId : undefined;
+  // Named in the error only if it looks like one: an invalid message's fields are the sender's.
+  const connId = typeof h.connId === 'string' && /^[A-Za-z0-9._-]{1,80}$/.test(h.connId) ? h.connId : undefined;
   if (!check.Check(h)) {
     const first = check.Errors(h).First();
     const where = first ? `${first.path || '/'}: ${first.message}` : 'schema mismatch';
@@ -230,7 +250,27 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
   if (frame.blobs.length !== want) {
     throw new BatonError('E_PROTOCOL', `${type} message carries ${frame.blobs.length} blobs, expected ${want}`, { step: 'validate', rejection: 'blob-count' satisfies RejectReason });
   }
+  const peekedAt = PEEKED_BLOB[type as MessageType];
+  if (peekedAt !== undefined) {
+    const why = beyondLimits(h.appState, frame.blobs[peekedAt]!);
+    if (why) throw new BatonError('E_PROTOCOL', `${type} message refused: ${why}`, { step: 'validate', connId, rejection: 'schema' satisfies RejectReason });
+  }
   return { msg: frame.header as unknown as Message<K>, blobs: frame.blobs };
+}
+
+/** The messages that carry application state, and which of their blobs holds the peeked bytes. */
+const PEEKED_BLOB: Partial<Record<MessageType, number>> = { handoff: 0, offer: 2, decide: 0, transferred: 0 };
+
+/**
+ * Why appState or the peeked bytes exceed what the SDK may send, or undefined. The depth is
+ * measured first, without recursion: only a value known to be shallow is serialised to be sized.
+ */
+function beyondLimits(appState: unknown, peeked: Buffer): string | undefined {
+  if (valueDepth(appState, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return `appState nested deeper than ${MAX_JSON_DEPTH}`;
+  const bytes = Buffer.byteLength(JSON.stringify(appState) ?? '');
+  if (bytes > MAX_APP_STATE_BYTES) return `appState of ${bytes} bytes exceeds ${MAX_APP_STATE_BYTES}`;
+  if (peeked.length > MAX_PEEKED_BYTES) return `${peeked.length} peeked bytes exceed ${MAX_PEEKED_BYTES}`;
+  return undefined;
 }
 
 export function header<K extends MessageType>(type: K, body: Body<K>): Record<string, unknown> {

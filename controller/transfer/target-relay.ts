@@ -4,12 +4,24 @@
 // DVIPA port (fd-exchange.ts), with the state and peeked bytes it resumes from. The application
 // hears of a transfer once (transferred), or twice when it decides on offers itself (decide).
 // Either party vanishing is turned into a clean reject or abort.
+//
+// An offer is checked before any socket is touched (docs/protocol.md, "What a target checks"): the
+// connection is to a DVIPA of the cluster, on the port the offer names and the chosen application
+// registered; the offer names as its sender the node whose certificate the link proved; that node
+// has no more than its share of offers and bytes in flight here; and an offer from a node other
+// than the distributor (a transfer again) waits until the distributor confirms that node serves
+// the flow (OfferPolicy.confirmOwner): one round trip more for a move, none for a first handoff,
+// and nothing is built for a node that claims a connection it does not serve. Each refusal is a
+// reject with its reason, counted by kind (refusals(), offerRefusals()).
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeFlow, type FlowKey } from '../agent/routing-table.js';
+import { connectionId } from '../agent/connection-id.js';
+import { PagedMap } from '../agent/paged-map.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from './channel.js';
+import { errorText } from '../input.js';
 import { type Accepts, connFromWire, type Decoded, type Message } from './messages.js';
 import type { HandoffSockets } from './sockets.js';
 
@@ -23,6 +35,52 @@ type FromTarget = (typeof Accepts.agentFromTarget)[number];
  * inflated first RTT samples; behind would cost PAWS drops.
  */
 const TIMESTAMP_ESTIMATE_SLACK_MS = 1000;
+
+/** Offers one peer may have in flight here unless configured (limits.offersPerPeer): what a routing node runs at once by default. */
+export const DEFAULT_OFFERS_PER_PEER = 4096;
+/** Bytes of queues and peeked bytes those offers may hold here unless configured (limits.offerBytesPerPeer). */
+export const DEFAULT_OFFER_BYTES_PER_PEER = 256 * 1024 * 1024;
+
+/** Why an offer was refused, as baton_offers_refused_total labels it. */
+export const OFFER_REFUSALS = [
+  'wrong-sender',
+  'not-dvipa',
+  'wrong-port',
+  'not-owner',
+  'peer-offers',
+  'peer-bytes',
+  'no-application',
+  'duplicate',
+  'capacity',
+  'invalid-state',
+  'out-of-order',
+] as const;
+export type OfferRefusal = (typeof OFFER_REFUSALS)[number];
+
+// Every relay of the process adds here too, for the node's counter (one relay per batond).
+const refusedTotals = new Map<OfferRefusal, number>();
+
+/** Offers refused since the process started, by kind, every kind present: for a Prometheus counter. */
+export function offerRefusals(): Record<OfferRefusal, number> {
+  return Object.fromEntries(OFFER_REFUSALS.map((r) => [r, refusedTotals.get(r) ?? 0])) as Record<OfferRefusal, number>;
+}
+
+/** What a target trusts an offer with: the cluster's DVIPAs, its distributor's word, its bounds per peer. */
+export interface OfferPolicy {
+  /** Is this one of the cluster's virtual IPs (the config's, or one an operator added)? */
+  isDvipa(address: string): boolean;
+  /** The distributor: it owns the routing table, so an offer it sends needs no confirmation. */
+  distributor: string;
+  /**
+   * Resolves once the distributor confirms that node serves flow (its routing table forwards the
+   * flow there); rejects, saying why, when it does not or cannot say within the step timeout.
+   */
+  confirmOwner(node: string, flow: FlowKey, connId: string): Promise<void>;
+  /** Offers one peer may have in flight here (offer until live, abort or reject). */
+  offersPerPeer: number;
+  /** Bytes (send queue, receive queue, peeked) those offers may hold here. */
+  offerBytesPerPeer: number;
+}
 
 export interface TargetApp {
   name: string;
@@ -40,6 +98,15 @@ export interface TargetApp {
 
 interface Pending {
   peer: Channel<FromPeer>;
+  /** The node the peer link authenticated, whose share of offers and bytes this one counts in. */
+  peerName: string;
+  /** Bytes of the offer's blobs, held until the transfer ends here. */
+  bytes: number;
+  /** The distributor confirmed the sender serves the flow (or the sender is the distributor). */
+  ownerConfirmed: boolean;
+  /** accept was sent: only then may commit and live come. */
+  accepted: boolean;
+  importUs?: number;
   app: TargetApp;
   flow: FlowKey;
   since: number;
@@ -52,11 +119,34 @@ interface Pending {
   importedAt?: number;
 }
 
+interface Served {
+  connId: string;
+  app: TargetApp;
+  flow: FlowKey;
+  since: number;
+}
+
+/** A live connection as views show it. */
+export interface ServedView {
+  connId: string;
+  flow: FlowKey;
+  app: string;
+  instance?: string;
+  since: number;
+}
+
+const view = (o: Served): ServedView => ({ connId: o.connId, flow: o.flow, app: o.app.name, instance: o.app.instance, since: o.since });
+
 export class TargetRelay {
   private readonly byPort = new Map<number, TargetApp[]>();
   private readonly pending = new Map<string, Pending>();
-  /** Connections live in a target application here, by connection id: released when they close. */
-  private readonly owned = new Map<string, { app: TargetApp; flow: FlowKey; since: number }>();
+  /**
+   * Connections live in a target application here, by connection id, released when they close;
+   * listed a page at a time (an operator's view of 100,000 of them must not block a handoff), and
+   * found by their 4-tuple too (byFlow).
+   */
+  private readonly owned = new PagedMap<Served>();
+  private readonly byFlow = new Map<string, string>();
   /** How many connections each application serves or is being given: what its capacity bounds. */
   private readonly holding = new Map<TargetApp, number>();
   /** Operator moves waiting for the application's answer, by connection id. */
@@ -68,6 +158,9 @@ export class TargetRelay {
    * steer the client to a dead socket forever. Forgotten after staleAfterMs.
    */
   private readonly orphans = new Map<string, { flow: FlowKey; since: number }>();
+  /** Offers in flight here and the bytes they hold, by the node that sent them. */
+  private readonly perPeer = new Map<string, { offers: number; bytes: number }>();
+  private readonly refused = new Map<OfferRefusal, number>();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
@@ -75,6 +168,7 @@ export class TargetRelay {
     /** A handoff the routing node neither finished nor aborted within this time is dropped here. */
     private readonly staleAfterMs: number,
     private readonly sockets: HandoffSockets,
+    private readonly policy: OfferPolicy,
     /** A flow routed here whose application is gone: the node releases its routing-table entry. */
     private readonly onOrphan: (flow: FlowKey, connId: string) => void = () => undefined,
     /** A connection went live here (its 4-tuple may be one an earlier connection is still closing). */
@@ -114,6 +208,11 @@ export class TargetRelay {
     return instance ? apps.find((a) => a.instance === instance) : apps[0];
   }
 
+  /** Offers this relay refused, by kind, every kind present. */
+  refusals(): Record<OfferRefusal, number> {
+    return Object.fromEntries(OFFER_REFUSALS.map((r) => [r, this.refused.get(r) ?? 0])) as Record<OfferRefusal, number>;
+  }
+
   peerClosed(peer: Channel<FromPeer>): void {
     for (const [connId, p] of this.pending) {
       if (p.peer !== peer) continue;
@@ -121,12 +220,13 @@ export class TargetRelay {
     }
   }
 
-  fromPeer(peer: Channel<FromPeer>, d: Decoded<FromPeer>): void {
+  /** A message from the peer link authenticated as peerName (its certificate, then its hello). */
+  fromPeer(peer: Channel<FromPeer>, d: Decoded<FromPeer>, peerName: string): void {
     const { msg, blobs } = d;
     // Routing-table requests are the distributor's business (node-agent hands them to RouteService).
-    if (msg.type === 'hello' || msg.type === 'route' || msg.type === 'listeners') return;
+    if (msg.type === 'hello' || msg.type === 'route' || msg.type === 'listeners' || msg.type === 'probe') return;
     const connId = msg.connId;
-    if (msg.type === 'offer') return this.offer(peer, msg, blobs);
+    if (msg.type === 'offer') return this.offer(peer, peerName, msg, blobs);
     const orphan = this.orphans.get(connId);
     if (orphan && msg.type !== 'live') {
       // The routing node rolled back (our reject, or its own failure): nothing was routed here.
@@ -145,42 +245,115 @@ export class TargetRelay {
       if (msg.type === 'commit') peer.send('reject', { connId, reason: 'no pending transfer with this id' });
       return;
     }
+    if (!p.accepted && (msg.type === 'commit' || msg.type === 'live')) {
+      // Only a peer that ignores the protocol says this before our accept: nothing goes live (and
+      // no routing entry is touched) on an offer whose sender the distributor has not vouched for.
+      this.withdraw(connId, p);
+      this.refuse(peer, connId, 'out-of-order', `${msg.type} before the offer was accepted`);
+      return;
+    }
     if (msg.type === 'commit') this.commit(connId, p, blobs[0]!, msg.unsentLength, msg.window);
     else if (msg.type === 'live') this.goLive(connId, p, msg.timestamp);
     else this.abort(connId, p, msg.reason);
   }
 
-  private offer(peer: Channel<FromPeer>, msg: Message<'offer'>, blobs: Buffer[]): void {
-    const connId = msg.connId;
-    const app = this.pick(msg.target.port, msg.target.instance);
+  /** Counts and answers a refusal; the caller has touched nothing, or undoes what it did. */
+  private refuse(peer: Channel<FromPeer>, connId: string, kind: OfferRefusal, reason: string): void {
+    this.refused.set(kind, (this.refused.get(kind) ?? 0) + 1);
+    const n = (refusedTotals.get(kind) ?? 0) + 1;
+    refusedTotals.set(kind, n);
+    // A peer that floods refusals must not flood the log: the first ten of a kind, then every 1000th.
+    if (n <= 10 || n % 1000 === 0) this.log.warn({ connId, refusal: kind, reason, refused: n }, 'offer refused');
+    peer.send('reject', { connId, reason });
+  }
+
+  /**
+   * Every check that needs no one else's word, before anything is touched; the reason to refuse,
+   * or the application the offer is for.
+   */
+  private admit(peerName: string, msg: Message<'offer'>, bytes: number): { app: TargetApp } | { kind: OfferRefusal; reason: string } {
+    const { conn, target } = msg;
+    if (msg.from !== peerName) return { kind: 'wrong-sender', reason: `offer says it comes from ${msg.from} but arrived on ${peerName}'s link` };
+    const share = this.perPeer.get(peerName) ?? { offers: 0, bytes: 0 };
+    if (share.offers >= this.policy.offersPerPeer) return { kind: 'peer-offers', reason: `${peerName} has ${share.offers} offers in flight here, the most it may` };
+    if (share.bytes + bytes > this.policy.offerBytesPerPeer) {
+      return { kind: 'peer-bytes', reason: `${peerName}'s offers would hold ${share.bytes + bytes} bytes here (this one ${bytes} bytes), more than ${this.policy.offerBytesPerPeer}` };
+    }
+    if (!this.policy.isDvipa(conn.local.address)) return { kind: 'not-dvipa', reason: `the connection is to ${conn.local.address}, which is not a DVIPA of this cluster` };
+    const app = this.pick(target.port, target.instance);
     if (!app) {
-      const what = msg.target.instance ? `instance ${msg.target.instance} on port ${msg.target.port}` : `port ${msg.target.port}`;
-      peer.send('reject', { connId, reason: `no target application serves ${what} on this node` });
-      return;
+      const what = target.instance ? `instance ${target.instance} on port ${target.port}` : `port ${target.port}`;
+      return { kind: 'no-application', reason: `no target application serves ${what} on this node` };
     }
-    if (this.pending.has(connId)) {
-      peer.send('reject', { connId, reason: 'a transfer of this connection is already pending here' });
-      return;
-    }
+    // The application registered target.port (pick found it there): the connection must be to it.
+    if (conn.local.port !== target.port) return { kind: 'wrong-port', reason: `the connection is to port ${conn.local.port}, the offer is for port ${target.port}` };
+    return { app };
+  }
+
+  private offer(peer: Channel<FromPeer>, peerName: string, msg: Message<'offer'>, blobs: Buffer[]): void {
+    const connId = msg.connId;
+    const [sendQueue, recvQueue, peeked] = blobs as [Buffer, Buffer, Buffer];
+    const bytes = sendQueue.length + recvQueue.length + peeked.length;
+    const admitted = this.admit(peerName, msg, bytes);
+    if ('kind' in admitted) return this.refuse(peer, connId, admitted.kind, admitted.reason);
+    const { app } = admitted;
+    if (this.pending.has(connId)) return this.refuse(peer, connId, 'duplicate', 'a transfer of this connection is already pending here');
     const held = this.holding.get(app) ?? 0;
     if (app.capacity > 0 && held >= app.capacity) {
-      peer.send('reject', { connId, reason: `target application ${app.instance ?? app.name} is at capacity (${app.capacity} connections)` });
-      return;
+      return this.refuse(peer, connId, 'capacity', `target application ${app.instance ?? app.name} is at capacity (${app.capacity} connections)`);
     }
-    const [sendQueue, recvQueue, peeked] = blobs as [Buffer, Buffer, Buffer];
     let state: TcpConnectionState;
     try {
       state = connFromWire(msg.conn, sendQueue, recvQueue, connId);
     } catch (err) {
-      peer.send('reject', { connId, reason: (err as Error).message });
-      return;
+      return this.refuse(peer, connId, 'invalid-state', errorText(err));
     }
     const flow: FlowKey = { family: state.family, clientAddress: state.remote.address, clientPort: state.remote.port, vipAddress: state.local.address, vipPort: state.local.port };
-    const p: Pending = { peer, app, flow, since: Date.now(), from: msg.from, state, appState: msg.appState, peeked };
+    const ownerConfirmed = peerName === this.policy.distributor;
+    const p: Pending = { peer, peerName, bytes, ownerConfirmed, accepted: false, app, flow, since: Date.now(), from: msg.from, state, appState: msg.appState, peeked };
     this.pending.set(connId, p);
     this.holding.set(app, held + 1);
-    if (app.decides) app.channel.send('decide', { connId, from: msg.from, client: { ...state.remote }, appState: msg.appState }, [peeked]);
-    else this.reinstate(connId, p);
+    this.share(peerName, 1, bytes);
+    const start = () => {
+      if (app.decides) app.channel.send('decide', { connId, from: msg.from, client: { ...state.remote }, appState: msg.appState }, [peeked]);
+      else this.reinstate(connId, p);
+    };
+    if (ownerConfirmed) return start();
+    this.policy.confirmOwner(peerName, flow, connId).then(
+      () => {
+        if (this.pending.get(connId) !== p) return; // aborted or swept meanwhile
+        p.ownerConfirmed = true;
+        start();
+      },
+      (err: unknown) => this.notOwned(connId, p, err),
+    );
+  }
+
+  private share(peerName: string, offers: number, bytes: number): void {
+    const s = this.perPeer.get(peerName) ?? { offers: 0, bytes: 0 };
+    s.offers += offers;
+    s.bytes += bytes;
+    if (s.offers <= 0) this.perPeer.delete(peerName);
+    else this.perPeer.set(peerName, s);
+  }
+
+  /** The sender does not serve the flow (or the distributor could not say): refuse; nothing was built. */
+  private notOwned(connId: string, p: Pending, err: unknown): void {
+    if (this.pending.get(connId) !== p) return;
+    this.drop(connId, p); // nothing built, no application asked yet: only the bookkeeping goes
+    this.refuse(p.peer, connId, 'not-owner', `the distributor does not confirm ${p.peerName} serves this connection: ${errorText(err)}`);
+  }
+
+  /** An offer refused after it was taken in: a deciding application is told, the socket dropped. */
+  private withdraw(connId: string, p: Pending): void {
+    if (p.app.decides && p.fd === undefined) p.app.channel.send('abort', { connId, reason: 'transfer refused' });
+    this.drop(connId, p);
+  }
+
+  private acceptIfReady(connId: string, p: Pending): void {
+    if (!p.ownerConfirmed || p.fd === undefined || p.accepted) return;
+    p.accepted = true;
+    p.peer.send('accept', { connId, importUs: p.importUs ?? 0 });
   }
 
   /** In repair mode: the socket exists, bound to the DVIPA, but says nothing until live. */
@@ -189,7 +362,8 @@ export class TargetRelay {
       const t = performance.now();
       p.fd = this.sockets.reinstate(p.state, p.peeked);
       p.importedAt = performance.now();
-      p.peer.send('accept', { connId, importUs: Math.round((p.importedAt - t) * 1000) });
+      p.importUs = Math.round((p.importedAt - t) * 1000);
+      this.acceptIfReady(connId, p);
     } catch (err) {
       const reason = isBatonError(err) ? err.message : `import failed: ${(err as Error).message}`;
       this.log.warn({ connId, err: reason }, 'transfer refused: socket could not be reinstated');
@@ -207,13 +381,13 @@ export class TargetRelay {
    */
   private commit(connId: string, p: Pending, received: Buffer, unsentLength: number, window: TcpConnectionState['window']): void {
     try {
-      if (p.fd === undefined) throw new BatonError('E_PROTOCOL', 'commit before the connection was accepted', { connId, step: 'commit' });
       const { state } = p;
       if (unsentLength > state.unsentLength) {
         throw new BatonError('E_PROTOCOL', `unsent tail grew from ${state.unsentLength} to ${unsentLength} bytes`, { connId, step: 'commit' });
       }
       const start = state.sendQueue.length - state.unsentLength;
-      this.sockets.complete(p.fd, state.sendQueue.subarray(start, start + state.unsentLength - unsentLength), received, window);
+      // Accepted (fromPeer checked), so reinstated.
+      this.sockets.complete(p.fd!, state.sendQueue.subarray(start, start + state.unsentLength - unsentLength), received, window);
       state.unsentLength = unsentLength;
       p.peer.send('ready', { connId });
     } catch (err) {
@@ -225,15 +399,10 @@ export class TargetRelay {
 
   /** The route points here: leave repair mode, then the socket is the application's. */
   private goLive(connId: string, p: Pending, oldClock: number | undefined): void {
-    this.pending.delete(connId);
+    this.forget(connId, p);
     const { state, app } = p;
-    const fd = p.fd;
-    if (fd === undefined) {
-      this.log.error({ connId }, 'live for a connection never accepted here: releasing the flow');
-      this.hold(app, -1);
-      this.onOrphan(p.flow, connId);
-      return;
-    }
+    // Accepted (fromPeer checked), so reinstated.
+    const fd = p.fd!;
     let timestamp: number | undefined;
     if (state.options.timestamps) {
       timestamp = oldClock ?? (state.timestamp + Math.round(performance.now() - p.importedAt!) + TIMESTAMP_ESTIMATE_SLACK_MS) >>> 0;
@@ -248,7 +417,7 @@ export class TargetRelay {
       this.onOrphan(p.flow, connId);
       return;
     }
-    this.owned.set(connId, { app, flow: p.flow, since: Date.now() });
+    this.own({ connId, app, flow: p.flow, since: Date.now() });
     this.onLive(p.flow);
     try {
       // The descriptor first: the application looks for it when transferred arrives.
@@ -257,7 +426,7 @@ export class TargetRelay {
     } catch (err) {
       // Live, with nobody to serve it: the client gets a FIN from here, and the entry goes.
       this.log.error({ connId, app: app.name, err: (err as Error).message }, 'cannot hand the live socket to its application: closing it');
-      this.owned.delete(connId);
+      this.disown(connId);
       this.hold(app, -1);
       this.onOrphan(p.flow, connId);
     } finally {
@@ -274,9 +443,16 @@ export class TargetRelay {
 
   /** Forgets a pending transfer; its reinstated socket, if any, goes without a word. */
   private drop(connId: string, p: Pending): void {
-    this.pending.delete(connId);
+    this.forget(connId, p);
     this.hold(p.app, -1);
     if (p.fd !== undefined) this.discard(connId, p.fd);
+  }
+
+  /** No longer pending: its share of its peer's offers and bytes is given back. */
+  private forget(connId: string, p: Pending): void {
+    if (this.pending.get(connId) !== p) return;
+    this.pending.delete(connId);
+    this.share(p.peerName, -1, -p.bytes);
   }
 
   private hold(app: TargetApp, delta: number): void {
@@ -301,9 +477,38 @@ export class TargetRelay {
     }
   }
 
-  /** Connections live in target applications on this node. */
-  connections(): Array<{ connId: string; flow: FlowKey; app: string; instance?: string; since: number }> {
-    return [...this.owned].map(([connId, o]) => ({ connId, flow: o.flow, app: o.app.name, instance: o.app.instance, since: o.since }));
+  private own(o: Served): void {
+    this.owned.set(o.connId, o);
+    this.byFlow.set(connectionId(o.flow), o.connId);
+  }
+
+  private disown(connId: string): Served | undefined {
+    const o = this.owned.get(connId);
+    if (!o) return undefined;
+    this.owned.delete(connId);
+    if (this.byFlow.get(connectionId(o.flow)) === connId) this.byFlow.delete(connectionId(o.flow));
+    return o;
+  }
+
+  /** The connection live here with this 4-tuple, if any. */
+  served(flow: FlowKey): ServedView | undefined {
+    const connId = this.byFlow.get(connectionId(flow));
+    const o = connId === undefined ? undefined : this.owned.get(connId);
+    return o && view(o);
+  }
+
+  /** How many connections are live in target applications here. */
+  get servedCount(): number {
+    return this.owned.size;
+  }
+
+  /**
+   * A page of the connections live in target applications here, after the cursor `after` (a
+   * page's next): O(page) however many there are. total is given unfiltered only.
+   */
+  page(q: { after?: number; limit: number; client?: string }): { total?: number; entries: ServedView[]; next?: string } {
+    const page = this.owned.page({ after: q.after, limit: q.limit, match: q.client === undefined ? undefined : (o) => o.flow.clientAddress === q.client });
+    return { ...(q.client === undefined ? { total: this.owned.size } : {}), entries: page.values.map(view), ...(page.next ? { next: page.next } : {}) };
   }
 
   /**
@@ -355,7 +560,7 @@ export class TargetRelay {
   released(app: TargetApp, connId: string): FlowKey | undefined {
     const o = this.owned.get(connId);
     if (!o || o.app !== app) return undefined;
-    this.owned.delete(connId);
+    this.disown(connId);
     this.hold(app, -1);
     return o.flow;
   }
@@ -363,9 +568,9 @@ export class TargetRelay {
   /** The application is gone: every connection it served is gone with it. */
   releasedAll(app: TargetApp): Array<{ connId: string; flow: FlowKey }> {
     const gone: Array<{ connId: string; flow: FlowKey }> = [];
-    for (const [connId, o] of this.owned) {
+    for (const [connId, o] of this.owned.entries()) {
       if (o.app !== app) continue;
-      this.owned.delete(connId);
+      this.disown(connId);
       gone.push({ connId, flow: o.flow });
     }
     return gone;
@@ -373,12 +578,9 @@ export class TargetRelay {
 
   /** The connection moved on from this node: it is no longer ours to release. */
   movedOn(flow: FlowKey): void {
-    const key = describeFlow(flow);
-    for (const [connId, o] of this.owned) {
-      if (describeFlow(o.flow) !== key) continue;
-      this.owned.delete(connId);
-      this.hold(o.app, -1);
-    }
+    const connId = this.byFlow.get(connectionId(flow));
+    const o = connId === undefined ? undefined : this.disown(connId);
+    if (o) this.hold(o.app, -1);
   }
 
   close(): void {

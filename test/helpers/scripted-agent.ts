@@ -1,6 +1,6 @@
 // A batond stand-in for SDK tests: an application socket in a temporary directory that welcomes
-// each application the way batond does (its descriptor link sent to the inbox the hello names,
-// then the welcome) and hands every later message to the test's script. close() removes it all.
+// each application the way batond does (its descriptor socket bound beside the application socket,
+// the descriptor link sent from there to the inbox the hello names, then the welcome) and hands every later message to the test's script. close() removes it all.
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -25,7 +25,7 @@ export async function scriptedAgent<In extends MessageType>(
   const log = createLogger({}, 'silent');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scripted-agent-'));
   const socketPath = path.join(dir, 'agent.sock');
-  const links = new LinkMaker(log);
+  const links = new LinkMaker(log, socketPath);
   const made: DescriptorLink[] = [];
   const server = net.createServer((s) => {
     const channel = new Channel<In>(s, accepts, log);

@@ -199,6 +199,71 @@ describe('native/fdpass: socket descriptors over abstract Unix datagram sockets'
     expect(got.map((e) => e.tag)).toEqual(Array.from({ length: sent }, (_, i) => `q${i}`));
   });
 
+  it('a connected inbox takes datagrams from its peer only: a stranger of any uid gets EPERM; the queue-length limit does not hold back the peer', () => {
+    // An application's inbox, connected to batond's socket at a path beside the agent socket.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fdpass-'));
+    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const agentPath = path.join(dir, 'agent.sock.fd');
+    const agent = FdSocket.bindPath(agentPath);
+    cleanups.push(() => agent.close());
+    expect(fs.statSync(agentPath).mode & 0o777).toBe(0o600);
+    expect(nativeError(() => FdSocket.bindPath(agentPath)).message).toContain('EADDRINUSE');
+    const inbox = fdSocket();
+    const stranger = fdSocket();
+    const qlen = Number(fs.readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'));
+
+    // Before the inbox is connected a stranger can fill it: nothing else gets in (batond's link, before the fix).
+    let filled = 0;
+    for (;;) {
+      try {
+        stranger.send(inbox.address, stranger.fd, `s${filled}`);
+        filled++;
+      } catch (err) {
+        expect((err as BatonError).context.errnoName).toBe('EAGAIN');
+        break;
+      }
+    }
+    expect(nativeError(() => agent.send(inbox.address, agent.fd, 'refused')).context.errnoName).toBe('EAGAIN');
+
+    inbox.connectTo(agentPath);
+    expect(nativeError(() => stranger.send(inbox.address, stranger.fd, 'late')).context.errnoName).toBe('EPERM');
+    // The system's interpreter: a per-user one (pyenv under /root) is out of nobody's reach.
+    const fromNobody = execFileSync(
+      'setpriv',
+      [
+        '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3', '-c',
+        String.raw`
+import errno, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"x", b"\0" + sys.argv[1].encode())
+    print("sent")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+`,
+        inbox.address,
+      ],
+      { encoding: 'utf8', timeout: 10_000 },
+    ).trim();
+    expect(fromNobody).toBe('EPERM');
+    // The peer is not held to max_dgram_qlen, though the stranger's datagrams still wait there.
+    const count = qlen * 3;
+    for (let i = 0; i < count; i++) agent.send(inbox.address, agent.fd, `p${i}`);
+    const got = inbox.receiveAll().map(delivered);
+    expect(got.map((e) => e.tag)).toEqual([...Array.from({ length: filled }, (_, i) => `s${i}`), ...Array.from({ length: count }, (_, i) => `p${i}`)]);
+
+    // A new batond (a new socket at a new bind): the inbox connects to it and the old one is refused.
+    fs.rmSync(agentPath);
+    const restarted = FdSocket.bindPath(agentPath);
+    cleanups.push(() => restarted.close());
+    inbox.connectTo(agentPath);
+    expect(nativeError(() => agent.send(inbox.address, agent.fd, 'old')).context.errnoName).toBe('EPERM');
+    restarted.send(inbox.address, restarted.fd, 'new');
+    expect(inbox.receiveAll().map(delivered).map((e) => e.tag)).toEqual(['new']);
+    // Nothing bound at the path: refused, named.
+    expect(nativeError(() => inbox.connectTo(path.join(dir, 'nobody'))).context.errnoName).toMatch(/^(ENOENT|ECONNREFUSED)$/);
+  });
+
   it('a pair has no queue-length limit: thousands wait unread in a forced send buffer, in order, each with its descriptor', () => {
     // batond's private link with each application: max_dgram_qlen (10 here) would fail the 12th
     // handoff in flight on an abstract address.

@@ -6,7 +6,7 @@ import type { FlowKey } from '../../../controller/agent/routing-table.js';
 import { createLogger } from '../../../controller/log.js';
 import type { Channel } from '../../../controller/transfer/channel.js';
 import type { HandoffSockets } from '../../../controller/transfer/sockets.js';
-import { type TargetApp, TargetRelay } from '../../../controller/transfer/target-relay.js';
+import { type OfferPolicy, type TargetApp, TargetRelay } from '../../../controller/transfer/target-relay.js';
 import { connToWire, type Decoded } from '../../../controller/transfer/messages.js';
 import { sampleState } from '../../helpers/state.js';
 
@@ -19,6 +19,9 @@ function world() {
   const channel = (who: string) => ({ send: (type: string) => (events.push(`${who}:${type}`), true) }) as unknown as Channel<never>;
   let nextFd = 10;
   const sockets: HandoffSockets = {
+    inspect: () => {
+      throw new Error('not at the target');
+    },
     snapshot: () => {
       throw new Error('not at the target');
     },
@@ -36,7 +39,15 @@ function world() {
     discard: (fd) => void events.push(`discard fd${fd}`),
   };
   const orphans: Array<{ flow: FlowKey; connId: string }> = [];
-  const relay = new TargetRelay(log, 10_000, sockets, (flow, connId) => orphans.push({ flow, connId }));
+  // Offers come from the distributor (n1) here, to a DVIPA, within bounds: what offer-checks.test.ts refuses is not at issue.
+  const policy: OfferPolicy = {
+    isDvipa: (address) => address === FLOW.vipAddress,
+    distributor: 'n1',
+    confirmOwner: () => Promise.reject(new Error('the distributor needs no confirmation')),
+    offersPerPeer: 100,
+    offerBytesPerPeer: 1 << 20,
+  };
+  const relay = new TargetRelay(log, 10_000, sockets, policy, (flow, connId) => orphans.push({ flow, connId }));
   const peer = channel('peer');
   const app = (opts: Partial<TargetApp> = {}): TargetApp => {
     const descriptors = { send: (fd: number, connId: string) => void events.push(`descriptor fd${fd} (${connId})`) };
@@ -60,12 +71,12 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('an application that does not decide: accepted at once, completed, live with the old clock, then handed over', () => {
     const w = world();
     w.app();
-    w.relay.fromPeer(w.peer as never, offer('c1') as never);
+    w.relay.fromPeer(w.peer as never, offer('c1') as never, 'n1');
     expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept']);
     w.events.length = 0;
     // The routing node transmitted 2 of the 4 tail bytes after its snapshot: they become sent here.
-    w.relay.fromPeer(w.peer as never, commit('c1', 2) as never);
-    w.relay.fromPeer(w.peer as never, msg('live', 'c1', { timestamp: 777 }) as never);
+    w.relay.fromPeer(w.peer as never, commit('c1', 2) as never, 'n1');
+    w.relay.fromPeer(w.peer as never, msg('live', 'c1', { timestamp: 777 }) as never, 'n1');
     expect(w.events).toEqual([
       'complete fd10 sent=ta received=late',
       'peer:ready',
@@ -75,15 +86,15 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
       'app:transferred',
       'release fd10',
     ]);
-    expect(w.relay.connections()).toMatchObject([{ connId: 'c1', flow: FLOW }]);
+    expect(w.relay.page({ limit: 10 }).entries).toMatchObject([{ connId: 'c1', flow: FLOW }]);
     w.relay.close();
   });
 
   it('live right after accept (the routing node had nothing to commit): the snapshot goes live as it was', () => {
     const w = world();
     w.app();
-    w.relay.fromPeer(w.peer as never, offer('c') as never);
-    w.relay.fromPeer(w.peer as never, msg('live', 'c', { timestamp: 5 }) as never);
+    w.relay.fromPeer(w.peer as never, offer('c') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, msg('live', 'c', { timestamp: 5 }) as never, 'n1');
     expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept', 'goLive fd10 ts=5', 'descriptor fd10 (c)', 'app:transferred', 'release fd10']);
     w.relay.close();
   });
@@ -91,8 +102,8 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('an application that decides is asked first; reinstated only on yes; a no goes back as the reason', () => {
     const w = world();
     const t = w.app({ decides: true });
-    w.relay.fromPeer(w.peer as never, offer('yes') as never);
-    w.relay.fromPeer(w.peer as never, offer('no') as never);
+    w.relay.fromPeer(w.peer as never, offer('yes') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, offer('no') as never, 'n1');
     expect(w.events).toEqual(['app:decide', 'app:decide']);
     w.relay.fromApp(t, msg('decided', 'yes', { accept: true }));
     w.relay.fromApp(t, msg('decided', 'no', { accept: false, reason: 'not my tenant' }));
@@ -106,16 +117,16 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('capacity: offers beyond what the application holds are refused without asking it; a release makes room', () => {
     const w = world();
     const t = w.app({ capacity: 1 });
-    w.relay.fromPeer(w.peer as never, offer('a') as never);
-    w.relay.fromPeer(w.peer as never, offer('b') as never);
+    w.relay.fromPeer(w.peer as never, offer('a') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, offer('b') as never, 'n1');
     expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept', 'peer:reject']);
-    w.relay.fromPeer(w.peer as never, commit('a', 4) as never);
-    w.relay.fromPeer(w.peer as never, msg('live', 'a') as never);
+    w.relay.fromPeer(w.peer as never, commit('a', 4) as never, 'n1');
+    w.relay.fromPeer(w.peer as never, msg('live', 'a') as never, 'n1');
     w.events.length = 0;
-    w.relay.fromPeer(w.peer as never, offer('c') as never);
+    w.relay.fromPeer(w.peer as never, offer('c') as never, 'n1');
     expect(w.events).toEqual(['peer:reject']);
     expect(w.relay.released(t, 'a')).toEqual(FLOW);
-    w.relay.fromPeer(w.peer as never, offer('d') as never);
+    w.relay.fromPeer(w.peer as never, offer('d') as never, 'n1');
     expect(w.events.slice(1)).toEqual(['reinstate 40000 peeked=GET', 'peer:accept']);
     w.relay.close();
   });
@@ -123,9 +134,9 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('live without a closing clock: estimated from the snapshot, never behind it', () => {
     const w = world();
     w.app();
-    w.relay.fromPeer(w.peer as never, offer('c') as never);
-    w.relay.fromPeer(w.peer as never, commit('c', 4) as never);
-    w.relay.fromPeer(w.peer as never, msg('live', 'c') as never);
+    w.relay.fromPeer(w.peer as never, offer('c') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, commit('c', 4) as never, 'n1');
+    w.relay.fromPeer(w.peer as never, msg('live', 'c') as never, 'n1');
     const ts = Number(/goLive fd10 ts=(\d+)/.exec(w.events.join('\n'))![1]);
     expect(ts).toBeGreaterThanOrEqual(state.timestamp + 1000);
     expect(ts).toBeLessThan(state.timestamp + 2000);
@@ -135,13 +146,13 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('an abort drops the reinstated socket silently; a deciding application is told its offer is gone', () => {
     const w = world();
     w.app();
-    w.relay.fromPeer(w.peer as never, offer('c') as never);
-    w.relay.fromPeer(w.peer as never, msg('abort', 'c', { reason: 'rolled back' }) as never);
+    w.relay.fromPeer(w.peer as never, offer('c') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, msg('abort', 'c', { reason: 'rolled back' }) as never, 'n1');
     expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept', 'discard fd10']);
     const d = world();
     d.app({ decides: true });
-    d.relay.fromPeer(d.peer as never, offer('c') as never);
-    d.relay.fromPeer(d.peer as never, msg('abort', 'c', { reason: 'rolled back' }) as never);
+    d.relay.fromPeer(d.peer as never, offer('c') as never, 'n1');
+    d.relay.fromPeer(d.peer as never, msg('abort', 'c', { reason: 'rolled back' }) as never, 'n1');
     expect(d.events).toEqual(['app:decide', 'app:abort']);
     w.relay.close();
     d.relay.close();
@@ -150,8 +161,8 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
   it('a commit that cannot be applied is refused and the socket dropped', () => {
     const w = world();
     w.app();
-    w.relay.fromPeer(w.peer as never, offer('c') as never);
-    w.relay.fromPeer(w.peer as never, commit('c', 9) as never);
+    w.relay.fromPeer(w.peer as never, offer('c') as never, 'n1');
+    w.relay.fromPeer(w.peer as never, commit('c', 9) as never, 'n1');
     expect(w.events.slice(2)).toEqual(['discard fd10', 'peer:reject']);
     w.relay.close();
   });
@@ -161,10 +172,10 @@ describe('TargetRelay when the application dies mid-transfer', () => {
   it('a live that arrives after the application died releases the flow (it was routed here)', () => {
     const w = world();
     const t = w.app();
-    w.relay.fromPeer(w.peer as never, offer('c1') as never);
+    w.relay.fromPeer(w.peer as never, offer('c1') as never, 'n1');
     w.relay.unregister(t);
     expect(w.events).toEqual(['reinstate 40000 peeked=GET', 'peer:accept', 'peer:reject', 'discard fd10']);
-    w.relay.fromPeer(w.peer as never, msg('live', 'c1') as never);
+    w.relay.fromPeer(w.peer as never, msg('live', 'c1') as never, 'n1');
     expect(w.orphans).toEqual([{ connId: 'c1', flow: FLOW }]);
     w.relay.close();
   });
@@ -172,9 +183,9 @@ describe('TargetRelay when the application dies mid-transfer', () => {
   it('a transfer the routing node rolled back leaves nothing to release', () => {
     const w = world();
     const t = w.app();
-    w.relay.fromPeer(w.peer as never, offer('c2') as never);
+    w.relay.fromPeer(w.peer as never, offer('c2') as never, 'n1');
     w.relay.unregister(t);
-    w.relay.fromPeer(w.peer as never, msg('abort', 'c2') as never);
+    w.relay.fromPeer(w.peer as never, msg('abort', 'c2') as never, 'n1');
     expect(w.orphans).toEqual([]);
     w.relay.close();
   });

@@ -1,0 +1,38 @@
+// Does a node serve a flow? Only the distributor's routing table says, and a target node cannot
+// read it: a target offered a connection by a node other than the distributor (a transfer again)
+// asks the distributor over the peer link (`route` op `owner`, answered by `routed`), and accepts
+// the offer only on a yes (target-relay.ts, OfferPolicy.confirmOwner). On the distributor itself
+// the table is asked directly.
+import { BatonError } from '../errors.js';
+import type { FlowKey } from '../agent/routing-table.js';
+import type { PeerLinks } from './peers.js';
+
+/** The distributor's side of the question (RouteService.serves). */
+export interface OwnerTable {
+  serves(node: string, flow: FlowKey): boolean;
+}
+
+export class FlowOwnership {
+  constructor(
+    private readonly peers: PeerLinks,
+    private readonly distributor: string,
+    private readonly timeoutMs: number,
+    /** Set on the distributor: the table is here. */
+    private readonly local?: OwnerTable,
+  ) {}
+
+  /** Resolves when node serves flow by the distributor's routing table; rejects saying why not. */
+  async confirm(node: string, flow: FlowKey, connId: string): Promise<void> {
+    if (this.local) {
+      if (!this.local.serves(node, flow)) throw new BatonError('E_REJECTED', `${node} does not serve this flow`, { connId, step: 'owner', node });
+      return;
+    }
+    const link = await this.peers.get(this.distributor);
+    const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, 'owner');
+    link.channel.send('route', { connId, op: 'owner', flow, target: node });
+    const { msg } = await answer;
+    if (msg.type === 'routed' && !msg.ok) {
+      throw new BatonError('E_REJECTED', `distributor ${this.distributor}: ${msg.reason ?? 'no reason'}`, { connId, step: 'owner', node: this.distributor });
+    }
+  }
+}
