@@ -619,9 +619,68 @@ int baton_close_silently(int fd)
 	return 0;
 }
 
+int baton_set_idle(int fd, const struct baton_idle *idle)
+{
+	if (set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)idle->user_timeout_ms))
+		return fail("TCP_USER_TIMEOUT");
+	if (!idle->keepalive_idle_s)
+		return set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 0) ? fail("SO_KEEPALIVE") : 0;
+	if (set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, (int)idle->keepalive_idle_s))
+		return fail("TCP_KEEPIDLE");
+	if (set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, (int)idle->keepalive_intvl_s))
+		return fail("TCP_KEEPINTVL");
+	if (set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, (int)idle->keepalive_probes))
+		return fail("TCP_KEEPCNT");
+	if (set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1))
+		return fail("SO_KEEPALIVE");
+	return 0;
+}
+
 int baton_dup(int fd)
 {
 	int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 
 	return nfd < 0 ? fail("dup") : nfd;
+}
+
+int baton_socket_check(int fd, struct baton_socket_info *out)
+{
+	struct sockaddr_storage ss;
+	struct tcp_info ti;
+	socklen_t len;
+	uint8_t remote_family;
+
+	memset(out, 0, sizeof(*out));
+	out->tcp_state = -1;
+	len = sizeof(out->domain);
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &out->domain, &len))
+		return fail("SO_DOMAIN");
+	len = sizeof(out->type);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &out->type, &len))
+		return fail("SO_TYPE");
+	len = sizeof(out->protocol);
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &out->protocol, &len))
+		return fail("SO_PROTOCOL");
+	if (out->domain != AF_INET && out->domain != AF_INET6)
+		return 0;
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len))
+		return fail("getsockname");
+	if (sockaddr_to_state(&ss, &out->family, out->local_addr, &out->local_port))
+		return fail("getsockname(address family)");
+	len = sizeof(ss);
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
+		if (sockaddr_to_state(&ss, &remote_family, out->remote_addr, &out->remote_port))
+			return fail("getpeername(address family)");
+		out->connected = 1;
+	} else if (errno != ENOTCONN) {
+		return fail("getpeername");
+	}
+	if (out->type == SOCK_STREAM && out->protocol == IPPROTO_TCP) {
+		len = sizeof(ti);
+		if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
+			return fail("TCP_INFO");
+		out->tcp_state = ti.tcpi_state;
+	}
+	return 0;
 }

@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 5
+#define BATON_ABI_VERSION 7
 
 /* tcpi_options bits, kept as the kernel reports them. */
 #define BATON_OPT_TIMESTAMPS 1u
@@ -171,11 +171,52 @@ int baton_timestamp(int fd, uint32_t *timestamp);
  */
 int baton_quiet_clock(int fd, uint32_t rcv_nxt, uint32_t *timestamp);
 
+/*
+ * How long a reinstated connection may sit idle or stuck before its kernel gives up on it: the
+ * target node sets these on every socket it reinstates, before baton_go_live, so a client that
+ * vanished after its handoff cannot hold a routing-table entry and a socket for ever. A zero
+ * turns its part off (keepalive_idle_s 0: no keepalive at all).
+ */
+struct baton_idle {
+	uint32_t keepalive_idle_s;   /* TCP_KEEPIDLE: silence before the first probe; 0: SO_KEEPALIVE off */
+	uint32_t keepalive_intvl_s;  /* TCP_KEEPINTVL: between probes */
+	uint32_t keepalive_probes;   /* TCP_KEEPCNT: unanswered probes before the connection is dropped */
+	uint32_t user_timeout_ms;    /* TCP_USER_TIMEOUT: the longest data may stay unacknowledged; 0: the kernel's */
+};
+
+/* Sets idle's bounds on fd (in repair mode or not: these options only set values and timers). 0 or -errno. */
+int baton_set_idle(int fd, const struct baton_idle *idle);
+
 /* Repair mode on (if not already), then close: the peer sees nothing. If repair mode cannot
  * be turned on the fd is NOT closed, since a plain close would send a FIN or RST. */
 int baton_close_silently(int fd);
 
 /* dup(), close-on-exec: take a socket away from an owner (Node) that is about to close it. */
 int baton_dup(int fd);
+
+/*
+ * What a descriptor is, read without changing it: what batond checks before it puts a socket an
+ * application passed it into repair mode. The kernel's numbers, plain and fixed-size.
+ */
+struct baton_socket_info {
+	int32_t domain;           /* SO_DOMAIN: AF_INET, AF_INET6, AF_UNIX, ... */
+	int32_t type;             /* SO_TYPE: SOCK_STREAM, SOCK_DGRAM, ... */
+	int32_t protocol;         /* SO_PROTOCOL: IPPROTO_TCP, IPPROTO_UDP, 0 for Unix, ... */
+	int32_t tcp_state;        /* TCP_INFO tcpi_state (1 ESTABLISHED, 8 CLOSE_WAIT, 10 LISTEN,
+				   * ...) for a TCP socket; -1 for any other */
+	uint8_t family;           /* 4 or 6 for AF_INET/AF_INET6 (an IPv4-mapped address is 4); 0 else */
+	uint8_t connected;        /* 1 when getpeername names a peer */
+	uint16_t local_port;      /* getsockname, host byte order */
+	uint16_t remote_port;     /* getpeername, when connected */
+	uint8_t local_addr[16];   /* network byte order; IPv4 uses the first 4 bytes */
+	uint8_t remote_addr[16];
+};
+
+/*
+ * Fills out for fd. Addresses and ports only for AF_INET/AF_INET6 sockets, the TCP state only
+ * for TCP ones. 0, or -errno: -ENOTSOCK when fd is not a socket, -EBADF when it is not open.
+ * Never changes the socket (no option is set, nothing is read from its queues).
+ */
+int baton_socket_check(int fd, struct baton_socket_info *out);
 
 #endif

@@ -51,7 +51,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 5;
+const ABI_VERSION = 7;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;
@@ -155,6 +155,8 @@ interface Native {
   quietClock(fd: number, rcvNxt: number, out: Uint32Array): number;
   closeSilently(fd: number): number;
   dup(fd: number): number;
+  socketCheck(fd: number, out: Buffer): number;
+  setIdle(fd: number, idle: Uint32Array): number;
 }
 
 let loaded: Native | undefined;
@@ -193,6 +195,8 @@ function native(): Native {
     quietClock: lib.func('baton_quiet_clock', 'int', ['int', 'uint32_t', 'uint32_t *']),
     closeSilently: lib.func('baton_close_silently', 'int', ['int']),
     dup: lib.func('baton_dup', 'int', ['int']),
+    socketCheck: lib.func('baton_socket_check', 'int', ['int', 'uint8_t *']),
+    setIdle: lib.func('baton_set_idle', 'int', ['int', 'const uint32_t *']),
   } as Native;
   if (c.abiVersion() !== ABI_VERSION || c.stateSize() !== STATE_SIZE) {
     throw new BatonError(
@@ -484,6 +488,20 @@ export function goLive(fd: number, timestamp?: number): void {
   check(native().goLive(fd, timestamp === undefined ? null : Uint32Array.of(timestamp >>> 0)), 'baton_go_live', { fd });
 }
 
+/** How long a reinstated connection may sit idle or stuck (struct baton_idle); 0 turns a part off. */
+export interface IdleBounds {
+  keepaliveIdleS: number;
+  keepaliveIntervalS: number;
+  keepaliveProbes: number;
+  userTimeoutS: number;
+}
+
+/** Sets the idle bounds on a socket (keepalive probes, TCP_USER_TIMEOUT): before it goes live. */
+export function setIdleBounds(fd: number, idle: IdleBounds): void {
+  const b = Uint32Array.of(idle.keepaliveIdleS, idle.keepaliveIntervalS, idle.keepaliveProbes, idle.userTimeoutS * 1000);
+  check(native().setIdle(fd, b), 'baton_set_idle', { fd });
+}
+
 /** The socket's TCP timestamp clock now: read just before closing a handed-off socket. */
 export function socketTimestamp(fd: number): number {
   const out = new Uint32Array(1);
@@ -527,4 +545,60 @@ export function socketFd(sock: net.Socket): number {
     throw new BatonError('E_HANDOFF_STATE', 'socket has no open TCP handle', { step: 'socketFd' });
   }
   return handle.fd;
+}
+
+// ---- what a descriptor is ----------------------------------------------------------------
+
+/** The kernel's numbers SocketInfo carries that callers test for (<sys/socket.h>, <netinet/tcp.h>). */
+export const SOCKET_CONSTANTS = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, SOCK_STREAM: 1, SOCK_DGRAM: 2, IPPROTO_TCP: 6, TCP_ESTABLISHED: 1 } as const;
+
+/** What a descriptor is (baton_socket_check in native/repair.h): the kernel's numbers, addresses for inet sockets. */
+export interface SocketInfo {
+  /** SO_DOMAIN, SO_TYPE, SO_PROTOCOL. */
+  domain: number;
+  type: number;
+  protocol: number;
+  /** TCP_INFO's state, for a TCP socket only (1: ESTABLISHED). */
+  tcpState?: number;
+  /** getsockname, for an AF_INET/AF_INET6 socket (family 4 for an IPv4-mapped address). */
+  local?: TcpEndpoint & { family: 4 | 6 };
+  /** getpeername, when connected. */
+  remote?: TcpEndpoint;
+}
+
+// struct baton_socket_info, read at koffi-computed offsets like the state struct.
+const INFO = koffi.struct({
+  domain: 'int32_t',
+  type: 'int32_t',
+  protocol: 'int32_t',
+  tcp_state: 'int32_t',
+  family: 'uint8_t',
+  connected: 'uint8_t',
+  local_port: 'uint16_t',
+  remote_port: 'uint16_t',
+  local_addr: ADDR,
+  remote_addr: ADDR,
+});
+const INFO_AT = Object.fromEntries(
+  ['domain', 'type', 'protocol', 'tcp_state', 'family', 'connected', 'local_port', 'remote_port', 'local_addr', 'remote_addr'].map((f) => [f, koffi.offsetof(INFO, f)]),
+) as Record<'domain' | 'type' | 'protocol' | 'tcp_state' | 'family' | 'connected' | 'local_port' | 'remote_port' | 'local_addr' | 'remote_addr', number>;
+const infoScratch = Buffer.alloc(koffi.sizeof(INFO));
+
+/**
+ * What fd is, read without touching it: family, type, protocol, TCP state, local and remote
+ * address. Throws E_NATIVE (ENOTSOCK: not a socket; EBADF: not open).
+ */
+export function inspectSocket(fd: number): SocketInfo {
+  check(native().socketCheck(fd, infoScratch), 'baton_socket_check', { fd });
+  const b = infoScratch;
+  const info: SocketInfo = { domain: b.readInt32LE(INFO_AT.domain), type: b.readInt32LE(INFO_AT.type), protocol: b.readInt32LE(INFO_AT.protocol) };
+  const tcpState = b.readInt32LE(INFO_AT.tcp_state);
+  if (tcpState >= 0) info.tcpState = tcpState;
+  const family = b.readUInt8(INFO_AT.family);
+  if (family === 4 || family === 6) {
+    const at = (offset: number) => new Uint8Array(b.subarray(offset, offset + 16));
+    info.local = { family, address: bytesToAddress(family, at(INFO_AT.local_addr)), port: b.readUInt16LE(INFO_AT.local_port) };
+    if (b.readUInt8(INFO_AT.connected)) info.remote = { address: bytesToAddress(family, at(INFO_AT.remote_addr)), port: b.readUInt16LE(INFO_AT.remote_port) };
+  }
+  return info;
 }

@@ -4,6 +4,12 @@
 // step itself, so the application hears from it only once more (done, or failed). Steps, and why
 // this order (KERNEL-NOTES, "The order that gave zero stalls"):
 //
+//   0. check   the descriptor the application passed is an ESTABLISHED TCP socket whose local
+//              address is a DVIPA (read without touching it): anything else (a UDP or Unix socket,
+//              a listener, the application's own connection to a database) is refused before
+//              repair mode could change it. Then admit: the distributor's quotas (route-service.ts)
+//              must leave the flow room in the routing table, or it is refused (E_QUOTA) before
+//              anything is exported or offered.
 //   1. export  repair mode on the socket, its state read: it sends nothing new, still queues what
 //              arrives.
 //   2. offer   relay the state to the target node, which reinstates it in repair mode and accepts,
@@ -34,6 +40,7 @@
 // the connection carries on at the routing node, nothing lost.
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
+import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import type { FlowKey } from '../agent/routing-table.js';
@@ -42,7 +49,8 @@ import type { Channel, PendingReplies } from './channel.js';
 import { type Accepts, connToWire, type Decoded, type DistributorTimings, type Message } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
 import type { HandoffSockets } from './sockets.js';
-import type { ExportDelta, TcpConnectionState } from '../../native/repair.js';
+import { TCP_STATES } from '../../native/diag.js';
+import { type ExportDelta, SOCKET_CONSTANTS as K, type SocketInfo, type TcpConnectionState } from '../../native/repair.js';
 
 type RouterMessage = (typeof Accepts.agentFromRouter)[number];
 
@@ -111,15 +119,21 @@ export class HandoffCoordinator {
       if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
       const timeout = this.config.handoffStepTimeoutMs;
 
+      step = 'check';
+      const checked = this.check(fd);
+      if ('unfit' in checked) throw new BatonError('E_HANDOFF_STATE', `the descriptor is not an established TCP connection to a DVIPA: ${checked.unfit}`, { connId, step });
+      // A connection the routing table has no room for (a quota) is refused before anything is
+      // exported or offered: the target builds nothing for it.
+      step = 'admit';
+      await this.routes.admit(checked.flow, connId);
+
+      step = 'export';
       const tExport = performance.now();
       const state = this.sockets.snapshot(fd);
       exported = state;
       const exportUs = micros(tExport);
       flow = { family: state.family, clientAddress: state.remote.address, clientPort: state.remote.port, vipAddress: state.local.address, vipPort: state.local.port };
       client = `${state.remote.address}:${state.remote.port}`;
-      if (!this.isDvipa(state.local.address)) {
-        throw new BatonError('E_HANDOFF_STATE', `connection is to ${state.local.address}, which is not a DVIPA`, { connId, step });
-      }
       log.debug({ client }, 'handoff requested');
 
       step = 'offer';
@@ -204,6 +218,20 @@ export class HandoffCoordinator {
     }
   }
 
+  /** Why the descriptor may not be handed off, or undefined when it may. */
+  /** What the descriptor is: an established TCP connection to a DVIPA and its flow, or why not. */
+  private check(fd: number): { flow: FlowKey } | { unfit: string } {
+    let info: SocketInfo;
+    try {
+      info = this.sockets.inspect(fd);
+    } catch (err) {
+      return { unfit: `cannot inspect it: ${errorText(err)}` };
+    }
+    const unfit = unfitDescriptor(info, this.isDvipa);
+    if (unfit || !info.local || !info.remote) return { unfit: unfit ?? 'it has no peer' };
+    return { flow: { family: info.local.family, clientAddress: info.remote.address, clientPort: info.remote.port, vipAddress: info.local.address, vipPort: info.local.port } };
+  }
+
   /** Rollback: repair mode off. If even that fails the application's socket is stuck silent: say so loudly. */
   private resume(fd: number, log: Logger): void {
     try {
@@ -254,6 +282,15 @@ export class HandoffCoordinator {
       log.error({ err: (err as Error).message }, 'could not unfreeze; the distributor will restore the entry when the freeze expires');
     }
   }
+}
+
+/** Why a descriptor is not an established TCP connection to a DVIPA (isDvipa), or undefined. */
+export function unfitDescriptor(info: SocketInfo, isDvipa: (address: string) => boolean): string | undefined {
+  if (info.domain !== K.AF_INET && info.domain !== K.AF_INET6) return info.domain === K.AF_UNIX ? 'a Unix socket' : `a socket of address family ${info.domain}`;
+  if (info.type !== K.SOCK_STREAM || info.protocol !== K.IPPROTO_TCP) return info.type === K.SOCK_DGRAM ? 'a datagram (UDP) socket' : `socket type ${info.type}, protocol ${info.protocol}`;
+  if (info.tcpState !== K.TCP_ESTABLISHED) return `TCP state ${TCP_STATES[info.tcpState as keyof typeof TCP_STATES] ?? info.tcpState}`;
+  if (!info.local || !isDvipa(info.local.address)) return `its local address ${info.local?.address} is not a DVIPA`;
+  return undefined;
 }
 
 /** Did the socket stay as the snapshot saw it: nothing received, nothing transmitted, the same window? */

@@ -8,6 +8,8 @@ import type { Message } from './messages.js';
 import type { PeerLinks } from './peers.js';
 
 export interface RouteWriter {
+  /** Before anything is exported: may this flow take a routing-table entry (quotas)? Throws E_QUOTA if not. */
+  admit(flow: FlowKey, connId: string): Promise<void>;
   freeze(flow: FlowKey, connId: string): Promise<void>;
   forward(flow: FlowKey, target: string, connId: string): Promise<void>;
   unfreeze(flow: FlowKey, connId: string): Promise<void>;
@@ -20,6 +22,10 @@ export class LocalRoutes implements RouteWriter {
     private readonly service: RouteService,
     private readonly self: string,
   ) {}
+
+  async admit(flow: FlowKey): Promise<void> {
+    this.service.admit(this.self, flow);
+  }
 
   async freeze(flow: FlowKey): Promise<void> {
     this.service.freeze(this.self, flow);
@@ -48,6 +54,9 @@ export class RemoteRoutes implements RouteWriter {
     private readonly distributor: string,
     private readonly timeoutMs: number,
   ) {}
+
+  /** A connection served here moving on already has its entry: no quota applies (the distributor checks ownership at freeze). */
+  async admit(): Promise<void> {}
 
   freeze(flow: FlowKey, connId: string): Promise<void> {
     return this.ask('freeze', flow, connId);

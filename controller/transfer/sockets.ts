@@ -13,14 +13,20 @@ import {
   exportDelta,
   exportSnapshot,
   goLive,
+  type IdleBounds,
   importConnection,
+  inspectSocket,
   leaveRepair,
   quietClock,
+  setIdleBounds,
   setWindow,
+  type SocketInfo,
   type TcpConnectionState,
 } from '../../native/repair.js';
 
 export interface HandoffSockets {
+  /** Routing node, first: what the descriptor an application passed is, read without touching it. */
+  inspect(fd: number): SocketInfo;
   /** Routing node: repair mode on, the connection's state read (the socket then sends nothing new). */
   snapshot(fd: number): TcpConnectionState;
   /** Routing node, once frozen: what reached the socket, and what it transmitted, since the snapshot. */
@@ -35,13 +41,42 @@ export interface HandoffSockets {
   reinstate(state: TcpConnectionState, peeked: Buffer): number;
   /** Target node, still in repair mode: the routing node's delta, applied (see TargetRelay.commit). */
   complete(fd: number, sentSinceSnapshot: Buffer, received: Buffer, window: TcpConnectionState['window']): void;
-  /** Target node: repair mode off with the old socket's clock; the kernel's window probe follows. */
+  /**
+   * Target node: the idle bounds set (keepalive, TCP_USER_TIMEOUT), then repair mode off with the
+   * old socket's clock; the kernel's window probe follows.
+   */
   goLive(fd: number, timestamp?: number): void;
   /** Drops a reinstated socket: no FIN, no RST. */
   discard(fd: number): void;
 }
 
+/**
+ * The cluster file's idle bounds (limits.idle) with their defaults: a client that vanished is
+ * noticed within about keepaliveIdleS + keepaliveIntervalS × keepaliveProbes seconds of silence
+ * (7 minutes), or userTimeoutS after data it never acknowledged (5 minutes).
+ */
+export function idleBounds(limits: { keepaliveIdleS?: number; keepaliveIntervalS?: number; keepaliveProbes?: number; userTimeoutS?: number } = {}): IdleBounds {
+  return {
+    keepaliveIdleS: limits.keepaliveIdleS ?? 300,
+    keepaliveIntervalS: limits.keepaliveIntervalS ?? 30,
+    keepaliveProbes: limits.keepaliveProbes ?? 4,
+    userTimeoutS: limits.userTimeoutS ?? 300,
+  };
+}
+
+/** The kernel's sockets, reinstated connections bounded by idle. */
+export function handoffSockets(idle: IdleBounds): HandoffSockets {
+  return {
+    ...nativeSockets,
+    goLive(fd, timestamp) {
+      setIdleBounds(fd, idle);
+      goLive(fd, timestamp);
+    },
+  };
+}
+
 export const nativeSockets: HandoffSockets = {
+  inspect: inspectSocket,
   snapshot: exportSnapshot,
   delta: exportDelta,
   resume: leaveRepair,

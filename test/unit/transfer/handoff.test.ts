@@ -10,6 +10,7 @@ import { sampleState } from '../../helpers/state.js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/agent/routing-table.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
+import { BatonError } from '../../../controller/errors.js';
 import { createLogger } from '../../../controller/log.js';
 import { Channel, PendingReplies } from '../../../controller/transfer/channel.js';
 import { type HandoffRecord, HandoffCoordinator } from '../../../controller/transfer/handoff.js';
@@ -17,6 +18,7 @@ import type { RouteWriter } from '../../../controller/transfer/routes.js';
 import { Accepts, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
 import { PeerLinks } from '../../../controller/transfer/peers.js';
 import type { HandoffSockets } from '../../../controller/transfer/sockets.js';
+import type { SocketInfo } from '../../../native/repair.js';
 
 const log = createLogger({}, 'silent');
 
@@ -25,6 +27,12 @@ const state = sampleState({ sendSeq: 1, recvSeq: 2, sendQueue: Buffer.from('repl
 /** Records every routing-table change in order, as the coordinator asked for it. */
 class RecordingRoutes implements RouteWriter {
   readonly ops: string[] = [];
+  /** What admit() throws, when a test makes the routing table refuse the flow. */
+  refuse?: Error;
+  async admit() {
+    this.ops.push('admit');
+    if (this.refuse) throw this.refuse;
+  }
   async freeze() {
     this.ops.push('freeze');
   }
@@ -45,12 +53,17 @@ class RecordingRoutes implements RouteWriter {
 /** The socket steps, recorded in order with what the routing application had been told by then. */
 class RecordingSockets implements HandoffSockets {
   readonly ops: string[] = [];
-  constructor(
-    private readonly told: () => string[],
-    private readonly exported = state,
-  ) {}
+  private readonly exported = state;
+  constructor(private readonly told: () => string[]) {}
   private op(name: string) {
     this.ops.push(this.told().length ? `${name} (after ${this.told().join(',')})` : name);
+  }
+  /** What the descriptor is: an established TCP connection to the DVIPA unless a test says otherwise. */
+  info: SocketInfo = { domain: 2, type: 1, protocol: 6, tcpState: 1, local: { family: 4, address: '10.203.0.10', port: 7000 }, remote: { address: '10.203.0.100', port: 40000 } };
+  inspect(fd: number) {
+    expect(fd).toBe(42);
+    this.op('inspect');
+    return this.info;
   }
   snapshot(fd: number) {
     expect(fd).toBe(42);
@@ -162,14 +175,14 @@ function cluster(targetPort: number): ClusterConfig {
   };
 }
 
-async function coordinatorFor(targetPort: number, exported = state) {
+async function coordinatorFor(targetPort: number) {
   const config = cluster(targetPort);
   const routes = new RecordingRoutes();
   const peers = new PeerLinks(config, config.nodes[0]!, log, 1000, certs.material('n1'));
   closers.push(() => peers.close());
   const records: HandoffRecord[] = [];
   const pair = await routerPair(closeClock.value);
-  const sockets = new RecordingSockets(() => pair.told, exported);
+  const sockets = new RecordingSockets(() => pair.told);
   const coordinator = new HandoffCoordinator(config, config.nodes[0]!, routes, peers, sockets, log, (r) => records.push(r));
   return { coordinator, routes, sockets, records, ...pair };
 }
@@ -203,11 +216,11 @@ describe('handoff state machine at the routing node', () => {
       }
     };
     const r = await runHandoff(script, 123_456);
-    expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
+    expect(r.routes.ops).toEqual(['admit', 'freeze', 'forward:n2']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
     expect(r.got).toEqual(['done']);
     // Repair mode stays on: the application's close, after done, must be silent.
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'quietClock', 'release (after done)']);
     expect(r.done).toMatchObject({ clockNeeded: true });
     expect(r.lives).toEqual([{ timestamp: 123_456 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', target: 'n2' });
@@ -228,8 +241,8 @@ describe('handoff state machine at the routing node', () => {
     };
     const r = await runHandoff(script, 99, Buffer.alloc(0));
     expect(r.seen).toEqual(['hello', 'offer', 'live']);
-    expect(r.routes.ops).toEqual(['freeze', 'forward:n2']);
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
+    expect(r.routes.ops).toEqual(['admit', 'freeze', 'forward:n2']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'quietClock', 'release (after done)']);
     expect(r.lives).toEqual([{ timestamp: 99 }]);
     expect(r.records[0]).toMatchObject({ outcome: 'done', timings: { commitRttUs: 0 } });
   });
@@ -244,7 +257,7 @@ describe('handoff state machine at the routing node', () => {
     expect(r.seen).toEqual(['hello', 'offer', 'live']);
     expect(r.lives).toEqual([{ timestamp: 777 }]);
     expect(r.done).toMatchObject({ type: 'done', clockNeeded: false });
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'quietClock', 'release (after done)']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'quietClock', 'release (after done)']);
     expect(r.records[0]).toMatchObject({ outcome: 'done' });
   });
 
@@ -252,10 +265,10 @@ describe('handoff state machine at the routing node', () => {
     const r = await runHandoff((d, ch) => {
       if (d.msg.type === 'offer') ch.send('reject', { connId: d.msg.connId, reason: 'full' });
     });
-    expect(r.routes.ops).toEqual([]);
+    expect(r.routes.ops).toEqual(['admit']);
     expect(r.seen).toEqual(['hello', 'offer']);
     expect(r.got).toEqual(['failed']);
-    expect(r.sockets).toEqual(['snapshot', 'resume', 'release']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'resume', 'release']);
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'offer', reason: expect.stringContaining('full') });
   });
 
@@ -263,29 +276,66 @@ describe('handoff state machine at the routing node', () => {
     const r = await runHandoff((d, ch) => {
       if (d.msg.type === 'offer') ch.send('accept', { connId: d.msg.connId, importUs: 5 });
     });
-    expect(r.routes.ops).toEqual(['freeze', 'unfreeze']);
+    expect(r.routes.ops).toEqual(['admit', 'freeze', 'unfreeze']);
     expect(r.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
     expect(r.got).toEqual(['failed']);
-    expect(r.sockets).toEqual(['snapshot', 'delta', 'resume', 'release']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'resume', 'release']);
     expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'commit' });
   });
 
   it('target silent at the offer: it is told to abort (it may have reinstated the socket late)', async () => {
     const r = await runHandoff(() => undefined);
-    expect(r.routes.ops).toEqual([]);
+    expect(r.routes.ops).toEqual(['admit']);
     expect(r.seen).toEqual(['hello', 'offer', 'abort']);
     expect(r.got).toEqual(['failed']);
   });
 
-  it('a connection not on the DVIPA is refused before anything is sent, its socket resumed', async () => {
+  it('a descriptor that is not an established TCP connection to a DVIPA is refused before repair mode: only closed', async () => {
+    const tcp = { domain: 2, type: 1, protocol: 6 };
+    const dvipa = { family: 4 as const, address: '10.203.0.10', port: 7000 };
+    const unfit: Array<[SocketInfo, RegExp]> = [
+      [{ ...tcp, tcpState: 1, local: { family: 4, address: '10.203.0.11', port: 7000 }, remote: { address: '10.203.0.100', port: 1 } }, /local address 10\.203\.0\.11 is not a DVIPA/],
+      [{ domain: 2, type: 2, protocol: 17, local: dvipa }, /datagram \(UDP\) socket/],
+      [{ ...tcp, tcpState: 10, local: dvipa }, /TCP state LISTEN/],
+      [{ ...tcp, tcpState: 8, local: dvipa, remote: { address: '10.203.0.100', port: 1 } }, /TCP state CLOSE_WAIT/],
+      [{ domain: 1, type: 1, protocol: 0 }, /a Unix socket/],
+    ];
+    for (const [info, why] of unfit) {
+      const target = await targetNode(() => undefined);
+      const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
+      sockets.info = info;
+      await coordinator.run(router, request, 42);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(routes.ops).toEqual([]);
+      expect(target.seen).toEqual([]);
+      expect(sockets.ops).toEqual(['inspect', 'release']);
+      expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'check', code: 'E_HANDOFF_STATE', reason: expect.stringMatching(why) }]);
+      expect(records[0]).toMatchObject({ outcome: 'failed', step: 'check' });
+    }
+    // Not a socket at all (a file, a pipe): refused the same way.
     const target = await targetNode(() => undefined);
-    const { coordinator, routes, sockets, router, got } = await coordinatorFor(target.port, { ...state, local: { address: '10.203.0.11', port: 7000 } });
-    await coordinator.run(router, { ...request, msg: { ...request.msg, connId: 'n1.x' } }, 42);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(routes.ops).toEqual([]);
+    const { coordinator, sockets, router, got } = await coordinatorFor(target.port);
+    sockets.inspect = () => {
+      sockets.ops.push('inspect (failed)');
+      throw new Error('SO_DOMAIN failed: ENOTSOCK');
+    };
+    await coordinator.run(router, request, 42);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(sockets.ops).toEqual(['inspect (failed)', 'release']);
+    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'check', reason: expect.stringContaining('ENOTSOCK') }]);
+  });
+
+  it('a flow the routing table has no room for (a quota) is refused before export or offer: only closed', async () => {
+    const target = await targetNode(() => undefined);
+    const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
+    routes.refuse = new BatonError('E_QUOTA', 'handoff refused: client 10.203.0.100 holds 4096 handed-off connections', { step: 'admit' });
+    await coordinator.run(router, request, 42);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(routes.ops).toEqual(['admit']);
     expect(target.seen).toEqual([]);
-    expect(sockets.ops).toEqual(['snapshot', 'resume', 'release']);
-    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', code: 'E_HANDOFF_STATE' }]);
+    expect(sockets.ops).toEqual(['inspect', 'release']);
+    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'admit', code: 'E_QUOTA' }]);
+    expect(records[0]).toMatchObject({ outcome: 'failed', step: 'admit' });
   });
 
   it('an export that fails leaves nothing to resume: only batond\'s descriptor is closed', async () => {
@@ -297,7 +347,7 @@ describe('handoff state machine at the routing node', () => {
     };
     await coordinator.run(router, request, 42);
     await new Promise((r) => setTimeout(r, 50));
-    expect(sockets.ops).toEqual(['snapshot (failed)', 'release']);
+    expect(sockets.ops).toEqual(['inspect', 'snapshot (failed)', 'release']);
     expect(target.seen).toEqual([]);
     expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'export', reason: expect.stringContaining('EPERM') }]);
     expect(records[0]).toMatchObject({ outcome: 'failed', step: 'export', client: 'unknown' });
