@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Everything the steering program shares with user space: constants, the two map layouts and
- * the maps themselves. controller/agent/routing-table.ts mirrors this file byte for byte; the
+ * Everything the steering program shares with user space: constants, the map layouts and the
+ * maps themselves. controller/agent/routing-table.ts mirrors this file byte for byte; the
  * _Static_asserts below pin the layout so a change here fails the build until the mirror (and
  * its unit test, which asserts the same numbers) is changed too.
  *
  * A pinned map survives a controller restart and is reused only if its key size, value size,
- * max_entries and flags still match (libbpf's compatibility check). Changing a layout therefore
- * means unpinning the instance's maps, which drops every steered connection: add fields into
- * the padding where possible.
+ * max_entries and flags still match (libbpf's compatibility check). Changing the routing table's
+ * layout therefore means unpinning it, which drops every steered connection: add fields into the
+ * padding where possible. The other maps hold nothing that must outlive a program (counters; a
+ * config batond rewrites at every load): batond replaces them when their layout changed
+ * (controller/agent/xdp.ts), so adding a verdict reason costs a counter reset, not a connection.
  */
 #ifndef BATON_H
 #define BATON_H
@@ -40,24 +42,38 @@
 /*
  * State 0 is deliberately not a valid state: a zero-filled or half-written value must never
  * steer or freeze a flow by accident; the program counts it as a bad entry and drops.
+ *
+ * A closing connection goes FORWARD → RELEASED → FINISHED → (deleted). Only the serving node can
+ * tell when the 4-tuple is free again: its application's close makes the entry RELEASED, its
+ * kernel being done with the tuple (no socket, or TIME_WAIT) makes it FINISHED. A SYN frees
+ * the tuple for a new connection only once FINISHED; before that, whoever sends it (the client
+ * reconnecting early, or anyone spoofing the client) only reaches the serving node's kernel.
  */
 enum baton_route_state {
-	BATON_ROUTE_FROZEN = 1,  /* the socket is being exported: drop the client's packets */
-	BATON_ROUTE_FORWARD = 2, /* the connection lives on target_node: rewrite MACs, XDP_TX */
-	BATON_ROUTE_RELEASED = 3, /* as FORWARD, but its owner closed it: a new SYN on the tuple
-				   * is a new connection, the entry is deleted and the SYN passed */
+	BATON_ROUTE_FROZEN = 1,   /* the socket is being exported: drop the client's packets */
+	BATON_ROUTE_FORWARD = 2,  /* the connection lives on target_node: rewrite MACs, XDP_TX */
+	BATON_ROUTE_RELEASED = 3, /* as FORWARD, SYNs included: its owner's application closed it,
+				   * TCP's closing handshake goes on there */
+	BATON_ROUTE_FINISHED = 4, /* as FORWARD, but the owner's kernel is done with the tuple: a
+				   * new SYN is a new connection, the entry is deleted and the SYN passed */
 };
 
 /* One index per verdict reason in baton_stats (STAT_INDEX in routing-table.ts). */
 enum baton_stat {
-	BATON_STAT_PASS_NOT_TCP = 0,    /* not IPv4/IPv6 TCP, or too short/malformed to parse */
-	BATON_STAT_PASS_NO_ROUTE = 1,   /* TCP, but no entry: the distributor's own kernel serves it */
-	BATON_STAT_STEERED = 2,         /* FORWARD entry: sent to the target node */
-	BATON_STAT_DROP_FROZEN = 3,     /* FROZEN entry: dropped while the socket is exported */
-	BATON_STAT_DROP_BAD_ENTRY = 4,  /* entry with a state this program does not know */
-	BATON_STAT_PASS_FRAGMENT = 5,   /* non-first fragment: no ports to look up */
-	BATON_STAT_PASS_RECLAIMED = 6,  /* SYN on a RELEASED entry: entry deleted, the kernel sees a new connection */
-	BATON_STAT_MAX = 7,
+	BATON_STAT_PASS_NOT_TCP = 0,      /* not IPv4/IPv6 TCP, or too short/malformed to parse */
+	BATON_STAT_PASS_NO_ROUTE = 1,     /* TCP, but no entry: the distributor's own kernel serves it */
+	BATON_STAT_STEERED = 2,           /* FORWARD/RELEASED/FINISHED entry: sent to the target node */
+	BATON_STAT_DROP_FROZEN = 3,       /* FROZEN entry: dropped while the socket is exported */
+	BATON_STAT_DROP_BAD_ENTRY = 4,    /* entry with a state this program does not know */
+	BATON_STAT_PASS_FRAGMENT = 5,     /* non-first fragment: no ports to look up */
+	BATON_STAT_PASS_RECLAIMED = 6,    /* SYN on a FINISHED entry: entry deleted, the kernel sees a new connection */
+	BATON_STAT_PASS_NOT_FOR_US = 7,   /* entry, but the frame's destination MAC is not this
+					   * interface's (another host's, broadcast, multicast) */
+	BATON_STAT_PASS_UNCONFIGURED = 8, /* entry, but baton_config does not describe this interface */
+	BATON_STAT_PASS_STACKED_VLAN = 9, /* more than one VLAN tag: not parsed */
+	BATON_STAT_STEERED_RELEASED_SYN = 10, /* SYN on a RELEASED entry: sent to the target node, whose
+					       * kernel answers it (the entry stays) */
+	BATON_STAT_MAX = 11,
 };
 
 /* ---- shared structs -------------------------------------------------------------------- */
@@ -102,6 +118,19 @@ struct baton_stat_counter {
 	__u64 bytes;
 };
 
+/*
+ * What the program must know about the interface it runs on, written by batond before it
+ * attaches the program (the only slot of baton_config). The array starts zero-filled: ifindex 0
+ * names no interface, so a program nobody configured steers nothing. ifindex also ties the MAC
+ * to one interface: the same pinned config seen from a program left attached elsewhere does
+ * not match there.
+ */
+struct baton_config {
+	__u32 ifindex;            /* the interface the program was attached to, in its namespace */
+	__u8 if_mac[ETH_ALEN];    /* that interface's MAC: the only destination steered frames have */
+	__u8 pad[6];
+};
+
 _Static_assert(sizeof(struct baton_flow_key) == 40, "baton_flow_key layout changed: update routing-table.ts");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, vip_addr4) == 16, "baton_flow_key.vip_addr");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, client_port) == 32, "baton_flow_key.client_port");
@@ -113,6 +142,8 @@ _Static_assert(__builtin_offsetof(struct baton_route, state) == 16, "baton_route
 _Static_assert(__builtin_offsetof(struct baton_route, target_node) == 20, "baton_route.target_node");
 _Static_assert(__builtin_offsetof(struct baton_route, target_mac) == 24, "baton_route.target_mac");
 _Static_assert(sizeof(struct baton_stat_counter) == 16, "baton_stat_counter layout changed: update routing-table.ts");
+_Static_assert(sizeof(struct baton_config) == 16, "baton_config layout changed: update routing-table.ts");
+_Static_assert(__builtin_offsetof(struct baton_config, if_mac) == 4, "baton_config.if_mac");
 
 /* ---- maps (pinned by batond under /sys/fs/bpf/baton/<instance>/) ------------------------ */
 
@@ -138,5 +169,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct baton_stat_counter);
 } baton_stats SEC(".maps");
+
+/* One struct baton_config at key 0: written by batond, read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct baton_config);
+} baton_config SEC(".maps");
 
 #endif /* BATON_H */

@@ -10,6 +10,11 @@
  * retransmits. Sending the whole datagram to the distributor instead would be worse: once the
  * connection has moved, the reassembled segment would hit no socket and the kernel would
  * reset the client. TCP sets DF, so this is rare.
+ *
+ * VLANs: one tag, 802.1Q (0x8100) or 802.1ad (0x88a8), is read past; the frame keeps it, so a
+ * steered frame leaves on the VLAN it came in on. The VLAN id is not part of the key: the
+ * kernel's socket lookup ignores it too. A second tag (QinQ) is not parsed: such frames go to
+ * the kernel, counted on their own. No loop, so the parser's length is fixed for the verifier.
  */
 #ifndef BATON_PARSE_H
 #define BATON_PARSE_H
@@ -26,7 +31,19 @@ enum baton_parse_result {
 	BATON_PARSE_FLOW_SYN,  /* key filled in, and the segment opens a connection (SYN without ACK) */
 	BATON_PARSE_NOT_TCP,   /* not TCP over IPv4/IPv6, or truncated: let the kernel decide */
 	BATON_PARSE_FRAGMENT,  /* TCP, but a later fragment without ports */
+	BATON_PARSE_STACKED_VLAN, /* more than one VLAN tag: not looked into */
 };
+
+/* An 802.1Q/802.1ad tag after the MAC addresses; the uapi headers do not export it. */
+struct baton_vlan_hdr {
+	__be16 tci;               /* priority, DEI, VLAN id */
+	__be16 encapsulated_proto;
+};
+
+static __always_inline int baton_is_vlan(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
 
 /* The IPv6 fragment extension header; the uapi headers do not export it. */
 struct baton_ipv6_frag {
@@ -100,13 +117,26 @@ static __always_inline int baton_parse_ipv6(void *l3, void *data_end, struct bat
 static __always_inline int baton_parse_flow(void *data, void *data_end, struct baton_flow_key *key)
 {
 	struct ethhdr *eth = data;
+	void *l3 = eth + 1;
+	__be16 proto;
 
-	if ((void *)(eth + 1) > data_end)
+	if (l3 > data_end)
 		return BATON_PARSE_NOT_TCP;
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return baton_parse_ipv4(eth + 1, data_end, key);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return baton_parse_ipv6(eth + 1, data_end, key);
+	proto = eth->h_proto;
+	if (baton_is_vlan(proto)) {
+		struct baton_vlan_hdr *vlan = l3;
+
+		if ((void *)(vlan + 1) > data_end)
+			return BATON_PARSE_NOT_TCP;
+		proto = vlan->encapsulated_proto;
+		l3 = vlan + 1;
+		if (baton_is_vlan(proto))
+			return BATON_PARSE_STACKED_VLAN;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return baton_parse_ipv4(l3, data_end, key);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return baton_parse_ipv6(l3, data_end, key);
 	return BATON_PARSE_NOT_TCP;
 }
 

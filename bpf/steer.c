@@ -3,7 +3,8 @@
 // through here before the kernel sees it. A flow with no routing-table entry is the
 // distributor's own (its routing application owns the socket); a FROZEN flow is mid-export and
 // must not change the socket under the export; a FORWARD flow has moved to another node on
-// the same L2 segment and is bounced back out with that node's MAC.
+// the same L2 segment and is bounced back out with that node's MAC, if the frame was sent to
+// this interface (baton_config says which one, and its MAC).
 #include "baton.h"
 #include "parse.h"
 
@@ -19,6 +20,24 @@ static __always_inline int baton_verdict(__u32 reason, __u64 bytes, int action)
 	return action;
 }
 
+static __always_inline void baton_count(struct baton_route *route, __u64 bytes)
+{
+	// Several CPUs can hit one flow.
+	__sync_fetch_and_add(&route->packets, 1);
+	__sync_fetch_and_add(&route->bytes, bytes);
+}
+
+// The interface's MAC is unicast (batond refuses anything else), so equality alone would do;
+// the group bit is tested as well so that a config written by hand cannot make the program
+// steer broadcasts.
+static __always_inline int baton_sent_to(const __u8 *dest, const __u8 *own)
+{
+	if (dest[0] & 1)
+		return 0;
+	return ((dest[0] ^ own[0]) | (dest[1] ^ own[1]) | (dest[2] ^ own[2]) |
+		(dest[3] ^ own[3]) | (dest[4] ^ own[4]) | (dest[5] ^ own[5])) == 0;
+}
+
 SEC("xdp")
 int baton_steer(struct xdp_md *ctx)
 {
@@ -26,8 +45,11 @@ int baton_steer(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 len = data_end - data;
 	struct baton_flow_key key = {};
+	struct baton_config *config;
 	struct baton_route *route;
 	struct ethhdr *eth = data;
+	__u32 zero = 0;
+	__u32 state;
 	int syn = 0;
 
 	switch (baton_parse_flow(data, data_end, &key)) {
@@ -38,6 +60,8 @@ int baton_steer(struct xdp_md *ctx)
 		break;
 	case BATON_PARSE_FRAGMENT:
 		return baton_verdict(BATON_STAT_PASS_FRAGMENT, len, XDP_PASS);
+	case BATON_PARSE_STACKED_VLAN:
+		return baton_verdict(BATON_STAT_PASS_STACKED_VLAN, len, XDP_PASS);
 	default:
 		return baton_verdict(BATON_STAT_PASS_NOT_TCP, len, XDP_PASS);
 	}
@@ -46,37 +70,56 @@ int baton_steer(struct xdp_md *ctx)
 	if (!route)
 		return baton_verdict(BATON_STAT_PASS_NO_ROUTE, len, XDP_PASS);
 
-	__sync_fetch_and_add(&route->packets, 1);
-	__sync_fetch_and_add(&route->bytes, len);
-
-	switch (route->state) {
+	// Read once: batond may rewrite the entry while this frame is in flight.
+	state = route->state;
+	switch (state) {
 	case BATON_ROUTE_FROZEN:
-		// The client retransmits what is dropped here once the entry forwards.
+		// Dropped whoever it was addressed to: the drop is what protects the export, and
+		// needs no config. The client retransmits what is dropped here once the entry forwards.
+		baton_count(route, len);
 		return baton_verdict(BATON_STAT_DROP_FROZEN, len, XDP_DROP);
-	case BATON_ROUTE_RELEASED:
-		// The owner closed the connection; the entry only lingers for its last packets. A SYN
-		// means the client reuses the tuple for a new connection, which is the distributor's.
-		// (A SYN on a live FORWARD entry still goes to the target, whose socket answers it with
-		// a challenge ACK: a spoofed SYN cannot tear a connection down here.)
-		if (syn) {
-			bpf_map_delete_elem(&baton_routes, &key);
-			return baton_verdict(BATON_STAT_PASS_RECLAIMED, len, XDP_PASS);
-		}
-		/* fall through */
 	case BATON_ROUTE_FORWARD:
-		// The parser proved the Ethernet header is there; the verifier wants it proved again.
-		if ((void *)(eth + 1) > data_end)
-			return baton_verdict(BATON_STAT_PASS_NOT_TCP, len, XDP_PASS);
-		// The frame was addressed to this interface, so its destination MAC is our own: reuse
-		// it as the source instead of keeping the interface's MAC in a map.
-		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(eth->h_dest, route->target_mac, ETH_ALEN);
-		return baton_verdict(BATON_STAT_STEERED, len, XDP_TX);
+	case BATON_ROUTE_RELEASED:
+	case BATON_ROUTE_FINISHED:
+		break;
 	default:
 		// Written by a newer controller or half-initialised: never guess where a flow lives;
 		// passing it would let the distributor's kernel reset a moved connection.
+		baton_count(route, len);
 		return baton_verdict(BATON_STAT_DROP_BAD_ENTRY, len, XDP_DROP);
 	}
+
+	// From here the frame is rewritten or changes the table, so it must have been sent to
+	// this interface. A frame for another host (promiscuous mode, a flooding switch, a DVIPA
+	// taken over by another distributor) or to a group address is passed untouched: the
+	// kernel's TCP ignores any segment not addressed to this host, while steering it would
+	// turn it into a unicast copy for the target.
+	config = bpf_map_lookup_elem(&baton_config, &zero);
+	if (!config || config->ifindex == 0 || config->ifindex != ctx->ingress_ifindex)
+		return baton_verdict(BATON_STAT_PASS_UNCONFIGURED, len, XDP_PASS);
+	// The parser proved the Ethernet header is there; the verifier wants it proved again.
+	if ((void *)(eth + 1) > data_end)
+		return baton_verdict(BATON_STAT_PASS_NOT_TCP, len, XDP_PASS);
+	if (!baton_sent_to(eth->h_dest, config->if_mac))
+		return baton_verdict(BATON_STAT_PASS_NOT_FOR_US, len, XDP_PASS);
+
+	// A SYN means the client reuses the tuple for a new connection, which is the
+	// distributor's, but only once the serving node's kernel has let the old one go. Earlier
+	// (FORWARD, RELEASED) the SYN goes to the serving node, whose kernel answers it as TCP
+	// does (mostly a challenge ACK): a spoofed SYN cannot tear down the entry of a connection
+	// still open or closing there.
+	if (syn && state == BATON_ROUTE_FINISHED) {
+		bpf_map_delete_elem(&baton_routes, &key);
+		return baton_verdict(BATON_STAT_PASS_RECLAIMED, len, XDP_PASS);
+	}
+
+	baton_count(route, len);
+	// Only the MACs change: a VLAN tag stays, so the frame leaves on the VLAN it came in on.
+	__builtin_memcpy(eth->h_source, config->if_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, route->target_mac, ETH_ALEN);
+	if (syn && state == BATON_ROUTE_RELEASED)
+		return baton_verdict(BATON_STAT_STEERED_RELEASED_SYN, len, XDP_TX);
+	return baton_verdict(BATON_STAT_STEERED, len, XDP_TX);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -66,6 +66,11 @@ const c = {
   mapFd: lib.func('int bpf_map__fd(bpf_map *map)'),
   setPinPath: lib.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
   setMaxEntries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
+  mapType: lib.func('int bpf_map__type(bpf_map *map)'),
+  mapKeySize: lib.func('uint32_t bpf_map__key_size(bpf_map *map)'),
+  mapValueSize: lib.func('uint32_t bpf_map__value_size(bpf_map *map)'),
+  mapMaxEntries: lib.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
+  mapFlags: lib.func('uint32_t bpf_map__map_flags(bpf_map *map)'),
   objGet: lib.func('int bpf_obj_get(const char *pathname)'),
   objGetInfo: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
   mapUpdate: lib.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
@@ -81,6 +86,8 @@ const c = {
   ifNameToIndex: libc.func('unsigned int if_nametoindex(const char *ifname)'),
   closeFd: libc.func('int close(int fd)'),
   mount: libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  ioctl: libc.func('int ioctl(int fd, unsigned long request, ...)'),
 };
 
 // ---- errors -----------------------------------------------------------------------------
@@ -217,6 +224,17 @@ export function setMaxEntries(map: BpfMap, maxEntries: number): void {
   checkNeg('bpf_map__set_max_entries', c.setMaxEntries(map, maxEntries) as number, { maxEntries });
 }
 
+/** What an opened object declares for a map (after any set_max_entries): the fields libbpf compares with a pinned map before reusing it. */
+export function mapDefinition(map: BpfMap): Pick<BpfMapInfo, 'type' | 'keySize' | 'valueSize' | 'maxEntries' | 'flags'> {
+  return {
+    type: c.mapType(map) as number,
+    keySize: c.mapKeySize(map) as number,
+    valueSize: c.mapValueSize(map) as number,
+    maxEntries: c.mapMaxEntries(map) as number,
+    flags: c.mapFlags(map) as number,
+  };
+}
+
 /** Opens a pinned object; the caller owns (and must close) the returned fd. */
 export function objGet(path: string): number {
   return checkNeg('bpf_obj_get', c.objGet(path) as number, { path });
@@ -337,6 +355,40 @@ export function ifNameToIndex(ifname: string): number {
 
 export function closeFd(fd: number): void {
   if ((c.closeFd(fd) as number) < 0) fail('close', koffi.errno(), { fd });
+}
+
+// <sys/socket.h>, <linux/sockios.h>, <net/if.h>, <net/if_arp.h>.
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const SIOCGIFHWADDR = 0x8927;
+const IFNAMSIZ = 16;
+/** struct ifreq: the name, then a 24-byte union whose ifr_hwaddr is a struct sockaddr (family, then the address). */
+const IFREQ_SIZE = 40;
+const IFREQ_HWADDR_FAMILY = 16;
+const IFREQ_HWADDR_DATA = 18;
+export const ARPHRD_ETHER = 1;
+const ETH_ALEN = 6;
+
+/**
+ * An interface's hardware type (ARPHRD_*) and its first 6 address bytes (the MAC, for
+ * ARPHRD_ETHER), resolved in the calling thread's network namespace: the socket the ioctl runs
+ * on belongs to it, where /sys/class/net would show the mount namespace's.
+ */
+export function ifHardwareAddress(ifname: string): { type: number; address: Buffer } {
+  const name = Buffer.from(ifname, 'utf8');
+  if (name.length === 0 || name.length >= IFNAMSIZ || name.includes(0)) fail('SIOCGIFHWADDR', os.constants.errno.ENODEV, { ifname });
+  const fd = c.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) fail('socket', koffi.errno(), { ifname });
+  try {
+    const ifr = Buffer.alloc(IFREQ_SIZE);
+    name.copy(ifr);
+    if ((c.ioctl(fd, SIOCGIFHWADDR, 'void *', ifr) as number) < 0) fail('SIOCGIFHWADDR', koffi.errno(), { ifname });
+    const type = os.endianness() === 'LE' ? ifr.readUInt16LE(IFREQ_HWADDR_FAMILY) : ifr.readUInt16BE(IFREQ_HWADDR_FAMILY);
+    return { type, address: Buffer.from(ifr.subarray(IFREQ_HWADDR_DATA, IFREQ_HWADDR_DATA + ETH_ALEN)) };
+  } finally {
+    closeFd(fd);
+  }
 }
 
 /** Mounts a BPF filesystem instance (what systemd does at boot for /sys/fs/bpf). */

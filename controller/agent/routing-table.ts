@@ -1,7 +1,7 @@
 // The connection routing table as user space sees it: the one TypeScript mirror of
-// bpf/baton.h (sizes, offsets, enum values) plus the RoutingTable that batond uses to freeze a
-// flow before export and point it at the target after import. Every number here is asserted
-// against the header: the header by _Static_assert, this file by
+// bpf/baton.h (sizes, offsets, enum values, the config the program needs) plus the RoutingTable
+// that batond uses to freeze a flow before export and point it at the target after import.
+// Every number here is asserted against the header: the header by _Static_assert, this file by
 // test/unit/agent/routing-table-layout.test.ts. Change both or neither.
 import net from 'node:net';
 import os from 'node:os';
@@ -35,8 +35,12 @@ export const ROUTE_OFFSET = { packets: 0, bytes: 8, state: 16, targetNode: 20, t
 /** struct baton_stat_counter, one per possible CPU in each baton_stats slot. */
 export const STAT_COUNTER_SIZE = 16;
 
-/** enum baton_route_state; 0 is deliberately invalid (the program drops such entries). */
-export const ROUTE_STATE = { frozen: 1, forward: 2, released: 3 } as const;
+/**
+ * enum baton_route_state; 0 is deliberately invalid (the program drops such entries). A closing
+ * connection goes forward → released (its application closed) → finished (the serving node's
+ * kernel is done with the tuple; only now does a SYN reclaim it) → removed.
+ */
+export const ROUTE_STATE = { frozen: 1, forward: 2, released: 3, finished: 4 } as const;
 
 /** enum baton_stat: the index of each verdict reason in baton_stats. */
 export const STAT_INDEX = {
@@ -47,12 +51,21 @@ export const STAT_INDEX = {
   droppedBadEntry: 4,
   passedFragment: 5,
   passedReclaimed: 6,
+  passedNotForUs: 7,
+  passedUnconfigured: 8,
+  passedStackedVlan: 9,
+  steeredReleasedSyn: 10,
 } as const;
-export const STAT_COUNT = 7;
+export const STAT_COUNT = 11;
+
+/** struct baton_config, the one value of baton_config: the interface the program steers on. */
+export const CONFIG_SIZE = 16;
+export const CONFIG_OFFSET = { ifindex: 0, ifMac: 4 } as const;
 
 export const ROUTES_MAX_ENTRIES_DEFAULT = 262144;
 export const ROUTES_MAP_NAME = 'baton_routes';
 export const STATS_MAP_NAME = 'baton_stats';
+export const CONFIG_MAP_NAME = 'baton_config';
 export const STEER_PROGRAM_NAME = 'baton_steer';
 
 // ---- types --------------------------------------------------------------------------------
@@ -181,15 +194,15 @@ export function decodeFlowKey(buf: Buffer): FlowKey {
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const ZERO_MAC = '00:00:00:00:00:00';
 
-function parseMac(mac: string): Buffer {
-  if (!MAC_RE.test(mac)) invalid(`targetMac ${JSON.stringify(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`, { mac });
+function parseMac(mac: string, field: string): Buffer {
+  if (!MAC_RE.test(mac)) invalid(`${field} ${JSON.stringify(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`, { field, mac });
   const bytes = Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
   // A group address would flood the segment; all zeros would be black-holed by every switch.
-  if ((bytes[0]! & 1) === 1 || bytes.every((b) => b === 0)) invalid(`targetMac ${mac} is not a unicast MAC address`, { mac });
+  if ((bytes[0]! & 1) === 1 || bytes.every((b) => b === 0)) invalid(`${field} ${mac} is not a unicast MAC address`, { field, mac });
   return bytes;
 }
 
-function formatMac(buf: Buffer, offset: number): string {
+export function formatMac(buf: Buffer, offset: number): string {
   return Array.from(buf.subarray(offset, offset + MAC_LEN), (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
@@ -214,7 +227,7 @@ export function encodeRoute(entry: Omit<RouteEntry, 'packets' | 'bytes'> & Parti
   if (!Number.isInteger(entry.targetNode) || entry.targetNode < 0 || entry.targetNode > 0xffffffff) {
     invalid(`targetNode ${entry.targetNode} is not a 32-bit node id`, { targetNode: entry.targetNode });
   }
-  const mac = entry.state === 'frozen' && entry.targetMac === ZERO_MAC ? Buffer.alloc(MAC_LEN) : parseMac(entry.targetMac);
+  const mac = entry.state === 'frozen' && entry.targetMac === ZERO_MAC ? Buffer.alloc(MAC_LEN) : parseMac(entry.targetMac, 'targetMac');
   out.fill(0, 0, ROUTE_SIZE);
   writeU64(out, entry.packets ?? 0n, ROUTE_OFFSET.packets);
   writeU64(out, entry.bytes ?? 0n, ROUTE_OFFSET.bytes);
@@ -239,6 +252,25 @@ export function decodeRoute(buf: Buffer): RouteEntry {
     packets: readU64(buf, ROUTE_OFFSET.packets),
     bytes: readU64(buf, ROUTE_OFFSET.bytes),
   };
+}
+
+export interface SteeringConfig {
+  /** The interface the program is attached to (its index in that network namespace). */
+  ifindex: number;
+  /** That interface's MAC, aa:bb:cc:dd:ee:ff: frames to any other destination are not steered. */
+  mac: string;
+}
+
+export function encodeConfig(config: SteeringConfig, out: Buffer = Buffer.alloc(CONFIG_SIZE)): Buffer {
+  // ifindex 0 is what the program reads as "not configured": writing it would be a silent no-op.
+  if (!Number.isInteger(config.ifindex) || config.ifindex < 1 || config.ifindex > 0xffffffff) {
+    invalid(`ifindex ${config.ifindex} is not an interface index`, { ifindex: config.ifindex });
+  }
+  const mac = parseMac(config.mac, 'interface MAC');
+  out.fill(0, 0, CONFIG_SIZE);
+  writeU32(out, config.ifindex, CONFIG_OFFSET.ifindex);
+  mac.copy(out, CONFIG_OFFSET.ifMac);
+  return out;
 }
 
 /** Sums one baton_stats slot (one struct baton_stat_counter per possible CPU). */
@@ -295,9 +327,14 @@ export class RoutingTable {
     }
   }
 
-  /** Drops the client's packets for this flow until forward() or remove(): the socket is being exported. */
-  freeze(key: FlowKey): void {
-    this.write(key, encodeRoute({ state: 'frozen', targetNode: 0, targetMac: ZERO_MAC }), 'freeze');
+  /**
+   * Drops the client's packets for this flow until forward() or remove(): the socket is being
+   * exported. The entry names the node serving the flow until then (none: the distributor itself),
+   * which the program ignores: a distributor restarted mid-handoff reads it to give the flow back
+   * (route-service.ts).
+   */
+  freeze(key: FlowKey, servedBy?: { node: number; mac: string }): void {
+    this.write(key, encodeRoute({ state: 'frozen', targetNode: servedBy?.node ?? 0, targetMac: servedBy?.mac ?? ZERO_MAC }), 'freeze');
   }
 
   /** Sends the flow's packets to the target node's MAC from now on. */
@@ -305,11 +342,14 @@ export class RoutingTable {
     this.write(key, encodeRoute({ state: 'forward', targetNode: target.node, targetMac: target.mac }), 'forward');
   }
 
-  /** Still forwarding, but the owner closed the connection: a new SYN on the tuple reclaims it (XDP deletes the entry). */
+  /** Still forwarding, SYNs included: the owner's application closed the connection, TCP's closing handshake goes on there. */
   release(key: FlowKey, target: { node: number; mac: string }): void {
-    // Keep the flow's counters: the connection's totals are still worth reading during the grace.
-    const current = this.get(key);
-    this.write(key, encodeRoute({ state: 'released', targetNode: target.node, targetMac: target.mac, packets: current?.packets, bytes: current?.bytes }), 'release');
+    this.rewrite(key, 'released', target, 'release');
+  }
+
+  /** Still forwarding, but the owner's kernel is done with the tuple: a new SYN on it reclaims it (XDP deletes the entry). */
+  finish(key: FlowKey, target: { node: number; mac: string }): void {
+    this.rewrite(key, 'finished', target, 'finish');
   }
 
   /** True if there was an entry. Without one, the distributor's own kernel sees the flow again. */
@@ -331,6 +371,25 @@ export class RoutingTable {
     for (const key of this.keys()) {
       if (mapLookup(this.fd(), key, value)) yield [decodeFlowKey(key), decodeRoute(value)];
     }
+  }
+
+  /**
+   * Up to max entries after the key prev (null: from the first), and the key to resume from (null
+   * at the end): a walk done a step at a time, so no single step blocks for long. If prev was
+   * deleted meanwhile the kernel starts again from the first key: the caller must expect entries
+   * it has seen already.
+   */
+  entriesAfter(prev: Buffer | null, max: number): { entries: Array<[FlowKey, RouteEntry]>; last: Buffer | null } {
+    const entries: Array<[FlowKey, RouteEntry]> = [];
+    const value = Buffer.alloc(ROUTE_SIZE);
+    let at = prev;
+    while (entries.length < max) {
+      const next = Buffer.alloc(FLOW_KEY_SIZE);
+      if (!mapNextKey(this.fd(), at, next)) return { entries, last: null };
+      if (mapLookup(this.fd(), next, value)) entries.push([decodeFlowKey(next), decodeRoute(value)]);
+      at = next;
+    }
+    return { entries, last: at };
   }
 
   /**
@@ -383,6 +442,12 @@ export class RoutingTable {
   private fd(): number {
     if (this.closed) throw new BatonError('E_BPF', 'routing table used after close', { step: 'routing-table' });
     return this.mapFd;
+  }
+
+  /** Changes a closing entry's state, keeping its counters: the totals are still worth reading during the grace. */
+  private rewrite(key: FlowKey, state: 'released' | 'finished', target: { node: number; mac: string }, step: string): void {
+    const current = this.get(key);
+    this.write(key, encodeRoute({ state, targetNode: target.node, targetMac: target.mac, packets: current?.packets, bytes: current?.bytes }), step);
   }
 
   private write(key: FlowKey, value: Buffer, step: string): void {

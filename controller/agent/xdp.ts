@@ -1,6 +1,8 @@
 // The distributor's XDP lifecycle: open build/bpf/steer.o, pin its maps under
-// /sys/fs/bpf/baton/<instance>/, load, attach to the DVIPA-facing interface, and hand back the
-// routing table. Runs in the calling thread's network namespace (batond lives in its node's).
+// /sys/fs/bpf/baton/<instance>/, load, tell the program which interface it runs on (its index
+// and MAC: only frames sent to that MAC are steered), attach to the DVIPA-facing interface, and
+// hand back the routing table. Runs in the calling thread's network namespace (batond lives in
+// its node's).
 //
 // Three lifetimes, on purpose:
 //  - the attachment outlives the process: close() leaves the program steering, so a batond
@@ -15,6 +17,7 @@ import { buildPath } from '../paths.js';
 import type { Logger } from '../log.js';
 import { BatonError, isBatonError } from '../errors.js';
 import {
+  ARPHRD_ETHER,
   BPF_FS_MAGIC,
   XDP_FLAGS_DRV_MODE,
   XDP_FLAGS_REPLACE,
@@ -23,10 +26,13 @@ import {
   closeObject,
   findMap,
   findProgram,
+  ifHardwareAddress,
   ifNameToIndex,
   loadObject,
+  mapDefinition,
   mapFd,
   mapInfo,
+  mapUpdate,
   mountBpffs,
   numPossibleCpus,
   objGet,
@@ -38,8 +44,18 @@ import {
   xdpAttach,
   xdpDetach,
   xdpQueryId,
+  type BpfMap,
 } from '../../native/libbpf.js';
-import { ROUTES_MAP_NAME, ROUTES_MAX_ENTRIES_DEFAULT, RoutingTable, STATS_MAP_NAME, STEER_PROGRAM_NAME } from './routing-table.js';
+import {
+  CONFIG_MAP_NAME,
+  ROUTES_MAP_NAME,
+  ROUTES_MAX_ENTRIES_DEFAULT,
+  RoutingTable,
+  STATS_MAP_NAME,
+  STEER_PROGRAM_NAME,
+  encodeConfig,
+  formatMac,
+} from './routing-table.js';
 
 export const BPFFS_ROOT = '/sys/fs/bpf';
 export const PIN_SUBDIR = 'baton';
@@ -146,6 +162,54 @@ function resolveCapacity(requested: number | undefined, pinned: number | undefin
   return requested ?? pinned ?? ROUTES_MAX_ENTRIES_DEFAULT;
 }
 
+/**
+ * The program's config for the interface (struct baton_config): its index and MAC. Steering
+ * rewrites Ethernet headers and needs a unicast MAC to recognise frames sent to this node, so
+ * anything else (loopback, a tunnel, a MAC of all zeros) is refused.
+ */
+function steeringConfig(ifname: string, ifindex: number): { mac: string; value: Buffer } {
+  const hw = ifHardwareAddress(ifname);
+  if (hw.type !== ARPHRD_ETHER) {
+    throw new BatonError('E_CONFIG', `${ifname} is not an Ethernet interface (hardware type ${hw.type}): XDP steering rewrites Ethernet headers`, {
+      step: 'xdp-load',
+      ifname,
+      hardwareType: hw.type,
+    });
+  }
+  const mac = formatMac(hw.address, 0);
+  try {
+    return { mac, value: encodeConfig({ ifindex, mac }) };
+  } catch (err) {
+    throw new BatonError('E_CONFIG', `${ifname}: ${(err as Error).message}`, { step: 'xdp-load', ifname, mac }, { cause: err });
+  }
+}
+
+/**
+ * libbpf reuses a pinned map only if its definition is unchanged, and fails the load otherwise.
+ * The routing table must be reused (its entries are live connections: resolveCapacity), but the
+ * counters and the config hold nothing a new program needs. When a build changed their
+ * definition (a new verdict reason grows baton_stats), the old pin is removed so the load
+ * creates and pins a new map; a program still attached keeps the old one until it is replaced.
+ */
+function unpinIfChanged(map: BpfMap, pinPath: string, consequence: string, log?: Logger): void {
+  if (!fs.existsSync(pinPath)) return;
+  const fd = objGet(pinPath);
+  let pinned: ReturnType<typeof mapInfo>;
+  try {
+    pinned = mapInfo(fd);
+  } finally {
+    closeFd(fd);
+  }
+  const wanted = mapDefinition(map);
+  const same = (Object.keys(wanted) as Array<keyof typeof wanted>).every((k) => pinned[k] === wanted[k]);
+  if (same) return;
+  fs.rmSync(pinPath);
+  log?.info(
+    { path: pinPath, pinned: { type: pinned.type, keySize: pinned.keySize, valueSize: pinned.valueSize, maxEntries: pinned.maxEntries, flags: pinned.flags }, wanted },
+    `pinned map of an older layout replaced: ${consequence}`,
+  );
+}
+
 export function loadSteering(opts: SteeringOptions): Steering {
   const pinDir = instancePinDir(opts.instance);
   const objectPath = opts.objectPath ?? defaultObjectPath();
@@ -153,22 +217,35 @@ export function loadSteering(opts: SteeringOptions): Steering {
   if (!fs.existsSync(objectPath)) {
     throw new BatonError('E_BPF', `XDP object ${objectPath} not found (run \`make bpf\`)`, { step: 'xdp-open', path: objectPath });
   }
-  // Resolve the interface first: a typo should fail before anything is created or pinned.
+  // Resolve the interface first: a typo, or an interface steering cannot work on, should fail
+  // before anything is created or pinned.
   const ifindex = ifNameToIndex(opts.ifname);
+  const config = steeringConfig(opts.ifname, ifindex);
 
   ensureBpffs(opts.log);
   fs.mkdirSync(pinDir, { recursive: true });
   const routesPin = path.join(pinDir, ROUTES_MAP_NAME);
+  const statsPin = path.join(pinDir, STATS_MAP_NAME);
+  const configPin = path.join(pinDir, CONFIG_MAP_NAME);
   const maxEntries = resolveCapacity(opts.maxEntries, pinnedCapacity(routesPin), routesPin);
 
   const obj = openObject(objectPath);
   try {
     const routesMap = findMap(obj, ROUTES_MAP_NAME);
     const statsMap = findMap(obj, STATS_MAP_NAME);
+    const configMap = findMap(obj, CONFIG_MAP_NAME);
     setPinPath(routesMap, routesPin);
-    setPinPath(statsMap, path.join(pinDir, STATS_MAP_NAME));
+    setPinPath(statsMap, statsPin);
+    setPinPath(configMap, configPin);
     setMaxEntries(routesMap, maxEntries);
+    unpinIfChanged(statsMap, statsPin, 'the XDP verdict counters restart from zero', opts.log);
+    unpinIfChanged(configMap, configPin, 'the interface config is written again before the attach', opts.log);
     loadObject(obj, { path: objectPath, pinDir });
+
+    // Before the attach, as a program without a config steers nothing. The program this one
+    // replaces shares the pinned config and reads the same values; one left attached to an
+    // interface batond no longer loads on stops steering there (passedUnconfigured).
+    mapUpdate(mapFd(configMap), Buffer.alloc(4), config.value);
 
     const progFd = programFd(findProgram(obj, STEER_PROGRAM_NAME));
     const id = programId(progFd);
@@ -194,7 +271,7 @@ export function loadSteering(opts: SteeringOptions): Steering {
     const routes = new RoutingTable(mapFd(routesMap), mapFd(statsMap), numPossibleCpus());
     let attached = true;
     let open = true;
-    opts.log?.info({ ifname: opts.ifname, ifindex, mode: opts.mode, programId: id, pinDir, maxEntries }, 'XDP steering attached');
+    opts.log?.info({ ifname: opts.ifname, ifindex, mac: config.mac, mode: opts.mode, programId: id, pinDir, maxEntries }, 'XDP steering attached');
 
     return {
       routes,

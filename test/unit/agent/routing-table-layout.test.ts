@@ -3,6 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { isBatonError } from '../../../controller/errors.js';
 import {
+  CONFIG_MAP_NAME,
+  CONFIG_OFFSET,
+  CONFIG_SIZE,
   FLOW_KEY_OFFSET,
   FLOW_KEY_SIZE,
   ROUTE_OFFSET,
@@ -14,6 +17,7 @@ import {
   STAT_INDEX,
   decodeFlowKey,
   decodeRoute,
+  encodeConfig,
   encodeFlowKey,
   encodeRoute,
   sumPerCpuCounters,
@@ -41,12 +45,46 @@ describe('routing-table layout mirrors bpf/baton.h', () => {
     expect(ROUTE_OFFSET).toEqual({ packets: 0, bytes: 8, state: 16, targetNode: 20, targetMac: 24 });
     expect(STAT_COUNTER_SIZE).toBe(16);
     expect(ROUTES_MAX_ENTRIES_DEFAULT).toBe(262144);
+    expect(CONFIG_SIZE).toBe(16);
+    expect(CONFIG_OFFSET).toEqual({ ifindex: 0, ifMac: 4 });
+    expect(CONFIG_MAP_NAME).toBe('baton_config');
   });
 
   it('has the enum values of baton_route_state and baton_stat', () => {
-    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2, released: 3 });
-    expect(STAT_INDEX).toEqual({ passedNotTcp: 0, passedNoRoute: 1, steered: 2, droppedFrozen: 3, droppedBadEntry: 4, passedFragment: 5, passedReclaimed: 6 });
+    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2, released: 3, finished: 4 });
+    expect(STAT_INDEX).toEqual({
+      passedNotTcp: 0,
+      passedNoRoute: 1,
+      steered: 2,
+      droppedFrozen: 3,
+      droppedBadEntry: 4,
+      passedFragment: 5,
+      passedReclaimed: 6,
+      passedNotForUs: 7,
+      passedUnconfigured: 8,
+      passedStackedVlan: 9,
+      steeredReleasedSyn: 10,
+    });
+    expect(STAT_COUNT).toBe(11);
     expect(STAT_COUNT).toBe(Object.keys(STAT_INDEX).length);
+  });
+});
+
+describe('config encoding', () => {
+  it('writes the ifindex (host byte order) and the MAC at the header offsets, zero padding', () => {
+    const buf = encodeConfig({ ifindex: 0x01020304, mac: '02:B7:00:00:00:01' });
+    expect(buf.length).toBe(CONFIG_SIZE);
+    expect(buf.readUInt32LE(CONFIG_OFFSET.ifindex)).toBe(0x01020304);
+    expect(buf.subarray(CONFIG_OFFSET.ifMac, CONFIG_OFFSET.ifMac + 6).toString('hex')).toBe('02b700000001');
+    expect(buf.subarray(10, 16).every((b) => b === 0)).toBe(true);
+  });
+
+  it('refuses what the program must never be told: no interface, or a MAC that is not unicast', () => {
+    expectInvalid(() => encodeConfig({ ifindex: 0, mac: '02:00:00:00:00:01' }), /ifindex 0 is not an interface index/);
+    expectInvalid(() => encodeConfig({ ifindex: 2 ** 32, mac: '02:00:00:00:00:01' }), /not an interface index/);
+    expectInvalid(() => encodeConfig({ ifindex: 2, mac: 'ff:ff:ff:ff:ff:ff' }), /interface MAC ff:ff:ff:ff:ff:ff is not a unicast MAC/);
+    expectInvalid(() => encodeConfig({ ifindex: 2, mac: '00:00:00:00:00:00' }), /not a unicast MAC/);
+    expectInvalid(() => encodeConfig({ ifindex: 2, mac: '02:00:00:00:01' }), /interface MAC "02:00:00:00:01" is not a MAC address/);
   });
 });
 
@@ -111,6 +149,15 @@ describe('route value encoding', () => {
     expect(buf.subarray(ROUTE_OFFSET.targetMac, ROUTE_OFFSET.targetMac + 6).toString('hex')).toBe('020000aabb0c');
     expect(buf.subarray(30, 32).every((b) => b === 0)).toBe(true);
     expect(decodeRoute(buf)).toEqual(entry);
+  });
+
+  it('round-trips released and finished entries', () => {
+    for (const state of ['released', 'finished'] as const) {
+      const entry = { state, targetNode: 3, targetMac: '02:00:00:aa:bb:0d', packets: 9n, bytes: 900n };
+      const buf = encodeRoute(entry);
+      expect(buf.readUInt32LE(ROUTE_OFFSET.state)).toBe(ROUTE_STATE[state]);
+      expect(decodeRoute(buf)).toEqual(entry);
+    }
   });
 
   it('encodes a frozen entry with no target and zeroed counters', () => {
