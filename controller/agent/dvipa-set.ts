@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
+import type { DvipaPolicy } from '../config/dvipa-policy.js';
 
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 export const DvipaSpecSchema = Type.Object(
@@ -39,11 +40,15 @@ export class DvipaSet {
     private readonly primary: DvipaSpec,
     private readonly stateFile: string,
     private readonly holder: AddressHolder,
-    /** Addresses that can never be a DVIPA: the nodes' own management addresses. */
-    private readonly reserved: string[],
+    /** Which addresses may be a DVIPA (config/dvipa-policy.ts): the allow-list, minus what never can. */
+    private readonly policy: Pick<DvipaPolicy, 'refusal'>,
   ) {}
 
-  /** Reads what an operator added before a restart and holds every address again. */
+  /**
+   * Reads what an operator added before a restart and holds every address again. An address the
+   * policy refuses now (the allow-list was narrowed, a gateway moved onto it) stops the start:
+   * holding it could hijack traffic, dropping it silently would drop its connections.
+   */
   async load(): Promise<void> {
     if (fs.existsSync(this.stateFile)) {
       let state: unknown;
@@ -54,6 +59,10 @@ export class DvipaSet {
       }
       if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${checkState.Errors(state).First()?.message}`, { step: 'dvipa' });
       for (const d of state.added) this.added.set(d.address, d);
+    }
+    for (const d of this.all()) {
+      const why = this.policy.refusal(d.address);
+      if (why) throw new BatonError('E_CONFIG', `DVIPA ${d.address} (${d.source === 'api' ? `added through the API, kept in ${this.stateFile}` : 'the cluster config'}) refused: ${why}`, { step: 'dvipa' });
     }
     for (const d of this.all()) await this.holder.hold(d.address);
   }
@@ -74,7 +83,8 @@ export class DvipaSet {
   async add(spec: DvipaSpec): Promise<DvipaView> {
     const ctx = { step: 'dvipa', address: spec.address };
     if (!net.isIPv4(spec.address)) throw new BatonError('E_CONFIG', `${spec.address} is not an IPv4 address`, ctx);
-    if (this.reserved.includes(spec.address)) throw new BatonError('E_CONFIG', `${spec.address} is a node's management address, not a virtual IP`, ctx);
+    const why = this.policy.refusal(spec.address);
+    if (why) throw new BatonError('E_CONFIG', why, ctx);
     const existing = this.all().find((d) => d.address === spec.address);
     if (existing) {
       // Idempotent for a retry of the same request (a node that missed it the first time).

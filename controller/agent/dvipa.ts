@@ -1,7 +1,7 @@
 // Puts the DVIPA on this node: a /32 on `lo` (this kernel has no dummy device) plus the ARP
 // sysctls that make only the distributor answer for it. Every node holds the address so a
 // transferred socket can bind to it and reply from it directly (direct server return).
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { BatonError } from '../errors.js';
@@ -56,4 +56,30 @@ export async function ensureDvipa(opts: DvipaOptions): Promise<void> {
   // Steered packets arrive on an interface that is not the route back to the client's source on
   // some topologies; strict reverse-path filtering would drop them.
   for (const scope of ['all', 'default', opts.interface, 'lo']) writeSysctl(`net.ipv4.conf.${scope}.rp_filter`, '0');
+}
+
+/**
+ * The gateways of this node's default routes (both families), which can never be a DVIPA. Read
+ * when asked: routes change while batond runs. Throws E_CONFIG when the table cannot be read: an
+ * address that cannot be checked is refused.
+ */
+export function defaultGateways(): string[] {
+  const out: string[] = [];
+  for (const family of ['-4', '-6']) {
+    let text: string;
+    try {
+      text = execFileSync('ip', ['-j', family, 'route', 'show', 'default'], { encoding: 'utf8', timeout: 2000, maxBuffer: 1 << 20 });
+    } catch (err) {
+      throw new BatonError('E_CONFIG', `cannot read the default routes (ip ${family} route): ${(err as Error).message}`, { step: 'dvipa' });
+    }
+    let routes: unknown;
+    try {
+      routes = JSON.parse(text || '[]');
+    } catch {
+      throw new BatonError('E_CONFIG', `ip ${family} route printed no JSON`, { step: 'dvipa' });
+    }
+    if (!Array.isArray(routes)) continue;
+    for (const r of routes) if (r && typeof r === 'object' && typeof (r as { gateway?: unknown }).gateway === 'string') out.push((r as { gateway: string }).gateway);
+  }
+  return out;
 }

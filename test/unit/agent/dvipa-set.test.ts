@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type AddressHolder, DvipaSet } from '../../../controller/agent/dvipa-set.js';
+import { DvipaPolicy } from '../../../controller/config/dvipa-policy.js';
 
 /** Records what would be put on and taken off lo; the kernel side is covered by the lab tests. */
 function recorder(): AddressHolder & { held: Set<string> } {
@@ -17,11 +18,13 @@ const fresh = () => {
 };
 afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
 const primary = { address: '10.0.0.10', ports: [80, 7000] };
+/** The cluster's allow-list in these tests: 10.0.0.0/24, node n1 at .11, the node's gateway at .1. */
+const policy = (gateways: string[] = ['10.0.0.1']) => new DvipaPolicy(['10.0.0.0/24'], primary.address, ['10.0.0.11'], () => gateways);
 
 describe('DvipaSet', () => {
   it('holds the config DVIPA, adds and removes others, and serves the union of their ports', async () => {
     const holder = recorder();
-    const set = new DvipaSet(primary, fresh(), holder, ['10.0.0.11']);
+    const set = new DvipaSet(primary, fresh(), holder, policy());
     await set.load();
     expect([...holder.held]).toEqual(['10.0.0.10']);
     await set.add({ address: '10.0.0.20', ports: [443, 80] });
@@ -35,11 +38,11 @@ describe('DvipaSet', () => {
 
   it('a restarted agent holds what was added before', async () => {
     const file = fresh();
-    const first = new DvipaSet(primary, file, recorder(), []);
+    const first = new DvipaSet(primary, file, recorder(), policy());
     await first.load();
     await first.add({ address: '10.0.0.21', ports: [8080] });
     const holder = recorder();
-    const second = new DvipaSet(primary, file, holder, []);
+    const second = new DvipaSet(primary, file, holder, policy());
     await second.load();
     expect([...holder.held].sort()).toEqual(['10.0.0.10', '10.0.0.21']);
   });
@@ -47,7 +50,7 @@ describe('DvipaSet', () => {
   it('refuses what would break the cluster, changing nothing', async () => {
     const holder = recorder();
     const file = fresh();
-    const set = new DvipaSet(primary, file, holder, ['10.0.0.11']);
+    const set = new DvipaSet(primary, file, holder, policy());
     await set.load();
     await expect(set.add({ address: '10.0.0.11', ports: [80] })).rejects.toThrow(/management address/);
     await expect(set.add({ address: '10.0.0.10', ports: [81] })).rejects.toThrow(/already exists/);
@@ -58,8 +61,37 @@ describe('DvipaSet', () => {
     expect(fs.existsSync(file)).toBe(false);
   });
 
+  it.each([
+    ['outside the allow-list', '10.0.1.5', /outside the cluster's DVIPA allow-list \(dvipaCidrs: 10.0.0.0\/24\)/],
+    ['loopback', '127.0.0.5', /loopback/],
+    ['multicast', '224.0.0.18', /multicast/],
+    ['broadcast', '255.255.255.255', /broadcast/],
+    ['link-local', '169.254.1.1', /link-local/],
+    ['unspecified', '0.0.0.0', /unspecified/],
+    ['a node', '10.0.0.11', /management address/],
+    ['the gateway', '10.0.0.1', /gateway of this node/],
+  ])('refuses a DVIPA that is %s, holding nothing and writing nothing', async (_what, address, why) => {
+    const holder = recorder();
+    const file = fresh();
+    const set = new DvipaSet(primary, file, holder, policy());
+    await set.load();
+    await expect(set.add({ address, ports: [80] })).rejects.toThrow(why);
+    expect([...holder.held]).toEqual(['10.0.0.10']);
+    expect(fs.existsSync(file)).toBe(false);
+    expect(set.has(address)).toBe(false);
+  });
+
+  it('a kept DVIPA the policy refuses now (a gateway moved onto it) stops the start, naming it', async () => {
+    const file = fresh();
+    const first = new DvipaSet(primary, file, recorder(), policy());
+    await first.add({ address: '10.0.0.30', ports: [80] });
+    const holder = recorder();
+    await expect(new DvipaSet(primary, file, holder, policy(['10.0.0.30'])).load()).rejects.toThrow(/DVIPA 10.0.0.30 \(added through the API.*gateway of this node/);
+    expect(holder.held.size).toBe(0);
+  });
+
   it('adding the same DVIPA again is idempotent (a retried fan-out)', async () => {
-    const set = new DvipaSet(primary, fresh(), recorder(), []);
+    const set = new DvipaSet(primary, fresh(), recorder(), policy());
     await set.add({ address: '10.0.0.22', ports: [80] });
     await expect(set.add({ address: '10.0.0.22', ports: [80] })).resolves.toMatchObject({ source: 'api' });
     await expect(set.add({ address: '10.0.0.22', ports: [81] })).rejects.toThrow(/already exists/);
@@ -68,6 +100,6 @@ describe('DvipaSet', () => {
   it('a corrupt state file is a clear config error', async () => {
     const file = fresh();
     fs.writeFileSync(file, '{"version":1,"added":[{"address":"x"}]}');
-    await expect(new DvipaSet(primary, file, recorder(), []).load()).rejects.toThrow(/does not match its schema/);
+    await expect(new DvipaSet(primary, file, recorder(), policy()).load()).rejects.toThrow(/does not match its schema/);
   });
 });
