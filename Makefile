@@ -16,7 +16,7 @@ TS_SRC := $(shell find controller native examples bench -name '*.ts' 2>/dev/null
 all: build
 
 deps: $(BUILD)/.deps
-$(BUILD)/.deps: scripts/deps.sh package.json package-lock.json
+$(BUILD)/.deps: scripts/deps.sh scripts/commands.txt package.json package-lock.json
 	@mkdir -p $(BUILD)
 	scripts/deps.sh
 	@touch $@
@@ -67,13 +67,14 @@ clean:
 
 # The benchmark suite (bench/, BENCHMARKS.md): its own lab, bounded (under 10 minutes on 2 cores),
 # writes bench/results.json and regenerates BENCHMARKS.md and bench/charts/. HAProxy is a baseline
-# the suite starts, not a dependency of Baton: bench-deps installs it, `make deps` does not.
+# the suite starts, not a dependency of Baton: bench-deps installs it (the set bench of
+# scripts/commands.txt), `make deps` does not.
 .PHONY: bench bench-deps
 bench: build bench-deps $(BUILD)/bench/flood
 	BATON_LOG_LEVEL=warn node dist/bench/main.js
 
 bench-deps:
-	@command -v haproxy >/dev/null && command -v wrk >/dev/null || { apt-get update && apt-get install -y haproxy wrk; }
+	BATON_DEPS=bench scripts/deps.sh
 
 $(BUILD)/bench/flood: bench/flood.c
 	@mkdir -p $(dir $@)

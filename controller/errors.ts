@@ -5,14 +5,17 @@ export type BatonErrorCode =
   | 'E_NATIVE'           // a kernel call through native/ failed (errno in context)
   | 'E_BPF'              // libbpf or a BPF map operation failed
   | 'E_CONFIG'           // configuration or command-line input is invalid
+  | 'E_IN_USE'           // an address or socket path batond listens on is held by another process
   | 'E_PROTOCOL'         // a message failed framing or schema validation
   | 'E_PEER'             // a peer node could not be reached or broke the connection
   | 'E_TIMEOUT'          // a step did not finish within its bound
   | 'E_REJECTED'         // the target refused the transfer
   | 'E_NO_TARGET'        // no target application is registered for the requested port
   | 'E_HANDOFF_STATE'    // the socket cannot be handed off in its current state
+  | 'E_QUOTA'            // a routing-table quota refused a new handed-off connection (total, or per client address)
   | 'E_NOT_FOUND'        // the connection, node or target an operator named does not exist
-  | 'E_UNAUTHORIZED'     // a REST mutation without the right bearer token
+  | 'E_UNAUTHORIZED'     // a REST request without a valid operator token (or node certificate)
+  | 'E_FORBIDDEN'        // a REST request whose operator's scope does not allow it
   | 'E_LAB';             // building or tearing down the namespace lab failed
 
 export interface ErrorContext {

@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Installs every system package Baton needs (skipped when already present), then the npm dependencies.
-# BATON_DEPS=runtime: only what a machine needs to build and run Baton (the Vagrant VMs use it,
-# through `make build` too); the default, BATON_DEPS=all, adds what only `make test` needs.
+# The packages come from scripts/commands.txt, the one list of the programs Baton runs, which the
+# test suite also checks at start (test/setup/commands.ts).
+#
+#   BATON_DEPS=runtime  build and run Baton: the sets build and runtime (the Vagrant VMs use it,
+#                       through `make build` too)
+#   BATON_DEPS=all      the default: adds the set test, what only `make test` needs
+#   BATON_DEPS=bench    adds the set bench too (`make bench-deps`)
+#
+#   deps.sh --packages  prints the packages of BATON_DEPS's sets, one per line, and installs nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(
-  clang llvm libbpf-dev bpftool gcc libc6-dev linux-libc-dev make pkg-config util-linux
-  iproute2 ethtool tcpdump socat curl python3 procps openssl
-)
 case "${BATON_DEPS:-all}" in
-  all) packages+=(vagrant) ;; # `make vagrant-validate` checks vagrant/Vagrantfile with it
-  runtime) ;;
-  *) echo "deps: BATON_DEPS must be all or runtime, not ${BATON_DEPS}" >&2; exit 2 ;;
+  runtime) sets=" build runtime " ;;
+  all) sets=" build runtime test " ;;
+  bench) sets=" build runtime test bench " ;;
+  *) echo "deps: BATON_DEPS must be runtime, all or bench, not ${BATON_DEPS}" >&2; exit 2 ;;
 esac
+
+packages=()
+line_no=0
+while read -r what package set _; do
+  line_no=$((line_no + 1))
+  [[ -z $what || $what == \#* ]] && continue
+  if [[ -z ${set:-} || " build runtime test bench " != *" $set "* ]]; then
+    echo "deps: scripts/commands.txt:$line_no: want <command or path> <package> <build|runtime|test|bench> <who>, got: $what ${package:-} ${set:-}" >&2
+    exit 2
+  fi
+  [[ $sets == *" $set "* ]] && packages+=("$package")
+done <scripts/commands.txt
+mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
+
+if [ "${1:-}" = --packages ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,15 +1,16 @@
 // What runs in the lab: the cluster config derived from the lab's description (the same code path
 // an operator's config goes through), batond on every node, and the example applications.
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BatonError } from '../errors.js';
 import { type ClusterConfig, writeClusterConfig } from '../config/cluster.js';
-import type { LabDescription } from './description.js';
+import { newToken, tokenLine } from '../api/token.js';
+import { type LabDescription, parseSubnet, subnetHost } from './description.js';
 import type { ProcessSpec } from './lab.js';
 import { repoRoot } from '../paths.js';
+import { readUnitConfinement, setprivArgs } from './systemd-unit.js';
 
 export const PEER_PORT = 4700;
 export const CONTROL_PORT = 4701;
@@ -48,24 +49,60 @@ function ensureLabCertificates(lab: LabDescription): void {
   for (const n of lab.nodes) if (!fs.existsSync(path.join(dir, `${n.name}.crt`))) make(['node', dir, n.name, n.address]);
 }
 
-/** The REST API's bearer token of the lab: one for the whole cluster, like an operator's. */
+/** The lab's cluster CA certificate: what batonctl and curl check the nodes' API certificates against. */
+export function labCaFile(lab: LabDescription): string {
+  return path.join(certsDir(lab), 'ca.crt');
+}
+
+/** The API token file every batond of the lab reads: two operators, lab-admin and lab-read, by their tokens' hashes. */
+export function apiOperatorsFile(lab: LabDescription): string {
+  return path.join(lab.runDir, 'api-tokens');
+}
+
+/** The token of the lab's admin operator (scope admin), as an operator keeps it: what batonctl uses in the lab. */
 export function apiTokenFile(lab: LabDescription): string {
   return path.join(lab.runDir, 'api-token');
 }
 
-export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native'): ClusterConfig {
+/** The token of the lab's read-only operator (scope read). */
+export function apiReadTokenFile(lab: LabDescription): string {
+  return path.join(lab.runDir, 'api-token-read');
+}
+
+/** Two operators for the lab, made once per lab directory: their tokens for the callers, the hashes for batond. */
+function ensureLabApiTokens(lab: LabDescription): void {
+  const files = [apiOperatorsFile(lab), apiTokenFile(lab), apiReadTokenFile(lab)];
+  if (files.every((f) => fs.existsSync(f))) return;
+  const admin = newToken();
+  const read = newToken();
+  const write = (file: string, text: string) => {
+    fs.writeFileSync(file, text, { mode: 0o600 });
+    fs.chmodSync(file, 0o600);
+  };
+  write(apiTokenFile(lab), `${admin}\n`);
+  write(apiReadTokenFile(lab), `${read}\n`);
+  write(apiOperatorsFile(lab), `# The lab's API operators (docs/api.md): name scope sha256:<hash of the token>\n${tokenLine({ name: 'lab-admin', scope: 'admin' }, admin)}\n${tokenLine({ name: 'lab-read', scope: 'read' }, read)}\n`);
+}
+
+/** Where the lab's operator-added DVIPAs come from: host numbers 16–31 of its subnet (a /28). */
+export const LAB_EXTRA_DVIPAS = { first: 16, prefix: 28 } as const;
+
+export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native', limits?: ClusterConfig['limits']): ClusterConfig {
   return {
     version: 1,
     instance: lab.prefix,
     dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
+    // The config's DVIPA, and .16–.31 of the lab subnet for the ones an operator adds (docs/lab.md).
+    dvipaCidrs: [`${lab.dvipa.address}/32`, `${subnetHost(parseSubnet(lab.subnet), LAB_EXTRA_DVIPAS.first)}/${LAB_EXTRA_DVIPAS.prefix}`],
     distributor: lab.distributor,
     controlPort: CONTROL_PORT,
     stateDir: lab.runDir,
-    api: { port: API_PORT, tokenFile: apiTokenFile(lab) },
-    tls: { caFile: path.join(certsDir(lab), 'ca.crt') },
+    api: { port: API_PORT, tokenFile: apiOperatorsFile(lab) },
+    tls: { caFile: labCaFile(lab) },
     xdpMode,
     handoffStepTimeoutMs: 2000,
     releaseGraceMs: 3000,
+    ...(limits ? { limits } : {}),
     nodes: lab.nodes.map((n, i) => ({
       name: n.name,
       id: i + 1,
@@ -84,6 +121,8 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
 export interface LabProcessOptions {
   examples?: boolean;
   xdpMode?: 'native' | 'generic';
+  /** The cluster file's limits (quotas, capacities), for tests of them. */
+  limits?: ClusterConfig['limits'];
   /** More arguments for named processes, e.g. { 'n2-http-target': ['--capacity', '0'] }. */
   extraArgs?: Record<string, string[]>;
   /** More HTTP target instances: node → instance names. */
@@ -93,6 +132,11 @@ export interface LabProcessOptions {
    * node starts), as applications may in production: batond does the privileged socket work.
    */
   unprivileged?: string[];
+  /**
+   * Named processes (batond) that run with exactly the privileges deploy/systemd/batond.service
+   * gives batond: its capability bounding set and NoNewPrivileges, read from the unit (systemd-unit.ts).
+   */
+  unitCapabilities?: string[];
 }
 
 /**
@@ -101,9 +145,9 @@ export interface LabProcessOptions {
  */
 export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}): ProcessSpec[] {
   fs.mkdirSync(lab.runDir, { recursive: true });
-  writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode));
+  writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode, opts.limits));
   ensureLabCertificates(lab);
-  if (!fs.existsSync(apiTokenFile(lab))) fs.writeFileSync(apiTokenFile(lab), `${randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
+  ensureLabApiTokens(lab);
   const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
   const node = process.execPath;
   const specs: ProcessSpec[] = lab.nodes.map((n) => ({
@@ -111,7 +155,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     ns: n.ns,
     argv: [node, js('controller/bin/batond.js'), '--config', clusterConfigPath(lab), '--node', n.name],
   }));
-  if (opts.examples === false) return specs;
+  if (opts.examples === false) return confine(specs, opts);
   const targetNodes = lab.nodes.filter((n) => n.name !== lab.distributor).map((n) => n.name);
   for (const n of lab.nodes) {
     const common = ['--agent', agentSocket(lab, n.name), '--node', n.name, '--control-port', String(CONTROL_PORT), '--control-secret', controlSecretFile(lab, n.name)];
@@ -137,8 +181,17 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
       specs.push({ name: `${n.name}-${instance}`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--instance', instance] });
     }
   }
-  for (const spec of specs) spec.argv.push(...(opts.extraArgs?.[spec.name] ?? []));
-  for (const spec of specs) if (opts.unprivileged?.includes(spec.name)) spec.argv.unshift('setpriv', '--bounding-set=-all', '--inh-caps=-all', '--');
+  return confine(specs, opts);
+}
+
+/** More arguments, then the privileges each process is started with (setpriv before node). */
+function confine(specs: ProcessSpec[], opts: LabProcessOptions): ProcessSpec[] {
+  const unit = opts.unitCapabilities?.length ? setprivArgs(readUnitConfinement()) : [];
+  for (const spec of specs) {
+    spec.argv.push(...(opts.extraArgs?.[spec.name] ?? []));
+    if (opts.unprivileged?.includes(spec.name)) spec.argv.unshift('setpriv', '--bounding-set=-all', '--inh-caps=-all', '--');
+    else if (opts.unitCapabilities?.includes(spec.name)) spec.argv.unshift(...unit);
+  }
   return specs;
 }
 
