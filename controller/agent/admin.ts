@@ -14,8 +14,10 @@ import { connectionId, parseConnectionId } from './connection-id.js';
 import type { Counter, FlowKey, RouteState, StatName } from './routing-table.js';
 import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
+import type { RouteService } from './route-service.js';
+import { type IndexedRoute, parseCursor } from './table-index.js';
 import type { TransferLog, TransferRecord } from './transfer-log.js';
-import { describeFlow } from './routing-table.js';
+import { apiBase } from '../api/forward.js';
 
 export interface ConnectionView {
   id: string;
@@ -39,8 +41,20 @@ export interface ConnectionQuery {
   node?: string;
   client?: string;
   limit: number;
-  offset: number;
+  /** Where the page starts: the `next` of the page before (table-index.ts); absent for the first. */
+  cursor?: string;
 }
+
+export interface ConnectionPage {
+  /** How many match, when a count is kept for this filter (no filter, or one of state, node, client). */
+  total?: number;
+  connections: ConnectionView[];
+  /** The cursor of the next page; absent on the last. */
+  next?: string;
+}
+
+/** The most entries one page of /v1/connections holds: a page costs O(page), never O(table). */
+export const MAX_PAGE = 1000;
 
 export interface AdminParts {
   config: ClusterConfig;
@@ -54,8 +68,8 @@ export interface AdminParts {
   metrics: AgentMetrics;
   log: Logger;
   dvipas: DvipaSet;
-  /** When each flow's entry was installed by this distributor (absent: installed before a restart). */
-  installedAt(flow: FlowKey): number | undefined;
+  /** The distributor's routing table as its RouteService keeps it (index, quotas); absent on other nodes. */
+  table?: Pick<RouteService, 'index' | 'limits' | 'quotaRefused'>;
 }
 
 /**
@@ -103,7 +117,7 @@ export class AgentAdmin {
         reachable: age !== undefined,
         lastReportMs: age ?? null,
         targets: targets.filter((t) => t.node === n.name).length,
-        api: `http://${n.address}:${this.p.config.api.port}`,
+        api: apiBase(this.p.config, n),
       };
     });
   }
@@ -125,7 +139,7 @@ export class AgentAdmin {
    */
   async removeDvipa(address: string, force: boolean): Promise<void> {
     if (this.isDistributor && !force) {
-      const live = [...this.p.steering!.routes.entries()].filter(([flow]) => flow.vipAddress === address).length;
+      const live = this.p.table?.index.count({ vip: address }) ?? 0;
       if (live > 0) throw new BatonError('E_HANDOFF_STATE', `${live} transferred connections still use DVIPA ${address}: drain them first, or force`, { step: 'dvipa', address });
     }
     await this.p.dvipas.remove(address);
@@ -140,13 +154,27 @@ export class AgentAdmin {
     return this.p.control.setOperatorState(instance, change);
   }
 
-  connections(q: ConnectionQuery): { total: number; connections: ConnectionView[] } {
-    let all = this.isDistributor ? this.tableConnections() : this.servedConnections();
-    if (q.state) all = all.filter((c) => c.state === q.state);
-    if (q.node) all = all.filter((c) => c.node === q.node);
-    if (q.client) all = all.filter((c) => c.client.address === q.client);
-    all.sort((a, b) => a.id.localeCompare(b.id));
-    return { total: all.length, connections: all.slice(q.offset, q.offset + q.limit) };
+  /**
+   * One page of connections: the routing table's (distributor) or those served here. Each page
+   * costs O(page) whatever the table's size (table-index.ts), so listings never hold up a handoff.
+   */
+  connections(q: ConnectionQuery): ConnectionPage {
+    const limit = Math.min(q.limit, MAX_PAGE);
+    let after: number | undefined;
+    if (q.cursor !== undefined) {
+      after = parseCursor(q.cursor);
+      if (after === undefined) throw new BatonError('E_CONFIG', 'cursor is not one this API gave (use the next of the page before)', { step: 'connections' });
+    }
+    if (!this.isDistributor) return this.servedConnections(q, limit, after);
+    const index = this.p.table!.index;
+    const byName = new Map(this.p.config.nodes.map((n) => [n.name, n.id]));
+    const node = q.node === undefined ? undefined : byName.get(q.node);
+    if (q.node !== undefined && node === undefined) return { total: 0, connections: [] };
+    if (q.state === 'served') return { total: 0, connections: [] };
+    const filter = { state: q.state, node, client: q.client };
+    const page = index.page({ after, limit, filter });
+    const total = index.count(filter);
+    return { ...(total !== undefined ? { total } : {}), connections: page.values.map((e) => this.tableView(e)), ...(page.next ? { next: page.next } : {}) };
   }
 
   transfers(limit: number): TransferRecord[] {
@@ -170,10 +198,17 @@ export class AgentAdmin {
     return this.p.steering?.routes.stats();
   }
 
-  routingTable(): { entries: number; capacity: number } | undefined {
+  /** The routing table's size (kept as it changes: no walk), capacity, quotas and how often they refused. */
+  routingTable(): { entries: number; capacity: number; quota: { handedOffEntries: number; entriesPerSource: number }; quotaRefused: { total: number; perSource: number } } | undefined {
     const routes = this.p.steering?.routes;
-    if (!routes) return undefined;
-    return { entries: routes.size(), capacity: routes.capacity() ?? 0 };
+    const table = this.p.table;
+    if (!routes || !table) return undefined;
+    return {
+      entries: table.index.size,
+      capacity: routes.capacity() ?? 0,
+      quota: { ...table.limits },
+      quotaRefused: { total: table.quotaRefused.get('total') ?? 0, perSource: table.quotaRefused.get('per-source') ?? 0 },
+    };
   }
 
   /**
@@ -182,8 +217,7 @@ export class AgentAdmin {
    */
   locate(id: string): { flow: FlowKey; servedBy: string | undefined; connId?: string } {
     const flow = parseConnectionId(id);
-    const key = describeFlow(flow);
-    const local = this.p.relay.connections().find((c) => describeFlow(c.flow) === key);
+    const local = this.p.relay.served(flow);
     if (local) return { flow, servedBy: this.p.self.name, connId: local.connId };
     if (!this.isDistributor) return { flow, servedBy: undefined };
     const entry = this.p.steering!.routes.get(flow);
@@ -227,36 +261,41 @@ export class AgentAdmin {
     return nodes[0];
   }
 
-  private tableConnections(): ConnectionView[] {
-    const byId = new Map(this.p.config.nodes.map((n) => [n.id, n.name]));
-    const now = Date.now();
-    return [...this.p.steering!.routes.entries()].map(([flow, e]) => {
-      const installed = this.p.installedAt(flow);
-      return {
-        id: connectionId(flow),
-        client: { address: flow.clientAddress, port: flow.clientPort },
-        vip: { address: flow.vipAddress, port: flow.vipPort },
-        state: e.state,
-        node: e.state === 'frozen' ? '(frozen)' : (byId.get(e.targetNode) ?? `#${e.targetNode}`),
-        packets: Number(e.packets),
-        bytes: Number(e.bytes),
-        ...(installed !== undefined ? { ageSeconds: Math.round((now - installed) / 1000) } : {}),
-      };
-    });
+  /** An entry of the index as the API shows it; its counters read from the map (one lookup). */
+  private tableView(e: IndexedRoute): ConnectionView {
+    const name = this.p.config.nodes.find((n) => n.id === e.node)?.name;
+    const counters = this.p.steering!.routes.get(e.flow);
+    return {
+      id: e.id,
+      client: { address: e.flow.clientAddress, port: e.flow.clientPort },
+      vip: { address: e.flow.vipAddress, port: e.flow.vipPort },
+      state: e.state,
+      // Frozen: the node serving it until the handoff completes (the distributor itself when none is named).
+      node: e.state === 'frozen' ? `(frozen) ${name ?? this.p.config.distributor}` : (name ?? `#${e.node}`),
+      ...(counters ? { packets: Number(counters.packets), bytes: Number(counters.bytes) } : {}),
+      ...(e.since !== undefined ? { ageSeconds: Math.round((Date.now() - e.since) / 1000) } : {}),
+    };
   }
 
-  private servedConnections(): ConnectionView[] {
+  private servedConnections(q: ConnectionQuery, limit: number, after: number | undefined): ConnectionPage {
+    if (q.state !== undefined && q.state !== 'served') return { total: 0, connections: [] };
+    if (q.node !== undefined && q.node !== this.p.self.name) return { total: 0, connections: [] };
+    const page = this.p.relay.page({ after, limit, client: q.client });
     const now = Date.now();
-    return this.p.relay.connections().map((c) => ({
-      id: connectionId(c.flow),
-      client: { address: c.flow.clientAddress, port: c.flow.clientPort },
-      vip: { address: c.flow.vipAddress, port: c.flow.vipPort },
-      state: 'served' as const,
-      node: this.p.self.name,
-      ageSeconds: Math.round((now - c.since) / 1000),
-      connId: c.connId,
-      app: c.app,
-      ...(c.instance ? { instance: c.instance } : {}),
-    }));
+    return {
+      ...(page.total !== undefined ? { total: page.total } : {}),
+      connections: page.entries.map((c) => ({
+        id: connectionId(c.flow),
+        client: { address: c.flow.clientAddress, port: c.flow.clientPort },
+        vip: { address: c.flow.vipAddress, port: c.flow.vipPort },
+        state: 'served' as const,
+        node: this.p.self.name,
+        ageSeconds: Math.round((now - c.since) / 1000),
+        connId: c.connId,
+        app: c.app,
+        ...(c.instance ? { instance: c.instance } : {}),
+      })),
+      ...(page.next ? { next: page.next } : {}),
+    };
   }
 }

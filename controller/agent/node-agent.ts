@@ -3,6 +3,7 @@
 // messages over TCP), for local applications' transfers (a Unix socket) and registrations (the UDP
 // control socket), and wires them to the handoff machinery, which runs on every node so a
 // connection can move on from wherever it is served.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -16,20 +17,24 @@ import { Accepts, type Message, type MessageType } from '../transfer/messages.js
 import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
 import { authenticatePeer, loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
-import { type TargetApp, TargetRelay } from '../transfer/target-relay.js';
+import { DEFAULT_OFFER_BYTES_PER_PEER, DEFAULT_OFFERS_PER_PEER, type TargetApp, TargetRelay } from '../transfer/target-relay.js';
+import { FlowOwnership } from '../transfer/flow-owner.js';
 import { type DescriptorLink, LinkMaker } from '../transfer/fd-exchange.js';
-import { nativeSockets } from '../transfer/sockets.js';
-import { ensureDvipa, releaseDvipa } from './dvipa.js';
+import { type HandoffSockets, handoffSockets, idleBounds } from '../transfer/sockets.js';
+import { defaultGateways, ensureDvipa, releaseDvipa } from './dvipa.js';
+import { DvipaPolicy } from '../config/dvipa-policy.js';
 import { DvipaSet } from './dvipa-set.js';
+import { agentEndpoints, ensureFree, explainListenFailure } from './ports.js';
 import { RouteService } from './route-service.js';
-import type { FlowKey } from './routing-table.js';
+import { type FlowKey, ROUTES_MAX_ENTRIES_DEFAULT } from './routing-table.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
 import { setLibbpfLogger } from '../../native/libbpf.js';
 import type { FastifyInstance } from 'fastify';
+import { apiBase } from '../api/forward.js';
 import { createApiServer } from '../api/server.js';
-import { loadApiToken } from '../api/token.js';
+import { loadOperatorTokens } from '../api/token.js';
 import { AgentMetrics } from '../metrics/metrics.js';
 import { AgentAdmin } from './admin.js';
 import { TransferLog } from './transfer-log.js';
@@ -39,6 +44,9 @@ import { tcpState } from '../../native/diag.js';
 const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
 type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
 type FromPeer = (typeof Accepts.agentFromPeer)[number];
+
+/** Connections a target application serves at once when neither it nor the cluster file says (limits.targetCapacity). */
+const DEFAULT_TARGET_CAPACITY = 10_000;
 
 /** How long a connecting application or peer may take to say who it is. */
 const HELLO_TIMEOUT_MS = 5000;
@@ -56,6 +64,7 @@ export class NodeAgent {
   private readonly peers: PeerLinks;
   private readonly peerTls: PeerTlsMaterial;
   private readonly relay: TargetRelay;
+  private readonly sockets: HandoffSockets;
   private readonly closing: CloseWatcher;
   private readonly channels = new Set<Channel<MessageType>>();
   private readonly directory = new TargetDirectory(EXPIRY_MS);
@@ -79,10 +88,21 @@ export class NodeAgent {
     this.isDistributor = config.distributor === self.name;
     this.peerTls = loadPeerTls(config, self);
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs, this.peerTls);
+    // Every connection reinstated here is bounded in idleness (limits.idle): a vanished client cannot hold it for ever.
+    this.sockets = handoffSockets(idleBounds(config.limits?.idle));
+    // Who serves a flow is the distributor's routing table's to say (asked over the peer link, or here).
+    const owners = new FlowOwnership(this.peers, config.distributor, config.handoffStepTimeoutMs, this.isDistributor ? { serves: (node, flow) => this.routeService?.serves(node, flow) ?? false } : undefined);
     this.relay = new TargetRelay(
       log,
       config.handoffStepTimeoutMs * 8,
-      nativeSockets,
+      this.sockets,
+      {
+        isDvipa: (address) => this.dvipas.has(address),
+        distributor: config.distributor,
+        confirmOwner: (node, flow, connId) => owners.confirm(node, flow, connId),
+        offersPerPeer: config.limits?.offersPerPeer ?? DEFAULT_OFFERS_PER_PEER,
+        offerBytesPerPeer: config.limits?.offerBytesPerPeer ?? DEFAULT_OFFER_BYTES_PER_PEER,
+      },
       (flow, connId) => this.release(flow, connId),
       (flow) => this.closing.forget(flow),
     );
@@ -101,19 +121,25 @@ export class NodeAgent {
         hold: (address) => ensureDvipa({ address, distributor: this.isDistributor, interface: self.interface }),
         release: (address) => releaseDvipa(address),
       },
-      config.nodes.map((n) => n.address),
+      new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address), defaultGateways),
     );
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),
-      routingTable: () => (this.steering ? { entries: this.steering.routes.size(), capacity: this.steering.routes.capacity() ?? 0 } : undefined),
+      // Kept as the table changes (route-service.ts): a scrape never walks the map.
+      routingTable: () => (this.steering && this.routeService ? { entries: this.routeService.index.size, capacity: this.steering.routes.capacity() ?? 0 } : undefined),
+      quotaRefused: () => Object.fromEntries(this.routeService?.quotaRefused ?? []),
       targets: () => this.directory.all().length,
       closing: () => this.closing.size(),
     });
   }
 
   async start(): Promise<void> {
-    // Before touching the node: a missing or exposed token is a config error to fix first.
-    const apiToken = loadApiToken(this.config.api.tokenFile);
+    // Before touching the node: a missing, exposed or malformed token file is a config error to fix first.
+    const operators = loadOperatorTokens(this.config.api.tokenFile);
+    // Still before touching the node (DVIPA, sysctls, XDP): every address batond listens on must
+    // be free, or the start ends here with the holder named and nothing changed (ports.ts).
+    const at = agentEndpoints(this.config, this.self);
+    await ensureFree([at.control, at.peer, at.agent, at.api]);
     await this.dvipas.load();
     if (this.isDistributor) {
       // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
@@ -125,14 +151,16 @@ export class NodeAgent {
         maxEntries: this.config.limits?.routingTableEntries,
         log: this.log,
       });
-      this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8);
+      this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8, this.steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT);
       this.routes = new LocalRoutes(this.routeService, this.self.name);
+      // Entries a previous batond left frozen for another node: that node says whether it still serves them.
+      void this.routeService.recover((node, flows) => this.probe(node, flows));
     } else {
       // Connections this node serves can move on (claim 10); the distributor changes the table.
       this.routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
     }
-    this.links = new LinkMaker(this.log.child({ svc: 'descriptors' }));
-    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, nativeSockets, this.log, (r) => {
+    this.links = new LinkMaker(this.log.child({ svc: 'descriptors' }), this.self.agentSocket);
+    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, this.sockets, this.log, (r) => {
       // A connection this node served and handed on is no longer its to release.
       if (r.outcome === 'done' && r.flow) this.relay.movedOn(r.flow);
       this.transfers.add(r);
@@ -147,7 +175,10 @@ export class NodeAgent {
       log: this.log.child({ svc: 'control' }),
       metrics: { datagram: (type) => this.metrics.controlDatagram(type), drop: (reason) => this.metrics.controlDrop(reason) },
     });
-    await this.control.start();
+    // Each listen below can still lose a race for its address: the error then names the holder too.
+    await this.control.start().catch(async (err: unknown) => {
+      throw await explainListenFailure(err, at.control);
+    });
     // Claim 23: every node tells the others which target applications listen here, on change and
     // as a heartbeat; a node whose reports stop drops out of everyone's list after EXPIRY_MS.
     this.directory.on('change', () => {
@@ -162,14 +193,17 @@ export class NodeAgent {
     const peerServer = tls.createServer({ ...this.peerTls, ...PEER_TLS_OPTIONS, requestCert: true, rejectUnauthorized: false, handshakeTimeout: HELLO_TIMEOUT_MS }, (s) => this.onPeer(s));
     // A handshake that fails (not TLS, a replayed session) never reaches onPeer. Counted and logged sparsely.
     peerServer.on('tlsClientError', (err, socket) => this.refusePeer(err.message, socket.remoteAddress));
-    this.peerServer = await listen(peerServer, { host: this.self.address, port: this.self.peerPort });
+    this.peerServer = await listen(peerServer, { host: this.self.address, port: this.self.peerPort }).catch(async (err: unknown) => {
+      throw await explainListenFailure(err, at.peer);
+    });
     fs.mkdirSync(path.dirname(this.self.agentSocket), { recursive: true });
-    fs.rmSync(this.self.agentSocket, { force: true });
     // Owner-only from the moment it exists: whoever connects hands batond live connections and
     // receives others', and a chmod after listen() would leave a window open.
     const umask = process.umask(0o177);
     try {
-      this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket });
+      this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket }).catch(async (err: unknown) => {
+        throw await explainListenFailure(err, at.agent);
+      });
     } finally {
       process.umask(umask);
     }
@@ -184,17 +218,18 @@ export class NodeAgent {
       transfers: this.transfers,
       metrics: this.metrics,
       log: this.log,
-      installedAt: (flow) => this.routeService?.installedAt(flow),
+      table: this.routeService,
       dvipas: this.dvipas,
     });
-    this.api = await createApiServer({ admin, metrics: this.metrics, config: this.config, token: apiToken, log: this.log.child({ svc: 'api' }) });
+    // HTTPS with the certificate the peer links use (unless api.insecurePlaintext).
+    this.api = await createApiServer({ admin, metrics: this.metrics, config: this.config, operators, tls: this.peerTls, log: this.log.child({ svc: 'api' }) });
     try {
       await this.api.listen({ host: this.self.address, port: this.config.api.port });
     } catch (err) {
-      throw new BatonError('E_CONFIG', `cannot listen on ${this.self.address}:${this.config.api.port} (REST API): ${(err as Error).message}`, { step: 'listen' });
+      throw await explainListenFailure(new BatonError('E_CONFIG', `cannot listen on ${this.self.address}:${this.config.api.port} (REST API): ${(err as Error).message}`, { step: 'listen' }), at.api);
     }
     this.log.info(
-      { dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, api: `http://${this.self.address}:${this.config.api.port}`, agentSocket: this.self.agentSocket },
+      { dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, api: apiBase(this.config, this.self), agentSocket: this.self.agentSocket },
       'batond ready',
     );
   }
@@ -210,7 +245,8 @@ export class NodeAgent {
     this.control?.close();
     this.directory.close();
     await Promise.all([closeServer(this.peerServer), closeServer(this.appServer), this.api?.close()]);
-    fs.rmSync(this.self.agentSocket, { force: true });
+    // Only a socket this batond listened on: after a start refused for a live one, it is another's.
+    if (this.appServer) fs.rmSync(this.self.agentSocket, { force: true });
     if (this.steering) {
       // Stay attached: connections already handed off keep flowing while batond restarts, and the
       // next batond adopts the pinned table and replaces the program in one step.
@@ -273,7 +309,11 @@ export class NodeAgent {
         else this.directory.setRemote(peerName, d.msg.targets);
         return;
       }
-      this.relay.fromPeer(channel, d);
+      if (d.msg.type === 'probe') {
+        this.onProbe(channel, peerName, d.msg);
+        return;
+      }
+      this.relay.fromPeer(channel, d, peerName);
     });
   }
 
@@ -300,6 +340,40 @@ export class NodeAgent {
     }
   }
 
+  /**
+   * Which of the flows a restarted distributor asks about this node's kernel holds: what lets it
+   * give an entry its previous life left frozen back to this node, or remove it. Only the
+   * distributor may ask (the answer tells which clients are connected here).
+   */
+  private onProbe(channel: Channel<FromPeer>, requester: string, msg: Message<'probe'>): void {
+    if (requester !== this.config.distributor) {
+      this.log.warn({ requester, connId: msg.connId }, 'probe from a node that is not the distributor: refused');
+      channel.close();
+      return;
+    }
+    const states = msg.flows.map((f) => {
+      try {
+        return tcpState(f.family, { address: f.vipAddress, port: f.vipPort }, { address: f.clientAddress, port: f.clientPort });
+      } catch (err) {
+        this.log.warn({ connId: msg.connId, err: (err as Error).message }, 'cannot read a flow\'s TCP state for a probe');
+        return 'UNKNOWN';
+      }
+    });
+    channel.send('probed', { connId: msg.connId, states });
+  }
+
+  /** The distributor's question to node: which of flows does its kernel hold? Bounded by one step timeout. */
+  private async probe(node: string, flows: FlowKey[]): Promise<string[]> {
+    const link = await this.peers.get(node);
+    const connId = `probe-${randomBytes(6).toString('hex')}`;
+    const answer = link.replies.wait(connId, ['probed'], this.config.handoffStepTimeoutMs, 'probe');
+    link.channel.send('probe', { connId, flows });
+    const { msg } = await answer;
+    const states = (msg as Message<'probed'>).states;
+    if (states.length !== flows.length) throw new BatonError('E_PROTOCOL', `${node} answered ${states.length} states for ${flows.length} flows`, { node, step: 'probe' });
+    return states;
+  }
+
   /** A node that serves a connection asks the distributor to freeze, repoint or restore its entry. */
   private onRouteRequest(channel: Channel<FromPeer>, requester: string, msg: Message<'route'>): void {
     const { connId, op, flow } = msg;
@@ -309,6 +383,10 @@ export class NodeAgent {
       else if (op === 'unfreeze') this.routeService.unfreeze(requester, flow);
       else if (op === 'release') this.routeService.release(requester, flow);
       else if (op === 'finished') this.routeService.finished(requester, flow);
+      // A target checking an offer from a node other than us: does that node serve the flow?
+      else if (op === 'owner') {
+        if (!msg.target || !this.routeService.serves(msg.target, flow)) throw new BatonError('E_HANDOFF_STATE', `${msg.target ?? 'no node named'} does not serve this flow`, { connId, step: op });
+      }
       else if (msg.target) this.routeService.forward(requester, flow, msg.target);
       else throw new BatonError('E_PROTOCOL', 'forward without a target', { connId, step: op });
       channel.send('routed', { connId, ok: true });
@@ -320,7 +398,7 @@ export class NodeAgent {
 
   private onApp(socket: net.Socket): void {
     const log = this.log.child({ app: 'unregistered' });
-    const channel = this.track(new Channel<LocalAppMessage>(socket, LOCAL_APP_MESSAGES as LocalAppMessage[], log));
+    const channel = this.track(new Channel<LocalAppMessage>(socket, LOCAL_APP_MESSAGES as LocalAppMessage[], log, 'app'));
     let role: 'router' | 'target' | undefined;
     let router: RouterConnection | undefined;
     let target: TargetApp | undefined;
@@ -380,7 +458,8 @@ export class NodeAgent {
             channel: channel as unknown as TargetApp['channel'],
             descriptors,
             decides: msg.decides ?? false,
-            capacity: msg.capacity ?? 0,
+            // An application that names no capacity gets the cluster's default: no target takes connections without bound.
+            capacity: msg.capacity ?? this.config.limits?.targetCapacity ?? DEFAULT_TARGET_CAPACITY,
           };
           this.relay.register(target);
         }

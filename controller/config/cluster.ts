@@ -6,8 +6,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import { LineCounter, parseDocument, stringify } from 'yaml';
+import { isCollection, isPair, LineCounter, parseDocument, stringify } from 'yaml';
 import { BatonError } from '../errors.js';
+import { bounded } from '../input.js';
+import { DvipaPolicy } from './dvipa-policy.js';
 
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
@@ -44,6 +46,13 @@ export const ClusterConfigSchema = Type.Object(
       { address: Type.String({ minLength: 7, maxLength: 15 }), ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }) },
       { additionalProperties: false },
     ),
+    /**
+     * Where virtual IPs may come from: the config's DVIPA and every one an operator adds through
+     * the API must lie in one of these CIDRs (IPv4 or IPv6, e.g. 192.0.2.0/28). Default: the
+     * config's DVIPA alone (an operator can add none). Whatever the list says, loopback, multicast,
+     * broadcast, link-local, unspecified and the nodes' and gateways' own addresses are refused.
+     */
+    dvipaCidrs: Type.Optional(Type.Array(Type.String({ minLength: 3, maxLength: 49 }), { minItems: 1, maxItems: 64 })),
     distributor: Name,
     /** Where batond keeps what must survive a restart (DVIPAs added through the API). Default /var/lib/baton. */
     stateDir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
@@ -51,12 +60,14 @@ export const ClusterConfigSchema = Type.Object(
     controlPort: Port,
     /** The cluster CA: peer links are mutual TLS, each side's certificate must chain to it. */
     tls: Type.Object({ caFile: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false }),
-    /** The REST admin API, served by every batond on its management address. */
+    /** The REST admin API, served by every batond on its management address: HTTPS with the node's certificate. */
     api: Type.Object(
       {
         port: Port,
-        /** Root-only file holding the bearer token mutating routes require (BATON_API_TOKEN overrides it). */
+        /** Root-only file listing the operators: name, scope (read | admin), SHA-256 of their token (docs/api.md). */
         tokenFile: Type.String({ minLength: 1, maxLength: 4096 }),
+        /** true: plain HTTP instead of HTTPS, warned about at start. Tokens then cross the network in clear. */
+        insecurePlaintext: Type.Optional(Type.Boolean()),
       },
       { additionalProperties: false },
     ),
@@ -77,6 +88,37 @@ export const ClusterConfigSchema = Type.Object(
           routingTableEntries: Type.Optional(Type.Integer({ minimum: 1024, maximum: 16_777_216 })),
           /** Handoffs a node coordinates at once; more are refused (the router keeps the socket). Default 4096. */
           handoffsInFlight: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+          /** Offers one peer node may have in flight at a target node; more are refused. Default 4096. */
+          offersPerPeer: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+          /** Bytes (socket queues and peeked bytes) those offers may hold at a target node; more are refused. Default 256 MiB. */
+          offerBytesPerPeer: Type.Optional(Type.Integer({ minimum: 1_048_576, maximum: 68_719_476_736 })),
+          /**
+           * Handed-off connections the routing table may hold in all; new handoffs beyond are refused
+           * (E_QUOTA) so the table never fills. Default: 7/8 of routingTableEntries, leaving room for
+           * connections already moving and for entries that linger while TCP closes.
+           */
+          handedOffEntries: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_777_216 })),
+          /** Handed-off connections one client address may hold; beyond, its handoffs are refused (E_QUOTA). Default 4096. */
+          entriesPerSource: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_777_216 })),
+          /** Connections a target application serves at once when it names no capacity of its own; beyond, offers are refused. Default 10000. */
+          targetCapacity: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000_000 })),
+          /**
+           * How long a handed-off connection may be idle or stuck on its target before its kernel
+           * gives up on it (set on every reinstated socket; 0 turns one off): TCP keepalive probes
+           * after keepaliveIdleS of silence, every keepaliveIntervalS, keepaliveProbes of them; and
+           * TCP_USER_TIMEOUT, the longest data may stay unacknowledged. Defaults 300, 30, 4, 300.
+           */
+          idle: Type.Optional(
+            Type.Object(
+              {
+                keepaliveIdleS: Type.Optional(Type.Integer({ minimum: 0, maximum: 32_767 })),
+                keepaliveIntervalS: Type.Optional(Type.Integer({ minimum: 1, maximum: 32_767 })),
+                keepaliveProbes: Type.Optional(Type.Integer({ minimum: 1, maximum: 127 })),
+                userTimeoutS: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400 })),
+              },
+              { additionalProperties: false },
+            ),
+          ),
         },
         { additionalProperties: false },
       ),
@@ -112,6 +154,12 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
     }
   };
   (['name', 'id', 'address', 'mac', 'agentSocket', 'controlSecretFile'] as const).forEach(unique);
+  try {
+    new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address)).check(config.dvipa.address);
+  } catch (err) {
+    const where = config.dvipaCidrs && /CIDR/.test((err as Error).message) ? '/dvipaCidrs' : '/dvipa/address';
+    throw new BatonError('E_CONFIG', `${locate(where)}: ${where}: ${(err as Error).message}`, { step: 'config' });
+  }
   if (!config.nodes.some((n) => n.name === config.distributor)) {
     throw new BatonError('E_CONFIG', `${locate('/distributor')}: /distributor: ${config.distributor} is not one of the nodes`, { step: 'config' });
   }
@@ -119,17 +167,37 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
 }
 
 export function readClusterConfig(path: string): ClusterConfig {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = fs.readFileSync(path, 'utf8');
+    bytes = fs.readFileSync(path);
   } catch (err) {
     throw new BatonError('E_CONFIG', `cannot read cluster config ${path}: ${(err as Error).message}`, { step: 'config' });
+  }
+  if (bytes.length > MAX_CONFIG_BYTES) throw new BatonError('E_CONFIG', `invalid cluster config ${path}: ${bytes.length} bytes, at most ${MAX_CONFIG_BYTES}`, { step: 'config' });
+  let text: string;
+  try {
+    // Strictly: a lenient decoder would read a stray byte as U+FFFD and carry on with a value nobody wrote.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new BatonError('E_CONFIG', `invalid cluster config ${path}: not valid UTF-8`, { step: 'config' });
   }
   return parseClusterConfigText(text, path);
 }
 
-/** Parses YAML (JSON is YAML too) and validates it; every error names file:line:column and the path. */
+/** A cluster file is a few KiB; anything near this is not one. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+/** The schema nests 4 deep; a file nested deeper than this is refused before it is converted. */
+export const MAX_CONFIG_DEPTH = 16;
+
+/**
+ * Parses YAML (JSON is YAML too) and validates it; every error names file:line:column and the
+ * path. Bounded like any input: the size before parsing, the nesting depth of what was parsed
+ * before it is converted (the parser itself reports a nesting too deep for its recursion as an
+ * error, but the conversion and anything after it recurse too), aliases by the parser's own limit.
+ */
 export function parseClusterConfigText(text: string, source: string): ClusterConfig {
+  const size = Buffer.byteLength(text);
+  if (size > MAX_CONFIG_BYTES) throw new BatonError('E_CONFIG', `invalid cluster config ${source}: ${size} bytes, at most ${MAX_CONFIG_BYTES}`, { step: 'config' });
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number) => {
@@ -137,9 +205,11 @@ export function parseClusterConfigText(text: string, source: string): ClusterCon
     return `${source}:${line}:${col}`;
   };
   if (doc.errors.length > 0) {
-    const errors = doc.errors.slice(0, 5).map((e) => `${at(e.pos[0])}: ${e.message.split('\n')[0]}`);
+    const errors = doc.errors.slice(0, 5).map((e) => `${at(e.pos[0])}: ${bounded(e.message.split('\n')[0] ?? '', 120)}`);
     throw new BatonError('E_CONFIG', `invalid cluster config\n  ${errors.join('\n  ')}`, { step: 'config' });
   }
+  const deep = deeperThan(doc.contents, MAX_CONFIG_DEPTH);
+  if (deep) throw new BatonError('E_CONFIG', `invalid cluster config\n  ${deep.range ? at(deep.range[0]) : source}: nested deeper than ${MAX_CONFIG_DEPTH}`, { step: 'config' });
   // Point at the deepest node of the path that exists: a missing key is reported at its parent.
   const locate = (pointer: string) => {
     const segments = pointer.split('/').slice(1).map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, '/').replace(/~0/g, '~')));
@@ -150,7 +220,29 @@ export function parseClusterConfigText(text: string, source: string): ClusterCon
     }
     return source;
   };
-  return parseClusterConfig(doc.toJS(), source, locate);
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (err) {
+    // The parser refuses some documents only while converting them (an alias bomb: "Excessive alias count").
+    throw new BatonError('E_CONFIG', `invalid cluster config ${source}: ${bounded((err as Error).message, 120)}`, { step: 'config' });
+  }
+  return parseClusterConfig(value, source, locate);
+}
+
+/** The first YAML node found nested deeper than limit (walked without recursion), or undefined. */
+function deeperThan(root: unknown, limit: number): { range?: [number, number, number] } | undefined {
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop()!;
+    if (!isCollection(node)) continue;
+    if (depth > limit) return node as { range?: [number, number, number] };
+    for (const item of node.items) {
+      if (isPair(item)) stack.push([item.value, depth + 1]);
+      else stack.push([item, depth + 1]);
+    }
+  }
+  return undefined;
 }
 
 export function writeClusterConfig(path: string, config: ClusterConfig): void {

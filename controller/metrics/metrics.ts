@@ -5,6 +5,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counter as KernelCounter, StatName } from '../agent/routing-table.js';
 import { channelRejections } from '../transfer/channel.js';
+import { offerRefusals } from '../transfer/target-relay.js';
+import { inputErrors } from '../input.js';
 
 /** Steps of a handoff, as the per-step histogram labels them. */
 export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'delta' | 'commit' | 'route' | 'close' | 'total';
@@ -13,6 +15,8 @@ export interface KernelView {
   /** XDP verdicts by reason, summed over CPUs; undefined on a node that does not steer. */
   xdp(): Record<StatName, KernelCounter> | undefined;
   routingTable(): { entries: number; capacity: number } | undefined;
+  /** New handed-off connections a routing-table quota refused, by quota (total, per-source); distributor only. */
+  quotaRefused(): Record<string, number>;
   targets(): number;
   /** Connections served here that their application closed and TCP has not finished yet. */
   closing(): number;
@@ -28,6 +32,7 @@ export class AgentMetrics {
   private readonly controlDropped: Counter<'reason'>;
   private readonly moves: Counter<'outcome'>;
   private readonly peersRefused: Counter<'reason'>;
+  private readonly apiRefusals: Counter<'reason'>;
   private readonly refusedCount = new Map<string, number>();
 
   constructor(node: string, kernel: KernelView) {
@@ -51,6 +56,12 @@ export class AgentMetrics {
     this.controlDropped = new Counter({ name: 'baton_control_dropped_total', help: 'Control-socket datagrams dropped, by reason', labelNames: ['reason'], registers });
     this.peersRefused = new Counter({ name: 'baton_peer_refused_total', help: 'Peer connections refused: TLS handshake failures, certificates of no node or from the wrong address', labelNames: ['reason'], registers });
     this.moves = new Counter({ name: 'baton_operator_moves_total', help: 'Connection moves an operator asked for (REST API), by outcome', labelNames: ['outcome'], registers });
+    this.apiRefusals = new Counter({
+      name: 'baton_api_refused_total',
+      help: 'REST API requests refused, by reason: unauthenticated (no or unknown token), forbidden (scope), body (not UTF-8 JSON, too deep, prototype key), validation (schema), too-large, media-type, url, tls-handshake',
+      labelNames: ['reason'],
+      registers,
+    });
 
     // Kernel counters are already monotonic: mirror them at scrape time.
     const xdpCounter = (name: string, help: string, field: 'packets' | 'bytes') =>
@@ -77,6 +88,26 @@ export class AgentMetrics {
         for (const [reason, n] of Object.entries(channelRejections())) this.inc({ reason }, n);
       },
     });
+    new Counter({
+      name: 'baton_offers_refused_total',
+      help: 'Connections offered to this node and refused before anything served them, by reason: wrong-sender, not-dvipa, wrong-port, not-owner (the distributor does not say the sender serves the flow), peer-offers and peer-bytes (the sender\'s share), no-application, duplicate, capacity, invalid-state, out-of-order',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(offerRefusals())) this.inc({ reason }, n);
+      },
+    });
+    new Counter({
+      name: 'baton_input_errors_total',
+      help: 'Inputs that made a handler throw (a bug the input found), by source: the link it came on was closed, the process went on',
+      labelNames: ['source'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [source, n] of Object.entries(inputErrors())) this.inc({ source }, n);
+      },
+    });
     new Gauge({
       name: 'baton_routing_table_entries',
       help: 'Flows in the connection routing table',
@@ -84,6 +115,16 @@ export class AgentMetrics {
       collect() {
         const t = kernel.routingTable();
         if (t) this.set(t.entries);
+      },
+    });
+    new Counter({
+      name: 'baton_routing_quota_refused_total',
+      help: 'Handoffs of new connections refused by a routing-table quota (limits.handedOffEntries: total; limits.entriesPerSource: per-source)',
+      labelNames: ['quota'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [quota, n] of Object.entries(kernel.quotaRefused())) this.inc({ quota }, n);
       },
     });
     new Gauge({
@@ -152,6 +193,11 @@ export class AgentMetrics {
     const n = (this.refusedCount.get(reason) ?? 0) + 1;
     this.refusedCount.set(reason, n);
     return n;
+  }
+
+  /** Counts a request the REST API refused (controller/api/problem.ts names the reasons). */
+  apiRefused(reason: string): void {
+    this.apiRefusals.inc({ reason });
   }
 
   operatorMove(outcome: 'done' | 'failed'): void {

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { HTTP_PORT, LINE_PORT } from '../../controller/lab/cluster.js';
 import { curlDigest, inClient, lineClient, readLog } from '../../controller/lab/demo.js';
 import type { LabDescription } from '../../controller/lab/description.js';
-import { useLab } from '../helpers/lab.js';
+import { extraClientAddress, useLab } from '../helpers/lab.js';
 
 const IDLE_MS = 600;
 const DEADLINE_MS = 2000;
@@ -156,16 +156,6 @@ elif mode == "http-per-source":
     report(extra=[[h, g.decode()] for h, g in extra], answers=[[h, g.decode()] for h, g in answers])
 `;
 
-/** The n-th free client address of the lab, added to the client namespace's interface. */
-async function extraAddress(lab: LabDescription, n: number): Promise<string> {
-  const parts = lab.freeClientAddresses.first.split('.').map(Number);
-  parts[3]! += n;
-  const address = parts.join('.');
-  const r = await inClient(lab, ['ip', 'addr', 'replace', `${address}/${lab.subnet.split('/')[1]}`, 'dev', lab.client.interface]);
-  if (r.code !== 0) throw new Error(`cannot add ${address} to ${lab.client.ns}: ${r.stderr}`);
-  return address;
-}
-
 type Outcome = { how: 'eof' | 'reset' | 'open'; ms: number; received: string; sent?: number };
 
 async function client<T = Outcome>(lab: LabDescription, mode: string, port: number, src: string, ...args: string[]): Promise<T> {
@@ -187,7 +177,7 @@ async function ordinaryClients(lab: LabDescription): Promise<void> {
 describe('routing-phase limits', () => {
   it('a client that sends nothing is closed after the idle bound, with a reason', async () => {
     const { lab } = running;
-    const src = await extraAddress(lab, 0);
+    const src = await extraClientAddress(lab, 0);
     const [line, http] = await Promise.all([client(lab, 'silent', LINE_PORT, src), client(lab, 'silent', HTTP_PORT, src), ordinaryClients(lab)]);
     expect(line).toMatchObject({ how: 'eof', received: `ERR nothing received for ${IDLE_MS} ms\n` });
     expect(http.how).toBe('eof');
@@ -200,7 +190,7 @@ describe('routing-phase limits', () => {
 
   it('a client that trickles bytes (slowloris) is closed at the deadline', async () => {
     const { lab } = running;
-    const src = await extraAddress(lab, 1);
+    const src = await extraClientAddress(lab, 1);
     const [line, http] = await Promise.all([
       client(lab, 'trickle', LINE_PORT, src, 'x'),
       client(lab, 'trickle', HTTP_PORT, src, 'GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
@@ -219,7 +209,7 @@ describe('routing-phase limits', () => {
 
   it('a flood past the byte bound is answered and closed', async () => {
     const { lab } = running;
-    const src = await extraAddress(lab, 2);
+    const src = await extraClientAddress(lab, 2);
     const [line, http] = await Promise.all([
       // Greeted, then empty MOTD requests: valid lines the router answers with nothing.
       client(lab, 'flood', LINE_PORT, src, 'HELLO\\n', String(256 * 1024), 'MOTD 0\\n'),
@@ -237,7 +227,7 @@ describe('routing-phase limits', () => {
 
   it('connections past the per-address bound are refused while the first ones still work', async () => {
     const { lab } = running;
-    const [lineSrc, httpSrc] = [await extraAddress(lab, 3), await extraAddress(lab, 4)];
+    const [lineSrc, httpSrc] = [await extraClientAddress(lab, 3), await extraClientAddress(lab, 4)];
     const [line, http] = await Promise.all([
       client<{ held: string[][]; extra: string[][]; logins: string[][]; after: string[] }>(lab, 'line-per-source', LINE_PORT, lineSrc, String(PER_SOURCE)),
       client<{ extra: string[][]; answers: string[][] }>(lab, 'http-per-source', HTTP_PORT, httpSrc, String(PER_SOURCE)),

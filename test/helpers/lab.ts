@@ -8,6 +8,7 @@ import path from 'node:path';
 import { type LabProcessOptions, labProcesses, waitUntilReady } from '../../controller/lab/cluster.js';
 import type { LabDescription } from '../../controller/lab/description.js';
 import { labDown, labUp } from '../../controller/lab/lab.js';
+import { inClient } from '../../controller/lab/demo.js';
 
 export interface RunningLab {
   lab: LabDescription;
@@ -74,4 +75,14 @@ export function useLab(opts: LabProcessOptions = {}): LabFixture {
       return routes!;
     },
   };
+}
+
+/** The n-th free client address of the lab (0-based), added to the client namespace's interface: a second client host. */
+export async function extraClientAddress(lab: LabDescription, n: number): Promise<string> {
+  const parts = lab.freeClientAddresses.first.split('.').map(Number);
+  parts[3]! += n;
+  const address = parts.join('.');
+  const r = await inClient(lab, ['ip', 'addr', 'replace', `${address}/${lab.subnet.split('/')[1]}`, 'dev', lab.client.interface]);
+  if (r.code !== 0) throw new Error(`cannot add ${address} to ${lab.client.ns}: ${r.stderr}`);
+  return address;
 }

@@ -16,11 +16,15 @@ const config = {
 class MemoryTable implements TableOps {
   readonly map = new Map<string, RouteEntry>();
   private k = (f: FlowKey) => `${f.clientAddress}:${f.clientPort}`;
+  private flowOf = (k: string): FlowKey => {
+    const [clientAddress, port] = k.split(':');
+    return { ...flow, clientAddress: clientAddress!, clientPort: Number(port) };
+  };
   get(f: FlowKey) {
     return this.map.get(this.k(f));
   }
-  freeze(f: FlowKey) {
-    this.map.set(this.k(f), { state: 'frozen', targetNode: 0, targetMac: '00:00:00:00:00:00', packets: 0n, bytes: 0n });
+  freeze(f: FlowKey, servedBy?: { node: number; mac: string }) {
+    this.map.set(this.k(f), { state: 'frozen', targetNode: servedBy?.node ?? 0, targetMac: servedBy?.mac ?? '00:00:00:00:00:00', packets: 0n, bytes: 0n });
   }
   forward(f: FlowKey, t: { node: number; mac: string }) {
     this.map.set(this.k(f), { state: 'forward', targetNode: t.node, targetMac: t.mac, packets: 0n, bytes: 0n });
@@ -28,14 +32,21 @@ class MemoryTable implements TableOps {
   release(f: FlowKey, t: { node: number; mac: string }) {
     this.map.set(this.k(f), { state: 'released', targetNode: t.node, targetMac: t.mac, packets: 0n, bytes: 0n });
   }
+  finish(f: FlowKey, t: { node: number; mac: string }) {
+    this.map.set(this.k(f), { state: 'finished', targetNode: t.node, targetMac: t.mac, packets: 0n, bytes: 0n });
+  }
   remove(f: FlowKey) {
     return this.map.delete(this.k(f));
   }
   *entries(): Iterable<[FlowKey, RouteEntry]> {
-    for (const [k, e] of this.map) {
-      const [clientAddress, port] = k.split(':');
-      yield [{ ...flow, clientAddress: clientAddress!, clientPort: Number(port) }, e];
-    }
+    for (const [k, e] of this.map) yield [this.flowOf(k), e];
+  }
+  entriesAfter(prev: Buffer | null, max: number) {
+    const keys = [...this.map.keys()];
+    const from = prev === null ? 0 : keys.indexOf(prev.toString()) + 1;
+    const slice = keys.slice(from, from + max);
+    const last = from + max < keys.length ? Buffer.from(slice.at(-1)!) : null;
+    return { entries: slice.map((k): [FlowKey, RouteEntry] => [this.flowOf(k), this.map.get(k)!]), last };
   }
 }
 
@@ -43,7 +54,7 @@ const flow: FlowKey = { family: 4, clientAddress: '10.0.0.100', clientPort: 4000
 const services: RouteService[] = [];
 function setup(freezeLimitMs = 10_000) {
   const table = new MemoryTable();
-  const service = new RouteService(table, config, createLogger({}, 'silent'), freezeLimitMs);
+  const service = new RouteService(table, config, createLogger({}, 'silent'), freezeLimitMs, 262_144);
   services.push(service);
   return { table, service, state: () => table.get(flow) && `${table.get(flow)!.state}:${table.get(flow)!.targetNode}` };
 }
@@ -109,17 +120,17 @@ describe('routing table changes at the distributor', () => {
     expect(state()).toBe('released:2');
     expect(() => service.finished('n3', flow)).toThrow(/n3 does not serve this flow/);
     service.finished('n2', flow);
-    expect(state()).toBe('released:2');
+    expect(state()).toBe('finished:2');
     await new Promise((r) => setTimeout(r, 400));
     expect(state()).toBeUndefined();
   });
 
-  it('finished without a release (it was lost) releases and removes the entry; an owner that never says finished loses it after releasedMaxMs', async () => {
+  it('finished without a release (it was lost) finishes and removes the entry; an owner that never says finished loses it after releasedMaxMs', async () => {
     const { table, service, state } = setup();
     service.freeze('n1', flow);
     service.forward('n1', flow, 'n2');
     service.finished('n2', flow);
-    expect(state()).toBe('released:2');
+    expect(state()).toBe('finished:2');
     await new Promise((r) => setTimeout(r, 400));
     expect(state()).toBeUndefined();
 
@@ -149,7 +160,7 @@ describe('routing table changes at the distributor', () => {
   it('a restarted distributor gives released entries left in the pinned table the longer bound again', async () => {
     const table = new MemoryTable();
     table.release(flow, { node: 2, mac: '02:00:00:00:00:02' });
-    services.push(new RouteService(table, config, createLogger({}, 'silent'), 10_000));
+    services.push(new RouteService(table, config, createLogger({}, 'silent'), 10_000, 262_144));
     await new Promise((r) => setTimeout(r, 400));
     expect(table.get(flow)?.state).toBe('released');
     await new Promise((r) => setTimeout(r, 900));
@@ -161,8 +172,154 @@ describe('routing table changes at the distributor', () => {
     service.freeze('n1', flow);
     service.forward('n1', flow, 'n2');
     service.freeze('n2', flow);
-    expect(state()).toBe('frozen:0');
+    // The frozen entry names the node that served the flow until then.
+    expect(state()).toBe('frozen:2');
     await new Promise((r) => setTimeout(r, 400));
     expect(state()).toBe('forward:2');
+  });
+});
+
+const at = (port: number, client = flow.clientAddress): FlowKey => ({ ...flow, clientAddress: client, clientPort: port });
+
+describe('routing-table quotas', () => {
+  const limited = (limits: ClusterConfig['limits']) => {
+    const table = new MemoryTable();
+    const service = new RouteService(table, { ...config, limits }, createLogger({}, 'silent'), 10_000, 262_144);
+    services.push(service);
+    return { table, service };
+  };
+
+  it('one client address cannot hold more than entriesPerSource handed-off connections; others still can; refusals counted', () => {
+    const { table, service } = limited({ entriesPerSource: 3 });
+    for (let p = 1; p <= 3; p++) {
+      service.freeze('n1', at(p));
+      service.forward('n1', at(p), 'n2');
+    }
+    expect(() => service.freeze('n1', at(4))).toThrow(expect.objectContaining({ code: 'E_QUOTA', message: expect.stringMatching(/client 10.0.0.100 holds 3 handed-off connections/) }));
+    expect(table.get(at(4))).toBeUndefined();
+    expect(service.quotaRefused.get('per-source')).toBe(1);
+    service.freeze('n1', at(4, '10.0.0.101'));
+    // Moving a connection on takes no new entry: no quota applies.
+    service.freeze('n2', at(1));
+    service.forward('n2', at(1), 'n3');
+    expect(table.get(at(1))?.targetNode).toBe(3);
+  });
+
+  it('the table as a whole stops at handedOffEntries, below its capacity; room comes back as entries go', () => {
+    const { table, service } = limited({ handedOffEntries: 5, entriesPerSource: 100 });
+    for (let p = 1; p <= 5; p++) service.freeze('n1', at(p, `10.0.1.${p}`));
+    expect(() => service.freeze('n1', at(6, '10.0.1.6'))).toThrow(/quota \(limits.handedOffEntries\) is 5/);
+    expect(service.quotaRefused.get('total')).toBe(1);
+    expect(table.map.size).toBe(5);
+    service.unfreeze('n1', at(1, '10.0.1.1'));
+    service.freeze('n1', at(6, '10.0.1.6'));
+    expect(table.map.size).toBe(5);
+  });
+
+  it('admit asks the same quotas before anything is exported, writing nothing; a move is always admitted', () => {
+    const { table, service } = limited({ entriesPerSource: 1 });
+    service.admit('n1', at(1));
+    service.freeze('n1', at(1));
+    service.forward('n1', at(1), 'n2');
+    expect(() => service.admit('n1', at(2))).toThrow(expect.objectContaining({ code: 'E_QUOTA' }));
+    expect(table.get(at(2))).toBeUndefined();
+    expect(service.quotaRefused.get('per-source')).toBe(1);
+    expect(() => service.admit('n2', at(1))).not.toThrow();
+  });
+
+  it('defaults: 7/8 of the capacity in all, 4096 per client address', () => {
+    const table = new MemoryTable();
+    const service = new RouteService(table, config, createLogger({}, 'silent'), 10_000, 1024);
+    services.push(service);
+    expect(service.limits).toEqual({ handedOffEntries: 896, entriesPerSource: 4096 });
+  });
+});
+
+describe('the in-memory index', () => {
+  it('counts and pages follow every change, without walking the map', () => {
+    const { table, service } = setup();
+    for (let p = 1; p <= 25; p++) {
+      service.freeze('n1', at(p, `10.0.2.${p % 3}`));
+      service.forward('n1', at(p, `10.0.2.${p % 3}`), p % 2 ? 'n2' : 'n3');
+    }
+    service.release('n2', at(1, '10.0.2.1'));
+    const { index } = service;
+    expect(index.size).toBe(25);
+    expect(index.count({ state: 'released' })).toBe(1);
+    expect(index.count({ node: 2 })).toBe(13);
+    expect(index.count({ client: '10.0.2.0' })).toBe(8);
+    expect(index.count({ node: 2, client: '10.0.2.0' })).toBeUndefined();
+    const seen: string[] = [];
+    let next: string | undefined;
+    do {
+      const page = index.page({ after: next === undefined ? undefined : Number(next), limit: 7 });
+      seen.push(...page.values.map((e) => e.id));
+      next = page.next;
+    } while (next);
+    expect(seen).toHaveLength(25);
+    expect(new Set(seen).size).toBe(25);
+    expect(table.map.size).toBe(25);
+  });
+
+  it('a page cursor stays valid while entries come and go: nothing listed twice, nothing that stayed is missed', () => {
+    const { service } = setup();
+    for (let p = 1; p <= 10; p++) service.freeze('n1', at(p));
+    const first = service.index.page({ limit: 4 });
+    service.unfreeze('n1', at(2)); // listed already, gone
+    service.unfreeze('n1', at(6)); // not yet listed, gone
+    service.freeze('n1', at(11)); // new: comes after
+    const rest = service.index.page({ after: Number(first.next), limit: 100 });
+    expect(first.values.map((e) => e.flow.clientPort)).toEqual([1, 2, 3, 4]);
+    expect(rest.values.map((e) => e.flow.clientPort)).toEqual([5, 7, 8, 9, 10, 11]);
+    expect(rest.next).toBeUndefined();
+  });
+
+  it('reconcile takes up what changed in the map behind its back (XDP reclaimed a tuple, bpftool), a step at a time', async () => {
+    const { table, service } = setup();
+    for (let p = 1; p <= 3000; p++) {
+      service.freeze('n1', at(p));
+      service.forward('n1', at(p), 'n2');
+    }
+    table.remove(at(5));
+    table.forward(at(5000), { node: 3, mac: '02:00:00:00:00:03' });
+    expect(await service.reconcile()).toEqual({ added: 1, removed: 1 });
+    expect(service.index.size).toBe(3000);
+    expect(service.index.get(at(5))).toBeUndefined();
+    expect(service.index.get(at(5000))?.node).toBe(3);
+  });
+});
+
+describe('recovery of entries a previous batond left frozen', () => {
+  const n2 = { node: 2, mac: '02:00:00:00:00:02' };
+
+  it("the distributor's own flows go back to its kernel at once; another node's wait for its answer", async () => {
+    const table = new MemoryTable();
+    table.freeze(at(1)); // first handoff in flight: the distributor served it
+    table.freeze(at(2), { node: 1, mac: '02:00:00:00:00:01' }); // the distributor, named
+    table.freeze(at(3), n2); // moving on from n2, n2's kernel still holds it
+    table.freeze(at(4), n2); // moving on from n2, gone there
+    table.freeze(at(5), { node: 3, mac: '02:00:00:00:00:03' }); // from n3, which does not answer
+    const service = new RouteService(table, config, createLogger({}, 'silent'), 10_000, 262_144);
+    services.push(service);
+    expect(table.get(at(1))).toBeUndefined();
+    expect(table.get(at(2))).toBeUndefined();
+    // Still frozen while the question is out, and nobody may start another handoff of them.
+    expect(table.get(at(3))?.state).toBe('frozen');
+    expect(() => service.freeze('n2', at(3))).toThrow(/already in progress/);
+    const asked: Array<[string, number[]]> = [];
+    await service.recover(async (node, flows) => {
+      asked.push([node, flows.map((f) => f.clientPort)]);
+      if (node === 'n3') throw new Error('no welcome from n3 within 100 ms');
+      return flows.map((f) => (f.clientPort === 3 ? 'ESTABLISHED' : 'GONE'));
+    });
+    expect(asked.sort()).toEqual([['n2', [3, 4]], ['n3', [5]]]);
+    expect(table.get(at(3))).toMatchObject({ state: 'forward', targetNode: 2 });
+    expect(table.get(at(4))).toBeUndefined();
+    expect(table.get(at(5))).toMatchObject({ state: 'forward', targetNode: 3 });
+    expect([...table.map.values()].filter((e) => e.state === 'frozen')).toEqual([]);
+    expect(service.index.count({ state: 'frozen' })).toBe(0);
+    // Given back, the flow moves on again as usual.
+    service.freeze('n2', at(3));
+    service.forward('n2', at(3), 'n3');
   });
 });
