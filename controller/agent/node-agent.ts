@@ -102,6 +102,7 @@ export class NodeAgent {
         confirmOwner: (node, flow, connId) => owners.confirm(node, flow, connId),
         offersPerPeer: config.limits?.offersPerPeer ?? DEFAULT_OFFERS_PER_PEER,
         offerBytesPerPeer: config.limits?.offerBytesPerPeer ?? DEFAULT_OFFER_BYTES_PER_PEER,
+        targetCapacity: config.limits?.targetCapacity ?? DEFAULT_TARGET_CAPACITY,
       },
       (flow, connId) => this.release(flow, connId),
       (flow) => this.closing.forget(flow),
@@ -458,8 +459,8 @@ export class NodeAgent {
             channel: channel as unknown as TargetApp['channel'],
             descriptors,
             decides: msg.decides ?? false,
-            // An application that names no capacity gets the cluster's default: no target takes connections without bound.
-            capacity: msg.capacity ?? this.config.limits?.targetCapacity ?? DEFAULT_TARGET_CAPACITY,
+            // Absent: the cluster's default (the relay's policy): no target takes connections without bound unless it says 0.
+            capacity: msg.capacity,
           };
           this.relay.register(target);
         }

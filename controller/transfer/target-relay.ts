@@ -80,6 +80,8 @@ export interface OfferPolicy {
   offersPerPeer: number;
   /** Bytes (send queue, receive queue, peeked) those offers may hold here. */
   offerBytesPerPeer: number;
+  /** Connections an application that names no capacity serves at once (limits.targetCapacity). */
+  targetCapacity: number;
 }
 
 export interface TargetApp {
@@ -92,8 +94,8 @@ export interface TargetApp {
   descriptors: { send(fd: number, connId: string): void };
   /** It answers each offer itself (decide → decided); otherwise batond accepts up to capacity. */
   decides: boolean;
-  /** Connections it serves at once beyond which offers are refused; 0: no limit. */
-  capacity: number;
+  /** Connections it serves at once beyond which offers are refused; 0: no limit; absent: the cluster's default (limits.targetCapacity). */
+  capacity?: number;
 }
 
 interface Pending {
@@ -183,7 +185,7 @@ export class TargetRelay {
       const apps = (this.byPort.get(port) ?? []).filter((a) => !(app.instance && a.instance === app.instance));
       this.byPort.set(port, [...apps, app]);
     }
-    this.log.info({ app: app.name, instance: app.instance, ports: app.ports, decides: app.decides, capacity: app.capacity }, 'target application registered');
+    this.log.info({ app: app.name, instance: app.instance, ports: app.ports, decides: app.decides, capacity: app.capacity ?? this.policy.targetCapacity }, 'target application registered');
   }
 
   unregister(app: TargetApp): void {
@@ -299,8 +301,9 @@ export class TargetRelay {
     const { app } = admitted;
     if (this.pending.has(connId)) return this.refuse(peer, connId, 'duplicate', 'a transfer of this connection is already pending here');
     const held = this.holding.get(app) ?? 0;
-    if (app.capacity > 0 && held >= app.capacity) {
-      return this.refuse(peer, connId, 'capacity', `target application ${app.instance ?? app.name} is at capacity (${app.capacity} connections)`);
+    const capacity = app.capacity ?? this.policy.targetCapacity;
+    if (capacity > 0 && held >= capacity) {
+      return this.refuse(peer, connId, 'capacity', `target application ${app.instance ?? app.name} is at capacity (${capacity} connections)`);
     }
     let state: TcpConnectionState;
     try {

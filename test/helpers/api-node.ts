@@ -91,6 +91,7 @@ export async function apiNode(opts: {
     },
     offersPerPeer: DEFAULT_OFFERS_PER_PEER,
     offerBytesPerPeer: DEFAULT_OFFER_BYTES_PER_PEER,
+    targetCapacity: 10_000,
   });
   const control = new ControlServer({ node: self.name, port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log });
   const transfers = new TransferLog();

@@ -80,6 +80,7 @@ function world(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 'offerBytesPe
       }),
     offersPerPeer: limits.offersPerPeer ?? 100,
     offerBytesPerPeer: limits.offerBytesPerPeer ?? 1 << 20,
+    targetCapacity: 10_000,
   };
   const relay = new TargetRelay(log, 10_000, sockets, policy);
   const app = (opts: Partial<TargetApp> = {}): TargetApp => {

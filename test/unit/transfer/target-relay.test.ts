@@ -46,6 +46,7 @@ function world() {
     confirmOwner: () => Promise.reject(new Error('the distributor needs no confirmation')),
     offersPerPeer: 100,
     offerBytesPerPeer: 1 << 20,
+    targetCapacity: 2,
   };
   const relay = new TargetRelay(log, 10_000, sockets, policy, (flow, connId) => orphans.push({ flow, connId }));
   const peer = channel('peer');
@@ -129,6 +130,19 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
     w.relay.fromPeer(w.peer as never, offer('d') as never, 'n1');
     expect(w.events.slice(1)).toEqual(['reinstate 40000 peeked=GET', 'peer:accept']);
     w.relay.close();
+  });
+
+  it("an application that names no capacity gets the cluster's default (limits.targetCapacity); 0 is no limit", () => {
+    const w = world();
+    w.app({ capacity: undefined });
+    for (const id of ['a', 'b', 'c']) w.relay.fromPeer(w.peer as never, offer(id) as never, 'n1');
+    expect(w.events.filter((e) => e.startsWith('peer:'))).toEqual(['peer:accept', 'peer:accept', 'peer:reject']);
+    w.relay.close();
+    const unbounded = world();
+    unbounded.app({ capacity: 0 });
+    for (const id of ['a', 'b', 'c']) unbounded.relay.fromPeer(unbounded.peer as never, offer(id) as never, 'n1');
+    expect(unbounded.events.filter((e) => e.startsWith('peer:'))).toEqual(['peer:accept', 'peer:accept', 'peer:accept']);
+    unbounded.relay.close();
   });
 
   it('live without a closing clock: estimated from the snapshot, never behind it', () => {
