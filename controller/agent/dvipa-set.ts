@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
+import { bounded, parseJson } from '../input.js';
 import type { DvipaPolicy } from '../config/dvipa-policy.js';
 
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
@@ -22,6 +23,8 @@ export const DvipaSpecSchema = Type.Object(
 export type DvipaSpec = Static<typeof DvipaSpecSchema>;
 const StateSchema = Type.Object({ version: Type.Literal(1), added: Type.Array(DvipaSpecSchema, { maxItems: 256 }) }, { additionalProperties: false });
 const checkState = TypeCompiler.Compile(StateSchema);
+/** 256 DVIPAs of 64 ports each fit in well under this. */
+const MAX_STATE_BYTES = 1024 * 1024;
 
 export interface DvipaView extends DvipaSpec {
   source: 'config' | 'api';
@@ -51,13 +54,11 @@ export class DvipaSet {
    */
   async load(): Promise<void> {
     if (fs.existsSync(this.stateFile)) {
-      let state: unknown;
-      try {
-        state = JSON.parse(fs.readFileSync(this.stateFile, 'utf8'));
-      } catch (err) {
-        throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} is not JSON: ${(err as Error).message}`, { step: 'dvipa' });
-      }
-      if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${checkState.Errors(state).First()?.message}`, { step: 'dvipa' });
+      // batond's own file, read like any input: bounded before it is parsed.
+      const parsed = parseJson(fs.readFileSync(this.stateFile), { maxBytes: MAX_STATE_BYTES, maxDepth: 4 });
+      if (!parsed.ok) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} refused (${parsed.reason}): ${parsed.detail}`, { step: 'dvipa' });
+      const state = parsed.value;
+      if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${bounded(checkState.Errors(state).First()?.message ?? '', 120)}`, { step: 'dvipa' });
       for (const d of state.added) this.added.set(d.address, d);
     }
     for (const d of this.all()) {

@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import path from 'node:path';
 import { BatonError, isBatonError } from '../errors.js';
-import { errorText } from '../input.js';
+import { bounded, errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import { closeFd, FdSocket, peerPid } from '../../native/fdpass.js';
 
@@ -216,10 +216,11 @@ function discard(fd: number, tag: string, why: string, log: Logger): void {
   try {
     closeFd(fd);
   } catch (err) {
-    log.error({ tag, err: (err as Error).message }, 'cannot close a discarded descriptor');
+    log.error({ tag: bounded(tag, 80), err: errorText(err) }, 'cannot close a discarded descriptor');
     return;
   }
-  log.warn({ tag }, `descriptor discarded: ${why}`);
+  // The tag is the sender's (an application, or a stranger's datagram): logged bounded and escaped.
+  log.warn({ tag: bounded(tag, 80) }, `descriptor discarded: ${why}`);
 }
 
 /** The pid at the other end of a connected Unix stream socket (an application's channel, or batond's). */
