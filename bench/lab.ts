@@ -157,8 +157,11 @@ export async function startBenchLab(opts: { prefix: string; dir: string; log: (s
     dir,
     processes: (l) => {
       // The rate benchmark keeps up to a few hundred connections from the one client address in
-      // the routing phase at once; the default per-source bound (64) is for the internet.
-      const examples = labProcesses(l, { extraArgs: { 'n1-line-router': ['--routing-max-per-source', '4096'] } });
+      // the routing phase at once; the default per-source bound (64) is for the internet. The same
+      // address stands for every client here: its handed-off connections (thousands a second,
+      // each lingering releaseGraceMs after its close) are bounded by the table, not by the
+      // per-source quota (4096 by default).
+      const examples = labProcesses(l, { extraArgs: { 'n1-line-router': ['--routing-max-per-source', '4096'] }, limits: { entriesPerSource: 262_144 } });
       // The handoff timings are read from the routers' info-level log lines, whatever level the
       // caller's environment asks for (make bench quiets the suite's own logger).
       specs = [...examples, ...benchProcesses(l)].map((s) => ({ ...s, env: { ...s.env, BATON_LOG_LEVEL: 'info' } }));

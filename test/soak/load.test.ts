@@ -19,9 +19,11 @@ const HOLD_S = Number(process.env.BATON_SOAK_SECONDS ?? 10);
 const INTERVAL_S = Math.max(0.5, CONNECTIONS / 1000);
 const ROUND_BYTES = 4096;
 
-// The example line targets refuse offers beyond 1,000 live connections each by default.
+// The example line targets refuse offers beyond 1,000 live connections each by default, and the
+// distributor takes at most 4,096 handed-off connections from one client address (the lab's one
+// client stands for all of them here).
 const capacity = ['--capacity', String(CONNECTIONS)];
-const running = useLab({ extraArgs: { 'n2-line-target': capacity, 'n3-line-target': capacity } });
+const running = useLab({ extraArgs: { 'n2-line-target': capacity, 'n3-line-target': capacity }, limits: { entriesPerSource: 2 * CONNECTIONS } });
 
 function rssMiB(name: string): number {
   const pid = Number(fs.readFileSync(path.join(running.lab.runDir, `${name}.pid`), 'utf8'));
