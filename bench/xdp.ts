@@ -5,11 +5,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import koffi from 'koffi';
-import { ROUTES_MAP_NAME, RoutingTable, STEER_PROGRAM_NAME, encodeFlowKey, encodeRoute, type FlowKey } from '../controller/agent/routing-table.js';
+import { CONFIG_MAP_NAME, ROUTES_MAP_NAME, RoutingTable, STATS_MAP_NAME, STEER_PROGRAM_NAME, encodeConfig, encodeFlowKey, encodeRoute, type FlowKey } from '../controller/agent/routing-table.js';
 import { defaultObjectPath } from '../controller/agent/xdp.js';
 import { intToIp, ipToInt, parseSubnet, subnetHost } from '../controller/lab/description.js';
 import { API_PORT, apiReadTokenFile, labCaFile } from '../controller/lab/cluster.js';
-import { closeObject, findMap, findProgram, loadObject, mapFd, mapLookup, mapUpdate, openObject, programFd, setMaxEntries } from '../native/libbpf.js';
+import { closeObject, findMap, findProgram, loadObject, mapFd, mapLookup, mapUpdate, numPossibleCpus, openObject, programFd, setMaxEntries } from '../native/libbpf.js';
 import { buildPath } from '../controller/paths.js';
 import { type MetricResult, latencyMetric, median, rateMetric, round, runInterleaved, summarize } from './harness.js';
 import { type BenchLab, type ThreadedNapi, threadedNapi } from './lab.js';
@@ -114,17 +114,36 @@ export async function steeringRate(b: BenchLab, opts: { runs: number; seconds: n
 const libbpf = koffi.load('libbpf.so.1');
 const testRunFn = libbpf.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)');
 const TEST_RUN_OPTS_SIZE = 80; // struct bpf_test_run_opts on LP64, through batch_size
+/**
+ * The interface the test runs "arrive" on: the bench process's own loopback (ifindex 1 exists in
+ * every namespace), named in the program's config map with TEST_MAC, the frames' destination:
+ * the program steers only frames addressed to the interface it is configured for.
+ */
+const TEST_IFINDEX = 1;
+const TEST_MAC = '02:00:00:00:be:01';
 
 /** Average ns per run of the program on one frame, over `repeat` runs in the kernel. */
 function testRun(progFd: number, frame: Buffer, repeat: number): { ns: number; retval: number } {
   const opts = Buffer.alloc(TEST_RUN_OPTS_SIZE);
+  // struct xdp_md: data 0, data_end = the frame's length, data_meta 0, ingress_ifindex.
+  const ctx = Buffer.alloc(24);
+  ctx.writeUInt32LE(frame.length, 4);
+  ctx.writeUInt32LE(TEST_IFINDEX, 12);
   opts.writeBigUInt64LE(BigInt(TEST_RUN_OPTS_SIZE), 0);
   opts.writeBigUInt64LE(koffi.address(frame), 8);
   opts.writeUInt32LE(frame.length, 24);
+  opts.writeBigUInt64LE(koffi.address(ctx), 32);
+  opts.writeUInt32LE(ctx.length, 48);
   opts.writeInt32LE(repeat, 60);
   const rc = testRunFn(progFd, opts) as number;
   if (rc < 0) throw new Error(`bpf_prog_test_run_opts failed: errno ${-rc}`);
   return { retval: opts.readUInt32LE(56), ns: opts.readUInt32LE(64) };
+}
+
+/** The private program's verdict counters that are not zero, for an error message. */
+function verdicts(obj: ReturnType<typeof openObject>): string {
+  const table = new RoutingTable(mapFd(findMap(obj, ROUTES_MAP_NAME)), mapFd(findMap(obj, STATS_MAP_NAME)), numPossibleCpus());
+  return Object.entries(table.stats()).filter(([, c]) => c.packets > 0n).map(([k, c]) => `${k} ${c.packets}`).join(', ') || 'none';
 }
 
 /** Entry i of the synthetic table: 20 client addresses × 50,000 ports in 198.18.0.0/15 (benchmarking range). */
@@ -135,6 +154,7 @@ function syntheticFlow(i: number, vip: string): FlowKey {
 /** Ethernet + IPv4 + TCP (ACK) frame of a flow, as it would arrive at the distributor. */
 function frameOf(flow: FlowKey): Buffer {
   const f = Buffer.alloc(14 + 20 + 20 + 6);
+  Buffer.from(TEST_MAC.split(':').map((h) => parseInt(h, 16))).copy(f, 0);
   f.writeUInt16BE(0x0800, 12);
   f.writeUInt8(0x45, 14);
   f.writeUInt16BE(20 + 20 + 6, 16);
@@ -155,7 +175,10 @@ export async function tableScale(
   log: (s: string) => void,
 ): Promise<MetricResult[]> {
   const vip = b.lab.dvipa.address;
-  const value = encodeRoute({ state: 'forward', targetNode: 2, targetMac: b.node('n2').mac });
+  // The entries point back at TEST_MAC: a test run repeats on the same buffer, which the program
+  // rewrites (destination = the target's MAC), and it steers only frames addressed to the
+  // configured interface. Same lookup and rewrite work per run as with any target.
+  const value = encodeRoute({ state: 'forward', targetNode: 2, targetMac: TEST_MAC });
   const max = Math.max(...opts.sizes);
   // A private copy of the steering program and its maps (not pinned, not attached): the lab's
   // table is sized for the lab, this one for the largest size measured.
@@ -168,6 +191,7 @@ export async function tableScale(
   try {
     setMaxEntries(findMap(obj, ROUTES_MAP_NAME), max);
     loadObject(obj);
+    mapUpdate(mapFd(findMap(obj, CONFIG_MAP_NAME)), Buffer.alloc(4), encodeConfig({ ifindex: TEST_IFINDEX, mac: TEST_MAC }));
     const fd = mapFd(findMap(obj, ROUTES_MAP_NAME));
     const prog = programFd(findProgram(obj, STEER_PROGRAM_NAME));
     let filled = 0;
@@ -182,7 +206,7 @@ export async function tableScale(
         for (let k = 0; k < opts.keysPerRound; k++) {
           const i = Math.floor(((k + round / opts.rounds) * size) / opts.keysPerRound);
           const r = testRun(prog, frameOf(syntheticFlow(i, vip)), opts.repeat);
-          if (r.retval !== XDP_TX) throw new Error(`steering program returned ${r.retval} for an entry of the table, expected XDP_TX`);
+          if (r.retval !== XDP_TX) throw new Error(`steering program returned ${r.retval} for an entry of the table, expected XDP_TX (verdicts: ${verdicts(obj)})`);
           ns.push(r.ns);
         }
         rounds.push(ns);
