@@ -16,7 +16,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import koffi from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isBatonError } from '../../../controller/errors.js';
 import { closeFd, mapUpdate, objGet } from '../../../native/libbpf.js';
@@ -32,40 +31,12 @@ import {
 } from '../../../controller/agent/routing-table.js';
 import { loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
 import { repoRoot } from '../../../controller/paths.js';
+import { withNetns } from '../../helpers/netns.js';
 
 const run = promisify(execFile);
 const ROOT = repoRoot();
 
 // ---- switching the calling thread's network namespace -----------------------------------
-
-const CLONE_NEWNET = 0x40000000;
-const libc = koffi.load('libc.so.6');
-const setns = libc.func('int setns(int fd, int nstype)');
-
-/**
- * Runs fn with this thread in the named network namespace (and only the network namespace:
- * the mount namespace, hence /sys/fs/bpf, stays the root one). fn must be synchronous:
- * anything awaited would run after the switch back.
- */
-function withNetns<T>(ns: string, fn: () => T): T {
-  const home = fs.openSync('/proc/thread-self/ns/net', 'r');
-  const target = fs.openSync(`/run/netns/${ns}`, 'r');
-  try {
-    if (setns(target, CLONE_NEWNET) !== 0) throw new Error(`setns(${ns}) failed: errno ${koffi.errno()}`);
-    try {
-      return fn();
-    } finally {
-      // Staying in the wrong namespace would silently corrupt every later test: die instead.
-      if (setns(home, CLONE_NEWNET) !== 0) {
-        process.stderr.write(`cannot return to the root network namespace (errno ${koffi.errno()})\n`);
-        process.exit(70);
-      }
-    }
-  } finally {
-    fs.closeSync(target);
-    fs.closeSync(home);
-  }
-}
 
 // ---- the lab ------------------------------------------------------------------------------
 

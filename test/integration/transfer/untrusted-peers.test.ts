@@ -12,7 +12,6 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import koffi from 'koffi';
 import { describe, expect, it } from 'vitest';
 import { agentSocket, certsDir } from '../../../controller/lab/cluster.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
@@ -21,6 +20,7 @@ import { openAgentLink } from '../../../controller/sdk/agent-link.js';
 import { LinkInbox } from '../../../controller/transfer/fd-exchange.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
 import { useLab } from '../../helpers/lab.js';
+import { withNetns } from '../../helpers/netns.js';
 
 const running = useLab();
 const node = (name: string) => running.lab.nodes.find((n) => n.name === name)!;
@@ -86,27 +86,6 @@ while sent < 1000:
         break
 `;
 
-const libc = koffi.load('libc.so.6');
-const setns = libc.func('int setns(int fd, int nstype)');
-const CLONE_NEWNET = 0x40000000;
-
-/** Runs fn with this thread in namespace ns: sockets it creates (an abstract inbox) belong to ns. */
-function inNetns<T>(ns: string, fn: () => T): T {
-  const own = fs.openSync('/proc/thread-self/ns/net', 'r');
-  const target = fs.openSync(`/run/netns/${ns}`, 'r');
-  try {
-    if (setns(target, CLONE_NEWNET) !== 0) throw new Error(`setns(${ns}) failed: errno ${koffi.errno()}`);
-    try {
-      return fn();
-    } finally {
-      if (setns(own, CLONE_NEWNET) !== 0) throw new Error(`setns back failed: errno ${koffi.errno()}`);
-    }
-  } finally {
-    fs.closeSync(own);
-    fs.closeSync(target);
-  }
-}
-
 function flood(ns: string, address: string): { sent: number; refusal: string } {
   // The system's interpreter: a per-user one (pyenv under /root) is out of nobody's reach.
   const out = execFileSync('ip', ['netns', 'exec', ns, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3', '-c', FLOODER, address], { encoding: 'utf8', timeout: 10_000 });
@@ -155,7 +134,7 @@ describe('a target trusts a genuine peer with the connections it serves, no more
 describe("an application's inbox is no other user's to fill", () => {
   it('flooded by nobody before its hello, the application still registers; afterwards the kernel refuses the stranger', async () => {
     const ns = node('n2').ns;
-    const inbox = inNetns(ns, () => new LinkInbox(log));
+    const inbox = withNetns(ns, () => new LinkInbox(log));
     try {
       // Until the hello the inbox takes anyone's datagrams: the stranger fills it.
       const before = flood(ns, inbox.address);
