@@ -79,7 +79,12 @@ export interface AdminParts {
 export const API_MOVE_TIMEOUT_MS = 35_000;
 
 export class AgentAdmin {
-  constructor(private readonly p: AdminParts) {}
+  /** Node names by the ids routing-table entries carry. */
+  private readonly nodeNames: Map<number, string>;
+
+  constructor(private readonly p: AdminParts) {
+    this.nodeNames = new Map(p.config.nodes.map((n) => [n.id, n.name]));
+  }
 
   get self(): NodeConfig {
     return this.p.self;
@@ -263,7 +268,7 @@ export class AgentAdmin {
 
   /** An entry of the index as the API shows it; its counters read from the map (one lookup). */
   private tableView(e: IndexedRoute): ConnectionView {
-    const name = this.p.config.nodes.find((n) => n.id === e.node)?.name;
+    const name = this.nodeNames.get(e.node);
     const counters = this.p.steering!.routes.get(e.flow);
     return {
       id: e.id,

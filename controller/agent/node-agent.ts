@@ -9,6 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
+import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
 import { Channel, PendingReplies } from '../transfer/channel.js';
@@ -155,7 +156,10 @@ export class NodeAgent {
       this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8, this.steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT);
       this.routes = new LocalRoutes(this.routeService, this.self.name);
       // Entries a previous batond left frozen for another node: that node says whether it still serves them.
-      void this.routeService.recover((node, flows) => this.probe(node, flows));
+      this.routeService.recover((node, flows) => this.probe(node, flows)).catch((err: unknown) => {
+        // An entry that could not be rewritten stays frozen until the sweep restores it (8 step timeouts).
+        this.log.error({ err: errorText(err) }, 'recovering entries left frozen failed; the sweep will restore them');
+      });
     } else {
       // Connections this node serves can move on (claim 10); the distributor changes the table.
       this.routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
