@@ -1,24 +1,11 @@
 // Errors as RFC 9457 problem details (application/problem+json). A BatonError's code picks the
 // status and becomes the problem type; its context (connection, node, step) travels as members.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { type BatonErrorCode, isBatonError } from '../errors.js';
+import { ERRORS, isBatonError } from '../errors.js';
 import { bounded, countInputError, errorText } from '../input.js';
 
 export const PROBLEM_TYPE_BASE = 'https://baton.invalid/problems/';
 
-const STATUS: Partial<Record<BatonErrorCode, number>> = {
-  E_CONFIG: 400,
-  E_PROTOCOL: 400,
-  E_UNAUTHORIZED: 401,
-  E_FORBIDDEN: 403,
-  E_NOT_FOUND: 404,
-  E_HANDOFF_STATE: 409,
-  E_QUOTA: 429,
-  E_REJECTED: 409,
-  E_NO_TARGET: 409,
-  E_PEER: 502,
-  E_TIMEOUT: 504,
-};
 
 export interface Problem {
   type: string;
@@ -31,7 +18,7 @@ export interface Problem {
 
 export function problemOf(err: unknown, instance: string): Problem {
   if (isBatonError(err)) {
-    const status = STATUS[err.code] ?? 500;
+    const status = ERRORS[err.code].status;
     return { type: `${PROBLEM_TYPE_BASE}${err.code}`, title: err.code, status, detail: err.message, instance, ...err.context };
   }
   const fe = err as FastifyError;

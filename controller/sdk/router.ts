@@ -18,12 +18,12 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { BatonError, isBatonError } from '../errors.js';
+import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
-import { Accepts, type DistributorTimings, MAX_APP_STATE_BYTES, MAX_PEEKED_BYTES } from '../transfer/messages.js';
+import { Accepts, type DistributorTimings, MAX_APP_STATE_BYTES, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
 import { MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
@@ -86,7 +86,6 @@ export interface HandoffResult {
 }
 
 /** Failures after which the socket is intact and another target may be tried. */
-const RETRYABLE = new Set(['E_REJECTED', 'E_NO_TARGET', 'E_PEER', 'E_TIMEOUT']);
 
 interface TakenOver {
   fd: number;
@@ -184,7 +183,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
           moved = true;
           return { ...result, attempts: [...attempts, { target, outcome: 'done' }] };
         } catch (err) {
-          if (!isBatonError(err) || !RETRYABLE.has(err.code)) throw err;
+          if (!isBatonError(err) || !isRetryable(err.code)) throw err;
           attempts.push({ target, outcome: 'failed', code: err.code, reason: err.message });
           if (attempts.length === list.length) {
             throw new BatonError(err.code, list.length > 1 ? `all ${list.length} targets failed; last: ${err.message}` : err.message, { ...err.context, attempts }, { cause: err });
@@ -302,9 +301,9 @@ function readTimestamp(fd: number, log: Logger): number | undefined {
   }
 }
 
-function failure(msg: { step: string; code: string; reason: string }, connId: string): BatonError {
-  const code = (['E_REJECTED', 'E_TIMEOUT', 'E_PEER', 'E_NO_TARGET', 'E_BPF', 'E_HANDOFF_STATE', 'E_PROTOCOL', 'E_QUOTA'] as const).find((c) => c === msg.code) ?? 'E_PEER';
-  return new BatonError(code, msg.reason, { connId, step: msg.step });
+/** batond's failed message as the application's error: its code is one of the table's (the schema says so). */
+function failure(msg: Message<'failed'>, connId: string): BatonError {
+  return new BatonError(msg.code, msg.reason, { connId, step: msg.step });
 }
 
 function drainWrites(socket: net.Socket, connId: string): Promise<void> {

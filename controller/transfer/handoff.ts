@@ -210,7 +210,7 @@ export class HandoffCoordinator {
       // The application resumes reading once told: its socket must be out of repair mode by then.
       if (exported) this.resume(fd, log);
       this.releaseDescriptor(fd, log);
-      router.channel.send('failed', { connId, step, code: e.code, reason: e.message });
+      router.channel.send('failed', { connId, step, code: e.code, reason: e.detail });
       log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
       this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client: client ?? 'unknown', outcome: 'failed', step, reason: e.message });
     } finally {

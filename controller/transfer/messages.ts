@@ -4,7 +4,7 @@
 // else raises E_PROTOCOL and changes nothing. The protocol is documented in docs/protocol.md.
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
-import { BatonError } from '../errors.js';
+import { BatonError, ERROR_CODES } from '../errors.js';
 import { describeInput, MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import type { Frame, RejectReason } from './framing.js';
@@ -26,7 +26,9 @@ const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 export const ConnIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
 const IpAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' });
 const Endpoint = Type.Object({ address: IpAddress, port: Port }, { additionalProperties: false });
-const Reason = Type.String({ maxLength: 512 });
+/** Longest human-readable reason a message carries; header() cuts longer ones where they are sent. */
+export const MAX_REASON = 512;
+const Reason = Type.String({ maxLength: MAX_REASON });
 /** An abstract Unix socket name (without the leading NUL): printable, no spaces. */
 const FdAddress = Type.String({ minLength: 1, maxLength: 100, pattern: '^[!-~]+$' });
 
@@ -190,7 +192,8 @@ export const Schemas = {
   failed: message('failed', {
     connId: ConnIdSchema,
     step: Type.String({ maxLength: 32 }),
-    code: Type.String({ maxLength: 32 }),
+    /** One of the error table's codes (errors.ts): the application gets the same code batond raised. */
+    code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
     reason: Reason,
   }),
 } as const;
@@ -274,7 +277,11 @@ function beyondLimits(appState: unknown, peeked: Buffer): string | undefined {
 }
 
 export function header<K extends MessageType>(type: K, body: Body<K>): Record<string, unknown> {
-  return { v: PROTOCOL_VERSION, type, ...body };
+  const h: Record<string, unknown> = { v: PROTOCOL_VERSION, type, ...body };
+  // A reason is an error's text, which may quote anything: cut to what the receiver's schema takes,
+  // or the whole message would be refused there and its sender's peer left waiting.
+  if (typeof h.reason === 'string' && h.reason.length > MAX_REASON) h.reason = `${h.reason.slice(0, MAX_REASON - 1)}…`;
+  return h;
 }
 
 /** Splits a connection state into the JSON part and the three offer blobs. */
