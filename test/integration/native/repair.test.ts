@@ -20,6 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BatonError } from '../../../controller/errors.js';
 import { closeFd } from '../../../native/fdpass.js';
 import { repoRoot } from '../../../controller/paths.js';
+import { withNetns } from '../../helpers/netns.js';
 import { unfitDescriptor } from '../../../controller/transfer/handoff.js';
 import {
   appendReceived,
@@ -53,31 +54,12 @@ const S6 = 'fd00:201::2';
 
 const libc = koffi.load('libc.so.6');
 const c = {
-  setns: libc.func('int setns(int fd, int nstype)'),
   send: libc.func('intptr_t send(int fd, const uint8_t *buf, size_t len, int flags)'),
 };
-const CLONE_NEWNET = 0x40000000;
 const MSG_DONTWAIT = 0x40;
 
 function sh(argv: string[]): string {
   return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
-}
-
-/** Runs fn with this thread in namespace ns; sockets created meanwhile belong to ns. */
-function inNetns<T>(ns: string, fn: () => T): T {
-  const own = fs.openSync('/proc/thread-self/ns/net', 'r');
-  const target = fs.openSync(`/run/netns/${ns}`, 'r');
-  try {
-    if (c.setns(target, CLONE_NEWNET) !== 0) throw new Error(`setns(${ns}) failed: errno ${koffi.errno()}`);
-    try {
-      return fn();
-    } finally {
-      if (c.setns(own, CLONE_NEWNET) !== 0) throw new Error(`setns back failed: errno ${koffi.errno()}`);
-    }
-  } finally {
-    fs.closeSync(own);
-    fs.closeSync(target);
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -374,7 +356,7 @@ function closeOriginal(sock: net.Socket, fd: number): void {
 }
 
 function importHere(state: TcpConnectionState, prepend?: Buffer): number {
-  return inNetns(NS_S, () => importConnection(state, prepend ? { prepend } : {}));
+  return withNetns(NS_S, () => importConnection(state, prepend ? { prepend } : {}));
 }
 
 /**
@@ -454,7 +436,7 @@ describe('native/repair (TCP_REPAIR in network namespaces)', () => {
 
         closeOriginal(sock, fd);
         let importUs = 0;
-        const fd2 = inNetns(NS_S, () => {
+        const fd2 = withNetns(NS_S, () => {
           const t1 = performance.now();
           const imported = importConnection(state);
           importUs = (performance.now() - t1) * 1000;
@@ -869,7 +851,7 @@ describe('native/repair (TCP_REPAIR in network namespaces)', () => {
       // (listen without a host creates the socket synchronously, so inside the namespace)
       const ls = await new Promise<net.Server>((resolve) => {
         const srv = net.createServer();
-        inNetns(NS_S, () => srv.listen(0, () => resolve(srv)));
+        withNetns(NS_S, () => srv.listen(0, () => resolve(srv)));
       });
       const lfd = (ls as unknown as { _handle: { fd: number } })._handle.fd;
       expect(() => exportSnapshot(lfd)).toThrow(/^TCP_REPAIR\(on\) failed: EPERM/);
@@ -915,7 +897,7 @@ describe('native/repair (TCP_REPAIR in network namespaces)', () => {
         const clock = socketTimestamp(fd);
         closeSilently(fd);
         const state = last;
-        fd = inNetns(NS_S, () => {
+        fd = withNetns(NS_S, () => {
           const ti = performance.now();
           const imported = importConnection(state);
           importUs.push((performance.now() - ti) * 1000);
