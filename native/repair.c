@@ -474,9 +474,9 @@ static int write_queue(int fd, int queue, const uint8_t *buf, uint32_t len)
 }
 
 /*
- * The order matters and each step's reason is a measured failure (KERNEL-NOTES): queue seqs
- * while still closed; MSS before connect; options after it (EPERM before) and before any
- * queue data; the window after the receive queue (its rcv_wup check).
+ * The order matters, each step for a reason (docs/native.md, "Socket option order on import"):
+ * queue seqs while still closed; MSS before connect; options after it (EPERM before) and before
+ * any queue data; the window after the receive queue (its rcv_wup check).
  */
 int baton_import(const struct baton_tcp_state *st, const uint8_t *sendq, const uint8_t *recvq,
 		 int *fd_out)

@@ -159,8 +159,8 @@ export function inSubnet(subnet: Subnet, address: string): boolean {
  * The MAC for an address in a lab: 02 (locally administered, unicast), three bytes of
  * sha256(prefix), then the address's last two bytes. Same address → same MAC on every re-creation,
  * which matters: nodes keep neighbour entries, and a client namespace re-created with a used
- * address but a new MAC stalls for seconds (KERNEL-NOTES, lab hygiene). External tools attaching
- * their own client use the same rule.
+ * address but a new MAC stalls for seconds (docs/datapath.md, "Neighbour entries"). External
+ * tools attaching their own client use the same rule.
  */
 export function labMac(prefix: string, address: string): string {
   const h = createHash('sha256').update(prefix).digest();

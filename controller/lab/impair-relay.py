@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Loss and delay on the lab's segment, where this kernel has no netem (KERNEL-NOTES).
+"""Loss and delay on the lab's segment, where this kernel has no netem (docs/lab.md,
+"Impairing the segment").
 
 Runs in the switch namespace. Each --link PORT,RELAY names two devices: PORT is the veth end
 facing a node (or the client), taken off the bridge; RELAY is a veth whose peer is now the bridge

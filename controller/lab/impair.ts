@@ -1,7 +1,8 @@
 // Packet loss and delay on the lab's segment. This kernel has neither netem nor any delaying
-// qdisc (KERNEL-NOTES), so a relay does it: every port of the bridge (the three nodes and the
-// lab's client) is taken off br0 and joined to it again through impair-relay.py, which drops a
-// share of the frames the bridge sends towards that port and holds the rest for a fixed time.
+// qdisc (docs/lab.md, "Impairing the segment"), so a relay does it: every port of the bridge
+// (the three nodes and the lab's client) is taken off br0 and joined to it again through
+// impair-relay.py, which drops a share of the frames the bridge sends towards that port and
+// holds the rest for a fixed time.
 //
 //   node eth0 ── <port> ──[relay]── ri-<port> ── rb-<port> ── br0      (all but eth0 in <prefix>-sw)
 //

@@ -127,7 +127,7 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
       await ip(sw, ['link', 'set', 'dev', e.peer, 'master', d.bridge.name], { step });
       // veth hands locally generated segments on with CHECKSUM_PARTIAL; a frame redirected by XDP
       // never gets its checksum completed and the receiver drops it. Real NICs put complete
-      // checksums on the wire, so make both ends behave like one (KERNEL-NOTES, checksums).
+      // checksums on the wire, so make both ends behave like one (docs/datapath.md, "Checksums").
       await inNamespace(sw, ['ethtool', '-K', e.peer, 'tx', 'off'], { step });
       await inNamespace(e.ns, ['ethtool', '-K', e.dev, 'tx', 'off'], { step });
       await ip(e.ns, ['addr', 'add', `${e.address}/${prefixLength}`, 'dev', e.dev], { step });
@@ -137,7 +137,8 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
         // provisions a VM node, so the lab and real machines cannot drift apart.
         await inNamespace(e.ns, [path.join(repoRoot(), 'scripts', 'provision', 'sysctls.sh'), e.dev], { step: 'sysctl' });
         // XDP_TX from the node's eth0 is only delivered when the peer runs an XDP program of
-        // its own (KERNEL-NOTES, XDP steering on veth); pass.o lets everything through.
+        // its own (docs/datapath.md, "XDP_TX needs an XDP program on the peer veth"); pass.o
+        // lets everything through.
         await ip(sw, ['link', 'set', 'dev', e.peer, 'xdpdrv', 'obj', passObj, 'sec', 'xdp'], { step });
       }
       await ip(sw, ['link', 'set', 'dev', e.peer, 'up'], { step });

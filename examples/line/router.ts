@@ -5,7 +5,8 @@
 //   client: USER <name>  → the connection is handed off to the user's node, whose target application
 //                          answers OK <node> and serves GET/PUT from then on.
 // The reply to USER comes from the target once it is live, so the client has nothing in flight
-// during the move (KERNEL-NOTES: the cheap way to avoid a stall).
+// during the move and none of its segments meets the freeze (docs/native.md,
+// "Why the handoff runs in this order").
 // Until USER, the routing-phase limits apply (--routing-*): a client that says nothing, trickles,
 // floods or opens too many connections gets an ERR line saying why, and is closed.
 import net from 'node:net';
