@@ -4,7 +4,8 @@
 import os from 'node:os';
 import { BatonError } from '../controller/errors.js';
 import { errnoName } from './errno.js';
-import { addressToBytes, libbaton, type TcpEndpoint } from './repair.js';
+import { addressToBytes, connectionId, type FlowKey } from '../controller/flow.js';
+import { libbaton } from './repair.js';
 
 /** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
 export const TCP_STATES = {
@@ -26,17 +27,19 @@ export type TcpStateName = (typeof TCP_STATES)[keyof typeof TCP_STATES];
 let tcpStateFn: ((family: number, local: Uint8Array, lport: number, remote: Uint8Array, rport: number) => number) | undefined;
 
 /**
- * The state of the socket holding local↔remote in this process's network namespace, or 'GONE'
- * when no socket does (not even in TIME_WAIT). Throws E_NATIVE for anything else.
+ * The state of the socket holding the flow (local: the DVIPA, remote: the client) in this
+ * process's network namespace, or 'GONE' when no socket does (not even in TIME_WAIT). Throws
+ * E_NATIVE for anything else.
  */
-export function tcpState(family: 4 | 6, local: TcpEndpoint, remote: TcpEndpoint): TcpStateName | 'GONE' {
+export function tcpState(flow: FlowKey): TcpStateName | 'GONE' {
   tcpStateFn ??= libbaton().func('baton_tcp_state', 'int', ['uint8_t', 'const uint8_t *', 'uint16_t', 'const uint8_t *', 'uint16_t']);
-  const ret = tcpStateFn(family, addressToBytes(family, local.address), local.port, addressToBytes(family, remote.address), remote.port);
+  const { family } = flow;
+  const ret = tcpStateFn(family, addressToBytes(family, flow.vipAddress, 'vipAddress'), flow.vipPort, addressToBytes(family, flow.clientAddress, 'clientAddress'), flow.clientPort);
   if (ret === -os.constants.errno.ENOENT) return 'GONE';
   if (ret < 0) {
-    throw new BatonError('E_NATIVE', `sock_diag lookup failed: ${errnoName(-ret)}`, { step: 'sock_diag', errno: -ret, local, remote });
+    throw new BatonError('E_NATIVE', `sock_diag lookup failed: ${errnoName(-ret)}`, { step: 'sock_diag', errno: -ret, flow: connectionId(flow) });
   }
   const name = TCP_STATES[ret as keyof typeof TCP_STATES];
-  if (!name) throw new BatonError('E_NATIVE', `sock_diag reported unknown TCP state ${ret}`, { step: 'sock_diag', local, remote });
+  if (!name) throw new BatonError('E_NATIVE', `sock_diag reported unknown TCP state ${ret}`, { step: 'sock_diag', flow: connectionId(flow) });
   return name;
 }

@@ -11,12 +11,13 @@
 //
 // Every function is synchronous and throws BatonError('E_NATIVE') naming the kernel call that
 // failed and its errno ("TCP_REPAIR_QUEUE(recv) failed: EPERM"). Needs CAP_NET_ADMIN.
-import net from 'node:net';
+import type net from 'node:net';
 import os from 'node:os';
 import koffi from 'koffi';
 import { BatonError } from '../controller/errors.js';
 import { errnoName } from './errno.js';
 import { buildPath } from '../controller/paths.js';
+import { addressToBytes, bytesToAddress } from '../controller/flow.js';
 
 export interface TcpEndpoint {
   address: string;
@@ -226,63 +227,7 @@ function check(ret: number, call: string, context: Record<string, unknown> = {})
   throw new BatonError('E_NATIVE', `${step} failed: ${errnoName(errno)}`, { step, errno, errnoName: errnoName(errno), call, ...context });
 }
 
-// ---- addresses and the state struct ----------------------------------------------------
-
-/** 16 bytes in network order, IPv4 in the first 4, as struct baton_tcp_state holds them. */
-export function addressToBytes(family: 4 | 6, address: string): Uint8Array {
-  const out = new Uint8Array(16);
-  if (family === 4) {
-    if (!net.isIPv4(address)) throw new BatonError('E_NATIVE', `not an IPv4 address: ${address}`, { step: 'state' });
-    address.split('.').forEach((part, i) => (out[i] = Number(part)));
-    return out;
-  }
-  if (!net.isIPv6(address) || address.includes('%')) throw new BatonError('E_NATIVE', `not a plain IPv6 address: ${address}`, { step: 'state' });
-  let text = address;
-  const groups: number[] = [];
-  // A dotted-quad tail stands for the last two groups.
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  let tail: number[] = [];
-  if (dotted) {
-    const b = dotted[1]!.split('.').map(Number) as [number, number, number, number];
-    tail = [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];
-    text = text.slice(0, -dotted[1]!.length);
-    if (text.endsWith(':') && !text.endsWith('::')) text = text.slice(0, -1);
-  }
-  const parse = (s: string) => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16)));
-  const [head, rest] = text.split('::') as [string, string | undefined];
-  const left = parse(head);
-  const right = [...parse(rest ?? ''), ...tail];
-  if (rest === undefined) groups.push(...left, ...right);
-  else groups.push(...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right);
-  groups.forEach((g, i) => {
-    out[2 * i] = g >> 8;
-    out[2 * i + 1] = g & 0xff;
-  });
-  return out;
-}
-
-/** The canonical text form (RFC 5952 for IPv6: lowercase, longest zero run as "::", IPv4-mapped as dotted). */
-export function bytesToAddress(family: 4 | 6, bytes: Uint8Array): string {
-  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
-    return `::ffff:${bytes[12]}.${bytes[13]}.${bytes[14]}.${bytes[15]}`;
-  }
-  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i]! << 8) | bytes[2 * i + 1]!);
-  let best = -1;
-  let bestLen = 1; // a single zero group is not compressed
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j === i ? i + 1 : j;
-  }
-  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
-  if (best < 0) return hex(groups);
-  return `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
-}
+// ---- the state struct (addresses: controller/flow.ts) ------------------------------------
 
 function stateFromRaw(st: RawState, sendQueue: Buffer, recvQueue: Buffer): TcpConnectionState {
   const family = st.family === 6 ? 6 : 4;
@@ -328,8 +273,8 @@ export function rawForImport(state: TcpConnectionState, prepend: Buffer = Buffer
     rcv_wscale: state.rcvWscale,
     local_port: state.local.port,
     remote_port: state.remote.port,
-    local_addr: addressToBytes(state.family, state.local.address),
-    remote_addr: addressToBytes(state.family, state.remote.address),
+    local_addr: addressToBytes(state.family, state.local.address, 'local address'),
+    remote_addr: addressToBytes(state.family, state.remote.address, 'remote address'),
     send_seq: state.sendSeq >>> 0,
     send_len: state.sendQueue.length,
     unsent_len: state.unsentLength,

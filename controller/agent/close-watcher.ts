@@ -11,7 +11,7 @@
 // client's whole FIN_WAIT2 time (tcp_fin_timeout, 60 s by default).
 import type { TcpStateName } from '../../native/diag.js';
 import type { Logger } from '../log.js';
-import { describeFlow, type FlowKey } from './routing-table.js';
+import { connectionId, type FlowKey } from '../flow.js';
 
 export type KernelTcpState = TcpStateName | 'GONE' | 'UNKNOWN';
 type StateLookup = (flow: FlowKey) => KernelTcpState;
@@ -60,12 +60,12 @@ export class CloseWatcher {
 
   watch(flow: FlowKey, connId: string): void {
     const now = Date.now();
-    this.watched.set(describeFlow(flow), { flow, connId, since: now, nextCheck: now + this.firstCheckMs, interval: this.firstCheckMs });
+    this.watched.set(connectionId(flow), { flow, connId, since: now, nextCheck: now + this.firstCheckMs, interval: this.firstCheckMs });
   }
 
   /** A new connection on this 4-tuple now lives here: the old one's end is no longer news. */
   forget(flow: FlowKey): void {
-    this.watched.delete(describeFlow(flow));
+    this.watched.delete(connectionId(flow));
   }
 
   /** Flows whose close is still in progress. */

@@ -27,7 +27,8 @@ import { DvipaPolicy } from '../config/dvipa-policy.js';
 import { DvipaSet } from './dvipa-set.js';
 import { agentEndpoints, ensureFree, explainListenFailure } from './ports.js';
 import { RouteService } from './route-service.js';
-import { type FlowKey, ROUTES_MAX_ENTRIES_DEFAULT } from './routing-table.js';
+import { ROUTES_MAX_ENTRIES_DEFAULT } from './routing-table.js';
+import type { FlowKey } from '../flow.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
@@ -109,7 +110,7 @@ export class NodeAgent {
       (flow) => this.closing.forget(flow),
     );
     this.closing = new CloseWatcher(
-      (flow) => tcpState(flow.family, { address: flow.vipAddress, port: flow.vipPort }, { address: flow.clientAddress, port: flow.clientPort }),
+      (flow) => tcpState(flow),
       (flow, connId, how) => {
         this.log.debug({ connId, ...how }, 'TCP done with a closed connection');
         this.routes?.finished(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not finished'));
@@ -358,7 +359,7 @@ export class NodeAgent {
     }
     const states = msg.flows.map((f) => {
       try {
-        return tcpState(f.family, { address: f.vipAddress, port: f.vipPort }, { address: f.clientAddress, port: f.clientPort });
+        return tcpState(f);
       } catch (err) {
         this.log.warn({ connId: msg.connId, err: (err as Error).message }, 'cannot read a flow\'s TCP state for a probe');
         return 'UNKNOWN';

@@ -31,8 +31,8 @@
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
-import { connectionId } from './connection-id.js';
-import type { FlowKey, RouteEntry, RoutingTable } from './routing-table.js';
+import { connectionId, type FlowKey } from '../flow.js';
+import type { RouteEntry, RoutingTable } from './routing-table.js';
 import { TableIndex } from './table-index.js';
 
 interface FreezeRecord {

@@ -3,10 +3,10 @@
 // that batond uses to freeze a flow before export and point it at the target after import.
 // Every number here is asserted against the header: the header by _Static_assert, this file by
 // test/unit/agent/routing-table-layout.test.ts. Change both or neither.
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
+import { addressToBytes, bytesToAddress, connectionId, type FlowKey } from '../flow.js';
 import {
   BPF_ANY,
   closeFd,
@@ -70,13 +70,6 @@ export const STEER_PROGRAM_NAME = 'baton_steer';
 
 // ---- types --------------------------------------------------------------------------------
 
-export interface FlowKey {
-  family: 4 | 6;
-  clientAddress: string;
-  clientPort: number;
-  vipAddress: string;
-  vipPort: number;
-}
 export type RouteState = keyof typeof ROUTE_STATE;
 export interface RouteEntry {
   state: RouteState;
@@ -101,64 +94,6 @@ function invalid(message: string, context: Record<string, unknown>): never {
   throw new BatonError('E_CONFIG', message, { step: 'routing-table', ...context });
 }
 
-function writeAddress(buf: Buffer, offset: number, family: 4 | 6, address: string, field: string): void {
-  if (family === 4) {
-    if (!net.isIPv4(address)) invalid(`${field} ${JSON.stringify(address)} is not an IPv4 address`, { field, address });
-    address.split('.').forEach((octet, i) => buf.writeUInt8(Number(octet), offset + i));
-    return;
-  }
-  // Zone ids (fe80::1%eth0) name a local interface; they are not part of the address on the wire.
-  if (!net.isIPv6(address) || address.includes('%')) invalid(`${field} ${JSON.stringify(address)} is not an IPv6 address`, { field, address });
-  parseIPv6(address).copy(buf, offset);
-}
-
-/** Expects text net.isIPv6() accepted. */
-function parseIPv6(address: string): Buffer {
-  // A dotted IPv4 suffix (::ffff:192.0.2.1) stands for the last two groups.
-  let text = address;
-  const lastColon = text.lastIndexOf(':');
-  if (text.includes('.', lastColon)) {
-    const [a = 0, b = 0, c = 0, d = 0] = text.slice(lastColon + 1).split('.').map(Number);
-    text = `${text.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const groups = (s: string): number[] => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16)));
-  const [head = '', tail] = text.split('::');
-  const front = groups(head);
-  const back = tail === undefined ? [] : groups(tail);
-  const all = [...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back];
-  const out = Buffer.alloc(ADDR_LEN);
-  all.forEach((g, i) => out.writeUInt16BE(g, i * 2));
-  return out;
-}
-
-/** RFC 5952 text: lowercase, leading zeros dropped, the longest run (≥ 2) of zero groups as ::. */
-function formatIPv6(buf: Buffer, offset: number): string {
-  const groups = Array.from({ length: 8 }, (_, i) => buf.readUInt16BE(offset + i * 2));
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
-}
-
-function readAddress(buf: Buffer, offset: number, family: 4 | 6): string {
-  if (family === 4) return [0, 1, 2, 3].map((i) => buf.readUInt8(offset + i)).join('.');
-  return formatIPv6(buf, offset);
-}
-
 function checkPort(port: number, field: string): void {
   // Port 0 never appears on the wire; accepting it would only create an entry nothing matches.
   if (!Number.isInteger(port) || port < 1 || port > 0xffff) invalid(`${field} ${port} is out of range 1..65535`, { field, port });
@@ -170,8 +105,8 @@ export function encodeFlowKey(key: FlowKey, out: Buffer = Buffer.alloc(FLOW_KEY_
   checkPort(key.vipPort, 'vipPort');
   // The hash compares raw bytes: padding and the unused tail of an IPv4 address must be zero.
   out.fill(0, 0, FLOW_KEY_SIZE);
-  writeAddress(out, FLOW_KEY_OFFSET.clientAddr, key.family, key.clientAddress, 'clientAddress');
-  writeAddress(out, FLOW_KEY_OFFSET.vipAddr, key.family, key.vipAddress, 'vipAddress');
+  out.set(addressToBytes(key.family, key.clientAddress, 'clientAddress'), FLOW_KEY_OFFSET.clientAddr);
+  out.set(addressToBytes(key.family, key.vipAddress, 'vipAddress'), FLOW_KEY_OFFSET.vipAddr);
   out.writeUInt16BE(key.clientPort, FLOW_KEY_OFFSET.clientPort);
   out.writeUInt16BE(key.vipPort, FLOW_KEY_OFFSET.vipPort);
   out.writeUInt8(key.family, FLOW_KEY_OFFSET.family);
@@ -184,9 +119,9 @@ export function decodeFlowKey(buf: Buffer): FlowKey {
   if (family !== 4 && family !== 6) throw new BatonError('E_BPF', `flow key with unknown family ${family}`, { step: 'routing-table' });
   return {
     family,
-    clientAddress: readAddress(buf, FLOW_KEY_OFFSET.clientAddr, family),
+    clientAddress: bytesToAddress(family, buf.subarray(FLOW_KEY_OFFSET.clientAddr, FLOW_KEY_OFFSET.clientAddr + ADDR_LEN)),
     clientPort: buf.readUInt16BE(FLOW_KEY_OFFSET.clientPort),
-    vipAddress: readAddress(buf, FLOW_KEY_OFFSET.vipAddr, family),
+    vipAddress: bytesToAddress(family, buf.subarray(FLOW_KEY_OFFSET.vipAddr, FLOW_KEY_OFFSET.vipAddr + ADDR_LEN)),
     vipPort: buf.readUInt16BE(FLOW_KEY_OFFSET.vipPort),
   };
 }
@@ -460,7 +395,7 @@ export class RoutingTable {
         throw new BatonError(
           'E_BPF',
           'routing table full',
-          { step, errno, errnoName: err instanceof BatonError ? err.context.errnoName : undefined, maxEntries: this.capacity(), flow: describeFlow(key) },
+          { step, errno, errnoName: err instanceof BatonError ? err.context.errnoName : undefined, maxEntries: this.capacity(), flow: connectionId(key) },
           { cause: err },
         );
       }
@@ -504,9 +439,4 @@ function checkLayout(fd: number, type: number, keySize: number, valueSize: numbe
       found: { type: info.type, keySize: info.keySize, valueSize: info.valueSize },
     });
   }
-}
-
-export function describeFlow(key: FlowKey): string {
-  const host = (a: string): string => (key.family === 6 ? `[${a}]` : a);
-  return `${host(key.clientAddress)}:${key.clientPort}->${host(key.vipAddress)}:${key.vipPort}`;
 }

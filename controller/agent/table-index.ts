@@ -9,14 +9,14 @@
 //
 // The map can change behind batond's back (XDP deletes an entry a new SYN reclaims; an operator's
 // bpftool): route-service reconciles the two now and then, in small steps.
-import { connectionId } from './connection-id.js';
+import { connectionId, type FlowKey } from '../flow.js';
 import { PagedMap, type PageOf } from './paged-map.js';
-import type { FlowKey, RouteState } from './routing-table.js';
+import type { RouteState } from './routing-table.js';
 
 export { parseCursor } from './paged-map.js';
 
 export interface IndexedRoute {
-  /** The connection's operator id (connection-id.ts): its 4-tuple. */
+  /** The connection's operator id (flow.ts): its 4-tuple. */
   id: string;
   flow: FlowKey;
   state: RouteState;

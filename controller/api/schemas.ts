@@ -5,6 +5,8 @@ import { TargetInfoSchema } from '../control/messages.js';
 
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 const Endpoint = Type.Object({ address: Type.String(), port: Type.Integer() });
+/** The wire field connId (transfer/messages.ts): names a connection's handoffs, not the connection. */
+const HandoffId = Type.String({ description: 'the handoff id (n1.e26ac130f728), kept as the connection moves; not its connection id' });
 
 export const ProblemSchema = Type.Object(
   { type: Type.String(), title: Type.String(), status: Type.Integer(), detail: Type.String(), instance: Type.String() },
@@ -49,7 +51,7 @@ export const ConnectionSchema = Type.Object({
   packets: Type.Optional(Type.Integer()),
   bytes: Type.Optional(Type.Integer()),
   ageSeconds: Type.Optional(Type.Integer()),
-  connId: Type.Optional(Type.String()),
+  connId: Type.Optional(HandoffId),
   app: Type.Optional(Type.String()),
   instance: Type.Optional(Type.String()),
 });
@@ -69,7 +71,7 @@ export type ConnectionQuery = Static<typeof ConnectionQuerySchema>;
 
 export const ConnectionParamsSchema = Type.Object({ id: Type.String({ minLength: 9, maxLength: 110 }) });
 export const MoveBodySchema = Type.Object({ node: Name }, { additionalProperties: false });
-export const MoveResultSchema = Type.Object({ id: Type.String(), from: Type.String(), to: Type.String(), connId: Type.String() });
+export const MoveResultSchema = Type.Object({ id: Type.String(), from: Type.String(), to: Type.String(), connId: HandoffId });
 
 export const TargetParamsSchema = Type.Object({ node: Name, instance: Name });
 export const TargetChangeSchema = Type.Object(
@@ -93,7 +95,7 @@ export const TimingsSchema = Type.Object({
 });
 
 export const TransferSchema = Type.Object({
-  connId: Type.String(),
+  connId: HandoffId,
   id: Type.Optional(Type.String({ description: 'the connection id of its 4-tuple; absent when the handoff failed before the socket could be read' })),
   at: Type.String(),
   from: Type.String({ description: 'the routing application that handed it off' }),

@@ -182,7 +182,7 @@ export function registerOperatorCommands(program: Command): void {
       const us = (n?: number) => (n === undefined ? '-' : `${n}`);
       out(o, transfers, () =>
         table(
-          ['at', 'connection', 'conn id', 'from', 'to', 'outcome', 'total µs', 'export', 'offer', 'commit', 'route'],
+          ['at', 'connection', 'handoff id', 'from', 'to', 'outcome', 'total µs', 'export', 'offer', 'commit', 'route'],
           transfers.map((t) => [t.at, t.id ?? '-', t.connId, t.from, t.target, t.outcome === 'done' ? 'done' : `failed at ${t.step}: ${t.reason}`, us(t.timings?.totalUs), us(t.timings?.exportUs), us(t.timings?.offerRttUs), us(t.timings?.commitRttUs), us(t.timings?.routeUs)]),
         ),
       );
@@ -194,7 +194,7 @@ export function registerOperatorCommands(program: Command): void {
     .argument('<node>', 'the node to move it to')
     .action(async (conn: string, node: string, o: GlobalOptions) => {
       const res = await connect(o).post<{ id: string; from: string; to: string; connId: string }>(`/v1/connections/${encodeURIComponent(conn)}/transfer`, { node });
-      out(o, res, () => `moved ${res.id} from ${res.from} to ${res.to} (conn id ${res.connId})`);
+      out(o, res, () => `moved ${res.id} from ${res.from} to ${res.to} (handoff id ${res.connId})`);
     });
 
   apiCommand(program, 'dvipas')

@@ -14,7 +14,6 @@
 // connection. On failure handoff() rejects with a BatonError saying which step failed, and the
 // socket is exactly as before: still connected, reading resumed, any bytes that arrived meanwhile
 // delivered. The application may retry elsewhere or answer the client.
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -28,7 +27,7 @@ import { MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
-import { connectionIds, handedOff } from './handed-off.js';
+import { handedOff, handoffIdOf } from './handed-off.js';
 import type { TargetInfo } from '../control/messages.js';
 
 type FromAgent = (typeof Accepts.router)[number];
@@ -218,7 +217,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
 
   private async handoffOnce(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions): Promise<Omit<HandoffResult, 'attempts'>> {
     const t0 = performance.now();
-    const connId = connectionIds.get(socket) ?? `${this.node}.${randomBytes(6).toString('hex')}`;
+    const connId = handoffIdOf(socket, this.node);
     const log = this.log.child({ connId, target: target.node });
     if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
     const peeked = opts.peeked ?? Buffer.alloc(0);
@@ -329,8 +328,9 @@ interface TcpHandle {
 
 /**
  * Stops Node from reading the socket so every byte not yet delivered stays in the kernel queue
- * (KERNEL-NOTES: pause() is not enough, libuv keeps reading). Whatever Node had already buffered
- * is returned so it can travel with the peeked bytes. restore() undoes all of it.
+ * (pause() is not enough, libuv keeps reading: docs/native.md, "Taking a socket from Node").
+ * Whatever Node had already buffered is returned so it can travel with the peeked bytes.
+ * restore() undoes all of it.
  */
 function takeOverReads(socket: net.Socket, connId: string): TakenOver {
   const fd = socketFd(socket);

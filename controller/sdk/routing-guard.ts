@@ -20,6 +20,7 @@
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { BatonError } from '../errors.js';
+import { addressToBytes, bytesToAddress } from '../flow.js';
 import type { Logger } from '../log.js';
 
 export type LimitReason = 'idle' | 'deadline' | 'too-many-bytes' | 'per-source' | 'total';
@@ -146,33 +147,21 @@ export function holdForHandoff(socket: net.Socket): HandoffHold {
   };
 }
 
-/** The eight 16-bit groups of an IPv6 address in any of its textual forms. */
-function ipv6Groups(address: string): number[] {
-  const parse = (part: string) =>
-    part
-      .split(':')
-      .filter(Boolean)
-      .flatMap((g) => {
-        if (!net.isIPv4(g)) return [parseInt(g, 16)];
-        const [a, b, c, d] = g.split('.').map(Number) as [number, number, number, number];
-        return [(a << 8) | b, (c << 8) | d];
-      });
-  const [head = '', tail] = address.split('::') as [string, string | undefined];
-  const h = parse(head);
-  const t = tail === undefined ? [] : parse(tail);
-  return [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
-}
-
 /**
  * The key the per-source limit counts under: the IPv4 address (also when it arrives IPv4-mapped on
  * a dual-stack listener), or the /64 of an IPv6 address, since whoever has one IPv6 address
  * usually has the whole /64 to pick from.
  */
 export function sourceOf(address: string): string {
+  // A zone id names the interface the address was seen on, not the client.
   const bare = address.split('%')[0]!.toLowerCase();
-  if (bare.startsWith('::ffff:') && net.isIPv4(bare.slice(7))) return bare.slice(7);
   if (!net.isIPv6(bare)) return bare;
-  return `${ipv6Groups(bare).slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+  const bytes = addressToBytes(6, bare);
+  const canonical = bytesToAddress(6, bytes);
+  // Only an IPv4-mapped address is written with a dotted tail (flow.ts).
+  if (canonical.startsWith('::ffff:') && canonical.includes('.')) return canonical.slice(7);
+  const prefix = Buffer.from(bytes.buffer, bytes.byteOffset, 8);
+  return `${[0, 2, 4, 6].map((at) => prefix.readUInt16BE(at).toString(16)).join(':')}::/64`;
 }
 
 const now = () => performance.now();

@@ -22,7 +22,7 @@ import type { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
-import { connectionIds, handedOff } from './handed-off.js';
+import { handedOff, keepHandoffId } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -227,7 +227,7 @@ export class TargetClient {
     // sockets it accepts; a transferred one must not make its last small reply wait for the
     // client's delayed ACK (measured: up to 40 ms).
     socket.setNoDelay(true);
-    connectionIds.set(socket, connId);
+    keepHandoffId(socket, connId);
     this.log.info({ connId, from: msg.from, client: `${msg.client.address}:${msg.client.port}` }, 'transferred connection is live');
     this.live++;
     this.control?.update({ load: this.live });

@@ -4,7 +4,7 @@
 // the offer only on a yes (target-relay.ts, OfferPolicy.confirmOwner). On the distributor itself
 // the table is asked directly.
 import { BatonError } from '../errors.js';
-import type { FlowKey } from '../agent/routing-table.js';
+import type { FlowKey } from '../flow.js';
 import type { PeerLinks } from './peers.js';
 
 /** The distributor's side of the question (RouteService.serves). */

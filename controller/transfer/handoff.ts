@@ -2,7 +2,7 @@
 // request into a connection served by a target node. The application has stopped reading its
 // socket and sent batond a duplicate of its descriptor (fd-exchange.ts); batond does every socket
 // step itself, so the application hears from it only once more (done, or failed). Steps, and why
-// this order (KERNEL-NOTES, "The order that gave zero stalls"):
+// this order (docs/native.md, "Why the handoff runs in this order"):
 //
 //   0. check   the descriptor the application passed is an ESTABLISHED TCP socket whose local
 //              address is a DVIPA (read without touching it): anything else (a UDP or Unix socket,
@@ -43,7 +43,7 @@ import { BatonError, isBatonError } from '../errors.js';
 import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
-import type { FlowKey } from '../agent/routing-table.js';
+import { endpointText, type FlowKey, flowOf, socketFlow } from '../flow.js';
 import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
 import { type Accepts, connToWire, type Decoded, type DistributorTimings, type Message } from './messages.js';
@@ -132,8 +132,8 @@ export class HandoffCoordinator {
       const state = this.sockets.snapshot(fd);
       exported = state;
       const exportUs = micros(tExport);
-      flow = { family: state.family, clientAddress: state.remote.address, clientPort: state.remote.port, vipAddress: state.local.address, vipPort: state.local.port };
-      client = `${state.remote.address}:${state.remote.port}`;
+      flow = flowOf(state);
+      client = endpointText(state.family, state.remote.address, state.remote.port);
       log.debug({ client }, 'handoff requested');
 
       step = 'offer';
@@ -228,8 +228,9 @@ export class HandoffCoordinator {
       return { unfit: `cannot inspect it: ${errorText(err)}` };
     }
     const unfit = unfitDescriptor(info, this.isDvipa);
-    if (unfit || !info.local || !info.remote) return { unfit: unfit ?? 'it has no peer' };
-    return { flow: { family: info.local.family, clientAddress: info.remote.address, clientPort: info.remote.port, vipAddress: info.local.address, vipPort: info.local.port } };
+    const flow = socketFlow(info);
+    if (unfit || !flow) return { unfit: unfit ?? 'it has no peer' };
+    return { flow };
   }
 
   /** Rollback: repair mode off. If even that fails the application's socket is stuck silent: say so loudly. */

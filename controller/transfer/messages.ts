@@ -7,6 +7,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError, ERROR_CODES } from '../errors.js';
 import { describeInput, MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import type { TcpConnectionState } from '../../native/repair.js';
+import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, PortSchema as Port } from '../flow.js';
 import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
 
@@ -21,11 +22,12 @@ export const MAX_APP_STATE_BYTES = 32 * 1024;
 export const MAX_PEEKED_BYTES = 256 * 1024;
 
 const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
-const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
-export const ConnIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
-const IpAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' });
-const Endpoint = Type.Object({ address: IpAddress, port: Port }, { additionalProperties: false });
+/**
+ * The handoff id (wire field `connId`, e.g. n1.e26ac130f728): names one connection's handoffs, made
+ * by the routing SDK at its first (sdk/handed-off.ts). Not the connection id, its 4-tuple (flow.ts).
+ */
+export const HandoffIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
 /** Longest human-readable reason a message carries; header() cuts longer ones where they are sent. */
 export const MAX_REASON = 512;
 const Reason = Type.String({ maxLength: MAX_REASON });
@@ -37,21 +39,10 @@ const WindowSchema = Type.Object(
   { additionalProperties: false },
 );
 
-export const FlowSchema = Type.Object(
-  {
-    family: Type.Union([Type.Literal(4), Type.Literal(6)]),
-    clientAddress: IpAddress,
-    clientPort: Port,
-    vipAddress: IpAddress,
-    vipPort: Port,
-  },
-  { additionalProperties: false },
-);
-
 /** TcpConnectionState without its byte queues, which travel as blobs (see connToWire). */
 export const ConnMetaSchema = Type.Object(
   {
-    family: Type.Union([Type.Literal(4), Type.Literal(6)]),
+    family: FamilySchema,
     local: Endpoint,
     remote: Endpoint,
     sendSeq: U32,
@@ -118,52 +109,52 @@ export const Schemas = {
    * sent just before on the descriptor link, tagged with connId. Blob: the peeked bytes.
    */
   handoff: message('handoff', {
-    connId: ConnIdSchema,
+    connId: HandoffIdSchema,
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     appState: Type.Unknown(),
   }),
   /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes. */
   offer: message('offer', {
-    connId: ConnIdSchema,
+    connId: HandoffIdSchema,
     from: Name,
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
   }),
-  accept: message('accept', { connId: ConnIdSchema, importUs: Type.Number({ minimum: 0 }) }),
-  reject: message('reject', { connId: ConnIdSchema, reason: Reason }),
+  accept: message('accept', { connId: HandoffIdSchema, importUs: Type.Number({ minimum: 0 }) }),
+  reject: message('reject', { connId: HandoffIdSchema, reason: Reason }),
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
-  commit: message('commit', { connId: ConnIdSchema, unsentLength: U32, window: WindowSchema }),
-  ready: message('ready', { connId: ConnIdSchema }),
+  commit: message('commit', { connId: HandoffIdSchema, unsentLength: U32, window: WindowSchema }),
+  ready: message('ready', { connId: HandoffIdSchema }),
   /**
    * The route points at the target and the old socket is closed: leave repair mode and serve.
    * timestamp: the old socket's TCP timestamp clock when it was closed (absent if the routing
    * application never said: the target then estimates it).
    */
-  live: message('live', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
-  abort: message('abort', { connId: ConnIdSchema, reason: Reason }),
+  live: message('live', { connId: HandoffIdSchema, timestamp: Type.Optional(U32) }),
+  abort: message('abort', { connId: HandoffIdSchema, reason: Reason }),
   /** Agent → a target application that decides on offers: may it take this connection? Blob: the peeked bytes. */
-  decide: message('decide', { connId: ConnIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
-  decided: message('decided', { connId: ConnIdSchema, accept: Type.Boolean(), reason: Type.Optional(Reason) }),
+  decide: message('decide', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
+  decided: message('decided', { connId: HandoffIdSchema, accept: Type.Boolean(), reason: Type.Optional(Reason) }),
   /**
    * Agent → target application: a live connection is yours. Its descriptor was sent just before on
    * the descriptor link, tagged with connId. Blobs: the peeked bytes (already at
    * the head of the socket's receive queue, for a look), and the tail the routing node never
    * transmitted (the application writes it first).
    */
-  transferred: message('transferred', { connId: ConnIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
+  transferred: message('transferred', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
   /**
    * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
    * started on a node that is not the distributor). The distributor checks the sender owns the flow.
    */
   route: message('route', {
-    connId: ConnIdSchema,
+    connId: HandoffIdSchema,
     op: Type.Union([Type.Literal('freeze'), Type.Literal('forward'), Type.Literal('unfreeze'), Type.Literal('release'), Type.Literal('finished'), Type.Literal('owner')]),
     flow: FlowSchema,
     /** forward: the new owner. owner: the node that claims to serve the flow (a target checking an offer). */
     target: Type.Optional(Name),
   }),
-  routed: message('routed', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
+  routed: message('routed', { connId: HandoffIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   /** Every node → every other node (claim 23): the target applications registered here, on change and as a heartbeat. */
   listeners: message('listeners', { node: Name, targets: Type.Array(TargetInfoSchema, { maxItems: 1024 }) }),
   /**
@@ -171,26 +162,26 @@ export const Schemas = {
    * when a restarted distributor finds entries frozen by handoffs of its previous life, to give
    * each back to the node that served it or remove it (route-service.ts).
    */
-  probe: message('probe', { connId: ConnIdSchema, flows: Type.Array(FlowSchema, { minItems: 1, maxItems: 1024 }) }),
+  probe: message('probe', { connId: HandoffIdSchema, flows: Type.Array(FlowSchema, { minItems: 1, maxItems: 1024 }) }),
   /** Answer to probe, one TCP state per flow in its order (ESTABLISHED, CLOSE_WAIT…, or GONE: no socket). */
-  probed: message('probed', { connId: ConnIdSchema, states: Type.Array(Type.String({ pattern: '^[A-Z_0-9]{1,16}$' }), { maxItems: 1024 }) }),
+  probed: message('probed', { connId: HandoffIdSchema, states: Type.Array(Type.String({ pattern: '^[A-Z_0-9]{1,16}$' }), { maxItems: 1024 }) }),
   /** Target application → its agent: a transferred connection it served has closed. */
-  release: message('release', { connId: ConnIdSchema }),
+  release: message('release', { connId: HandoffIdSchema }),
   /**
    * Agent → target application: an operator asked (REST API) to move this connection to another
    * node. The application moves it at its next safe point with its own state, and answers moved.
    */
-  move: message('move', { connId: ConnIdSchema, node: Name }),
-  moved: message('moved', { connId: ConnIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
+  move: message('move', { connId: HandoffIdSchema, node: Name }),
+  moved: message('moved', { connId: HandoffIdSchema, ok: Type.Boolean(), reason: Type.Optional(Reason) }),
   /**
    * Distributor → routing application: the route points at the target. clockNeeded false: batond
    * read the old socket's final clock itself (it could send nothing more), so no closed is due.
    */
-  done: message('done', { connId: ConnIdSchema, timings: TimingsSchema, clockNeeded: Type.Optional(Type.Boolean()) }),
+  done: message('done', { connId: HandoffIdSchema, timings: TimingsSchema, clockNeeded: Type.Optional(Type.Boolean()) }),
   /** Routing application → its agent, answering done: the old socket is closed, silently; its clock then. */
-  closed: message('closed', { connId: ConnIdSchema, timestamp: Type.Optional(U32) }),
+  closed: message('closed', { connId: HandoffIdSchema, timestamp: Type.Optional(U32) }),
   failed: message('failed', {
-    connId: ConnIdSchema,
+    connId: HandoffIdSchema,
     step: Type.String({ maxLength: 32 }),
     /** One of the error table's codes (errors.ts): the application gets the same code batond raised. */
     code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),

@@ -2,7 +2,7 @@
 // distributor, over the peer link otherwise (a connection moving on from the node that serves it).
 // Either way the distributor's RouteService checks that the requester owns the flow.
 import { BatonError } from '../errors.js';
-import type { FlowKey } from '../agent/routing-table.js';
+import type { FlowKey } from '../flow.js';
 import type { RouteService } from '../agent/route-service.js';
 import type { Message } from './messages.js';
 import type { PeerLinks } from './peers.js';

@@ -16,8 +16,7 @@
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { describeFlow, type FlowKey } from '../agent/routing-table.js';
-import { connectionId } from '../agent/connection-id.js';
+import { connectionId, type FlowKey, flowOf } from '../flow.js';
 import { PagedMap } from '../agent/paged-map.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import type { Channel } from './channel.js';
@@ -237,7 +236,7 @@ export class TargetRelay {
     }
     if (orphan) {
       this.orphans.delete(connId);
-      this.log.warn({ connId, flow: describeFlow(orphan.flow) }, 'routed here after its target application died: releasing the flow (the client sees a reset)');
+      this.log.warn({ connId, flow: connectionId(orphan.flow) }, 'routed here after its target application died: releasing the flow (the client sees a reset)');
       this.onOrphan(orphan.flow, connId);
       return;
     }
@@ -311,7 +310,7 @@ export class TargetRelay {
     } catch (err) {
       return this.refuse(peer, connId, 'invalid-state', errorText(err));
     }
-    const flow: FlowKey = { family: state.family, clientAddress: state.remote.address, clientPort: state.remote.port, vipAddress: state.local.address, vipPort: state.local.port };
+    const flow = flowOf(state);
     const ownerConfirmed = peerName === this.policy.distributor;
     const p: Pending = { peer, peerName, bytes, ownerConfirmed, accepted: false, app, flow, since: Date.now(), from: msg.from, state, appState: msg.appState, peeked };
     this.pending.set(connId, p);

@@ -30,7 +30,7 @@ import type { FastifyInstance } from 'fastify';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentAdmin } from '../../controller/agent/admin.js';
-import { connectionId, parseConnectionId } from '../../controller/agent/connection-id.js';
+import { connectionId, flowOf, parseConnectionId } from '../../controller/flow.js';
 import { type AddressHolder, DvipaSpecSchema } from '../../controller/agent/dvipa-set.js';
 import type { TransferLog } from '../../controller/agent/transfer-log.js';
 import { MoveBodySchema, TargetChangeSchema } from '../../controller/api/schemas.js';
@@ -59,7 +59,7 @@ const OPERATORS = parseTokenFile(`${tokenLine({ name: 'fuzz-admin', scope: 'admi
 const NODE_ADDRESSES = { n1: '127.0.0.2', n2: '127.0.0.4', n3: '127.0.0.3' } as const;
 const SERVED = sampleState();
 const SERVED_CONN_ID = 'n1.fuzz0001';
-const SERVED_ID = connectionId({ family: 4, clientAddress: SERVED.remote.address, clientPort: SERVED.remote.port, vipAddress: SERVED.local.address, vipPort: SERVED.local.port });
+const SERVED_ID = connectionId(flowOf(SERVED));
 
 const moveBodyOk = TypeCompiler.Compile(MoveBodySchema);
 const targetChangeOk = TypeCompiler.Compile(TargetChangeSchema);

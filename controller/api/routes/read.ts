@@ -2,7 +2,7 @@
 // Every one needs an operator token of scope read or admin, but /v1/node, the health check (access.ts).
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
-import { connectionId } from '../../agent/connection-id.js';
+import { connectionId } from '../../flow.js';
 import type { ApiContext } from '../server.js';
 import { ClusterNodeSchema, DvipaSchema, NodeSchema, StatsSchema, TargetInfoSchema, TransferSchema } from '../schemas.js';
 

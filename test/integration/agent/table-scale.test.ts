@@ -9,7 +9,7 @@
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import { API_PORT, apiReadTokenFile, labCaFile, labProcesses, LINE_PORT } from '../../../controller/lab/cluster.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { startProcess, stopProcess } from '../../../controller/lab/processes.js';

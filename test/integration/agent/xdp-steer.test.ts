@@ -1,5 +1,5 @@
 // XDP steering in a namespace lab: a client, a distributor (n1) running baton_steer and a
-// target (n2) on one bridge, all holding the DVIPA where DESIGN.md says. Proves, with real
+// target (n2) on one bridge, n1 and n2 holding the DVIPA on lo. Proves, with real
 // TCP handshakes from an unmodified client (python sockets), that: no entry → the
 // distributor's kernel serves the flow; FORWARD → the target serves it (direct server return);
 // FROZEN → the flow's packets vanish and are counted; a SYN steers on a RELEASED entry and
@@ -25,10 +25,10 @@ import {
   RoutingTable,
   STAT_COUNT,
   encodeConfig,
-  type FlowKey,
   type RouteEntry,
   type StatName,
 } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import { loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { withNetns } from '../../helpers/netns.js';
@@ -178,7 +178,8 @@ function buildLab(): void {
     ipn(ns, 'link', 'set', 'lo', 'up');
     ipn(ns, 'link', 'set', 'eth0', 'up');
     ipn(NS.sw, 'link', 'set', host.port, 'master', 'br0', 'up');
-    // veth hands on CHECKSUM_PARTIAL segments that XDP_TX never completes (KERNEL-NOTES).
+    // veth hands on CHECKSUM_PARTIAL segments that XDP_TX never completes (docs/datapath.md,
+    // "Checksums").
     inNs(ns, 'ethtool', '-K', 'eth0', 'tx', 'off');
     inNs(NS.sw, 'ethtool', '-K', host.port, 'tx', 'off');
   }

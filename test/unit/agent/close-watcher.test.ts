@@ -3,7 +3,7 @@
 // only; a new connection on the tuple cancels the watch; a close that never ends is given up.
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloseWatcher, type KernelTcpState } from '../../../controller/agent/close-watcher.js';
-import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import { createLogger } from '../../../controller/log.js';
 
 const log = createLogger({}, 'silent');

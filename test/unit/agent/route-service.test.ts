@@ -2,7 +2,8 @@
 // freeze it, only the freezer may repoint or restore it, a rollback restores what was there, and a
 // freeze nobody finishes is undone on its own.
 import { afterEach, describe, expect, it } from 'vitest';
-import type { FlowKey, RouteEntry } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
+import type { RouteEntry } from '../../../controller/agent/routing-table.js';
 import { RouteService, type TableOps } from '../../../controller/agent/route-service.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';

@@ -1,9 +1,8 @@
-// The pure half of native/repair.ts: addresses and the state struct as the C side sees them.
+// The pure half of native/repair.ts: the state struct as the C side sees it (its addresses:
+// test/unit/flow.test.ts).
 // No kernel, no libbaton.so: the library is loaded on the first native call only.
 import { describe, expect, it } from 'vitest';
 import {
-  addressToBytes,
-  bytesToAddress,
   decodeRawState,
   encodeRawState,
   rawForImport,
@@ -22,37 +21,6 @@ const state = (over: Partial<TcpConnectionState> = {}): TcpConnectionState =>
     options: { timestamps: true, sack: false, windowScale: true },
     ...over,
   });
-
-describe('addresses as struct baton_tcp_state holds them', () => {
-  it('IPv4 fills the first 4 bytes in network order and reads back', () => {
-    const b = addressToBytes(4, '10.1.2.254');
-    expect([...b]).toEqual([10, 1, 2, 254, ...new Array(12).fill(0)]);
-    expect(bytesToAddress(4, b)).toBe('10.1.2.254');
-  });
-
-  it.each([
-    ['fd00:201::2', 'fd00:201::2'],
-    ['::1', '::1'],
-    ['::', '::'],
-    ['2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1'], // the first of two equal zero runs
-    ['2001:DB8:0:1:1:1:1:1', '2001:db8:0:1:1:1:1:1'], // a single zero group stays
-    ['::ffff:10.1.2.3', '::ffff:10.1.2.3'],
-    ['::ffff:a01:203', '::ffff:10.1.2.3'],
-    ['fe80::1:2', 'fe80::1:2'],
-  ])('IPv6 %s round-trips to its canonical form %s', (text, canonical) => {
-    expect(bytesToAddress(6, addressToBytes(6, text))).toBe(canonical);
-  });
-
-  it('IPv6 bytes are network order', () => {
-    expect([...addressToBytes(6, '2001:db8::ff01')]).toEqual([0x20, 0x01, 0x0d, 0xb8, ...new Array(10).fill(0), 0xff, 0x01]);
-  });
-
-  it('rejects what is not a plain address of the family', () => {
-    expect(() => addressToBytes(4, '::1')).toThrow(/IPv4/);
-    expect(() => addressToBytes(6, '10.0.0.1')).toThrow(/IPv6/);
-    expect(() => addressToBytes(6, 'fe80::1%eth0')).toThrow(/IPv6/);
-  });
-});
 
 describe('the struct handed to baton_import', () => {
   it('carries every field through encode and decode', () => {

@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { makeCertificates } from '../../helpers/certs.js';
 import { sampleState } from '../../helpers/state.js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { BatonError } from '../../../controller/errors.js';
 import { createLogger } from '../../../controller/log.js';

@@ -7,7 +7,7 @@
 // the decoder refuses them. Socket steps are recorded (sockets.ts is the seam); the lab test
 // (test/integration/transfer/untrusted-peers.test.ts) sends a forged offer to a real batond.
 import { describe, expect, it } from 'vitest';
-import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import { MAX_JSON_DEPTH } from '../../../controller/input.js';
 import { useTcpPairs } from '../../helpers/loopback.js';
 import { createLogger } from '../../../controller/log.js';

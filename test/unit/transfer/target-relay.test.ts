@@ -2,7 +2,7 @@
 // order. Channels are reduced to what the relay uses of them (send), the socket steps are recorded
 // (sockets.ts is the seam); the lab tests do both for real.
 import { describe, expect, it } from 'vitest';
-import type { FlowKey } from '../../../controller/agent/routing-table.js';
+import type { FlowKey } from '../../../controller/flow.js';
 import { createLogger } from '../../../controller/log.js';
 import type { Channel } from '../../../controller/transfer/channel.js';
 import type { HandoffSockets } from '../../../controller/transfer/sockets.js';

@@ -1,0 +1,170 @@
+// A connection's identity, defined once: the flow (its 4-tuple, client → DVIPA), the wire schema
+// it travels in, the connection id operators see, and the one conversion between address text
+// and the 16 bytes that the kernel structs (struct baton_tcp_state, struct baton_flow_key) hold.
+// It sits below agent/ and transfer/ so that both use it without importing each other.
+//
+// Canonical text, the only form this module writes: in connection ids, and for every address read
+// from the kernel structs (routing-table keys, exported states, inspected sockets):
+//   IPv4: dotted decimal, 10.1.2.3 (the only form accepted: no 010.1.2.3, no 10.258).
+//   IPv6: RFC 5952: lowercase, no leading zeros, the longest run of two or more zero groups as
+//         "::" (the first of equal runs), e.g. 2001:db8::1:0:0:1; an IPv4-mapped address with its
+//         last 32 bits dotted, ::ffff:10.1.2.3 (RFC 5952 §5), as `ss`, the kernel and Node's
+//         socket.remoteAddress print it, so an address copied from any of them is already canonical.
+//   Zone ids (fe80::1%eth0) are refused: they name a local interface, not part of the address a
+//   packet carries. ::a.b.c.d (RFC 4291's deprecated IPv4-compatible form) reads as the
+//   address it spells, 12 zero bytes then a.b.c.d, and is written that way, as inet_ntop does.
+//
+// The connection id, client first: 10.203.0.50:41234_10.203.0.10:7000,
+// [fd00::5]:41234_[fd00::10]:7000. It is the same on every node, whatever form the addresses
+// arrived in, so it is the key of every map of flows and the name of a flow in logs and errors.
+// Not to be confused with the handoff id (wire and log field `connId`, n1.e26ac130f728), which
+// names one handoff of a connection and is made by the routing SDK (sdk/handed-off.ts).
+//
+// node:net decides what is an address (isIPv4/isIPv6: inet_pton, strict) and writes IPv6 text
+// (SocketAddress: inet_ntop, RFC 5952, about 1 µs); ipaddr.js converts to and from bytes, which
+// node:net has no API for (it also takes legacy IPv4 forms and zone ids: node:net checks first).
+import net from 'node:net';
+import { Type, type Static } from '@sinclair/typebox';
+import ipaddr from 'ipaddr.js';
+import { BatonError } from './errors.js';
+import { bounded } from './input.js';
+import type { SocketInfo, TcpConnectionState } from '../native/repair.js';
+
+/** Address text on the wire: IP characters only, at most the length of the longest IPv6 text. */
+export const IpAddressSchema = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' });
+/** Port 0 never appears on the wire. */
+export const PortSchema = Type.Integer({ minimum: 1, maximum: 65535 });
+/** The IP version (not AF_*), as struct baton_flow_key and struct baton_tcp_state hold it. */
+export const FamilySchema = Type.Union([Type.Literal(4), Type.Literal(6)]);
+export type Family = Static<typeof FamilySchema>;
+/** One end of a connection on the wire (a connection state's local and remote, a client). */
+export const EndpointSchema = Type.Object({ address: IpAddressSchema, port: PortSchema }, { additionalProperties: false });
+
+/** A flow as the transfer protocol carries it (route, probe) and as every module passes it around. */
+export const FlowSchema = Type.Object(
+  {
+    family: FamilySchema,
+    clientAddress: IpAddressSchema,
+    clientPort: PortSchema,
+    vipAddress: IpAddressSchema,
+    vipPort: PortSchema,
+  },
+  { additionalProperties: false },
+);
+export type FlowKey = Static<typeof FlowSchema>;
+
+/** Length of an address in the kernel structs: IPv6, or IPv4 in the first 4 bytes and zeros after. */
+const ADDR_LEN = 16;
+
+// ---- the address codec ------------------------------------------------------------------------
+
+// ::a.b.c.d: ipaddr.js reads this deprecated form as IPv4-mapped (::ffff:a.b.c.d), a different
+// address; only this exact shape is affected (0:0:0:0:0:0:a.b.c.d and ::0:a.b.c.d parse right).
+const IPV4_COMPATIBLE = /^::(\d{1,3}(?:\.\d{1,3}){3})$/;
+
+function notAnAddress(family: Family, address: string, field: string): never {
+  // The text may come from a peer or a request: quoted bounded, never whole.
+  throw new BatonError('E_CONFIG', `${field} ${JSON.stringify(bounded(address, 48))} is not an IPv${family} address`, { step: 'address', field });
+}
+
+/**
+ * The 16 bytes, network order, of address text of the family (IPv4 in the first 4, the rest 0).
+ * Throws E_CONFIG naming field for anything else, an IPv6 zone id included.
+ */
+export function addressToBytes(family: Family, address: string, field = 'address'): Uint8Array {
+  const out = new Uint8Array(ADDR_LEN);
+  if (family === 4) {
+    if (!net.isIPv4(address)) notAnAddress(4, address, field);
+    out.set(ipaddr.IPv4.parse(address).toByteArray());
+    return out;
+  }
+  if (family !== 6) throw new BatonError('E_CONFIG', `family ${String(family)} must be 4 or 6`, { step: 'address', field });
+  if (!net.isIPv6(address) || address.includes('%')) notAnAddress(6, address, field);
+  const compatible = IPV4_COMPATIBLE.exec(address);
+  if (compatible) out.set(ipaddr.IPv4.parse(compatible[1]!).toByteArray(), 12);
+  else out.set(ipaddr.IPv6.parse(address).toByteArray());
+  return out;
+}
+
+/** The canonical text of an address held as in the kernel structs (the first 4 or 16 bytes). */
+export function bytesToAddress(family: Family, bytes: Uint8Array): string {
+  if (family === 4) return ipaddr.fromByteArray(Array.from(bytes.subarray(0, 4))).toString();
+  return ipv6Text((ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6).toNormalizedString());
+}
+
+/** RFC 5952 text of an IPv6 address node:net accepts (inet_ntop writes mapped and compatible addresses dotted). */
+function ipv6Text(address: string): string {
+  return new net.SocketAddress({ address, family: 'ipv6' }).address;
+}
+
+/** Address text of the family in its canonical form; throws E_CONFIG naming field if it is not one. */
+export function canonicalAddress(family: Family, address: string, field = 'address'): string {
+  if (family === 4) {
+    // Strict dotted decimal, the only IPv4 text accepted, is already canonical.
+    if (!net.isIPv4(address)) notAnAddress(4, address, field);
+    return address;
+  }
+  if (family !== 6) throw new BatonError('E_CONFIG', `family ${String(family)} must be 4 or 6`, { step: 'address', field });
+  if (!net.isIPv6(address) || address.includes('%')) notAnAddress(6, address, field);
+  return ipv6Text(address);
+}
+
+// ---- flows ------------------------------------------------------------------------------------
+
+/**
+ * The flow of a connection state (an exported or offered TcpConnectionState): its local end is
+ * the DVIPA, its remote end the client.
+ */
+export function flowOf(conn: Pick<TcpConnectionState, 'family' | 'local' | 'remote'>): FlowKey {
+  return { family: conn.family, clientAddress: conn.remote.address, clientPort: conn.remote.port, vipAddress: conn.local.address, vipPort: conn.local.port };
+}
+
+/** The flow of an inspected socket (accepted on a DVIPA: local is the DVIPA), or undefined if it has no peer. */
+export function socketFlow(info: SocketInfo): FlowKey | undefined {
+  if (!info.local || !info.remote) return undefined;
+  return flowOf({ family: info.local.family, local: info.local, remote: info.remote });
+}
+
+/** host:port, an IPv6 host in brackets (RFC 5952 §6). Writes the address as given. */
+export function endpointText(family: Family, address: string, port: number): string {
+  return family === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/**
+ * The operator's name for a flow: client endpoint _ DVIPA endpoint, the addresses canonical (see
+ * the header), so one flow has one id however its addresses were written. Throws E_CONFIG if an
+ * address is not one of the flow's family.
+ */
+export function connectionId(flow: FlowKey): string {
+  const { family } = flow;
+  const client = endpointText(family, canonicalAddress(family, flow.clientAddress, 'clientAddress'), flow.clientPort);
+  return `${client}_${endpointText(family, canonicalAddress(family, flow.vipAddress, 'vipAddress'), flow.vipPort)}`;
+}
+
+const ENDPOINT = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/;
+const MAX_ID_LENGTH = 110; // two bracketed IPv6 texts of 45 characters, ports and separators
+
+/** The flow a connection id names, its addresses canonical. Throws E_CONFIG saying what is wrong. */
+export function parseConnectionId(id: string): FlowKey {
+  const bad = (why: string, cause?: unknown) =>
+    new BatonError('E_CONFIG', `connection id ${JSON.stringify(bounded(id, MAX_ID_LENGTH))} ${why}: want <client ip>:<port>_<dvipa>:<port>`, { step: 'connection-id' }, { cause });
+  if (id.length > MAX_ID_LENGTH) throw bad(`is longer than ${MAX_ID_LENGTH} characters`);
+  const halves = id.split('_');
+  if (halves.length !== 2) throw bad('is not two endpoints joined by _');
+  const [client, vip] = halves.map((h) => {
+    const m = ENDPOINT.exec(h);
+    if (!m) throw bad(`has a malformed endpoint ${JSON.stringify(h)}`);
+    const family: Family = m[1] !== undefined ? 6 : 4;
+    let address: string;
+    try {
+      address = canonicalAddress(family, m[1] ?? m[2]!);
+    } catch (err) {
+      throw bad(`has an invalid address ${m[1] ?? m[2]!}`, err);
+    }
+    const port = Number(m[3]);
+    if (port < 1 || port > 65535) throw bad(`has port ${port} out of range`);
+    return { address, port, family };
+  }) as [{ address: string; port: number; family: Family }, { address: string; port: number; family: Family }];
+  if (client.family !== vip.family) throw bad('mixes IPv4 and IPv6');
+  return { family: client.family, clientAddress: client.address, clientPort: client.port, vipAddress: vip.address, vipPort: vip.port };
+}
