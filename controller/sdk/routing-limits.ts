@@ -1,0 +1,62 @@
+// What the routing-phase limits are (routing-guard.ts enforces them): their names and production
+// defaults, and how a connection's source is counted for the per-source limit.
+import net from 'node:net';
+import { BatonError } from '../errors.js';
+import { addressToBytes, bytesToAddress } from '../flow.js';
+
+export type LimitReason = 'idle' | 'deadline' | 'too-many-bytes' | 'per-source' | 'total';
+export const LIMIT_REASONS: readonly LimitReason[] = ['idle', 'deadline', 'too-many-bytes', 'per-source', 'total'];
+
+export interface RoutingLimits {
+  /** Close a connection that has sent no byte for this long. */
+  idleMs: number;
+  /** Close a connection still undecided this long after accept, however it trickles bytes in (slowloris). */
+  deadlineMs: number;
+  /** Close a connection that sent more than this before the decision. */
+  maxBytes: number;
+  /** Connections in the routing phase at once from one source (IPv4 address, IPv6 /64); more are refused at accept. */
+  maxPerSource: number;
+  /** Connections in the routing phase at once in total; more are refused at accept. */
+  maxTotal: number;
+}
+
+/**
+ * Production defaults. A routing phase is a machine exchange of a round trip or two (a challenge
+ * and the authenticated request), so 10 s without a byte or 30 s in all is far beyond any client
+ * that means it; 64 KiB covers a few protocol exchanges with room to spare; 64 undecided
+ * connections from one address is a lot for a phase that lasts milliseconds (raise it for clients
+ * behind a large NAT); 4096 in total keeps the worst case (each holding up to maxBytes in kernel
+ * and Node buffers) to a few hundred MB on the distributor.
+ */
+export const ROUTING_LIMIT_DEFAULTS: Readonly<RoutingLimits> = Object.freeze({
+  idleMs: 10_000,
+  deadlineMs: 30_000,
+  maxBytes: 64 * 1024,
+  maxPerSource: 64,
+  maxTotal: 4096,
+});
+
+/**
+ * The key the per-source limit counts under: the IPv4 address (also when it arrives IPv4-mapped on
+ * a dual-stack listener), or the /64 of an IPv6 address, since whoever has one IPv6 address
+ * usually has the whole /64 to pick from.
+ */
+export function sourceOf(address: string): string {
+  // A zone id names the interface the address was seen on, not the client.
+  const bare = address.split('%')[0]!.toLowerCase();
+  if (!net.isIPv6(bare)) return bare;
+  const bytes = addressToBytes(6, bare);
+  const canonical = bytesToAddress(6, bytes);
+  // Only an IPv4-mapped address is written with a dotted tail (flow.ts).
+  if (canonical.startsWith('::ffff:') && canonical.includes('.')) return canonical.slice(7);
+  const prefix = Buffer.from(bytes.buffer, bytes.byteOffset, 8);
+  return `${[0, 2, 4, 6].map((at) => prefix.readUInt16BE(at).toString(16)).join(':')}::/64`;
+}
+
+export function positiveInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new BatonError('E_CONFIG', `routing guard: ${name} must be a positive integer, got ${String(value)}`, { step: 'routing-guard', option: name });
+  }
+  return value;
+}
+
