@@ -1,8 +1,9 @@
-// batond: one per node. Puts the DVIPA on the node; on the distributor runs the XDP steering
-// program and owns the connection routing table (RouteService); listens for peer nodes (transfer
-// messages over TCP), for local applications' transfers (a Unix socket) and registrations (the UDP
-// control socket), and wires them to the handoff machinery, which runs on every node so a
-// connection can move on from wherever it is served.
+// batond: one per node, and this is where its parts are made and wired (the composition root).
+// Puts the DVIPA on the node; on the distributor runs the XDP steering program and owns the
+// connection routing table (RouteService); listens for peer nodes (peer-front.ts: which part
+// handles each peer message), for local applications (app-front.ts: the same for application
+// messages) and their registrations (the UDP control socket), and wires them to the handoff
+// machinery, which runs on every node so a connection can move on from wherever it is served.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -12,21 +13,24 @@ import { BatonError } from '../errors.js';
 import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
-import { Channel, PendingReplies } from '../transfer/channel.js';
-import { HandoffCoordinator, type RouterConnection } from '../transfer/handoff.js';
-import { Accepts, type Message, type MessageType } from '../transfer/messages.js';
+import type { Channel } from '../transfer/channel.js';
+import { HandoffCoordinator } from '../transfer/handoff.js';
+import type { Message, MessageType } from '../transfer/messages.js';
 import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
-import { authenticatePeer, loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
-import { DEFAULT_OFFER_BYTES_PER_PEER, DEFAULT_OFFERS_PER_PEER, type TargetApp, TargetRelay } from '../transfer/target-relay.js';
+import { loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
+import { DEFAULT_OFFER_BYTES_PER_PEER, DEFAULT_OFFERS_PER_PEER, TargetRelay } from '../transfer/target-relay.js';
 import { FlowOwnership } from '../transfer/flow-owner.js';
-import { type DescriptorLink, LinkMaker } from '../transfer/fd-exchange.js';
+import { LinkMaker } from '../transfer/fd-exchange.js';
 import { type HandoffSockets, handoffSockets, idleBounds } from '../transfer/sockets.js';
 import { defaultGateways, ensureDvipa, releaseDvipa } from './dvipa.js';
 import { DvipaPolicy } from '../config/dvipa-policy.js';
 import { DvipaSet } from './dvipa-set.js';
 import { agentEndpoints, ensureFree, explainListenFailure } from './ports.js';
 import { RouteService } from './route-service.js';
+import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
+import { PeerFront } from './peer-front.js';
+import { AppFront } from './app-front.js';
 import { ROUTES_MAX_ENTRIES_DEFAULT } from './routing-table.js';
 import type { FlowKey } from '../flow.js';
 import { TargetDirectory } from '../control/directory.js';
@@ -43,15 +47,9 @@ import { TransferLog } from './transfer-log.js';
 import { CloseWatcher } from './close-watcher.js';
 import { tcpState } from '../../native/diag.js';
 
-const LOCAL_APP_MESSAGES = [...new Set([...Accepts.agentFromRouter, ...Accepts.agentFromTarget])] as MessageType[];
-type LocalAppMessage = (typeof Accepts.agentFromRouter)[number] | (typeof Accepts.agentFromTarget)[number];
-type FromPeer = (typeof Accepts.agentFromPeer)[number];
 
 /** Connections a target application serves at once when neither it nor the cluster file says (limits.targetCapacity). */
 const DEFAULT_TARGET_CAPACITY = 10_000;
-
-/** How long a connecting application or peer may take to say who it is. */
-const HELLO_TIMEOUT_MS = 5000;
 
 export class NodeAgent {
   readonly self: NodeConfig;
@@ -68,6 +66,9 @@ export class NodeAgent {
   private readonly relay: TargetRelay;
   private readonly sockets: HandoffSockets;
   private readonly closing: CloseWatcher;
+  /** The peer port's and the application socket's front doors: which part handles each message. */
+  private readonly peerFront: PeerFront;
+  private readonly appFront: AppFront;
   private readonly channels = new Set<Channel<MessageType>>();
   private readonly directory = new TargetDirectory(EXPIRY_MS);
   private control?: ControlServer;
@@ -96,7 +97,7 @@ export class NodeAgent {
     const owners = new FlowOwnership(this.peers, config.distributor, config.handoffStepTimeoutMs, this.isDistributor ? { serves: (node, flow) => this.routeService?.serves(node, flow) ?? false } : undefined);
     this.relay = new TargetRelay(
       log,
-      config.handoffStepTimeoutMs * 8,
+      abandonAfterMs(config),
       this.sockets,
       {
         isDvipa: (address) => this.dvipas.has(address),
@@ -134,6 +135,28 @@ export class NodeAgent {
       targets: () => this.directory.all().length,
       closing: () => this.closing.size(),
     });
+    const track = <In extends MessageType>(channel: Channel<In>) => void this.track(channel);
+    this.peerFront = new PeerFront({
+      config,
+      self,
+      log,
+      relay: this.relay,
+      directory: this.directory,
+      routeService: () => this.routeService,
+      refused: (reason) => this.metrics.peerRefused(reason),
+      track,
+    });
+    this.appFront = new AppFront({
+      config,
+      self,
+      log,
+      relay: this.relay,
+      dvipaPorts: () => this.dvipas.ports(),
+      links: () => this.links,
+      coordinator: () => this.coordinator,
+      release: (flow, connId) => this.release(flow, connId),
+      track,
+    });
   }
 
   async start(): Promise<void> {
@@ -154,7 +177,7 @@ export class NodeAgent {
         maxEntries: this.config.limits?.routingTableEntries,
         log: this.log,
       });
-      this.routeService = new RouteService(this.steering.routes, this.config, this.log, this.config.handoffStepTimeoutMs * 8, this.steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT);
+      this.routeService = new RouteService(this.steering.routes, this.config, this.log, abandonAfterMs(this.config), this.steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT);
       this.routes = new LocalRoutes(this.routeService, this.self.name);
       // Entries a previous batond left frozen for another node: that node says whether it still serves them.
       this.routeService.recover((node, flows) => this.probe(node, flows)).catch((err: unknown) => {
@@ -193,12 +216,12 @@ export class NodeAgent {
     });
     this.listenerBeat = setInterval(() => this.reportListeners(), HEARTBEAT_MS);
     this.listenerBeat.unref();
-    // The chain is checked in onPeer (authenticatePeer) rather than by rejectUnauthorized: with
+    // The chain is checked in PeerFront.accept (authenticatePeer) rather than by rejectUnauthorized: with
     // TLS 1.3 Node reports a rejected client certificate only as "socket hang up", and the log
     // should say why. Until that check passes nothing is read from the socket.
-    const peerServer = tls.createServer({ ...this.peerTls, ...PEER_TLS_OPTIONS, requestCert: true, rejectUnauthorized: false, handshakeTimeout: HELLO_TIMEOUT_MS }, (s) => this.onPeer(s));
-    // A handshake that fails (not TLS, a replayed session) never reaches onPeer. Counted and logged sparsely.
-    peerServer.on('tlsClientError', (err, socket) => this.refusePeer(err.message, socket.remoteAddress));
+    const peerServer = tls.createServer({ ...this.peerTls, ...PEER_TLS_OPTIONS, requestCert: true, rejectUnauthorized: false, handshakeTimeout: HELLO_TIMEOUT_MS }, (s) => this.peerFront.accept(s));
+    // A handshake that fails (not TLS, a replayed session) never reaches accept(). Counted and logged sparsely.
+    peerServer.on('tlsClientError', (err, socket) => this.peerFront.refuse(err.message, socket.remoteAddress));
     this.peerServer = await listen(peerServer, { host: this.self.address, port: this.self.peerPort }).catch(async (err: unknown) => {
       throw await explainListenFailure(err, at.peer);
     });
@@ -207,7 +230,7 @@ export class NodeAgent {
     // receives others', and a chmod after listen() would leave a window open.
     const umask = process.umask(0o177);
     try {
-      this.appServer = await listen(net.createServer((s) => this.onApp(s)), { path: this.self.agentSocket }).catch(async (err: unknown) => {
+      this.appServer = await listen(net.createServer((s) => this.appFront.accept(s)), { path: this.self.agentSocket }).catch(async (err: unknown) => {
         throw await explainListenFailure(err, at.agent);
       });
     } finally {
@@ -267,62 +290,6 @@ export class NodeAgent {
     return ch;
   }
 
-  private refusePeer(reason: string, from: string | undefined): void {
-    const n = this.metrics.peerRefused(reason);
-    if (n <= 10 || n % 1000 === 0) this.log.warn({ from, reason, refused: n }, 'peer connection refused');
-  }
-
-  private onPeer(socket: tls.TLSSocket): void {
-    const auth = authenticatePeer(this.config, socket);
-    if ('refused' in auth) {
-      this.refusePeer(auth.refused, socket.remoteAddress);
-      socket.destroy();
-      return;
-    }
-    const log = this.log.child({ remote: socket.remoteAddress, peer: auth.node.name });
-    const channel = this.track(new Channel<FromPeer>(socket, Accepts.agentFromPeer, log));
-    let peerName: string | undefined;
-    const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'peer sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
-    channel.on('close', () => {
-      clearTimeout(helloTimer);
-      this.relay.peerClosed(channel);
-    });
-    channel.on('message', (d) => {
-      if (d.msg.type === 'hello') {
-        const claimed = d.msg.role === 'peer' ? nodeByName(this.config, d.msg.name) : undefined;
-        // The hello must name the node the certificate proved.
-        if (peerName || !claimed || claimed.name !== auth.node.name) {
-          log.error({ claimed: d.msg.name, role: d.msg.role }, 'peer hello refused');
-          channel.close();
-          return;
-        }
-        peerName = claimed.name;
-        clearTimeout(helloTimer);
-        channel.send('welcome', { node: this.self.name, handoffStepTimeoutMs: this.config.handoffStepTimeoutMs });
-        return;
-      }
-      if (!peerName) {
-        log.error({ type: d.msg.type }, 'message before hello: closing');
-        channel.close();
-        return;
-      }
-      if (d.msg.type === 'route') {
-        this.onRouteRequest(channel, peerName, d.msg);
-        return;
-      }
-      if (d.msg.type === 'listeners') {
-        if (d.msg.node !== peerName) log.error({ claimed: d.msg.node, peer: peerName }, 'listeners report for another node: ignored');
-        else this.directory.setRemote(peerName, d.msg.targets);
-        return;
-      }
-      if (d.msg.type === 'probe') {
-        this.onProbe(channel, peerName, d.msg);
-        return;
-      }
-      this.relay.fromPeer(channel, d, peerName);
-    });
-  }
-
   /**
    * A connection served here was closed by its application (or the application is gone): the
    * distributor marks its entry released now, and removes it once this node's kernel is done with
@@ -346,28 +313,6 @@ export class NodeAgent {
     }
   }
 
-  /**
-   * Which of the flows a restarted distributor asks about this node's kernel holds: what lets it
-   * give an entry its previous life left frozen back to this node, or remove it. Only the
-   * distributor may ask (the answer tells which clients are connected here).
-   */
-  private onProbe(channel: Channel<FromPeer>, requester: string, msg: Message<'probe'>): void {
-    if (requester !== this.config.distributor) {
-      this.log.warn({ requester, connId: msg.connId }, 'probe from a node that is not the distributor: refused');
-      channel.close();
-      return;
-    }
-    const states = msg.flows.map((f) => {
-      try {
-        return tcpState(f);
-      } catch (err) {
-        this.log.warn({ connId: msg.connId, err: (err as Error).message }, 'cannot read a flow\'s TCP state for a probe');
-        return 'UNKNOWN';
-      }
-    });
-    channel.send('probed', { connId: msg.connId, states });
-  }
-
   /** The distributor's question to node: which of flows does its kernel hold? Bounded by one step timeout. */
   private async probe(node: string, flows: FlowKey[]): Promise<string[]> {
     const link = await this.peers.get(node);
@@ -380,125 +325,6 @@ export class NodeAgent {
     return states;
   }
 
-  /** A node that serves a connection asks the distributor to freeze, repoint or restore its entry. */
-  private onRouteRequest(channel: Channel<FromPeer>, requester: string, msg: Message<'route'>): void {
-    const { connId, op, flow } = msg;
-    try {
-      if (!this.routeService) throw new BatonError('E_HANDOFF_STATE', `${this.self.name} is not the distributor`, { connId, step: op });
-      if (op === 'freeze') this.routeService.freeze(requester, flow);
-      else if (op === 'unfreeze') this.routeService.unfreeze(requester, flow);
-      else if (op === 'release') this.routeService.release(requester, flow);
-      else if (op === 'finished') this.routeService.finished(requester, flow);
-      // A target checking an offer from a node other than us: does that node serve the flow?
-      else if (op === 'owner') {
-        if (!msg.target || !this.routeService.serves(msg.target, flow)) throw new BatonError('E_HANDOFF_STATE', `${msg.target ?? 'no node named'} does not serve this flow`, { connId, step: op });
-      }
-      else if (msg.target) this.routeService.forward(requester, flow, msg.target);
-      else throw new BatonError('E_PROTOCOL', 'forward without a target', { connId, step: op });
-      channel.send('routed', { connId, ok: true });
-    } catch (err) {
-      this.log.warn({ connId, op, requester, err: (err as Error).message }, 'route request refused');
-      channel.send('routed', { connId, ok: false, reason: (err as Error).message });
-    }
-  }
-
-  private onApp(socket: net.Socket): void {
-    const log = this.log.child({ app: 'unregistered' });
-    const channel = this.track(new Channel<LocalAppMessage>(socket, LOCAL_APP_MESSAGES as LocalAppMessage[], log, 'app'));
-    let role: 'router' | 'target' | undefined;
-    let router: RouterConnection | undefined;
-    let target: TargetApp | undefined;
-    let descriptors: DescriptorLink | undefined;
-    const helloTimer = setTimeout(() => channel.close(new BatonError('E_PROTOCOL', 'application sent no hello', { step: 'hello' })), HELLO_TIMEOUT_MS);
-    channel.on('close', () => {
-      clearTimeout(helloTimer);
-      descriptors?.close();
-      router?.replies.failAll(new BatonError('E_PEER', 'routing application disconnected'));
-      if (target) {
-        for (const { connId, flow } of this.relay.releasedAll(target)) this.release(flow, connId);
-        this.relay.unregister(target);
-      }
-    });
-    channel.on('message', (d) => {
-      const { msg } = d;
-      if (msg.type === 'hello') {
-        const why = role
-          ? 'a second hello'
-          : msg.role === 'peer'
-            ? 'a peer on the application socket'
-            : msg.role === 'target' && !msg.ports
-              ? 'a target without ports'
-              : !msg.fdAddress
-                ? 'no descriptor inbox (fdAddress): an SDK older than the descriptor link'
-                : !this.links
-                  ? 'batond is still starting'
-                  : undefined;
-        if (why || !this.links || !msg.fdAddress || msg.role === 'peer') {
-          log.error({ role: msg.role, name: msg.name, why }, 'application hello refused');
-          channel.close();
-          return;
-        }
-        try {
-          descriptors = this.links.make(msg.fdAddress);
-        } catch (err) {
-          log.error({ name: msg.name, inbox: msg.fdAddress, err: (err as Error).message }, 'application hello refused: cannot send it the descriptor link');
-          channel.close();
-          return;
-        }
-        clearTimeout(helloTimer);
-        role = msg.role;
-        if (role === 'router') {
-          router = { channel: channel as unknown as RouterConnection['channel'], replies: new PendingReplies(), name: msg.name };
-        } else {
-          const served = this.dvipas.ports();
-          const ports = msg.ports!.filter((p) => served.includes(p));
-          if (ports.length !== msg.ports!.length) {
-            log.error({ ports: msg.ports, dvipaPorts: served }, 'target registered for a port no DVIPA serves');
-            channel.close();
-            return;
-          }
-          target = {
-            name: msg.name,
-            instance: msg.instance,
-            ports,
-            channel: channel as unknown as TargetApp['channel'],
-            descriptors,
-            decides: msg.decides ?? false,
-            // Absent: the cluster's default (the relay's policy): no target takes connections without bound unless it says 0.
-            capacity: msg.capacity,
-          };
-          this.relay.register(target);
-        }
-        channel.send('welcome', { node: this.self.name, handoffStepTimeoutMs: this.config.handoffStepTimeoutMs });
-        return;
-      }
-      if (msg.type === 'handoff' && router && descriptors && this.coordinator) {
-        const fd = descriptors.take(msg.connId);
-        if (fd === undefined) {
-          log.warn({ connId: msg.connId }, 'handoff without the socket descriptor');
-          router.channel.send('failed', { connId: msg.connId, step: 'export', code: 'E_HANDOFF_STATE', reason: 'the socket descriptor did not arrive with the handoff request' });
-          return;
-        }
-        void this.coordinator.run(router, d as never, fd);
-        return;
-      }
-      if (msg.type === 'closed' && router) {
-        if (!router.replies.deliver(d as never)) log.warn({ connId: msg.connId, type: msg.type }, 'message for no handoff in progress');
-        return;
-      }
-      if (msg.type === 'release' && target) {
-        const flow = this.relay.released(target, msg.connId);
-        if (flow) this.release(flow, msg.connId);
-        else log.warn({ connId: msg.connId }, 'release of a connection this application does not serve');
-        return;
-      }
-      if ((msg.type === 'decided' || msg.type === 'moved') && target) {
-        this.relay.fromApp(target, d as never);
-        return;
-      }
-      log.error({ type: msg.type, role }, 'message not allowed for this application role');
-    });
-  }
 }
 
 function listen(server: net.Server, opts: net.ListenOptions): Promise<net.Server> {
