@@ -4,13 +4,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import koffi from 'koffi';
 import { CONFIG_MAP_NAME, ROUTES_MAP_NAME, RoutingTable, STATS_MAP_NAME, STEER_PROGRAM_NAME, encodeConfig, encodeFlowKey, encodeRoute } from '../controller/agent/routing-table.js';
 import type { FlowKey } from '../controller/flow.js';
 import { defaultObjectPath } from '../controller/agent/xdp.js';
 import { intToIp, ipToInt, parseSubnet, subnetHost } from '../controller/lab/description.js';
 import { API_PORT, apiReadTokenFile, labCaFile } from '../controller/lab/cluster.js';
-import { closeObject, findMap, findProgram, loadObject, mapFd, mapLookup, mapUpdate, numPossibleCpus, openObject, programFd, setMaxEntries } from '../native/libbpf.js';
+import { closeObject, findMap, findProgram, loadObject, mapFd, mapLookup, mapUpdate, numPossibleCpus, openObject, programFd, setMaxEntries, xdpTestRun } from '../native/libbpf.js';
 import { buildPath } from '../controller/paths.js';
 import { type MetricResult, latencyMetric, median, rateMetric, round, runInterleaved, summarize } from './harness.js';
 import { type BenchLab, type ThreadedNapi, threadedNapi } from './lab.js';
@@ -111,10 +110,6 @@ export async function steeringRate(b: BenchLab, opts: { runs: number; seconds: n
 
 // ---- table scale ------------------------------------------------------------------------------
 
-// BPF_PROG_TEST_RUN through libbpf: native/libbpf.ts does not bind it (batond never needs it).
-const libbpf = koffi.load('libbpf.so.1');
-const testRunFn = libbpf.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)');
-const TEST_RUN_OPTS_SIZE = 80; // struct bpf_test_run_opts on LP64, through batch_size
 /**
  * The interface the test runs "arrive" on: the bench process's own loopback (ifindex 1 exists in
  * every namespace), named in the program's config map with TEST_MAC, the frames' destination:
@@ -127,20 +122,8 @@ const SPREAD_FLOWS = 10_000;
 
 /** Average ns per run of the program on one frame, over `repeat` runs in the kernel. */
 function testRun(progFd: number, frame: Buffer, repeat: number): { ns: number; retval: number } {
-  const opts = Buffer.alloc(TEST_RUN_OPTS_SIZE);
-  // struct xdp_md: data 0, data_end = the frame's length, data_meta 0, ingress_ifindex.
-  const ctx = Buffer.alloc(24);
-  ctx.writeUInt32LE(frame.length, 4);
-  ctx.writeUInt32LE(TEST_IFINDEX, 12);
-  opts.writeBigUInt64LE(BigInt(TEST_RUN_OPTS_SIZE), 0);
-  opts.writeBigUInt64LE(koffi.address(frame), 8);
-  opts.writeUInt32LE(frame.length, 24);
-  opts.writeBigUInt64LE(koffi.address(ctx), 32);
-  opts.writeUInt32LE(ctx.length, 48);
-  opts.writeInt32LE(repeat, 60);
-  const rc = testRunFn(progFd, opts) as number;
-  if (rc < 0) throw new Error(`bpf_prog_test_run_opts failed: errno ${-rc}`);
-  return { retval: opts.readUInt32LE(56), ns: opts.readUInt32LE(64) };
+  const r = xdpTestRun(progFd, frame, { ingressIfindex: TEST_IFINDEX, repeat });
+  return { retval: r.retval, ns: r.durationNs };
 }
 
 /** The private program's verdict counters that are not zero, for an error message. */

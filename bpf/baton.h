@@ -100,8 +100,14 @@ struct baton_flow_key {
 
 /*
  * Where a connection's packets go. packets/bytes count every frame that matched the entry
- * (steered while FORWARD, dropped while FROZEN); the program adds atomically because several
- * CPUs can hit one flow, user space resets them whenever it rewrites the entry.
+ * (steered while FORWARD, RELEASED or FINISHED, dropped while FROZEN or of an unknown state);
+ * freeze and forward restart them (batond writes the whole value), release and finish carry
+ * them over. They stay in the entry rather than in a per-CPU map like baton_stats, on
+ * measurement (docs/datapath.md, "Per-flow counters"): the adds land on the cache line the
+ * lookup has just read, where a second map costs a second lookup and, with many flows, its
+ * cache misses on every packet; and a flow's packets reach one CPU at a time (a NIC hashes a
+ * flow to one receive queue), so the adds are seldom contended. Atomic all the same, so that a
+ * flow whose packets do reach two CPUs at once loses no count.
  */
 struct baton_route {
 	__u64 packets;

@@ -4,7 +4,8 @@
 // distributor's kernel serves the flow; FORWARD → the target serves it (direct server return);
 // FROZEN → the flow's packets vanish and are counted; a SYN steers on a RELEASED entry and
 // reclaims only a FINISHED one; removing an entry restores the distributor; pinned maps survive a
-// controller restart and steer on; a full table fails loudly. Crafted frames (a raw socket on the
+// controller restart and steer on; a full table fails loudly; a flow steered on two CPUs at once
+// (BPF_PROG_TEST_RUN from two processes) loses no count. Crafted frames (a raw socket on the
 // client, a capture on the target) prove what the program does with frames an ordinary client does
 // not send: addressed to another MAC, broadcast, multicast, VLAN-tagged once or twice.
 //
@@ -15,21 +16,37 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isBatonError } from '../../../controller/errors.js';
-import { closeFd, mapUpdate, objGet } from '../../../native/libbpf.js';
+import {
+  closeFd,
+  closeObject,
+  findMap,
+  findProgram,
+  loadObject,
+  mapFd,
+  mapUpdate,
+  numPossibleCpus,
+  objGet,
+  openObject,
+  programFd,
+} from '../../../native/libbpf.js';
 import {
   CONFIG_MAP_NAME,
   CONFIG_SIZE,
+  ROUTES_MAP_NAME,
   RoutingTable,
+  STATS_MAP_NAME,
   STAT_COUNT,
+  STEER_PROGRAM_NAME,
   encodeConfig,
   type RouteEntry,
   type StatName,
 } from '../../../controller/agent/routing-table.js';
 import type { FlowKey } from '../../../controller/flow.js';
-import { loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
+import { defaultObjectPath, loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { withNetns } from '../../helpers/netns.js';
 
@@ -310,6 +327,69 @@ function tcpFrame(spec: FrameSpec): Buffer {
     return tag;
   });
   return Buffer.concat([macBytes(spec.dstMac), macBytes(NET.client.mac), ...tags, Buffer.from([0x08, 0x00]), ip, tcp]);
+}
+
+// ---- test runs in the kernel ----------------------------------------------------------------
+
+const XDP_TX = 3;
+/** The test process's loopback (ifindex 1 in every namespace): where BPF_PROG_TEST_RUN frames "arrive". */
+const LOOPBACK_IFINDEX = 1;
+/** The destination of test-run frames, and the MAC the private program's config names. */
+const TEST_RUN_MAC = '02:b7:00:00:00:7e';
+
+/**
+ * Runs the program `repeat` times on the frame with BPF_PROG_TEST_RUN in each of `count` child
+ * processes at once (one process could not: a test run stays on the CPU it started on). Each
+ * child gets the program as its fd 3, loads the built native/libbpf.js (as the lab tests run the
+ * built batond), says it is ready, and starts when all are: their runs overlap instead of
+ * following each other's start-up.
+ */
+async function concurrentTestRuns(progFd: number, frame: Buffer, repeat: number, count: number): Promise<Array<{ retval: number; durationNs: number }>> {
+  const script = [
+    'const { xdpTestRun } = await import(process.argv[1]);',
+    "process.stdout.write('ready\\n');",
+    "process.stdin.once('data', () => {",
+    "  const r = xdpTestRun(3, Buffer.from(process.argv[2], 'hex'), { ingressIfindex: Number(process.argv[3]), repeat: Number(process.argv[4]) });",
+    '  process.stdout.write(JSON.stringify(r));',
+    '  process.stdin.destroy();',
+    '});',
+  ].join('\n');
+  const libbpf = pathToFileURL(path.join(ROOT, 'dist/native/libbpf.js')).href;
+  const children = Array.from({ length: count }, () => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script, libbpf, frame.toString('hex'), String(LOOPBACK_IFINDEX), String(repeat)], {
+      stdio: ['pipe', 'pipe', 'pipe', progFd],
+    });
+    let out = '';
+    let err = '';
+    let ready!: () => void;
+    const isReady = new Promise<void>((r) => (ready = r));
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.startsWith('ready\n')) ready();
+    });
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const result = new Promise<{ retval: number; durationNs: number }>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code) =>
+        code === 0 ? resolve(JSON.parse(out.slice('ready\n'.length)) as { retval: number; durationNs: number }) : reject(new Error(`test-run child exited with ${code}: ${err.slice(0, 2000)}`)),
+      );
+    });
+    // A child that dies before it is ready must fail the test, not leave it waiting.
+    return { child, ready: Promise.race([isReady, result.then(() => undefined)]), result };
+  });
+  try {
+    await Promise.all(children.map((c) => c.ready));
+  } catch (err) {
+    // One child failed to start: the others would wait for their go for ever. Their own exit
+    // (killed) says nothing more than the error already thrown.
+    for (const c of children) {
+      c.result.catch(() => undefined);
+      c.child.kill();
+    }
+    throw err;
+  }
+  for (const { child } of children) child.stdin!.end('go\n');
+  return Promise.all(children.map((c) => c.result));
 }
 
 async function sendFrames(...frames: Buffer[]): Promise<void> {
@@ -612,6 +692,34 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     expect(n1v6.accepted).not.toContain(`${NET.client.v6} 42002`);
     expect((steering.routes.get(flow(6, 42002)) as RouteEntry).packets).toBeGreaterThanOrEqual(3n);
     expect(steering.routes.remove(flow(6, 42002))).toBe(true);
+  });
+
+  it('counts every frame of a flow that two CPUs steer at the same moment: the entry\'s adds are atomic', async () => {
+    // Frames from one receive queue reach the program on one CPU at a time; here two processes
+    // run a private copy of it on the same flow at once, which only a flow spread over queues
+    // would do in production. Plain adds in the program lost hundreds to tens of thousands of the
+    // two million counts here, each run; per-connection counts must stay exact (docs/datapath.md,
+    // "Per-flow counters").
+    const repeat = 1_000_000;
+    const obj = openObject(defaultObjectPath());
+    try {
+      loadObject(obj);
+      // The entry points back at the configured MAC: each repetition runs on the frame the one
+      // before rewrote, and must find it addressed to this interface again.
+      mapUpdate(mapFd(findMap(obj, CONFIG_MAP_NAME)), Buffer.alloc(4), encodeConfig({ ifindex: LOOPBACK_IFINDEX, mac: TEST_RUN_MAC }));
+      const table = new RoutingTable(mapFd(findMap(obj, ROUTES_MAP_NAME)), mapFd(findMap(obj, STATS_MAP_NAME)), numPossibleCpus());
+      const key = flow(4, 41020);
+      table.forward(key, { node: TARGET_NODE_ID, mac: TEST_RUN_MAC });
+      const frame = tcpFrame({ dstMac: TEST_RUN_MAC, clientPort: key.clientPort, flags: TCP_ACK });
+      const prog = programFd(findProgram(obj, STEER_PROGRAM_NAME));
+      const runs = await concurrentTestRuns(prog, frame, repeat, 2);
+      expect(runs.map((r) => r.retval)).toEqual([XDP_TX, XDP_TX]);
+      const total = 2n * BigInt(repeat);
+      expect(table.get(key)).toMatchObject({ state: 'forward', packets: total, bytes: total * BigInt(frame.length) });
+      expect(table.stats().steered.packets).toBe(total);
+    } finally {
+      closeObject(obj);
+    }
   });
 
   it('lists entries and counts only the TCP it could not route as passed-not-tcp', () => {
