@@ -4,7 +4,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CONFIG_MAP_NAME, ROUTES_MAP_NAME, RoutingTable, STATS_MAP_NAME, STEER_PROGRAM_NAME, encodeConfig, encodeFlowKey, encodeRoute } from '../controller/agent/routing-table.js';
+import { RoutingTable } from '../controller/agent/routing-table.js';
+import {
+  CONFIG_MAP_NAME,
+  ROUTES_MAP_NAME,
+  STATS_MAP_NAME,
+  STEER_PROGRAM_NAME,
+  encodeConfig,
+  encodeFlowKey,
+  encodeRoute,
+} from '../controller/agent/table-layout.js';
 import type { FlowKey } from '../controller/flow.js';
 import { defaultObjectPath } from '../controller/agent/xdp.js';
 import { intToIp, ipToInt, parseSubnet, subnetHost } from '../controller/lab/description.js';

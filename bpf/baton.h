@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Everything the steering program shares with user space: constants, the map layouts and the
- * maps themselves. controller/agent/routing-table.ts mirrors this file byte for byte; the
- * _Static_asserts below pin the layout so a change here fails the build until the mirror (and
- * its unit test, which asserts the same numbers) is changed too.
+ * maps themselves. controller/agent/table-layout.ts mirrors this file byte for byte. Its unit
+ * test compares the mirror with the BTF the compiler emits for this header (build/bpf/steer.o
+ * and build/bpf/layout.o), so a change made on one side only fails the tests; the
+ * _Static_asserts below also pin the layout at build time.
  *
  * A pinned map survives a controller restart and is reused only if its key size, value size,
  * max_entries and flags still match (libbpf's compatibility check). Changing the routing table's
@@ -58,7 +59,7 @@ enum baton_route_state {
 				   * new SYN is a new connection, the entry is deleted and the SYN passed */
 };
 
-/* One index per verdict reason in baton_stats (STAT_INDEX in routing-table.ts). */
+/* One index per verdict reason in baton_stats (STAT_INDEX in controller/agent/table-layout.ts). */
 enum baton_stat {
 	BATON_STAT_PASS_NOT_TCP = 0,      /* not IPv4/IPv6 TCP, or too short/malformed to parse */
 	BATON_STAT_PASS_NO_ROUTE = 1,     /* TCP, but no entry: the distributor's own kernel serves it */
@@ -137,18 +138,18 @@ struct baton_config {
 	__u8 pad[6];
 };
 
-_Static_assert(sizeof(struct baton_flow_key) == 40, "baton_flow_key layout changed: update routing-table.ts");
+_Static_assert(sizeof(struct baton_flow_key) == 40, "baton_flow_key layout changed: update table-layout.ts");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, vip_addr4) == 16, "baton_flow_key.vip_addr");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, client_port) == 32, "baton_flow_key.client_port");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, vip_port) == 34, "baton_flow_key.vip_port");
 _Static_assert(__builtin_offsetof(struct baton_flow_key, family) == 36, "baton_flow_key.family");
-_Static_assert(sizeof(struct baton_route) == 32, "baton_route layout changed: update routing-table.ts");
+_Static_assert(sizeof(struct baton_route) == 32, "baton_route layout changed: update table-layout.ts");
 _Static_assert(__builtin_offsetof(struct baton_route, bytes) == 8, "baton_route.bytes");
 _Static_assert(__builtin_offsetof(struct baton_route, state) == 16, "baton_route.state");
 _Static_assert(__builtin_offsetof(struct baton_route, target_node) == 20, "baton_route.target_node");
 _Static_assert(__builtin_offsetof(struct baton_route, target_mac) == 24, "baton_route.target_mac");
-_Static_assert(sizeof(struct baton_stat_counter) == 16, "baton_stat_counter layout changed: update routing-table.ts");
-_Static_assert(sizeof(struct baton_config) == 16, "baton_config layout changed: update routing-table.ts");
+_Static_assert(sizeof(struct baton_stat_counter) == 16, "baton_stat_counter layout changed: update table-layout.ts");
+_Static_assert(sizeof(struct baton_config) == 16, "baton_config layout changed: update table-layout.ts");
 _Static_assert(__builtin_offsetof(struct baton_config, if_mac) == 4, "baton_config.if_mac");
 
 /* ---- maps (pinned by batond under /sys/fs/bpf/baton/<instance>/) ------------------------ */

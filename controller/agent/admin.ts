@@ -11,7 +11,7 @@ import type { ControlServer } from '../control/server.js';
 import type { AgentMetrics } from '../metrics/metrics.js';
 import type { TargetRelay } from '../transfer/target-relay.js';
 import { connectionId, type FlowKey, parseConnectionId } from '../flow.js';
-import type { Counter, RouteState, StatName } from './routing-table.js';
+import type { Counter, RouteState, StatName } from './table-layout.js';
 import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
 import type { RouteService } from './route-service.js';

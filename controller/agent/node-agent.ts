@@ -31,7 +31,7 @@ import { RouteService } from './route-service.js';
 import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
 import { PeerFront } from './peer-front.js';
 import { AppFront } from './app-front.js';
-import { ROUTES_MAX_ENTRIES_DEFAULT } from './routing-table.js';
+import { ROUTES_MAX_ENTRIES_DEFAULT } from './table-layout.js';
 import type { FlowKey } from '../flow.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';

@@ -32,7 +32,8 @@ import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { connectionId, type FlowKey } from '../flow.js';
-import type { RouteEntry, RoutingTable } from './routing-table.js';
+import type { RoutingTable } from './routing-table.js';
+import type { RouteEntry } from './table-layout.js';
 import { TableIndex } from './table-index.js';
 
 interface FreezeRecord {

@@ -11,7 +11,7 @@
 // bpftool): route-service reconciles the two now and then, in small steps.
 import { connectionId, type FlowKey } from '../flow.js';
 import { PagedMap, type PageOf } from './paged-map.js';
-import type { RouteState } from './routing-table.js';
+import type { RouteState } from './table-layout.js';
 
 export { parseCursor } from './paged-map.js';
 

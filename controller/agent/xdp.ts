@@ -46,16 +46,16 @@ import {
   xdpQueryId,
   type BpfMap,
 } from '../../native/libbpf.js';
+import { RoutingTable } from './routing-table.js';
 import {
   CONFIG_MAP_NAME,
   ROUTES_MAP_NAME,
   ROUTES_MAX_ENTRIES_DEFAULT,
-  RoutingTable,
   STATS_MAP_NAME,
   STEER_PROGRAM_NAME,
   encodeConfig,
   formatMac,
-} from './routing-table.js';
+} from './table-layout.js';
 
 export const BPFFS_ROOT = '/sys/fs/bpf';
 export const PIN_SUBDIR = 'baton';

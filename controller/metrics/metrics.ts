@@ -3,7 +3,7 @@
 // routing table) are read from the pinned maps at scrape time, so a restarted batond reports the
 // same monotonic counters the kernel kept while it was down.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Counter as KernelCounter, StatName } from '../agent/routing-table.js';
+import type { Counter as KernelCounter, StatName } from '../agent/table-layout.js';
 import { channelRejections } from '../transfer/channel.js';
 import { offerRefusals } from '../transfer/target-relay.js';
 import { inputErrors } from '../input.js';

@@ -33,18 +33,18 @@ import {
   openObject,
   programFd,
 } from '../../../native/libbpf.js';
+import { RoutingTable } from '../../../controller/agent/routing-table.js';
 import {
   CONFIG_MAP_NAME,
   CONFIG_SIZE,
   ROUTES_MAP_NAME,
-  RoutingTable,
   STATS_MAP_NAME,
   STAT_COUNT,
   STEER_PROGRAM_NAME,
   encodeConfig,
   type RouteEntry,
   type StatName,
-} from '../../../controller/agent/routing-table.js';
+} from '../../../controller/agent/table-layout.js';
 import type { FlowKey } from '../../../controller/flow.js';
 import { defaultObjectPath, loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
 import { repoRoot } from '../../../controller/paths.js';

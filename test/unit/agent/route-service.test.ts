@@ -3,7 +3,7 @@
 // freeze nobody finishes is undone on its own.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/flow.js';
-import type { RouteEntry } from '../../../controller/agent/routing-table.js';
+import type { RouteEntry } from '../../../controller/agent/table-layout.js';
 import { RouteService, type TableOps } from '../../../controller/agent/route-service.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { createLogger } from '../../../controller/log.js';

@@ -1,28 +1,35 @@
-// The TypeScript mirror of bpf/baton.h: the numbers below are the ones the header's
-// _Static_asserts pin, so a layout change that updates only one side fails one of the two.
+// The TypeScript mirror of bpf/baton.h (table-layout.ts) against the compiled objects' BTF:
+// a layout, enum or map change made on one side only fails here, whichever side it was.
 import { describe, expect, it } from 'vitest';
 import { isBatonError } from '../../../controller/errors.js';
 import {
+  ADDR_LEN,
   CONFIG_MAP_NAME,
   CONFIG_OFFSET,
   CONFIG_SIZE,
   FLOW_KEY_OFFSET,
   FLOW_KEY_SIZE,
+  MAC_LEN,
   ROUTE_OFFSET,
   ROUTE_SIZE,
   ROUTE_STATE,
+  ROUTES_MAP_NAME,
   ROUTES_MAX_ENTRIES_DEFAULT,
+  STATS_MAP_NAME,
   STAT_COUNT,
   STAT_COUNTER_SIZE,
   STAT_INDEX,
+  STEER_PROGRAM_NAME,
   decodeFlowKey,
   decodeRoute,
   encodeConfig,
   encodeFlowKey,
   encodeRoute,
   sumPerCpuCounters,
-} from '../../../controller/agent/routing-table.js';
+} from '../../../controller/agent/table-layout.js';
 import type { FlowKey } from '../../../controller/flow.js';
+import { buildPath } from '../../../controller/paths.js';
+import { Btf } from '../../helpers/btf.js';
 
 const v4: FlowKey = { family: 4, clientAddress: '192.0.2.10', clientPort: 40001, vipAddress: '198.51.100.7', vipPort: 443 };
 
@@ -37,36 +44,75 @@ function expectInvalid(fn: () => unknown, message: RegExp): void {
   throw new Error('expected an E_CONFIG error');
 }
 
-describe('routing-table layout mirrors bpf/baton.h', () => {
-  it('has the sizes and offsets the header asserts', () => {
-    expect(FLOW_KEY_SIZE).toBe(40);
-    expect(FLOW_KEY_OFFSET).toEqual({ clientAddr: 0, vipAddr: 16, clientPort: 32, vipPort: 34, family: 36 });
-    expect(ROUTE_SIZE).toBe(32);
-    expect(ROUTE_OFFSET).toEqual({ packets: 0, bytes: 8, state: 16, targetNode: 20, targetMac: 24 });
-    expect(STAT_COUNTER_SIZE).toBe(16);
-    expect(ROUTES_MAX_ENTRIES_DEFAULT).toBe(262144);
-    expect(CONFIG_SIZE).toBe(16);
-    expect(CONFIG_OFFSET).toEqual({ ifindex: 0, ifMac: 4 });
-    expect(CONFIG_MAP_NAME).toBe('baton_config');
+const steer = new Btf(buildPath('bpf', 'steer.o'));
+const layout = new Btf(buildPath('bpf', 'layout.o'));
+
+/** client_port → clientPort; client_addr4 (the union's first member) → clientAddr. */
+function camel(member: string): string {
+  return member.replace(/4$/, '').replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** The compiler's offsets of a struct's members, padding left out, under the mirror's names. */
+function offsetsOf(btf: Btf, struct: string): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(btf.structOffsets(struct))
+      .filter(([name]) => name !== 'pad')
+      .map(([name, offset]) => [camel(name), offset]),
+  );
+}
+
+// The one place that pairs each C verdict reason with its TypeScript name: adding a reason to
+// enum baton_stat without naming it here (and in STAT_INDEX) fails the test.
+const STAT_NAMES: Record<string, string> = {
+  BATON_STAT_PASS_NOT_TCP: 'passedNotTcp',
+  BATON_STAT_PASS_NO_ROUTE: 'passedNoRoute',
+  BATON_STAT_STEERED: 'steered',
+  BATON_STAT_DROP_FROZEN: 'droppedFrozen',
+  BATON_STAT_DROP_BAD_ENTRY: 'droppedBadEntry',
+  BATON_STAT_PASS_FRAGMENT: 'passedFragment',
+  BATON_STAT_PASS_RECLAIMED: 'passedReclaimed',
+  BATON_STAT_PASS_NOT_FOR_US: 'passedNotForUs',
+  BATON_STAT_PASS_UNCONFIGURED: 'passedUnconfigured',
+  BATON_STAT_PASS_STACKED_VLAN: 'passedStackedVlan',
+  BATON_STAT_STEERED_RELEASED_SYN: 'steeredReleasedSyn',
+};
+
+describe('routing-table layout mirrors what the compiler made of bpf/baton.h (BTF)', () => {
+  it('has the struct sizes and member offsets of the steering object', () => {
+    expect(FLOW_KEY_SIZE).toBe(steer.structSize('baton_flow_key'));
+    expect(FLOW_KEY_OFFSET).toEqual(offsetsOf(steer, 'baton_flow_key'));
+    expect(ADDR_LEN).toBe(FLOW_KEY_OFFSET.vipAddr - FLOW_KEY_OFFSET.clientAddr);
+    expect(ROUTE_SIZE).toBe(steer.structSize('baton_route'));
+    expect(ROUTE_OFFSET).toEqual(offsetsOf(steer, 'baton_route'));
+    expect(MAC_LEN).toBe(steer.arrayLength('baton_route', 'target_mac'));
+    expect(MAC_LEN).toBe(steer.arrayLength('baton_config', 'if_mac'));
+    expect(STAT_COUNTER_SIZE).toBe(steer.structSize('baton_stat_counter'));
+    expect(CONFIG_SIZE).toBe(steer.structSize('baton_config'));
+    expect(CONFIG_OFFSET).toEqual(offsetsOf(steer, 'baton_config'));
   });
 
-  it('has the enum values of baton_route_state and baton_stat', () => {
-    expect(ROUTE_STATE).toEqual({ frozen: 1, forward: 2, released: 3, finished: 4 });
-    expect(STAT_INDEX).toEqual({
-      passedNotTcp: 0,
-      passedNoRoute: 1,
-      steered: 2,
-      droppedFrozen: 3,
-      droppedBadEntry: 4,
-      passedFragment: 5,
-      passedReclaimed: 6,
-      passedNotForUs: 7,
-      passedUnconfigured: 8,
-      passedStackedVlan: 9,
-      steeredReleasedSyn: 10,
-    });
-    expect(STAT_COUNT).toBe(11);
-    expect(STAT_COUNT).toBe(Object.keys(STAT_INDEX).length);
+  it('names the maps and the program the steering object defines, with their sizes', () => {
+    expect(steer.mapNames().sort()).toEqual([CONFIG_MAP_NAME, ROUTES_MAP_NAME, STATS_MAP_NAME].sort());
+    expect(steer.mapAttribute(ROUTES_MAP_NAME, 'max_entries')).toBe(ROUTES_MAX_ENTRIES_DEFAULT);
+    expect(steer.mapAttribute(STATS_MAP_NAME, 'max_entries')).toBe(STAT_COUNT);
+    expect(steer.mapAttribute(CONFIG_MAP_NAME, 'max_entries')).toBe(1);
+    expect(steer.hasFunction(STEER_PROGRAM_NAME)).toBe(true);
+  });
+
+  it('has the values of enum baton_route_state', () => {
+    const c = layout.enumValues('baton_route_state');
+    const mirrored = Object.fromEntries(Object.entries(c).map(([name, v]) => [name.replace(/^BATON_ROUTE_/, '').toLowerCase(), v]));
+    expect(ROUTE_STATE).toEqual(mirrored);
+  });
+
+  it('has the values of enum baton_stat, each under its name, and its count', () => {
+    const { BATON_STAT_MAX, ...reasons } = layout.enumValues('baton_stat');
+    expect(STAT_COUNT).toBe(BATON_STAT_MAX);
+    const mirrored = Object.fromEntries(
+      Object.entries(reasons).map(([name, v]) => [STAT_NAMES[name] ?? `unnamed ${name}`, v]),
+    );
+    expect(STAT_INDEX).toEqual(mirrored);
+    expect(Object.keys(STAT_INDEX)).toHaveLength(STAT_COUNT);
   });
 });
 
