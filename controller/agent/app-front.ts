@@ -13,6 +13,7 @@ import type { FlowKey } from '../flow.js';
 import { Channel, PendingReplies } from '../transfer/channel.js';
 import type { DescriptorLink, LinkMaker } from '../transfer/fd-exchange.js';
 import type { HandoffCoordinator, RouterConnection } from '../transfer/handoff.js';
+import { REQUEST_STEP } from '../transfer/handoff-phases.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
 import type { TargetApp, TargetRelay } from '../transfer/target-relay.js';
 import { HELLO_TIMEOUT_MS } from './bounds.js';
@@ -65,7 +66,7 @@ export class AppFront {
         const fd = s.descriptors.take(d.msg.connId);
         if (fd === undefined) {
           s.log.warn({ connId: d.msg.connId }, 'handoff without the socket descriptor');
-          s.router.channel.send('failed', { connId: d.msg.connId, step: 'export', code: 'E_HANDOFF_STATE', reason: 'the socket descriptor did not arrive with the handoff request' });
+          s.router.channel.send('failed', { connId: d.msg.connId, step: REQUEST_STEP, code: 'E_HANDOFF_STATE', reason: 'the socket descriptor did not arrive with the handoff request' });
           return;
         }
         void p.coordinator()!.run(s.router, d, fd);
@@ -167,7 +168,8 @@ export class AppFront {
         channel: channel as unknown as TargetApp['channel'],
         descriptors,
         decides: msg.decides ?? false,
-        // Absent: the cluster's default (the relay's policy): no target takes connections without bound unless it says 0.
+        // Absent: the last capacity the instance declared on the control socket, else the
+        // cluster's limits.targetCapacity (target/admission.ts); 0 says no limit.
         capacity: msg.capacity,
       };
       this.p.relay.register(target);

@@ -203,6 +203,8 @@ export class NodeAgent {
       directory: this.directory,
       log: this.log.child({ svc: 'control' }),
       metrics: { datagram: (type) => this.metrics.controlDatagram(type), drop: (reason) => this.metrics.controlDrop(reason) },
+      // One registry of target applications: the agent socket's hellos and the control socket's registrations.
+      applications: this.relay.applications,
     });
     // Each listen below can still lose a race for its address: the error then names the holder too.
     await this.control.start().catch(async (err: unknown) => {

@@ -2,6 +2,7 @@
 // with them and serialises responses through them; @fastify/swagger turns them into OpenAPI 3.
 import { Type, type Static } from '@sinclair/typebox';
 import { TargetInfoSchema } from '../control/messages.js';
+import { HANDOFF_STEPS } from '../transfer/handoff-phases.js';
 
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 const Endpoint = Type.Object({ address: Type.String(), port: Type.Integer() });
@@ -102,7 +103,7 @@ export const TransferSchema = Type.Object({
   target: Type.String({ description: 'the node it went to' }),
   client: Type.String(),
   outcome: Type.Union([Type.Literal('done'), Type.Literal('failed')]),
-  step: Type.Optional(Type.String()),
+  step: Type.Optional(Type.Union(HANDOFF_STEPS.map((s) => Type.Literal(s)), { description: 'the step that failed (docs/protocol.md, "One handoff")' })),
   reason: Type.Optional(Type.String()),
   timings: Type.Optional(TimingsSchema),
 });

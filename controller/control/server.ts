@@ -3,9 +3,10 @@
 // holds the node's control secret (a root-only file; the secret itself never travels), be fresh
 // (a register uses a nonce batond issued, once; later datagrams carry a counter that only grows),
 // match its schema, and be one an application may send; anything else is dropped and counted by
-// reason. Target applications register their instance, ports, capacity and load; routing
-// applications get the cluster's target list on registration and on every change. A registration
-// not refreshed by a heartbeat within expiryMs is gone.
+// reason. Target applications register their instance, ports, capacity and load, into the node's
+// one registry of target applications (transfer/target/applications.ts, which the agent socket's
+// hellos write too); routing applications get the cluster's target list on registration and on
+// every change. A registration not refreshed by a heartbeat within expiryMs is gone.
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
@@ -15,20 +16,19 @@ import { guard } from '../input.js';
 import type { Logger } from '../log.js';
 import { Challenges } from './challenges.js';
 import type { TargetDirectory } from './directory.js';
+import { TargetApplications } from '../transfer/target/applications.js';
 import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, type TargetInfo } from './messages.js';
 
 export const HEARTBEAT_MS = 1000;
 export const EXPIRY_MS = 3000;
 const MAX_REGISTRATIONS = 1024;
 
+/** The control session of an application; a target's ports, capacity and load are in the registry. */
 interface Registration {
   id: string;
   role: 'router' | 'target';
   app: string;
   instance: string;
-  ports: number[];
-  capacity: number;
-  load: number;
   address: string;
   port: number;
   lastSeen: number;
@@ -63,8 +63,8 @@ export class ControlServer {
   readonly dropped = new Map<string, number>();
   private sweeper?: NodeJS.Timeout;
   private closed = false;
-  /** Operator settings by instance name (REST API); they outlive the instance re-registering. */
-  private readonly operator = new Map<string, { weight: number; draining: boolean }>();
+  private readonly applications: TargetApplications;
+  private readonly publish = () => this.publishLocal();
 
   constructor(
     private readonly opts: {
@@ -78,8 +78,14 @@ export class ControlServer {
       log: Logger;
       /** Counts for /metrics: datagrams accepted by type, dropped by reason. */
       metrics?: { datagram(type: string): void; drop(reason: string): void };
+      /** The node's registry of target applications (the target relay's); a registry of its own if not given. */
+      applications?: TargetApplications;
     },
   ) {
+    this.applications = opts.applications ?? new TargetApplications();
+    // Whatever changes what this node's targets look like (a listing, a load, a capacity declared on
+    // either socket, an operator's setting) is published to the cluster's directory.
+    this.applications.on('change', this.publish);
     opts.directory.on('change', (all) => this.pushTargets(all));
   }
 
@@ -101,6 +107,7 @@ export class ControlServer {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.applications.off('change', this.publish);
     clearInterval(this.sweeper);
     this.socket.close();
   }
@@ -150,14 +157,10 @@ export class ControlServer {
     if (msg.type === 'unregister') {
       this.registrations.delete(reg.id);
       this.opts.log.info({ app: reg.app, instance: reg.instance, role: reg.role }, 'application unregistered');
-      if (reg.role === 'target') this.publishLocal();
+      this.applications.unlist(reg.id);
       return;
     }
-    if (msg.type === 'update' && reg.role === 'target') {
-      if (msg.capacity !== undefined) reg.capacity = msg.capacity;
-      if (msg.load !== undefined) reg.load = msg.load;
-      this.publishLocal();
-    }
+    if (msg.type === 'update' && reg.role === 'target') this.applications.update(reg.id, { capacity: msg.capacity, load: msg.load });
     this.send(this.encode('ack', { id: reg.id, n: msg.n, ok: true }), from);
     // A routing application's heartbeat also refreshes its copy of the list (a lost push heals).
     if (reg.role === 'router' && msg.type === 'heartbeat') this.send(this.targetsDatagram(reg, this.opts.directory.all()), from);
@@ -176,9 +179,6 @@ export class ControlServer {
       role: msg.role,
       app: msg.app,
       instance: msg.instance ?? msg.app,
-      ports: msg.ports,
-      capacity: msg.capacity ?? 0,
-      load: msg.load ?? 0,
       address: from.address,
       port: from.port,
       lastSeen: Date.now(),
@@ -186,23 +186,21 @@ export class ControlServer {
       pushed: 0,
     };
     this.registrations.set(reg.id, reg);
-    this.opts.log.info({ app: reg.app, instance: reg.instance, role: reg.role, ports: reg.ports, capacity: reg.capacity }, 'application registered');
+    this.opts.log.info({ app: reg.app, instance: reg.instance, role: reg.role, ports: msg.ports, capacity: msg.capacity ?? 0 }, 'application registered');
     this.send(this.encode('registered', { id: reg.id, nonce: msg.nonce, node: this.opts.node, heartbeatMs: HEARTBEAT_MS, expiryMs: EXPIRY_MS }), from);
-    if (reg.role === 'target') this.publishLocal();
+    if (reg.role === 'target') this.applications.list(reg.id, reg.instance, { app: reg.app, ports: msg.ports, load: msg.load ?? 0 }, msg.capacity);
     else this.send(this.targetsDatagram(reg, this.opts.directory.all()), from);
   }
 
   private sweep(): void {
     this.challenges.sweep();
     const now = Date.now();
-    let targetsGone = false;
     for (const reg of this.registrations.values()) {
       if (now - reg.lastSeen <= EXPIRY_MS) continue;
       this.registrations.delete(reg.id);
       this.opts.log.warn({ app: reg.app, instance: reg.instance, role: reg.role }, 'registration expired (no heartbeat)');
-      targetsGone ||= reg.role === 'target';
+      this.applications.unlist(reg.id);
     }
-    if (targetsGone) this.publishLocal();
   }
 
   /**
@@ -211,12 +209,9 @@ export class ControlServer {
    * from weight 100, not draining.
    */
   setOperatorState(instance: string, change: { weight?: number; draining?: boolean }): TargetInfo[] {
-    const registered = [...this.registrations.values()].some((r) => r.role === 'target' && r.instance === instance);
-    if (!registered) throw new BatonError('E_NOT_FOUND', `no target instance ${instance} is registered on ${this.opts.node}`, { node: this.opts.node, step: 'target' });
-    const current = this.operator.get(instance) ?? { weight: 100, draining: false };
-    this.operator.set(instance, { weight: change.weight ?? current.weight, draining: change.draining ?? current.draining });
-    this.opts.log.info({ instance, ...this.operator.get(instance) }, 'target instance changed by the operator');
-    this.publishLocal();
+    if (!this.applications.isListed(instance)) throw new BatonError('E_NOT_FOUND', `no target instance ${instance} is registered on ${this.opts.node}`, { node: this.opts.node, step: 'target' });
+    const now = this.applications.setOperator(instance, change);
+    this.opts.log.info({ instance, ...now }, 'target instance changed by the operator');
     return this.opts.directory.local().filter((t) => t.instance === instance);
   }
 
@@ -227,13 +222,7 @@ export class ControlServer {
   }
 
   private publishLocal(): void {
-    const targets: TargetInfo[] = [...this.registrations.values()]
-      .filter((r) => r.role === 'target')
-      .flatMap((r) => {
-        const { weight, draining } = this.operator.get(r.instance) ?? { weight: 100, draining: false };
-        return r.ports.map((port) => ({ node: this.opts.node, app: r.app, instance: r.instance, port, capacity: r.capacity, load: r.load, weight, draining }));
-      });
-    this.opts.directory.setLocal(targets);
+    this.opts.directory.setLocal(this.applications.advertised(this.opts.node));
   }
 
   /** The list for one routing application: its id and the next of its counter make each one unique. */

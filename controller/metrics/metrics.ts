@@ -5,11 +5,15 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counter as KernelCounter, StatName } from '../agent/table-layout.js';
 import { channelRejections } from '../transfer/channel.js';
-import { offerRefusals } from '../transfer/target-relay.js';
+import { offerRefusals } from '../transfer/target/admission.js';
 import { inputErrors } from '../input.js';
+import type { HandoffStep } from '../transfer/handoff-phases.js';
 
-/** Steps of a handoff, as the per-step histogram labels them. */
-export type HandoffStep = 'export' | 'offer' | 'import' | 'freeze' | 'delta' | 'commit' | 'route' | 'close' | 'total';
+/**
+ * What the per-step histogram labels: the handoff's timed steps (handoff-phases.ts; check and
+ * admit are not timed), the import at the target, and the whole handoff.
+ */
+type TimedStep = Exclude<HandoffStep, 'check' | 'admit'> | 'import' | 'total';
 
 export interface KernelView {
   /** XDP verdicts by reason, summed over CPUs; undefined on a node that does not steer. */
@@ -80,7 +84,7 @@ export class AgentMetrics {
     xdpCounter('baton_xdp_bytes_total', 'Bytes seen by the XDP steering program, by verdict reason', 'bytes');
     new Counter({
       name: 'baton_transfer_rejected_total',
-      help: 'Frames refused on transfer channels (peers and applications), by reason: framing and too-large close the link; schema, unexpected-type and blob-count drop the message',
+      help: 'Frames refused on transfer channels (peers and applications), by reason: framing and too-large close the link; schema, unexpected-type and blob-count drop the message; out-of-phase: a well-formed message the handoff it names does not take in its phase, dropped with nothing changed; unsolicited: a reply nobody waits for (late, after its handoff ended) or a message for a transfer the target does not hold, dropped',
       labelNames: ['reason'],
       registers,
       collect() {
@@ -90,7 +94,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'baton_offers_refused_total',
-      help: 'Connections offered to this node and refused before anything served them, by reason: wrong-sender, not-dvipa, wrong-port, not-owner (the distributor does not say the sender serves the flow), peer-offers and peer-bytes (the sender\'s share), no-application, duplicate, capacity, invalid-state, out-of-order',
+      help: 'Connections offered to this node and refused before anything served them, by reason: wrong-sender, not-dvipa, wrong-port, not-owner (the distributor does not say the sender serves the flow), peer-offers and peer-bytes (the sender\'s share), no-application, duplicate, capacity, invalid-state',
       labelNames: ['reason'],
       registers,
       collect() {
@@ -154,10 +158,10 @@ export class AgentMetrics {
     });
   }
 
-  handoff(outcome: 'done' | 'failed', step: string | undefined, timings?: { exportUs: number; offerRttUs: number; importUs: number; freezeUs: number; deltaUs: number; commitRttUs: number; routeUs: number; closeUs?: number; totalUs?: number }): void {
+  handoff(outcome: 'done' | 'failed', step: HandoffStep | undefined, timings?: { exportUs: number; offerRttUs: number; importUs: number; freezeUs: number; deltaUs: number; commitRttUs: number; routeUs: number; closeUs?: number; totalUs?: number }): void {
     this.handoffs.inc({ outcome, step: outcome === 'done' ? 'none' : (step ?? 'unknown') });
     if (!timings) return;
-    const observe = (s: HandoffStep, us: number | undefined) => {
+    const observe = (s: TimedStep, us: number | undefined) => {
       if (us !== undefined) this.stepSeconds.observe({ step: s }, us * MICRO);
     };
     observe('export', timings.exportUs);

@@ -20,10 +20,24 @@ const totals = new Map<RejectReason, number>();
 /**
  * Frames refused by every channel of this process since it started, by reason (all reasons
  * present, zero when none): monotonic, for a Prometheus counter. framing and too-large closed a
- * channel; schema, unexpected-type and blob-count dropped one message and left the channel open.
+ * channel; schema, unexpected-type and blob-count dropped one message and left the channel open;
+ * out-of-phase messages were dropped by the handoff they named (countRefusedMessage), unsolicited
+ * ones because nobody waited for them (PendingReplies).
  */
 export function channelRejections(): Record<RejectReason, number> {
   return Object.fromEntries(REJECT_REASONS.map((r) => [r, totals.get(r) ?? 0])) as Record<RejectReason, number>;
+}
+
+/**
+ * Counts a well-formed message that a handler refused for its reason (out-of-phase: the handoff it
+ * names is not in a phase that takes it; unsolicited: nobody waits for it), in the same totals as
+ * the channel's own refusals.
+ * Returns how many of that reason so far, for sparse logs.
+ */
+export function countRefusedMessage(reason: RejectReason): number {
+  const n = (totals.get(reason) ?? 0) + 1;
+  totals.set(reason, n);
+  return n;
 }
 
 export interface ChannelEvents<K extends MessageType> {
@@ -139,11 +153,26 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
 }
 
 /**
+ * A handoff in flight that takes every message of these types for its id on one link, legal or
+ * not: its phase decides what each may do (handoff-machine.ts), not whether someone happens to
+ * wait for that type at that moment.
+ */
+export interface ReplyClaim {
+  types: readonly string[];
+  receive(d: Decoded<MessageType>): void;
+  /** The link closed. */
+  fail(err: BatonError): void;
+}
+
+/**
  * Replies awaited per connection id, so a channel carrying thousands of concurrent handoffs
- * dispatches each reply in O(1). A reply nobody waits for is reported to the caller of deliver().
+ * dispatches each reply in O(1): to the handoff that claimed the id for that type, else to a
+ * waiter for it. A reply neither takes is counted (unsolicited) and reported to the caller of
+ * deliver().
  */
 export class PendingReplies<In extends MessageType> {
   private readonly waiting = new Map<string, { types: readonly string[]; resolve: (d: Decoded<In>) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly claims = new Map<string, ReplyClaim>();
 
   wait<K extends In>(connId: string, types: readonly K[], timeoutMs: number, step: string): Promise<Decoded<K>> {
     if (this.waiting.has(connId)) {
@@ -158,24 +187,50 @@ export class PendingReplies<In extends MessageType> {
     });
   }
 
-  /** Hands a message to its waiter; false when nobody waits for it (late or unsolicited). */
-  deliver(d: Decoded<In>): boolean {
-    const msg = d.msg as { type: string; connId?: string };
-    if (msg.connId === undefined) return false;
-    const w = this.waiting.get(msg.connId);
-    if (!w || !w.types.includes(msg.type)) return false;
-    clearTimeout(w.timer);
-    this.waiting.delete(msg.connId);
-    w.resolve(d);
-    return true;
+  /** Until the returned function is called, every message of claim.types for connId goes to claim. */
+  claim(connId: string, claim: ReplyClaim): () => void {
+    // One coordinator registers each handoff id once; a second claim would steal the first's replies.
+    if (this.claims.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'a handoff already holds this id on this link', { connId });
+    this.claims.set(connId, claim);
+    return () => {
+      if (this.claims.get(connId) === claim) this.claims.delete(connId);
+    };
   }
 
+  /**
+   * Hands a message to the handoff that claimed it (which may refuse it: it counts and logs that
+   * itself) or to its waiter: true. False when neither takes it (late, after its handoff or
+   * request ended, or never asked for): counted as unsolicited, the caller logs it.
+   */
+  deliver(d: Decoded<In>): boolean {
+    const { type, connId } = d.msg as { type: string; connId?: string };
+    if (connId !== undefined) {
+      const claim = this.claims.get(connId);
+      if (claim && claim.types.includes(type)) {
+        claim.receive(d as Decoded<MessageType>);
+        return true;
+      }
+      const w = this.waiting.get(connId);
+      if (w && w.types.includes(type)) {
+        clearTimeout(w.timer);
+        this.waiting.delete(connId);
+        w.resolve(d);
+        return true;
+      }
+    }
+    countRefusedMessage('unsolicited');
+    return false;
+  }
+
+  /** The link closed: every waiter fails with err, every claim hears of it (and stays until released). */
   failAll(err: Error): void {
+    const failure = (connId: string) => new BatonError(isBatonError(err) ? err.code : 'E_PEER', err.message, { connId });
     for (const [connId, w] of this.waiting) {
       clearTimeout(w.timer);
-      w.reject(new BatonError(isBatonError(err) ? err.code : 'E_PEER', err.message, { connId }));
+      w.reject(failure(connId));
     }
     this.waiting.clear();
+    for (const [connId, claim] of this.claims) claim.fail(failure(connId));
   }
 
   get size(): number {

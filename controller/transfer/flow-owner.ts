@@ -1,7 +1,7 @@
 // Does a node serve a flow? Only the distributor's routing table says, and a target node cannot
 // read it: a target offered a connection by a node other than the distributor (a transfer again)
 // asks the distributor over the peer link (`route` op `owner`, answered by `routed`), and accepts
-// the offer only on a yes (target-relay.ts, OfferPolicy.confirmOwner). On the distributor itself
+// the offer only on a yes (target/handoffs.ts, OfferPolicy.confirmOwner). On the distributor itself
 // the table is asked directly.
 import { BatonError } from '../errors.js';
 import type { FlowKey } from '../flow.js';

@@ -22,11 +22,16 @@ export const MAX_HEADER_DEPTH = MAX_JSON_DEPTH + 4;
 
 /**
  * Why a received frame was refused. framing and too-large break the byte stream (the channel
- * closes); the others drop one message (messages.ts). Carried as `rejection` in the E_PROTOCOL
- * error's context so the channel counts by reason without parsing error text.
+ * closes); schema, unexpected-type and blob-count drop one message (messages.ts), carried as
+ * `rejection` in the E_PROTOCOL error's context so the channel counts by reason without parsing
+ * error text. out-of-phase drops one well-formed message too, refused by the state machine it is
+ * for: the handoff it names is not in a phase that takes it (transfer/target/phases.ts,
+ * transfer/handoff-phases.ts); counted by that machine (countRefusedMessage in channel.ts), and
+ * nothing else changes. unsolicited drops a well-formed reply nobody waits for: late, after the
+ * handoff or request it answers ended, or never asked for (PendingReplies in channel.ts).
  */
-export type RejectReason = 'framing' | 'too-large' | 'schema' | 'unexpected-type' | 'blob-count';
-export const REJECT_REASONS: readonly RejectReason[] = ['framing', 'too-large', 'schema', 'unexpected-type', 'blob-count'];
+export type RejectReason = 'framing' | 'too-large' | 'schema' | 'unexpected-type' | 'blob-count' | 'out-of-phase' | 'unsolicited';
+export const REJECT_REASONS: readonly RejectReason[] = ['framing', 'too-large', 'schema', 'unexpected-type', 'blob-count', 'out-of-phase', 'unsolicited'];
 
 /** The reason a frame decoder or decodeMessage error gives; undefined for any other error. */
 export function rejectionOf(err: unknown): RejectReason | undefined {

@@ -38,6 +38,8 @@
 // Any failure before step 6 puts the entry back as it was (none, or forwarding to this node),
 // takes the socket out of repair mode and tells the routing application, which resumes reading:
 // the connection carries on at the routing node, nothing lost.
+// Each step is a method below, starting from one phase (handoff-phases.ts, enforced by
+// handoff-machine.ts); the phase alone decides what a reply may do and what a failure undoes.
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../errors.js';
 import { errorText } from '../input.js';
@@ -46,7 +48,9 @@ import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { endpointText, type FlowKey, flowOf, socketFlow } from '../flow.js';
 import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
-import { type Accepts, connToWire, type Decoded, type DistributorTimings, type Message } from './messages.js';
+import { HandoffMachine } from './handoff-machine.js';
+import { type HandoffStep, ROLLBACK, type Undo } from './handoff-phases.js';
+import { type Accepts, connToWire, type Decoded, type DistributorTimings } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
 import type { HandoffSockets } from './sockets.js';
 import { TCP_STATES } from '../../native/diag.js';
@@ -68,17 +72,34 @@ export interface HandoffRecord {
   target: string;
   client: string;
   outcome: 'done' | 'failed';
-  step?: string;
+  step?: HandoffStep;
   reason?: string;
   /** The step timings, the routing application's close, and the whole handoff as seen here. */
   timings?: DistributorTimings & { closeUs?: number; totalUs: number };
 }
 
+/** One handoff on its way: its phase machine, and what the steps learnt that a rollback or the record needs. */
+interface Handoff {
+  readonly connId: string;
+  readonly machine: HandoffMachine;
+  readonly router: RouterConnection;
+  readonly request: Decoded<'handoff'>;
+  /** batond's duplicate of the application's socket. */
+  readonly fd: number;
+  readonly log: Logger;
+  readonly t0: number;
+  /** From the export on. */
+  flow?: FlowKey;
+  client?: string;
+  /** From the offer on: the link to the target, where an abort goes. */
+  peer?: PeerLink;
+}
+
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
 
 export class HandoffCoordinator {
-  /** Handoffs in flight, bounded so a flood of offers cannot pin unbounded socket state in memory. */
-  private readonly inFlight = new Set<string>();
+  /** Handoffs in flight by id, bounded so a flood of offers cannot pin unbounded socket state in memory. */
+  private readonly inFlight = new Map<string, Handoff>();
 
   constructor(
     private readonly config: ClusterConfig,
@@ -98,139 +119,206 @@ export class HandoffCoordinator {
    * whatever happens (the application keeps its own).
    */
   async run(router: RouterConnection, request: Decoded<'handoff'>, fd: number): Promise<void> {
-    const { msg, blobs } = request;
-    const connId = msg.connId;
-    const log = this.log.child({ connId, target: msg.target.node });
-    const t0 = performance.now();
-    let step = 'export';
-    let exported: TcpConnectionState | undefined;
-    let flow: FlowKey | undefined;
-    let client: string | undefined;
-    let frozen = false;
-    let peer: PeerLink | undefined;
-    let admitted = false;
+    const connId = request.msg.connId;
+    const log = this.log.child({ connId, target: request.msg.target.node });
+    const h: Handoff = { connId, machine: new HandoffMachine(connId, log), router, request, fd, log, t0: performance.now() };
     try {
-      if (this.inFlight.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this connection is already in flight', { connId, step });
-      if (this.inFlight.size >= this.maxInFlight) throw new BatonError('E_HANDOFF_STATE', `${this.maxInFlight} handoffs already in flight`, { connId, step });
-      this.inFlight.add(connId);
-      admitted = true;
-      const targetNode = this.config.nodes.find((n) => n.name === msg.target.node);
-      if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${msg.target.node}`, { connId, step });
-      if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step });
-      const timeout = this.config.handoffStepTimeoutMs;
-
-      step = 'check';
-      const checked = this.check(fd);
-      if ('unfit' in checked) throw new BatonError('E_HANDOFF_STATE', `the descriptor is not an established TCP connection to a DVIPA: ${checked.unfit}`, { connId, step });
-      // A connection the routing table has no room for (a quota) is refused before anything is
-      // exported or offered: the target builds nothing for it.
-      step = 'admit';
-      await this.routes.admit(checked.flow, connId);
-
-      step = 'export';
-      const tExport = performance.now();
-      const state = this.sockets.snapshot(fd);
-      exported = state;
-      const exportUs = micros(tExport);
-      flow = flowOf(state);
-      client = endpointText(state.family, state.remote.address, state.remote.port);
-      log.debug({ client }, 'handoff requested');
-
-      step = 'offer';
-      peer = await this.peers.get(targetNode.name);
-      const tOffer = performance.now();
-      const { conn, queues } = connToWire(state);
-      peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, [...queues, blobs[0]!]);
-      const answer = await peer.replies.wait(connId, ['accept', 'reject'], timeout, step);
-      if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step, node: targetNode.name });
-      const offerRttUs = micros(tOffer);
-      const importUs = (answer.msg as Message<'accept'>).importUs;
-
-      step = 'freeze';
-      const tFreeze = performance.now();
-      await this.routes.freeze(flow, connId);
-      frozen = true;
-      const freezeUs = micros(tFreeze);
-
-      step = 'delta';
-      const tDelta = performance.now();
-      const delta = this.sockets.delta(fd, state);
-      const deltaUs = micros(tDelta);
-
-      // Nothing changed since the snapshot (the usual case: a client waiting for an answer sends
-      // nothing): the target's socket already is the frozen one, and the commit round trip would
-      // carry nothing. Skipped, the flow is frozen only for the delta read and the route install.
-      step = 'commit';
-      let commitRttUs = 0;
-      const committed = !unchangedSince(state, delta);
-      if (committed) {
-        const tCommit = performance.now();
-        peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
-        const ready = await peer.replies.wait(connId, ['ready', 'reject'], timeout, step);
-        if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step, node: targetNode.name });
-        commitRttUs = micros(tCommit);
-      }
-
-      step = 'route';
-      const tRoute = performance.now();
-      await this.routes.forward(flow, targetNode.name, connId);
-      frozen = false;
-      const routeUs = micros(tRoute);
-
+      this.register(h);
+      const target = this.targetOf(h);
+      const flow = this.check(h);
+      await this.admit(h, flow);
+      const { state, exportUs } = this.export(h);
+      const { peer, offerRttUs, importUs } = await this.offer(h, target, state);
+      const freezeUs = await this.freeze(h, flow);
+      const { delta, deltaUs } = this.readDelta(h, state);
+      const { committed, commitRttUs } = await this.commit(h, peer, state, delta);
+      const routeUs = await this.route(h, flow, target);
       // Past the point of no return: from here on nothing rolls back.
-      step = 'close';
       const timings: DistributorTimings = { exportUs, offerRttUs, importUs, freezeUs, deltaUs, commitRttUs, routeUs };
-      const tClose = performance.now();
-      // No client packet reaches the old socket any more. If it can send nothing by itself either,
-      // its clock now is its clock at the close: the target goes live at once. Otherwise the
-      // application reads the clock right before its close and says it (closed).
-      const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
-      router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
-      if (finalClock !== undefined) peer.channel.send('live', { connId, timestamp: finalClock });
-      this.releaseDescriptor(fd, log);
-      if (finalClock === undefined) {
-        const timestamp = await this.oldSocketClosed(router, connId, timeout, log);
-        peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
-      }
-      const closeUs = micros(tClose);
-      const sizes = { send: state.sendQueue.length, recv: state.recvQueue.length + delta.received.length, peeked: blobs[0]!.length, sentSinceSnapshot: state.unsentLength - delta.unsentLength };
-      log.info({ event: 'handoff', outcome: 'done', client, timings: { ...timings, closeUs }, queues: sizes, committed, clock: finalClock === undefined ? 'at the close' : 'quiet socket' }, 'handoff complete');
-      this.onRecord({ connId, flow, from: router.name, target: targetNode.name, client: client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(t0) } });
+      await this.close(h, peer, { state, delta, timings, committed });
     } catch (err) {
-      const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
-      if (step === 'close') {
-        // The route already points at the target and the descriptor is closed: nothing to undo.
-        log.error({ err: e.message }, 'error after the route switched; the handoff stands');
-        return;
-      }
-      if (frozen) await this.unfreeze(flow!, connId, log);
-      // The target may hold a reinstated socket in repair mode: tell it to drop it silently.
-      // Only a target that said no has certainly kept nothing.
-      if (peer && !(step === 'offer' && e.code === 'E_REJECTED')) peer.channel.send('abort', { connId, reason: e.message });
-      // The application resumes reading once told: its socket must be out of repair mode by then.
-      if (exported) this.resume(fd, log);
-      this.releaseDescriptor(fd, log);
-      router.channel.send('failed', { connId, step, code: e.code, reason: e.detail });
-      log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client, err: e.message }, 'handoff failed; routing node keeps the connection');
-      this.onRecord({ connId, flow, from: router.name, target: msg.target.node, client: client ?? 'unknown', outcome: 'failed', step, reason: e.message });
+      await this.fail(h, err);
     } finally {
-      if (admitted) this.inFlight.delete(connId);
+      this.forget(h);
     }
   }
 
-  /** Why the descriptor may not be handed off, or undefined when it may. */
-  /** What the descriptor is: an established TCP connection to a DVIPA and its flow, or why not. */
-  private check(fd: number): { flow: FlowKey } | { unfit: string } {
+  /** requested: one handoff per id, a bounded number in flight; the application's messages for it reach its phase from now on. */
+  private register(h: Handoff): void {
+    const { connId, machine } = h;
+    if (this.inFlight.has(connId)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this connection is already in flight', { connId, step: machine.step });
+    if (this.inFlight.size >= this.maxInFlight) throw new BatonError('E_HANDOFF_STATE', `${this.maxInFlight} handoffs already in flight`, { connId, step: machine.step });
+    this.inFlight.set(connId, h);
+    machine.claim(h.router.replies, 'router');
+  }
+
+  private forget(h: Handoff): void {
+    if (this.inFlight.get(h.connId) === h) this.inFlight.delete(h.connId);
+    h.machine.release();
+  }
+
+  /** requested: the node the application names, a peer of this one. */
+  private targetOf(h: Handoff): NodeConfig {
+    const { connId, machine } = h;
+    const name = h.request.msg.target.node;
+    const targetNode = this.config.nodes.find((n) => n.name === name);
+    if (!targetNode) throw new BatonError('E_NO_TARGET', `unknown target node ${name}`, { connId, step: machine.step });
+    if (targetNode.name === this.self.name) throw new BatonError('E_NO_TARGET', 'the target is the routing node itself', { connId, step: machine.step });
+    return targetNode;
+  }
+
+  /** check (requested): the descriptor is an established TCP connection to a DVIPA; its flow. */
+  private check(h: Handoff): FlowKey {
+    h.machine.begin('check');
+    const unfit = (why: string) => new BatonError('E_HANDOFF_STATE', `the descriptor is not an established TCP connection to a DVIPA: ${why}`, { connId: h.connId, step: 'check' });
     let info: SocketInfo;
     try {
-      info = this.sockets.inspect(fd);
+      info = this.sockets.inspect(h.fd);
     } catch (err) {
-      return { unfit: `cannot inspect it: ${errorText(err)}` };
+      throw unfit(`cannot inspect it: ${errorText(err)}`);
     }
-    const unfit = unfitDescriptor(info, this.isDvipa);
+    const why = unfitDescriptor(info, this.isDvipa);
     const flow = socketFlow(info);
-    if (unfit || !flow) return { unfit: unfit ?? 'it has no peer' };
-    return { flow };
+    if (why || !flow) throw unfit(why ?? 'it has no peer');
+    return flow;
+  }
+
+  /**
+   * admit (requested): a connection the routing table has no room for (a quota) is refused
+   * before anything is exported or offered: the target builds nothing for it.
+   */
+  private async admit(h: Handoff, flow: FlowKey): Promise<void> {
+    h.machine.begin('admit');
+    await this.routes.admit(flow, h.connId);
+  }
+
+  /** export (requested → exported): repair mode on, the socket's state read. */
+  private export(h: Handoff): { state: TcpConnectionState; exportUs: number } {
+    h.machine.begin('export');
+    const tExport = performance.now();
+    const state = this.sockets.snapshot(h.fd);
+    h.machine.advance('exported');
+    const exportUs = micros(tExport);
+    h.flow = flowOf(state);
+    h.client = endpointText(state.family, state.remote.address, state.remote.port);
+    h.log.debug({ client: h.client }, 'handoff requested');
+    return { state, exportUs };
+  }
+
+  /** offer (exported → offered → accepted): the state to the target, which reinstates it, or refuses (back to exported). */
+  private async offer(h: Handoff, targetNode: NodeConfig, state: TcpConnectionState): Promise<{ peer: PeerLink; offerRttUs: number; importUs: number }> {
+    const { connId, machine } = h;
+    const { msg, blobs } = h.request;
+    machine.begin('offer');
+    const peer = await this.peers.get(targetNode.name);
+    h.peer = peer;
+    machine.claim(peer.replies, 'target');
+    const tOffer = performance.now();
+    const { conn, queues } = connToWire(state);
+    machine.advance('offered');
+    peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, [...queues, blobs[0]!]);
+    const answer = await machine.answer('offered', this.config.handoffStepTimeoutMs);
+    if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step: 'offer', node: targetNode.name });
+    return { peer, offerRttUs: micros(tOffer), importUs: answer.msg.importUs };
+  }
+
+  /** freeze (accepted → frozen): XDP drops the client's packets, so the old socket's queues stop changing. */
+  private async freeze(h: Handoff, flow: FlowKey): Promise<number> {
+    h.machine.begin('freeze');
+    const tFreeze = performance.now();
+    await this.routes.freeze(flow, h.connId);
+    h.machine.advance('frozen');
+    return micros(tFreeze);
+  }
+
+  /** delta (frozen): what reached the socket, and what it transmitted, since the snapshot. */
+  private readDelta(h: Handoff, state: TcpConnectionState): { delta: ExportDelta; deltaUs: number } {
+    h.machine.begin('delta');
+    const tDelta = performance.now();
+    const delta = this.sockets.delta(h.fd, state);
+    return { delta, deltaUs: micros(tDelta) };
+  }
+
+  /**
+   * commit (frozen → committed → ready): the target appends the delta and says ready, or refuses
+   * (back to frozen). Nothing changed since the snapshot (the usual case: a client waiting for
+   * an answer sends nothing): the target's socket already is the frozen one, and the commit
+   * round trip would carry nothing. Skipped (frozen → ready), the flow is frozen only for the
+   * delta read and the route install.
+   */
+  private async commit(h: Handoff, peer: PeerLink, state: TcpConnectionState, delta: ExportDelta): Promise<{ committed: boolean; commitRttUs: number }> {
+    const { connId, machine } = h;
+    machine.begin('commit');
+    const committed = !unchangedSince(state, delta);
+    if (!committed) {
+      machine.advance('ready');
+      return { committed, commitRttUs: 0 };
+    }
+    const tCommit = performance.now();
+    machine.advance('committed');
+    peer.channel.send('commit', { connId, unsentLength: delta.unsentLength, window: delta.window }, [delta.received]);
+    const ready = await machine.answer('committed', this.config.handoffStepTimeoutMs);
+    if (ready.msg.type === 'reject') throw new BatonError('E_REJECTED', ready.msg.reason, { connId, step: 'commit', node: peer.node.name });
+    return { committed, commitRttUs: micros(tCommit) };
+  }
+
+  /** route (ready → routed): the entry forwards to the target. */
+  private async route(h: Handoff, flow: FlowKey, targetNode: NodeConfig): Promise<number> {
+    h.machine.begin('route');
+    const tRoute = performance.now();
+    await this.routes.forward(flow, targetNode.name, h.connId);
+    h.machine.advance('routed');
+    return micros(tRoute);
+  }
+
+  /** close (routed → closed): done to the application, live to the target with the old socket's final clock. */
+  private async close(h: Handoff, peer: PeerLink, { state, delta, timings, committed }: { state: TcpConnectionState; delta: ExportDelta; timings: DistributorTimings; committed: boolean }): Promise<void> {
+    const { connId, machine, fd, log, router } = h;
+    machine.begin('close');
+    const tClose = performance.now();
+    // No client packet reaches the old socket any more. If it can send nothing by itself either,
+    // its clock now is its clock at the close: the target goes live at once. Otherwise the
+    // application reads the clock right before its close and says it (closed).
+    const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
+    router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
+    if (finalClock !== undefined) {
+      machine.advance('closed');
+      peer.channel.send('live', { connId, timestamp: finalClock });
+    }
+    this.releaseDescriptor(fd, log);
+    if (finalClock === undefined) {
+      const timestamp = await this.oldSocketClosed(h);
+      peer.channel.send('live', timestamp === undefined ? { connId } : { connId, timestamp });
+    }
+    const closeUs = micros(tClose);
+    const blobs = h.request.blobs;
+    const sizes = { send: state.sendQueue.length, recv: state.recvQueue.length + delta.received.length, peeked: blobs[0]!.length, sentSinceSnapshot: state.unsentLength - delta.unsentLength };
+    log.info({ event: 'handoff', outcome: 'done', client: h.client, timings: { ...timings, closeUs }, queues: sizes, committed, clock: finalClock === undefined ? 'at the close' : 'quiet socket' }, 'handoff complete');
+    this.onRecord({ connId, flow: h.flow, from: router.name, target: peer.node.name, client: h.client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(h.t0) } });
+  }
+
+  /** Rollback, decided by the phase the handoff failed in (ROLLBACK); the application hears last. */
+  private async fail(h: Handoff, err: unknown): Promise<void> {
+    const { connId, fd, log, router } = h;
+    const { phase, step } = h.machine.fail();
+    const e = isBatonError(err) ? err : new BatonError('E_PEER', (err as Error).message, { connId, step });
+    const undo: readonly Undo[] | 'stands' = ROLLBACK[phase];
+    if (undo === 'stands') {
+      // The route already points at the target and the descriptor is closed: nothing to undo.
+      log.error({ err: e.message }, 'error after the route switched; the handoff stands');
+      return;
+    }
+    // Frozen or later, so exported: the flow is known.
+    if (undo.includes('unfreeze')) await this.unfreeze(h.flow!, connId, log);
+    // The target may hold a reinstated socket in repair mode: tell it to drop it silently. Only a
+    // target that said no has certainly kept nothing (its reject sent the handoff back to exported).
+    if (undo.includes('abort')) h.peer?.channel.send('abort', { connId, reason: e.message });
+    // The application resumes reading once told: its socket must be out of repair mode by then.
+    if (undo.includes('resume')) this.resume(fd, log);
+    this.releaseDescriptor(fd, log);
+    router.channel.send('failed', { connId, step, code: e.code, reason: e.detail });
+    log.warn({ event: 'handoff', outcome: 'failed', step, code: e.code, client: h.client, err: e.message }, 'handoff failed; routing node keeps the connection');
+    this.onRecord({ connId, flow: h.flow, from: router.name, target: h.request.msg.target.node, client: h.client ?? 'unknown', outcome: 'failed', step, reason: e.message });
   }
 
   /** Rollback: repair mode off. If even that fails the application's socket is stuck silent: say so loudly. */
@@ -261,16 +349,18 @@ export class HandoffCoordinator {
   }
 
   /**
-   * The old socket's clock when the routing application closed it. Never throws: the target must
-   * go live whatever happens here (the route already points at it); without a reading it
-   * estimates the clock itself.
+   * The old socket's clock when the routing application closed it: its closed moves the handoff
+   * to closed. Never throws: the target must go live whatever happens here (the route already
+   * points at it); without a reading (no closed in time, or the application gone) the handoff is
+   * closed all the same and the target estimates the clock itself.
    */
-  private async oldSocketClosed(router: RouterConnection, connId: string, timeout: number, log: Logger): Promise<number | undefined> {
+  private async oldSocketClosed(h: Handoff): Promise<number | undefined> {
     try {
-      const closed = await router.replies.wait(connId, ['closed'], timeout, 'close');
-      return (closed.msg as Message<'closed'>).timestamp;
+      const closed = await h.machine.answer('routed', this.config.handoffStepTimeoutMs);
+      return closed.msg.timestamp;
     } catch (err) {
-      log.warn({ err: (err as Error).message }, 'routing application did not confirm the close; the target estimates the timestamp clock');
+      h.log.warn({ err: (err as Error).message }, 'routing application did not confirm the close; the target estimates the timestamp clock');
+      h.machine.advance('closed');
       return undefined;
     }
   }

@@ -10,6 +10,7 @@ import type { TcpConnectionState } from '../../native/repair.js';
 import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, PortSchema as Port } from '../flow.js';
 import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
+import { HANDOFF_STEPS } from './handoff-phases.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -182,7 +183,8 @@ export const Schemas = {
   closed: message('closed', { connId: HandoffIdSchema, timestamp: Type.Optional(U32) }),
   failed: message('failed', {
     connId: HandoffIdSchema,
-    step: Type.String({ maxLength: 32 }),
+    /** The handoff step that failed (handoff-phases.ts). */
+    step: Type.Union(HANDOFF_STEPS.map((s) => Type.Literal(s))),
     /** One of the error table's codes (errors.ts): the application gets the same code batond raised. */
     code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
     reason: Reason,

@@ -2,7 +2,7 @@
 // node's batond exports the application's socket (a duplicate of its descriptor) and reads the
 // delta; the target node's batond reinstates the connection, completes it and makes it live, then
 // hands the descriptor to the target application. Each step is one native call (native/repair.ts);
-// the state machines (handoff.ts, target-relay.ts) only see this interface, so their unit tests
+// the state machines (handoff.ts, target/handoffs.ts) only see this interface, so their unit tests
 // can run without a kernel.
 import { closeFd } from '../../native/fdpass.js';
 import {
@@ -39,7 +39,7 @@ export interface HandoffSockets {
   release(fd: number): void;
   /** Target node: the connection rebuilt in repair mode, peeked bytes ahead of its receive queue. */
   reinstate(state: TcpConnectionState, peeked: Buffer): number;
-  /** Target node, still in repair mode: the routing node's delta, applied (see TargetRelay.commit). */
+  /** Target node, still in repair mode: the routing node's delta, applied (see TargetHandoffs.commit). */
   complete(fd: number, sentSinceSnapshot: Buffer, received: Buffer, window: TcpConnectionState['window']): void;
   /**
    * Target node: the idle bounds set (keepalive, TCP_USER_TIMEOUT), then repair mode off with the

@@ -42,12 +42,12 @@ import type { ControlServer } from '../../controller/control/server.js';
 import { createLogger } from '../../controller/log.js';
 import type { AgentMetrics } from '../../controller/metrics/metrics.js';
 import { Channel } from '../../controller/transfer/channel.js';
-import { encodeFrame, FrameDecoder } from '../../controller/transfer/framing.js';
-import { Accepts, connToWire, decodeMessage, header, type MessageType } from '../../controller/transfer/messages.js';
+import { Accepts, connToWire } from '../../controller/transfer/messages.js';
 import type { TargetApp, TargetRelay } from '../../controller/transfer/target-relay.js';
 import type { HandoffSockets } from '../../controller/transfer/sockets.js';
 import { loadPeerTls } from '../../controller/transfer/peer-tls.js';
 import { apiNode } from '../helpers/api-node.js';
+import { fromWire } from '../helpers/wire.js';
 import { makeCertificates } from '../helpers/certs.js';
 import { sampleState } from '../helpers/state.js';
 import { broken, checkAsync, embed, hostileFragment, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
@@ -152,10 +152,6 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     return [other, client];
   }
 
-  /** A message as it would come off the wire on that side of a link. */
-  const received = <K extends MessageType>(type: K, body: Parameters<typeof header<K>>[1], side: readonly MessageType[], blobs: Buffer[] = []) =>
-    decodeMessage(new FrameDecoder().push(Buffer.concat(encodeFrame(header(type, body), blobs)))[0]!, side as readonly K[]);
-
   beforeAll(async () => {
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-fuzz-api-'));
     closers.push(() => fs.rmSync(stateDir, { recursive: true, force: true }));
@@ -202,7 +198,9 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     const appSide = new Channel(appEnd, Accepts.target, log);
     const target: TargetApp = { name: 'line-target', instance: 'line-target', ports: [7000], channel: agentSide, descriptors: { send: () => undefined }, decides: false, capacity: 0 };
     relay.register(target);
-    agentSide.on('message', (d) => relay.fromApp(target, d));
+    agentSide.on('message', (d) => {
+      if (d.msg.type === 'moved') relay.fromApp(target, { msg: d.msg, blobs: d.blobs });
+    });
     appSide.on('message', (d) => {
       if (d.msg.type !== 'move') return;
       appMoves.push({ connId: d.msg.connId, node: d.msg.node });
@@ -210,8 +208,8 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     });
     // From the distributor, as its peer link authenticated it.
     const { conn, queues } = connToWire(SERVED);
-    relay.fromPeer(peer, received('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0)]), 'n1');
-    relay.fromPeer(peer, received('live', { connId: SERVED_CONN_ID }, Accepts.agentFromPeer), 'n1');
+    relay.fromPeer(peer, fromWire('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0)]), 'n1');
+    relay.fromPeer(peer, fromWire('live', { connId: SERVED_CONN_ID }, Accepts.agentFromPeer), 'n1');
     closers.push(() => peer.close(), () => agentSide.close(), () => appSide.close(), () => peerFar.destroy());
     expect(served()).toEqual([SERVED_ID]);
   });

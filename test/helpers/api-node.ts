@@ -93,7 +93,7 @@ export async function apiNode(opts: {
     offerBytesPerPeer: DEFAULT_OFFER_BYTES_PER_PEER,
     targetCapacity: 10_000,
   });
-  const control = new ControlServer({ node: self.name, port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log });
+  const control = new ControlServer({ node: self.name, port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log, applications: relay.applications });
   const transfers = new TransferLog();
   // Not the distributor: no XDP, no routing table.
   const metrics = new AgentMetrics(self.name, { xdp: () => undefined, routingTable: () => undefined, quotaRefused: () => ({}), targets: () => directory.all().length, closing: () => 0 });

@@ -25,10 +25,10 @@ export async function freeUdpPort(): Promise<number> {
  * A started ControlServer. It binds the port it is given: on `port` if named, else on a free one
  * from the kernel, retrying the rare race with another process taking it first.
  */
-export async function startControlServer(opts: { secret: Buffer; directory: TargetDirectory; log: Logger; port?: number; dvipaPorts?: number[]; metrics?: ServerOptions['metrics'] }): Promise<{ server: ControlServer; port: number }> {
+export async function startControlServer(opts: { secret: Buffer; directory: TargetDirectory; log: Logger; port?: number; dvipaPorts?: number[]; metrics?: ServerOptions['metrics']; applications?: ServerOptions['applications'] }): Promise<{ server: ControlServer; port: number }> {
   for (let attempt = 0; ; attempt++) {
     const port = opts.port ?? (await freeUdpPort());
-    const server = new ControlServer({ node: 'n1', port, secret: opts.secret, dvipaPorts: () => opts.dvipaPorts ?? [7000], directory: opts.directory, log: opts.log, metrics: opts.metrics });
+    const server = new ControlServer({ node: 'n1', port, secret: opts.secret, dvipaPorts: () => opts.dvipaPorts ?? [7000], directory: opts.directory, log: opts.log, metrics: opts.metrics, applications: opts.applications });
     try {
       await server.start();
       return { server, port };

@@ -12,7 +12,7 @@ import type { FlowKey } from '../../../controller/flow.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
 import { BatonError } from '../../../controller/errors.js';
 import { createLogger } from '../../../controller/log.js';
-import { Channel, PendingReplies } from '../../../controller/transfer/channel.js';
+import { Channel, channelRejections, PendingReplies } from '../../../controller/transfer/channel.js';
 import { type HandoffRecord, HandoffCoordinator } from '../../../controller/transfer/handoff.js';
 import type { RouteWriter } from '../../../controller/transfer/routes.js';
 import { Accepts, type Decoded, type MessageType } from '../../../controller/transfer/messages.js';
@@ -36,8 +36,11 @@ class RecordingRoutes implements RouteWriter {
   async freeze() {
     this.ops.push('freeze');
   }
+  /** What forward() throws, when a test makes the route install fail. */
+  refuseForward?: Error;
   async forward(_flow: FlowKey, target: string) {
     this.ops.push(`forward:${target}`);
+    if (this.refuseForward) throw this.refuseForward;
   }
   async unfreeze() {
     this.ops.push('unfreeze');
@@ -161,7 +164,7 @@ async function routerPair(closeClock?: number) {
     got.push(d);
     if (d.msg.type === 'done' && closeClock !== undefined) app.send('closed', { connId: d.msg.connId, timestamp: closeClock });
   });
-  return { router: { channel: agentChannel, replies, name: 'test-router' }, got, told };
+  return { router: { channel: agentChannel, replies, name: 'test-router' }, got, told, app };
 }
 
 function cluster(targetPort: number): ClusterConfig {
@@ -352,5 +355,131 @@ describe('handoff state machine at the routing node', () => {
     expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'export', reason: expect.stringContaining('EPERM') }]);
     expect(records[0]).toMatchObject({ outcome: 'failed', step: 'export', client: 'unknown' });
     expect(records[0]!.flow).toBeUndefined();
+  });
+  it('a reject at the commit sends the handoff back to frozen: the entry restored, the target aborted, the socket resumed', async () => {
+    const r = await runHandoff((d, ch) => {
+      if (d.msg.type === 'offer') ch.send('accept', { connId: d.msg.connId, importUs: 5 });
+      if (d.msg.type === 'commit') ch.send('reject', { connId: d.msg.connId, reason: 'commit failed: no room' });
+    });
+    expect(r.routes.ops).toEqual(['admit', 'freeze', 'unfreeze']);
+    expect(r.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'resume', 'release']);
+    expect(r.got).toEqual(['failed']);
+    expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'commit', reason: expect.stringContaining('no room') });
+  });
+  it('a route install that fails (the target ready): the entry restored, the target aborted, the socket resumed', async () => {
+    const target = await targetNode((d, ch) => {
+      if (d.msg.type === 'offer') ch.send('accept', { connId: d.msg.connId, importUs: 5 });
+      if (d.msg.type === 'commit') ch.send('ready', { connId: d.msg.connId });
+    });
+    const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
+    routes.refuseForward = new BatonError('E_HANDOFF_STATE', 'distributor n1 refused forward: not the owner', { step: 'forward' });
+    await coordinator.run(router, request, 42);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(routes.ops).toEqual(['admit', 'freeze', 'forward:n2', 'unfreeze']);
+    expect(target.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
+    expect(sockets.ops).toEqual(['inspect', 'snapshot', 'delta', 'resume', 'release']);
+    expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'route', code: 'E_HANDOFF_STATE' }]);
+    expect(records[0]).toMatchObject({ outcome: 'failed', step: 'route' });
+  });
+});
+
+/** Refusals of this process so far, by reason (channel.ts counts them for baton_transfer_rejected_total). */
+const refused = () => channelRejections();
+
+async function until(done: () => boolean, what: string): Promise<void> {
+  for (let waited = 0; !done(); waited += 10) {
+    if (waited > 5000) throw new Error(`still waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('replies the handoff\'s phase does not allow: refused, counted, nothing changes', () => {
+  it('a ready before the accept, and a second accept: both refused, the handoff goes on with the first accept', async () => {
+    const before = refused();
+    const r = await runHandoff((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') {
+        ch.send('ready', { connId });
+        ch.send('accept', { connId, importUs: 5 });
+        ch.send('accept', { connId, importUs: 6 });
+      }
+      if (d.msg.type === 'commit') ch.send('ready', { connId });
+    }, 123_456);
+    expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(2);
+    expect(r.routes.ops).toEqual(['admit', 'freeze', 'forward:n2']);
+    expect(r.seen).toEqual(['hello', 'offer', 'commit', 'live']);
+    expect(r.lives).toEqual([{ timestamp: 123_456 }]);
+    expect(r.records).toHaveLength(1);
+    expect(r.records[0]).toMatchObject({ outcome: 'done', timings: { importUs: 5 } });
+  });
+
+  it('a ready when there was nothing to commit: refused, the route was already switched on the delta read', async () => {
+    const before = refused();
+    const r = await runHandoff((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') {
+        ch.send('accept', { connId, importUs: 5 });
+        ch.send('ready', { connId });
+      }
+    }, 99, Buffer.alloc(0));
+    expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(1);
+    expect(r.seen).toEqual(['hello', 'offer', 'live']);
+    expect(r.lives).toEqual([{ timestamp: 99 }]);
+    expect(r.records[0]).toMatchObject({ outcome: 'done', timings: { commitRttUs: 0 } });
+  });
+
+  it('a closed from the application before the route switched: refused; its closed after done carries the clock', async () => {
+    const before = refused();
+    let app: Channel<(typeof Accepts.router)[number]> | undefined;
+    const target = await targetNode((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') {
+        // The application says closed while the offer is out; the target accepts once it was refused.
+        app!.send('closed', { connId, timestamp: 1 });
+        void until(() => refused()['out-of-phase'] > before['out-of-phase'], 'the early closed to be refused').then(() => ch.send('accept', { connId, importUs: 5 }));
+      }
+      if (d.msg.type === 'commit') ch.send('ready', { connId });
+    });
+    closeClock.value = 123_456;
+    const c = await coordinatorFor(target.port);
+    app = c.app;
+    await c.coordinator.run(c.router, request, 42);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(1);
+    expect(c.routes.ops).toEqual(['admit', 'freeze', 'forward:n2']);
+    expect(target.lives).toEqual([{ timestamp: 123_456 }]);
+    expect(c.records[0]).toMatchObject({ outcome: 'done' });
+  });
+
+  it('only answers the phase does not allow: the offer times out as it would, the target is aborted', async () => {
+    const before = refused();
+    const r = await runHandoff((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') ch.send('ready', { connId });
+    });
+    expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(1);
+    expect(r.routes.ops).toEqual(['admit']);
+    expect(r.seen).toEqual(['hello', 'offer', 'abort']);
+    expect(r.sockets).toEqual(['inspect', 'snapshot', 'resume', 'release']);
+    expect(r.records[0]).toMatchObject({ outcome: 'failed', step: 'offer', reason: expect.stringContaining('no accept/reject within 300 ms') });
+  });
+
+  it('a reply after the handoff ended, or for a handoff that never was: nobody waits for it, counted as unsolicited', async () => {
+    const before = refused();
+    const r = await runHandoff((d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') {
+        ch.send('accept', { connId: 'n1.never', importUs: 1 });
+        ch.send('accept', { connId, importUs: 5 });
+      }
+      if (d.msg.type === 'commit') ch.send('ready', { connId });
+      // live is the last message of a handoff: by the time this arrives its handoff is over.
+      if (d.msg.type === 'live') ch.send('ready', { connId });
+    }, 7);
+    await until(() => refused().unsolicited - before.unsolicited >= 2, 'the late ready to be counted');
+    expect(refused().unsolicited - before.unsolicited).toBe(2);
+    expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(0);
+    expect(r.records).toEqual([expect.objectContaining({ outcome: 'done' })]);
   });
 });
