@@ -58,7 +58,7 @@ const RECOVERY = '(recovery)';
 const PROBE_BATCH = 1024;
 /** Keys the reconciler reads per turn of the event loop: a few milliseconds at most. */
 const RECONCILE_STEP = 1024;
-const RECONCILE_EVERY_MS = 30_000;
+export const RECONCILE_EVERY_MS = 30_000;
 
 export type QuotaKind = 'total' | 'per-source';
 
@@ -84,7 +84,7 @@ export class RouteService {
     private readonly log: Logger,
     private readonly freezeLimitMs: number,
     /** The map's max_entries, from which the default total quota derives. */
-    capacity: number,
+    private readonly capacity: number,
   ) {
     this.byId = new Map(config.nodes.map((n) => [n.id, n]));
     this.limits = {
@@ -324,8 +324,11 @@ export class RouteService {
       const before = this.index.ids();
       const seen = new Set<string>();
       let added = 0;
-      // Bounded even if entries keep vanishing under the walk (each restarts it from the first key).
-      let budget = 3 * (before.length + RECONCILE_STEP);
+      // Bounded even if entries keep vanishing under the walk (each restarts it from the first
+      // key): the map never holds more than its capacity, so a walk that has read three times as
+      // many keys is restarting. (Not the index's size: entries written behind batond's back,
+      // however many, must all be taken up in one pass.)
+      let budget = 3 * (Math.max(before.length, this.capacity) + RECONCILE_STEP);
       for (let prev: Buffer | null = null; budget > 0; budget -= RECONCILE_STEP) {
         const { entries, last } = this.routes.entriesAfter(prev, RECONCILE_STEP);
         for (const [flow, entry] of entries) {

@@ -288,6 +288,12 @@ describe('the in-memory index', () => {
     expect(service.index.get(at(5))).toBeUndefined();
     expect(service.index.get(at(5000))?.node).toBe(3);
   });
+  it('reconcile takes up, in one pass, however many entries were written behind its back', async () => {
+    const { table, service } = setup();
+    for (let p = 1; p <= 5000; p++) table.forward(at(p), { node: 2, mac: '02:00:00:00:00:02' });
+    expect(await service.reconcile()).toEqual({ added: 5000, removed: 0 });
+    expect(service.index.size).toBe(5000);
+  });
 });
 
 describe('recovery of entries a previous batond left frozen', () => {
