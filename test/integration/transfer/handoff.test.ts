@@ -91,9 +91,12 @@ describe('handoff in the namespace lab', () => {
     const [res] = results(r.stdout);
     expect(res).toMatchObject({ ok: true });
     const [addr, port] = String(res!.local).split(':');
-    const entry = running.routes.get({ family: 4, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 });
-    // The client has closed: the owner reported it, so the entry is RELEASED (still forwarding for the
-    // grace period) rather than FORWARD.
+    const flow = { family: 4 as const, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 };
+    // The client has closed: the owner reports it (n2's close watcher → a release to n1, a moment
+    // after the client exits), and the entry becomes RELEASED (still forwarding for the grace
+    // period) rather than FORWARD.
+    await expect.poll(() => running.routes.get(flow)?.state, { timeout: 5000, interval: 50 }).toBe('released');
+    const entry = running.routes.get(flow);
     expect(entry).toMatchObject({ state: 'released', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
     expect(entry!.packets).toBeGreaterThan(0n);
   });
