@@ -139,6 +139,15 @@ export function errorText(err: unknown, max = 200): string {
 }
 
 /**
+ * Whether the nth occurrence of something an attacker can repeat at will (a refused message, a
+ * dropped datagram, a failed handshake) is logged: the first ten, then every 1000th, so that a
+ * flood of bad input never becomes a flood of log lines. The count itself is a metric.
+ */
+export function logSparsely(n: number): boolean {
+  return n <= 10 || n % 1000 === 0;
+}
+
+/**
  * Wraps a handler of input from source: whatever it throws (synchronously, or as a rejected
  * promise) is logged with a bounded message, counted, and passed to onError, which should close
  * the link the input came on. The process carries on.
@@ -151,8 +160,7 @@ export function guard<A extends unknown[]>(
 ): (...args: A) => void {
   const fail = (err: unknown) => {
     const n = countInputError(source);
-    // A flood of bad input must not become a flood of log lines: the first ten, then every 1000th.
-    if (n <= 10 || n % 1000 === 0) log.error({ source, err: errorText(err), inputErrors: n }, 'input handler failed: link closed');
+    if (logSparsely(n)) log.error({ source, err: errorText(err), inputErrors: n }, 'input handler failed: link closed');
     try {
       onError(err);
     } catch (closeErr) {

@@ -16,6 +16,7 @@ import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
 import type { RouteService } from './route-service.js';
 import { type IndexedRoute, parseCursor } from './table-index.js';
+import { MAX_PAGE } from './paged-map.js';
 import type { TransferLog, TransferRecord } from './transfer-log.js';
 import { apiBase } from '../api/forward.js';
 
@@ -53,8 +54,6 @@ export interface ConnectionPage {
   next?: string;
 }
 
-/** The most entries one page of /v1/connections holds: a page costs O(page), never O(table). */
-export const MAX_PAGE = 1000;
 
 export interface AdminParts {
   config: ClusterConfig;

@@ -12,6 +12,9 @@ interface Slot<V> {
   live: boolean;
 }
 
+/** The most entries one page of /v1/connections holds: a page costs O(page), never O(table). */
+export const MAX_PAGE = 1000;
+
 export interface PageOf<V> {
   values: V[];
   /** Where the next page starts; absent when this page reached the end. */

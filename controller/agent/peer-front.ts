@@ -5,7 +5,7 @@
 // (checked against this one by test/unit/agent/handlers.test.ts).
 import type tls from 'node:tls';
 import { BatonError } from '../errors.js';
-import { errorText } from '../input.js';
+import { errorText, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
 import { tcpState } from '../../native/diag.js';
@@ -110,7 +110,7 @@ export class PeerFront {
   /** Counts and logs (sparsely) a peer connection refused before any message. */
   refuse(reason: string, from: string | undefined): void {
     const n = this.p.refused(reason);
-    if (n <= 10 || n % 1000 === 0) this.p.log.warn({ from, reason, refused: n }, 'peer connection refused');
+    if (logSparsely(n)) this.p.log.warn({ from, reason, refused: n }, 'peer connection refused');
   }
 
   /** The hello must come once, as a peer, naming the node the certificate proved. */

@@ -35,6 +35,7 @@ import { connectionId, type FlowKey } from '../flow.js';
 import type { RoutingTable } from './routing-table.js';
 import type { RouteEntry } from './table-layout.js';
 import { TableIndex } from './table-index.js';
+import { logSparsely } from '../input.js';
 
 interface FreezeRecord {
   flow: FlowKey;
@@ -233,7 +234,7 @@ export class RouteService {
     if (!kind) return;
     const n = (this.quotaRefused.get(kind) ?? 0) + 1;
     this.quotaRefused.set(kind, n);
-    if (n <= 10 || n % 1000 === 0) this.log.warn({ quota: kind, client: flow.clientAddress, refused: n }, 'handoff refused by a routing-table quota');
+    if (logSparsely(n)) this.log.warn({ quota: kind, client: flow.clientAddress, refused: n }, 'handoff refused by a routing-table quota');
     throw new BatonError('E_QUOTA', `handoff refused: ${why}`, { step: 'admit', flow: connectionId(flow), quota: kind });
   }
 

@@ -12,9 +12,10 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { BatonError } from '../errors.js';
-import { bounded } from '../input.js';
+import { bounded, logSparsely } from '../input.js';
 import type { ClusterConfig } from '../config/cluster.js';
 import { authenticatePeer } from '../transfer/peer-tls.js';
+import { OPERATOR_NAME } from './token.js';
 import { problemOf, type Refusal, sendProblem } from './problem.js';
 import type { OperatorTokens, Scope } from './token.js';
 
@@ -30,7 +31,6 @@ declare module 'fastify' {
 /** Sent by a forwarding node: the operator the request is made for (logged; authorises nothing). */
 export const OPERATOR_HEADER = 'x-baton-operator';
 
-const OPERATOR_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const READS = new Set(['GET', 'HEAD']);
 
 /** Routes (as registered, not as requested: no path trick reaches another) anyone may call. */
@@ -86,7 +86,7 @@ export function accessControl(app: FastifyInstance, config: ClusterConfig, opera
     const n = (counts.get(reason) ?? 0) + 1;
     counts.set(reason, n);
     // A scan of the management network must not become a flood of log lines: the first ten, then every 1000th.
-    if (n <= 10 || n % 1000 === 0) request.log.warn({ method: request.method, url: bounded(request.url, 200), from: request.ip, reason, why, refused: n, ...callerFields(request.principal) }, 'API request refused');
+    if (logSparsely(n)) request.log.warn({ method: request.method, url: bounded(request.url, 200), from: request.ip, reason, why, refused: n, ...callerFields(request.principal) }, 'API request refused');
   };
 
   app.decorateRequest('principal', null);

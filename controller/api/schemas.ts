@@ -3,6 +3,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { TargetInfoSchema } from '../control/messages.js';
 import { HANDOFF_STEPS } from '../transfer/handoff-phases.js';
+import { MAX_PAGE } from '../agent/paged-map.js';
 
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
 const Endpoint = Type.Object({ address: Type.String(), port: Type.Integer() });
@@ -62,7 +63,7 @@ export const ConnectionQuerySchema = Type.Object(
     state: Type.Optional(Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('finished'), Type.Literal('served')])),
     node: Type.Optional(Name),
     client: Type.Optional(Type.String({ maxLength: 45, pattern: '^[0-9a-fA-F:.]+$' })),
-    limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+    limit: Type.Integer({ minimum: 1, maximum: MAX_PAGE, default: 100 }),
     /** The next of the page before; absent for the first page. Opaque. */
     cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,14}$' })),
   },

@@ -9,7 +9,7 @@ import fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { BatonError } from '../errors.js';
-import { bounded, errorText } from '../input.js';
+import { bounded, errorText, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import type { AgentAdmin } from '../agent/admin.js';
@@ -37,9 +37,6 @@ export interface ApiContext {
   /** Sends the request on to node's API and relays its answer; refuses a request already forwarded. */
   forward(node: string, request: FastifyRequest, reply: FastifyReply, override?: { path?: string; method?: string; body?: unknown }): Promise<FastifyReply>;
 }
-
-/** A failed TLS handshake is logged for the first ten, then every 1000th: a port scan must not flood the log. */
-const LOG_EVERY = 1000;
 
 export interface ApiServerOptions {
   admin: AgentAdmin;
@@ -91,7 +88,7 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     let failed = 0;
     app.server.on('tlsClientError', (err: Error, socket: { remoteAddress?: string }) => {
       refused('tls-handshake');
-      if (++failed <= 10 || failed % LOG_EVERY === 0) app.log.warn({ from: socket.remoteAddress, err: errorText(err), failed }, 'API TLS handshake failed (plain HTTP to the HTTPS port, or a client that does not trust the cluster CA)');
+      if (logSparsely(++failed)) app.log.warn({ from: socket.remoteAddress, err: errorText(err), failed }, 'API TLS handshake failed (plain HTTP to the HTTPS port, or a client that does not trust the cluster CA)');
     });
   }
   if (process.env.BATON_API_TOKEN !== undefined) {

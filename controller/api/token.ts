@@ -28,10 +28,12 @@ export const MAX_OPERATORS = 10_000;
 /** A bearer token longer than this is refused before it is hashed; ours are 43 characters. */
 export const MAX_TOKEN_LENGTH = 512;
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** An operator's name, as tokens, logs and the CLI write it. */
+export const OPERATOR_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const HASH = /^sha256:([0-9a-f]{64})$/;
-// RFC 6750 b64token.
-const BEARER = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/;
+// RFC 6750 b64token: what a bearer token may be made of.
+export const TOKEN_TEXT = /^[A-Za-z0-9._~+/-]+=*$/;
+const BEARER = new RegExp(`^Bearer (${TOKEN_TEXT.source.slice(1, -1)})$`);
 
 export function hashToken(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
@@ -135,7 +137,7 @@ export function parseTokenFile(text: string, source: string): OperatorTokens {
     }
     if (fields.length !== 3) fail(i + 1, `expected 3 fields, found ${fields.length}`);
     const [name, scope, hash] = fields as [string, string, string];
-    if (!NAME.test(name)) fail(i + 1, `operator name ${JSON.stringify(bounded(name, 64))} must match ${NAME.source}`);
+    if (!OPERATOR_NAME.test(name)) fail(i + 1, `operator name ${JSON.stringify(bounded(name, 64))} must match ${OPERATOR_NAME.source}`);
     if (!(SCOPES as readonly string[]).includes(scope)) fail(i + 1, `scope ${JSON.stringify(bounded(scope, 16))} of ${name} is not one of ${SCOPES.join(', ')}`);
     const h = HASH.exec(hash);
     if (!h) fail(i + 1, `the token of ${name} must be given as sha256:<64 lowercase hex digits>, never the token itself`);

@@ -2,7 +2,7 @@
 // operator's token from the environment or a file, and problem+json answers turned into one
 // readable error line.
 import type https from 'node:https';
-import { readSecretFile } from '../api/token.js';
+import { readSecretFile, TOKEN_TEXT } from '../api/token.js';
 import { bounded, errorText, parseJson } from '../input.js';
 import { type BoundedAnswer, RequestFailed, requestBounded } from '../api/request.js';
 
@@ -29,14 +29,20 @@ const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 const TIMEOUT_MS = 120_000;
 
 /**
- * The operator's token: BATON_API_TOKEN, else the first line of a token file, which must be the
- * operator's alone (mode 0600 or stricter, owned by them or root), like an ssh key.
+ * The operator's token: BATON_API_TOKEN, else the content of a token file, which must be the
+ * operator's alone (mode 0600 or stricter, owned by them or root), like an ssh key. Either must
+ * hold one token and nothing else (surrounding white space aside): anything more would reach the
+ * Authorization header, where Node refuses it with an error that reads like a network fault.
  */
 export function readToken(opts: { tokenFile?: string; env?: NodeJS.ProcessEnv }): string | undefined {
   const env = opts.env ?? process.env;
-  if (env.BATON_API_TOKEN) return env.BATON_API_TOKEN.trim();
-  if (opts.tokenFile) return readSecretFile(opts.tokenFile, 'token file', 4096).trim();
-  return undefined;
+  const [token, source] = env.BATON_API_TOKEN
+    ? [env.BATON_API_TOKEN.trim(), 'BATON_API_TOKEN']
+    : opts.tokenFile
+      ? [readSecretFile(opts.tokenFile, 'token file', 4096).trim(), `token file ${opts.tokenFile}`]
+      : [undefined, ''];
+  if (token !== undefined && !TOKEN_TEXT.test(token)) throw new ApiError(0, `${source}: not a single API token (letters, digits and - . _ ~ + /, as batonctl token new writes it)`);
+  return token;
 }
 
 export class ApiClient {

@@ -8,9 +8,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import { readLabDescription } from '../lab/description.js';
-import { API_PORT, apiTokenFile, certsDir } from '../lab/cluster.js';
+import { API_PORT, apiTokenFile, labCaFile } from '../lab/cluster.js';
 import { repoRoot } from '../paths.js';
-import { SCOPES, type Scope, newToken, tokenLine } from '../api/token.js';
+import { MAX_PAGE } from '../agent/paged-map.js';
+import { OPERATOR_NAME, SCOPES, type Scope, newToken, tokenLine } from '../api/token.js';
 import { ApiClient, readToken } from './api-client.js';
 import { bytes, table } from './table.js';
 
@@ -42,9 +43,10 @@ function connect(o: GlobalOptions): ApiClient {
     const distributor = lab.nodes.find((n) => n.name === lab.distributor)!;
     base = `https://${distributor.address}:${API_PORT}`;
     netns ??= distributor.ns;
-    // The lab's admin operator, unless the caller brought a token of their own.
-    if (!process.env.BATON_API_TOKEN) tokenFile ??= apiTokenFile(lab);
-    caFile ??= path.join(certsDir(lab), 'ca.crt');
+    // The lab's admin operator, unless the caller brought a token of their own (BATON_API_TOKEN
+    // comes first in readToken).
+    tokenFile ??= apiTokenFile(lab);
+    caFile ??= labCaFile(lab);
   }
   caFile ??= fs.existsSync(DEFAULT_CA_FILE) ? DEFAULT_CA_FILE : undefined;
   // Read (and checked) before entering the namespace: the child gets the token itself, not the file.
@@ -147,7 +149,7 @@ export function registerOperatorCommands(program: Command): void {
     .option('--state <state>', 'forward, frozen, released, finished or served')
     .option('--node <node>', 'served by this node')
     .option('--client <ip>', 'from this client address')
-    .option('--limit <n>', 'at most n (fetched a page of up to 1000 at a time)', '100')
+    .option('--limit <n>', `at most n (fetched a page of up to ${MAX_PAGE} at a time)`, '100')
     .option('--all', 'every one, however many')
     .option('--cursor <cursor>', 'start where a listing before stopped (its "next")')
     .action(async (o: GlobalOptions & { state?: string; node?: string; client?: string; limit: string; all?: boolean; cursor?: string }) => {
@@ -159,7 +161,7 @@ export function registerOperatorCommands(program: Command): void {
       let total: number | undefined;
       let next = o.cursor;
       do {
-        const q = new URLSearchParams({ ...filter, limit: String(Math.min(1000, want - connections.length)), ...(next ? { cursor: next } : {}) });
+        const q = new URLSearchParams({ ...filter, limit: String(Math.min(MAX_PAGE, want - connections.length)), ...(next ? { cursor: next } : {}) });
         const page = await api.get<{ total?: number; connections: Connection[]; next?: string }>(`/v1/connections?${q}`);
         connections.push(...page.connections);
         total = page.total;
@@ -251,7 +253,7 @@ export function registerTokenCommands(program: Command): void {
     .addOption(new Option('--scope <scope>', 'read: every view; admin: every change too').choices([...SCOPES]).makeOptionMandatory())
     .option('--json', 'machine-readable output')
     .action((operator: string, o: { scope: Scope; json?: boolean }) => {
-      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(operator)) throw new Error(`operator name ${JSON.stringify(operator)}: letters, digits, . _ - (at most 63, not starting with . _ -)`);
+      if (!OPERATOR_NAME.test(operator)) throw new Error(`operator name ${JSON.stringify(operator)}: letters, digits, . _ - (at most 63, not starting with . _ -)`);
       const t = newToken();
       const line = tokenLine({ name: operator, scope: o.scope }, t);
       if (o.json) console.log(JSON.stringify({ operator, scope: o.scope, token: t, line }, null, 2));

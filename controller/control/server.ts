@@ -12,7 +12,7 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
-import { guard } from '../input.js';
+import { guard, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { Challenges } from './challenges.js';
 import type { TargetDirectory } from './directory.js';
@@ -124,7 +124,7 @@ export class ControlServer {
     const count = this.count(reason);
     // Every drop is counted; a flood of them is logged sparsely (the first ten, then every 1000th).
     // detail is bounded by whoever made it: never the datagram itself.
-    if (count <= 10 || count % 1000 === 0) {
+    if (logSparsely(count)) {
       this.opts.log.warn({ reason, detail, from: `${from.address}:${from.port}`, dropped: count }, 'control datagram dropped');
     }
   }

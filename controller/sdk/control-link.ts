@@ -13,7 +13,7 @@ import dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { BatonError } from '../errors.js';
-import { errorText, guard } from '../input.js';
+import { errorText, guard, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { challengeRequest, type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromAgent, type TargetInfo } from '../control/messages.js';
 
@@ -199,7 +199,7 @@ export class ControlLink extends EventEmitter<{ targets: [TargetInfo[]]; registe
     const count = (this.dropped.get(reason) ?? 0) + 1;
     this.dropped.set(reason, count);
     // Counted always, logged sparsely: a flood must not become a flood of log lines.
-    if (count <= 10 || count % 1000 === 0) this.log.warn({ reason, type, dropped: count }, 'control datagram from batond dropped');
+    if (logSparsely(count)) this.log.warn({ reason, type, dropped: count }, 'control datagram from batond dropped');
   }
 
   private onDatagram(buf: Buffer): void {

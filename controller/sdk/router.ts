@@ -22,8 +22,7 @@ import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
-import { Accepts, type DistributorTimings, MAX_APP_STATE_BYTES, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
-import { MAX_JSON_DEPTH, valueDepth } from '../input.js';
+import { Accepts, appStateRefusal, type DistributorTimings, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
@@ -83,8 +82,6 @@ export interface HandoffResult {
   /** Every target tried, in order; the last one took the connection. */
   attempts: HandoffAttempt[];
 }
-
-/** Failures after which the socket is intact and another target may be tried. */
 
 interface TakenOver {
   fd: number;
@@ -222,17 +219,14 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
     const peeked = opts.peeked ?? Buffer.alloc(0);
     if (this.channel.isClosed) throw new BatonError('E_PEER', 'link to batond is closed', { connId, node: this.node, step: 'prepare' });
-    // Depth first, without recursion: stringifying a deep value would overflow the stack.
-    if (valueDepth(opts.appState ?? null, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
-      throw new BatonError('E_HANDOFF_STATE', `appState is nested deeper than ${MAX_JSON_DEPTH}`, { connId, step: 'prepare' });
-    }
-    let appStateBytes: number;
+    // The limits batond's decoder enforces, checked here first so the application hears why.
+    let refusal: string | undefined;
     try {
-      appStateBytes = Buffer.byteLength(JSON.stringify(opts.appState ?? null));
+      refusal = appStateRefusal(opts.appState ?? null);
     } catch (err) {
       throw new BatonError('E_HANDOFF_STATE', `appState is not JSON-serialisable: ${(err as Error).message}`, { connId, step: 'prepare' });
     }
-    if (appStateBytes > MAX_APP_STATE_BYTES) throw new BatonError('E_HANDOFF_STATE', `appState of ${appStateBytes} bytes exceeds ${MAX_APP_STATE_BYTES / 1024} KiB`, { connId, step: 'prepare' });
+    if (refusal) throw new BatonError('E_HANDOFF_STATE', refusal, { connId, step: 'prepare' });
     if (socket.readableEnded || socket.writableEnded || socket.destroyed) {
       throw new BatonError('E_HANDOFF_STATE', 'socket is closing: only established connections can be handed off', { connId, step: 'prepare' });
     }

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { BatonError, isBatonError } from '../errors.js';
-import { countInputError, errorText, type InputSource } from '../input.js';
+import { countInputError, errorText, type InputSource, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, REJECT_REASONS, type RejectReason, rejectionOf } from './framing.js';
 import { type Body, decodeMessage, type Decoded, header, type MessageType } from './messages.js';
@@ -110,7 +110,7 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
       this.receive(chunk);
     } catch (err) {
       const n = countInputError(this.source);
-      if (n <= 10 || n % 1000 === 0) this.log.error({ source: this.source, err: errorText(err), remote: this.socket.remoteAddress, inputErrors: n }, 'input handler failed: closing channel');
+      if (logSparsely(n)) this.log.error({ source: this.source, err: errorText(err), remote: this.socket.remoteAddress, inputErrors: n }, 'input handler failed: closing channel');
       this.close(new BatonError('E_PROTOCOL', `input handler failed: ${errorText(err)}`, { step: 'receive' }));
     }
   }

@@ -22,6 +22,7 @@ import {
   STEP_PHASES,
 } from './handoff-phases.js';
 import type { Decoded, MessageType } from './messages.js';
+import { logSparsely } from '../input.js';
 
 /** The answer a phase awaits: created on entering it, so a legal message never finds nobody to take it. */
 interface Answer {
@@ -101,7 +102,7 @@ export class HandoffMachine {
     if (next === undefined || !a || a.done) {
       const refused = countRefusedMessage('out-of-phase');
       // A peer that floods them must not flood the log: the first ten, then every 1000th.
-      if (refused <= 10 || refused % 1000 === 0) {
+      if (logSparsely(refused)) {
         this.log.warn({ connId: this.connId, type: d.msg.type, phase: this.current, step: this.currentStep, refused }, 'message refused: not legal in the handoff\'s phase');
       }
       return;

@@ -258,13 +258,22 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
 const PEEKED_BLOB: Partial<Record<MessageType, number>> = { handoff: 0, offer: 2, decide: 0, transferred: 0 };
 
 /**
- * Why appState or the peeked bytes exceed what the SDK may send, or undefined. The depth is
- * measured first, without recursion: only a value known to be shallow is serialised to be sized.
+ * Why appState exceeds what the SDK may send (MAX_JSON_DEPTH, MAX_APP_STATE_BYTES), or undefined:
+ * the SDK checks before it sends, batond's decoder on receipt. The depth is measured first,
+ * without recursion: only a value known to be shallow is serialised to be sized. Throws what
+ * JSON.stringify throws for a value that cannot be serialised (a decoded one always can).
  */
-function beyondLimits(appState: unknown, peeked: Buffer): string | undefined {
-  if (valueDepth(appState, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return `appState nested deeper than ${MAX_JSON_DEPTH}`;
+export function appStateRefusal(appState: unknown): string | undefined {
+  if (valueDepth(appState, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return `appState is nested deeper than ${MAX_JSON_DEPTH}`;
   const bytes = Buffer.byteLength(JSON.stringify(appState) ?? '');
-  if (bytes > MAX_APP_STATE_BYTES) return `appState of ${bytes} bytes exceeds ${MAX_APP_STATE_BYTES}`;
+  if (bytes > MAX_APP_STATE_BYTES) return `appState of ${bytes} bytes exceeds ${MAX_APP_STATE_BYTES / 1024} KiB`;
+  return undefined;
+}
+
+/** Why appState or the peeked bytes exceed what the SDK may send, or undefined. */
+function beyondLimits(appState: unknown, peeked: Buffer): string | undefined {
+  const why = appStateRefusal(appState);
+  if (why) return why;
   if (peeked.length > MAX_PEEKED_BYTES) return `${peeked.length} peeked bytes exceed ${MAX_PEEKED_BYTES}`;
   return undefined;
 }

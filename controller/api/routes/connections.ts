@@ -6,7 +6,6 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { BatonError } from '../../errors.js';
 import type { ApiContext } from '../server.js';
-import { MAX_PAGE } from '../../agent/admin.js';
 import { ConnectionParamsSchema, ConnectionQuerySchema, ConnectionSchema, MoveBodySchema, MoveResultSchema, ProblemSchema } from '../schemas.js';
 
 export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
@@ -31,7 +30,7 @@ export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
       },
       async (request) => {
         const q = request.query;
-        return { ...ctx.admin.connections(q), limit: Math.min(q.limit, MAX_PAGE) };
+        return { ...ctx.admin.connections(q), limit: q.limit };
       },
     );
 

@@ -6,7 +6,7 @@
 // its state is consistent. Each refusal has a kind, counted (baton_offers_refused_total) and
 // logged sparsely by OfferRefusals. Whether the sender serves the flow is the distributor's to
 // say, asked afterwards (handoffs.ts, OfferPolicy.confirmOwner).
-import { errorText } from '../../input.js';
+import { errorText, logSparsely } from '../../input.js';
 import type { Logger } from '../../log.js';
 import type { TcpConnectionState } from '../../../native/repair.js';
 import type { FlowKey } from '../../flow.js';
@@ -104,7 +104,7 @@ export class OfferRefusals {
     const n = (refusedTotals.get(kind) ?? 0) + 1;
     refusedTotals.set(kind, n);
     // A peer that floods refusals must not flood the log: the first ten of a kind, then every 1000th.
-    if (n <= 10 || n % 1000 === 0) this.log.warn({ connId, refusal: kind, reason, refused: n }, 'offer refused');
+    if (logSparsely(n)) this.log.warn({ connId, refusal: kind, reason, refused: n }, 'offer refused');
   }
 
   /** This relay's refusals by kind, every kind present. */

@@ -11,7 +11,7 @@
 // reject or abort.
 import { performance } from 'node:perf_hooks';
 import { BatonError, isBatonError } from '../../errors.js';
-import { errorText } from '../../input.js';
+import { errorText, logSparsely } from '../../input.js';
 import type { Logger } from '../../log.js';
 import { connectionId, type FlowKey, flowOf } from '../../flow.js';
 import type { TcpConnectionState } from '../../../native/repair.js';
@@ -255,7 +255,7 @@ export class TargetHandoffs {
   private inPhaseFor<E extends TargetEvent>(t: Transfer, event: E, answer?: Channel<FromPeer>): t is Transfer & { phase: PhasesTaking<E> } {
     if (outcomes(t.phase, event)) return true;
     const n = countRefusedMessage('out-of-phase');
-    if (n <= 10 || n % 1000 === 0) this.log.warn({ connId: t.connId, event, phase: t.phase, refused: n }, 'message out of phase: refused, nothing changed');
+    if (logSparsely(n)) this.log.warn({ connId: t.connId, event, phase: t.phase, refused: n }, 'message out of phase: refused, nothing changed');
     if (answer && ANSWERED_OUT_OF_PHASE.has(event)) answer.send('reject', { connId: t.connId, reason: `${event} refused: the transfer is ${t.phase}` });
     return false;
   }
@@ -336,7 +336,7 @@ export class TargetHandoffs {
    */
   private unsolicited(connId: string, type: TargetEvent): void {
     const n = countRefusedMessage('unsolicited');
-    if (n <= 10 || n % 1000 === 0) this.log.warn({ connId, type, unsolicited: n }, 'message for a transfer not pending here');
+    if (logSparsely(n)) this.log.warn({ connId, type, unsolicited: n }, 'message for a transfer not pending here');
   }
 
   /** Counts and answers a refused offer; the caller has built nothing, or undid what it built. */

@@ -7,6 +7,7 @@ import { countRefusedMessage } from '../channel.js';
 import type { Message } from '../messages.js';
 import type { TargetApp } from './applications.js';
 import type { ServedConnection } from './served.js';
+import { logSparsely } from '../../input.js';
 
 export class OperatorMoves {
   /** Moves waiting for the application's answer, by handoff id. */
@@ -40,7 +41,7 @@ export class OperatorMoves {
     if (!m || m.app !== app) {
       // Late (the move timed out) or never asked of this application: counted, logged sparsely.
       const n = countRefusedMessage('unsolicited');
-      if (n <= 10 || n % 1000 === 0) this.log.warn({ connId: msg.connId, app: app.name, unsolicited: n }, 'move answer for no move in progress');
+      if (logSparsely(n)) this.log.warn({ connId: msg.connId, app: app.name, unsolicited: n }, 'move answer for no move in progress');
       return;
     }
     m.settle(msg.ok ? undefined : new BatonError('E_REJECTED', msg.reason ?? 'the application did not move the connection', { connId: msg.connId, step: 'move' }));

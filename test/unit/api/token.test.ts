@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { hashToken, loadOperatorTokens, newToken, parseTokenFile, readSecretFile, tokenLine } from '../../../controller/api/token.js';
+import { readToken } from '../../../controller/cli/api-client.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-token-'));
 afterEach(() => {
@@ -82,5 +83,18 @@ describe('API token file', () => {
     expect(bad(`${tokenLine({ name: 'a', scope: 'admin' }, ALICE)}\n${tokenLine({ name: 'a', scope: 'read' }, GRAFANA)}`)).toThrow(/tokens:2: operator a appears twice/);
     expect(bad(`${tokenLine({ name: 'a', scope: 'admin' }, ALICE)}\n${tokenLine({ name: 'b', scope: 'read' }, ALICE)}`)).toThrow(/tokens:2: b has the same token as an operator above/);
     expect(bad(`alice admin sha256:${hashToken(ALICE).toUpperCase()}`)).toThrow(/sha256:<64 lowercase hex digits>/);
+  });
+});
+
+describe("batonctl's token (readToken)", () => {
+  it('takes one token from the environment or the file, and refuses anything more before it reaches a header', () => {
+    const t = newToken();
+    expect(readToken({ env: { BATON_API_TOKEN: ` ${t}\n` } })).toBe(t);
+    expect(readToken({ env: {}, tokenFile: write('mine', `${t}\n`) })).toBe(t);
+    expect(readToken({ env: {} })).toBeUndefined();
+    // A second line (a comment, a second token) would put a newline into the Authorization header.
+    expect(() => readToken({ env: {}, tokenFile: write('two', `${t}\n# mine\n`) })).toThrow(/token file .*two: not a single API token/);
+    expect(() => readToken({ env: { BATON_API_TOKEN: `${t} ${t}` } })).toThrow(/BATON_API_TOKEN: not a single API token/);
+    expect(() => readToken({ env: { BATON_API_TOKEN: `${t} ${t}` } })).not.toThrow(new RegExp(t));
   });
 });
