@@ -283,7 +283,7 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
           Object.entries(by).map(([k, v]) => [k, fmt(v.steerNsPerPacket.median), fmt(v.spreadNsPerPacket), fmt(v.missNsPerPacket), fmt(v.userSpaceLookupNs), fmt(v.fillSeconds)]),
         ),
       );
-      out.push('The user-space column is what batond pays per lookup (one bpf() syscall through koffi) with random keys, so it includes cache misses at every size; the program column repeats each key in the kernel and runs warm; the per-flow-in-turn column is the other end, every entry cold (the timing of the test run itself included). Both stay flat from 1k to 1M entries: the hash table does not slow down with size.');
+      out.push('The user-space column is what batond pays per lookup (one bpf() syscall through koffi) with random keys, so it includes cache misses at every size; the program column repeats each key in the kernel and runs warm; the per-flow-in-turn column is the other end, one run per flow in a random order (the timing of the test run itself included). The program and user-space columns stay flat from 1k to 1M entries: a hash-table lookup does not slow down with size. The per-flow column grows as the table outgrows the CPU caches: at 1k entries its 10,000 runs revisit each entry about ten times and find it cached, at 100k and 1M most entries were last touched long before.');
       break;
     }
     case 'batond-rss': {

@@ -68,7 +68,7 @@ export function parseJson(input: string | Buffer | Uint8Array, limits: { maxByte
  * How deep arrays and objects nest in JSON text, counting brackets outside strings; stops
  * counting once past limit. Malformed text gets some number: JSON.parse refuses it anyway.
  */
-export function nestingDepth(text: string, limit = Infinity): number {
+function nestingDepth(text: string, limit = Infinity): number {
   let depth = 0;
   let max = 0;
   let inString = false;

@@ -6,7 +6,6 @@ import { bounded, countInputError, errorText } from '../input.js';
 
 export const PROBLEM_TYPE_BASE = 'https://baton.invalid/problems/';
 
-
 export interface Problem {
   type: string;
   title: string;
@@ -16,6 +15,9 @@ export interface Problem {
   [member: string]: unknown;
 }
 
+/** The most of an error's own text a problem's detail carries. */
+const MAX_DETAIL = 512;
+
 export function problemOf(err: unknown, instance: string): Problem {
   if (isBatonError(err)) {
     const status = ERRORS[err.code].status;
@@ -24,10 +26,11 @@ export function problemOf(err: unknown, instance: string): Problem {
   const fe = err as FastifyError;
   if (fe.validation) {
     // Fastify/ajv: "body/node must match pattern ..." names the field and what was expected.
-    return { type: `${PROBLEM_TYPE_BASE}E_VALIDATION`, title: 'E_VALIDATION', status: 400, detail: fe.message, instance };
+    return { type: `${PROBLEM_TYPE_BASE}E_VALIDATION`, title: 'E_VALIDATION', status: 400, detail: bounded(fe.message, MAX_DETAIL), instance };
   }
   const status = typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 600 ? fe.statusCode : 500;
-  return { type: status === 500 ? 'about:blank' : `${PROBLEM_TYPE_BASE}${fe.code ?? 'E_HTTP'}`, title: fe.code ?? 'Internal Server Error', status, detail: fe.message, instance };
+  // Any error's text, which may quote what a request carried: bounded and escaped, as in the log.
+  return { type: status === 500 ? 'about:blank' : `${PROBLEM_TYPE_BASE}${fe.code ?? 'E_HTTP'}`, title: fe.code ?? 'Internal Server Error', status, detail: bounded(fe.message, MAX_DETAIL), instance };
 }
 
 export function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply {

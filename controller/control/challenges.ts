@@ -10,9 +10,9 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 
 /** How long a nonce may be used after it was issued; the SDK registers within milliseconds. */
-export const CHALLENGE_TTL_MS = 5000;
+const CHALLENGE_TTL_MS = 5000;
 /** Used nonces remembered at most (each needs a tagged register within CHALLENGE_TTL_MS). */
-export const MAX_USED_NONCES = 4096;
+const MAX_USED_NONCES = 4096;
 
 const EXPIRY_BYTES = 6;
 const RANDOM_BYTES = 10;

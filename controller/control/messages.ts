@@ -6,9 +6,11 @@
 // attacker sends unauthenticated is handed to a JSON parser.
 // Documented in docs/protocol.md ("Control socket").
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
-import { bounded, describeInput, parseJson } from '../input.js';
+import { BatonError } from '../errors.js';
+import { bounded, describeInput, errorText, parseJson } from '../input.js';
 
 export const CONTROL_VERSION = 2;
 /** Datagrams larger than this (tag included) are dropped unread. */
@@ -103,6 +105,28 @@ export const FromAgent = ['challenge', 'registered', 'ack', 'targets'] as const;
 /** Why a datagram was refused, in the order the checks run (docs/protocol.md). */
 export type DecodeRefusal = 'too-large' | 'bad-mac' | 'encoding' | 'too-deep' | 'not-json' | 'unexpected-type' | 'schema';
 export type DecodeResult<K extends ControlType> = { ok: true; msg: ControlMessage<K> } | { ok: false; reason: DecodeRefusal; detail: string };
+
+/** A control secret file: 64 hex digits (and a newline), nothing else; a few KiB at most is read. */
+const SECRET_TEXT = /^[0-9a-f]{64}$/;
+const MAX_SECRET_FILE_BYTES = 4096;
+
+/**
+ * The node's control secret, as batond and every application read it: the HMAC key is the file's
+ * 64 hex digits as written (ASCII), so both sides hold the same bytes.
+ */
+export function readControlSecret(file: string): Buffer {
+  let text: string;
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile()) throw new Error('not a regular file');
+    if (st.size > MAX_SECRET_FILE_BYTES) throw new Error(`${st.size} bytes, more than a secret`);
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new BatonError('E_CONFIG', `cannot read the control secret ${file}: ${errorText(err)}`, { step: 'control' });
+  }
+  if (!SECRET_TEXT.test(text)) throw new BatonError('E_CONFIG', `control secret ${file} must hold 64 hex digits`, { step: 'control' });
+  return Buffer.from(text);
+}
 
 /** The tag of a body sent in a direction: HMAC-SHA256(key, label || body). */
 export function datagramTag(key: Buffer, direction: Direction, body: Buffer): Buffer {

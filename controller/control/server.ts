@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import { Challenges } from './challenges.js';
 import type { TargetDirectory } from './directory.js';
 import { TargetApplications } from '../transfer/target/applications.js';
-import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, type TargetInfo } from './messages.js';
+import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, readControlSecret, type TargetInfo } from './messages.js';
 
 export const HEARTBEAT_MS = 1000;
 export const EXPIRY_MS = 3000;
@@ -38,18 +38,13 @@ interface Registration {
   pushed: number;
 }
 
-/**
- * Reads the node's control secret, creating it (root-only) on first start. The HMAC key is the
- * file's 64 hex digits as they are written (ASCII), the same bytes every client reads.
- */
+/** Reads the node's control secret (readControlSecret), creating it (root-only) on first start. */
 export function ensureControlSecret(file: string): Buffer {
   if (!fs.existsSync(file)) {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     fs.writeFileSync(file, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
   }
-  const text = fs.readFileSync(file, 'utf8').trim();
-  if (!/^[0-9a-f]{64}$/.test(text)) throw new BatonError('E_CONFIG', `control secret ${file} must hold 64 hex digits`, { step: 'control' });
-  return Buffer.from(text);
+  return readControlSecret(file);
 }
 
 export class ControlServer {

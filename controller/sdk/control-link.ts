@@ -11,11 +11,10 @@
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs';
 import { BatonError } from '../errors.js';
 import { errorText, guard, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
-import { challengeRequest, type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromAgent, type TargetInfo } from '../control/messages.js';
+import { challengeRequest, type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromAgent, readControlSecret, type TargetInfo } from '../control/messages.js';
 
 export interface ControlOptions {
   /** UDP port of batond's control socket on this node's loopback (cluster config: controlPort). */
@@ -74,14 +73,7 @@ export class ControlLink extends EventEmitter<{ targets: [TargetInfo[]]; registe
     private readonly log: Logger,
   ) {
     super();
-    let text: string;
-    try {
-      text = fs.readFileSync(opts.secretFile, 'utf8').trim();
-    } catch (err) {
-      throw new BatonError('E_CONFIG', `cannot read the control secret ${opts.secretFile}: ${errorText(err)}`, { step: 'control' });
-    }
-    if (!/^[0-9a-f]{64}$/.test(text)) throw new BatonError('E_CONFIG', `control secret ${opts.secretFile} must hold 64 hex digits`, { step: 'control' });
-    this.key = Buffer.from(text);
+    this.key = readControlSecret(opts.secretFile);
     // A datagram that makes the handler throw is logged bounded and counted as an input error
     // (source "sdk"); the socket stays: there is no link to close on UDP.
     this.socket.on('message', guard('sdk', this.log, (buf: Buffer) => this.onDatagram(buf)));
