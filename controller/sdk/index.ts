@@ -1,7 +1,8 @@
 // What applications import.
 export { RouterClient, MAX_PEEKED_BYTES, type HandoffOptions, type HandoffResult, type HandoffTarget, type HandoffTimings, type RouterOptions } from './router.js';
 export type { ControlOptions } from './control-link.js';
-export { RoutingGuard, ROUTING_LIMIT_DEFAULTS, LIMIT_REASONS, type LimitReason, type RoutingGuardOptions, type RoutingGuardStats, type RoutingHandler, type RoutingLimits, type RoutingPhase } from './routing-guard.js';
+export { RoutingGuard, type RoutingGuardOptions, type RoutingGuardStats, type RoutingHandler, type RoutingPhase } from './routing-guard.js';
+export { ROUTING_LIMIT_DEFAULTS, LIMIT_REASONS, type LimitReason, type RoutingLimits } from './routing-limits.js';
 export type { TargetInfo } from '../control/messages.js';
 export { TargetClient, serveHttp, type OfferDecision, type TargetOptions, type TransferOffer, type TransferredConnection } from './target.js';
 export { BatonError, isBatonError } from '../errors.js';

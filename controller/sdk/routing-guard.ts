@@ -22,8 +22,6 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { LIMIT_REASONS, type LimitReason, positiveInteger, ROUTING_LIMIT_DEFAULTS, type RoutingLimits, sourceOf } from './routing-limits.js';
 
-export { LIMIT_REASONS, type LimitReason, ROUTING_LIMIT_DEFAULTS, type RoutingLimits, sourceOf } from './routing-limits.js';
-
 export interface RoutingGuardOptions extends Partial<RoutingLimits> {
   /**
    * What to tell the client before closing, for protocols that can say it; undefined (the

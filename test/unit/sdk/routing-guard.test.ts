@@ -8,10 +8,12 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../controller/log.js';
 import { RouterClient } from '../../../controller/sdk/router.js';
-import { type RoutingGuardOptions, type RoutingPhase, RoutingGuard, sourceOf } from '../../../controller/sdk/routing-guard.js';
+import { type RoutingGuardOptions, type RoutingPhase, RoutingGuard } from '../../../controller/sdk/routing-guard.js';
+import { sourceOf } from '../../../controller/sdk/routing-limits.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
 import { nativeSockets } from '../../../controller/transfer/sockets.js';
 import { scriptedAgent } from '../../helpers/scripted-agent.js';
+import { until } from '../../helpers/wait.js';
 
 const cleanups: Array<() => void | Promise<void>> = [];
 afterEach(async () => {
@@ -75,10 +77,6 @@ async function connect(port: number, localAddress = '127.0.0.1', opts: { allowHa
 
 /** Resolves to 'open' if nothing ended the connection within ms. */
 const stillOpenAfter = (c: Client, ms: number) => Promise.race([c.ended.then((e) => e.how), sleep(ms).then(() => 'open' as const)]);
-
-async function until(what: string, cond: () => boolean, ms = 2000): Promise<void> {
-  for (const end = Date.now() + ms; !cond(); await sleep(10)) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-}
 
 const noClosures = { idle: 0, deadline: 0, 'too-many-bytes': 0, 'per-source': 0, total: 0 };
 
