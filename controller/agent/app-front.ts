@@ -6,7 +6,7 @@
 // (checked against this one by test/unit/agent/handlers.test.ts).
 import type net from 'node:net';
 import { BatonError } from '../errors.js';
-import { errorText } from '../input.js';
+import { errorText, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import type { FlowKey } from '../flow.js';
@@ -72,7 +72,7 @@ export class AppFront {
         void p.coordinator()!.run(s.router, d, fd);
       },
       closed: (s, d) => {
-        if (s.role === 'router' && !s.router.replies.deliver(d)) s.log.warn({ connId: d.msg.connId, type: d.msg.type }, 'message for no handoff in progress');
+        if (s.role === 'router') s.router.replies.deliver(d);
       },
       release: (s, d) => {
         if (s.role !== 'target') return;
@@ -159,7 +159,10 @@ export class AppFront {
     }
     let session: AppSession;
     if (msg.role === 'router') {
-      session = { role: 'router', channel, log, descriptors, router: { channel: channel as unknown as RouterConnection['channel'], replies: new PendingReplies(), name: msg.name } };
+      const replies = new PendingReplies<FromRouter>((d, n) => {
+        if (logSparsely(n)) log.warn({ connId: (d.msg as { connId?: string }).connId, type: d.msg.type, unsolicited: n }, 'message for no handoff in progress');
+      });
+      session = { role: 'router', channel, log, descriptors, router: { channel: channel as unknown as RouterConnection['channel'], replies, name: msg.name } };
     } else {
       const target: TargetApp = {
         name: msg.name,

@@ -7,8 +7,9 @@ export const HELLO_TIMEOUT_MS = 5000;
 /**
  * Step timeouts after which work nobody finished is given up: a freeze whose owner never
  * forwarded or unfroze it (route-service.ts restores the entry), a transfer the routing node
- * neither finished nor aborted at the target (target-relay.ts drops its socket). Long enough that
- * a handoff still running (each of its steps bounded by one step timeout) is never cut short.
+ * neither finished nor aborted at the target (the sweep of transfer/target/handoffs.ts drops its
+ * socket). Long enough that a handoff still running (each of its steps bounded by one step
+ * timeout) is never cut short.
  */
 export const ABANDON_AFTER_STEP_TIMEOUTS = 8;
 

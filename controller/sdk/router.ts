@@ -21,6 +21,7 @@ import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
+import { logSparsely } from '../input.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, appStateRefusal, type DistributorTimings, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
@@ -97,7 +98,9 @@ export interface RouterOptions extends AgentLinkOptions {
 }
 
 export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
-  private readonly replies = new PendingReplies<FromAgent>();
+  private readonly replies = new PendingReplies<FromAgent>((d, n) => {
+    if (logSparsely(n)) this.log.warn({ type: d.msg.type, unsolicited: n }, 'agent message for no handoff in progress');
+  });
   private readonly active = new Set<net.Socket>();
 
   private link!: AgentLink<FromAgent>;
@@ -130,9 +133,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   private attach(link: AgentLink<FromAgent>): void {
     this.link = link;
     const { channel } = link;
-    link.listen((d) => {
-      if (!this.replies.deliver(d)) this.log.warn({ type: d.msg.type }, 'agent message for no handoff in progress');
-    });
+    link.listen((d) => this.replies.deliver(d));
     channel.on('close', (err) => this.replies.failAll(err ?? new BatonError('E_PEER', 'link to batond closed', { node: this.node })));
   }
 

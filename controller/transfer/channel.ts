@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { BatonError, isBatonError } from '../errors.js';
-import { countInputError, errorText, type InputSource, logSparsely } from '../input.js';
+import { errorText, guard, type InputSource } from '../input.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, REJECT_REASONS, type RejectReason, rejectionOf } from './framing.js';
 import { type Body, decodeMessage, type Decoded, header, type MessageType } from './messages.js';
@@ -57,13 +57,20 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     private readonly accepts: readonly In[],
     private readonly log: Logger,
     /** Who is at the other end, as baton_input_errors_total labels it: a peer node, an application, batond (sdk). */
-    private readonly source: InputSource = 'peer',
+    source: InputSource = 'peer',
     maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
   ) {
     super();
     this.decoder = new FrameDecoder(maxFrameBytes);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    // Whatever a frame makes throw here or in a 'message' listener (a bug the input found) stays
+    // here: logged sparsely with a bounded message, counted in baton_input_errors_total{source},
+    // and this link closed. The process, and every other link, goes on. (Who is at the other end
+    // is in the logger's bindings: the peer, or the remote address of an accepted link.)
+    socket.on(
+      'data',
+      guard(source, log, (chunk: Buffer) => this.receive(chunk), (err) => this.close(new BatonError('E_PROTOCOL', `input handler failed: ${errorText(err)}`, { step: 'receive' }))),
+    );
     socket.on('error', (err) => this.close(err));
     socket.on('close', () => this.close());
   }
@@ -100,21 +107,6 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     this.emit('close', err);
   }
 
-  /**
-   * Whatever a frame makes throw here or in a 'message' listener (a bug the input found) stays
-   * here: logged with a bounded message, counted in baton_input_errors_total{source}, and this
-   * link closed. The process, and every other link, goes on.
-   */
-  private onData(chunk: Buffer): void {
-    try {
-      this.receive(chunk);
-    } catch (err) {
-      const n = countInputError(this.source);
-      if (logSparsely(n)) this.log.error({ source: this.source, err: errorText(err), remote: this.socket.remoteAddress, inputErrors: n }, 'input handler failed: closing channel');
-      this.close(new BatonError('E_PROTOCOL', `input handler failed: ${errorText(err)}`, { step: 'receive' }));
-    }
-  }
-
   private receive(chunk: Buffer): void {
     if (this.closed) return;
     this.decoder.append(chunk);
@@ -136,7 +128,7 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
         decoded = decodeMessage(frame, this.accepts);
       } catch (err) {
         const reason = rejectionOf(err);
-        // Anything but a refusal is a bug the input found: onData closes the link.
+        // Anything but a refusal is a bug the input found: the data handler's guard closes the link.
         if (!reason || !isBatonError(err)) throw err;
         this.count(reason);
         this.log.error({ err: errorText(err), connId: err.context.connId, reason }, 'message rejected');
@@ -167,12 +159,19 @@ export interface ReplyClaim {
 /**
  * Replies awaited per connection id, so a channel carrying thousands of concurrent handoffs
  * dispatches each reply in O(1): to the handoff that claimed the id for that type, else to a
- * waiter for it. A reply neither takes is counted (unsolicited) and reported to the caller of
- * deliver().
+ * waiter for it. A reply neither takes is counted (unsolicited) and reported to onUnsolicited.
  */
 export class PendingReplies<In extends MessageType> {
   private readonly waiting = new Map<string, { types: readonly string[]; resolve: (d: Decoded<In>) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private readonly claims = new Map<string, ReplyClaim>();
+
+  constructor(
+    /**
+     * A reply nobody takes, with the process's count of unsolicited messages so far: the other
+     * end can send them at will, so a log of them should be sparse (logSparsely).
+     */
+    private readonly onUnsolicited: (d: Decoded<In>, unsolicited: number) => void = () => undefined,
+  ) {}
 
   wait<K extends In>(connId: string, types: readonly K[], timeoutMs: number, step: string): Promise<Decoded<K>> {
     if (this.waiting.has(connId)) {
@@ -200,7 +199,7 @@ export class PendingReplies<In extends MessageType> {
   /**
    * Hands a message to the handoff that claimed it (which may refuse it: it counts and logs that
    * itself) or to its waiter: true. False when neither takes it (late, after its handoff or
-   * request ended, or never asked for): counted as unsolicited, the caller logs it.
+   * request ended, or never asked for): counted as unsolicited and reported to onUnsolicited.
    */
   deliver(d: Decoded<In>): boolean {
     const { type, connId } = d.msg as { type: string; connId?: string };
@@ -218,7 +217,7 @@ export class PendingReplies<In extends MessageType> {
         return true;
       }
     }
-    countRefusedMessage('unsolicited');
+    this.onUnsolicited(d, countRefusedMessage('unsolicited'));
     return false;
   }
 
@@ -231,9 +230,5 @@ export class PendingReplies<In extends MessageType> {
     }
     this.waiting.clear();
     for (const [connId, claim] of this.claims) claim.fail(failure(connId));
-  }
-
-  get size(): number {
-    return this.waiting.size;
   }
 }

@@ -6,6 +6,7 @@
 import { BatonError } from '../errors.js';
 import type { FlowKey } from '../flow.js';
 import type { PeerLinks } from './peers.js';
+import { askDistributor } from './routes.js';
 
 /** The distributor's side of the question (RouteService.serves). */
 export interface OwnerTable {
@@ -27,12 +28,7 @@ export class FlowOwnership {
       if (!this.local.serves(node, flow)) throw new BatonError('E_REJECTED', `${node} does not serve this flow`, { connId, step: 'owner', node });
       return;
     }
-    const link = await this.peers.get(this.distributor);
-    const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, 'owner');
-    link.channel.send('route', { connId, op: 'owner', flow, target: node });
-    const { msg } = await answer;
-    if (msg.type === 'routed' && !msg.ok) {
-      throw new BatonError('E_REJECTED', `distributor ${this.distributor}: ${msg.reason ?? 'no reason'}`, { connId, step: 'owner', node: this.distributor });
-    }
+    const answer = await askDistributor(this.peers, this.distributor, this.timeoutMs, { connId, op: 'owner', flow, target: node });
+    if (!answer.ok) throw new BatonError('E_REJECTED', `distributor ${this.distributor}: ${answer.reason ?? 'no reason'}`, { connId, step: 'owner', node: this.distributor });
   }
 }

@@ -9,6 +9,7 @@ import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { countRefusedMessage, type PendingReplies } from './channel.js';
 import {
+  ANSWERING_SIDE,
   type AnswerTo,
   type AnsweringPhase,
   ROUTING_REPLIES,
@@ -32,12 +33,6 @@ interface Answer {
   /** Armed by the step that waits (answer()), so a phase left without waiting leaves no timer behind. */
   timer?: NodeJS.Timeout;
   done: boolean;
-}
-
-/** Which side sends the messages legal in an answering phase (each phase hears from one side only). */
-function sideOf(phase: AnsweringPhase): ReplySide {
-  const legal = Object.keys(ROUTING_TRANSITIONS[phase]);
-  return legal.every((t) => (ROUTING_REPLIES.router as readonly string[]).includes(t)) ? 'router' : 'target';
 }
 
 export class HandoffMachine {
@@ -141,7 +136,7 @@ export class HandoffMachine {
   private enter(to: RoutingPhase): void {
     this.discard();
     this.current = to;
-    if (isAnswering(to)) this.pending = answerFrom(sideOf(to));
+    if (isAnswering(to)) this.pending = answerFrom(ANSWERING_SIDE[to]);
   }
 
   /** Drops the answer of the phase being left: nobody waits for it any more. */

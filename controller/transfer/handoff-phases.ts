@@ -84,6 +84,14 @@ export type AnsweringPhase = keyof typeof ROUTING_TRANSITIONS;
 /** The messages legal in a phase that awaits an answer. */
 export type AnswerTo<P extends AnsweringPhase> = keyof (typeof ROUTING_TRANSITIONS)[P] & RoutingReply;
 
+/**
+ * Which side sends the messages legal in each answering phase: the routing application when all of
+ * them come from it, the target node otherwise (each phase hears from one side only).
+ */
+export const ANSWERING_SIDE = Object.fromEntries(
+  Object.entries(ROUTING_TRANSITIONS).map(([phase, row]) => [phase, Object.keys(row).every((t) => (ROUTING_REPLIES.router as readonly string[]).includes(t)) ? 'router' : 'target']),
+) as Readonly<Record<AnsweringPhase, ReplySide>>;
+
 /** The phase a message moves the handoff to, or undefined when it is not legal in this phase. */
 export function nextPhase(phase: RoutingPhase, type: string): RoutingPhase | undefined {
   const row: Partial<Record<string, RoutingPhase>> | undefined = (ROUTING_TRANSITIONS as Partial<Record<RoutingPhase, Partial<Record<string, RoutingPhase>>>>)[phase];

@@ -45,7 +45,7 @@ import { BatonError, isBatonError } from '../errors.js';
 import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
-import { endpointText, type FlowKey, flowOf, socketFlow } from '../flow.js';
+import { endpointText, type FlowKey, socketFlow } from '../flow.js';
 import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
 import { HandoffMachine } from './handoff-machine.js';
@@ -127,7 +127,7 @@ export class HandoffCoordinator {
       const target = this.targetOf(h);
       const flow = this.check(h);
       await this.admit(h, flow);
-      const { state, exportUs } = this.export(h);
+      const { state, exportUs } = this.export(h, flow);
       const { peer, offerRttUs, importUs } = await this.offer(h, target, state);
       const freezeUs = await this.freeze(h, flow);
       const { delta, deltaUs } = this.readDelta(h, state);
@@ -192,14 +192,14 @@ export class HandoffCoordinator {
     await this.routes.admit(flow, h.connId);
   }
 
-  /** export (requested → exported): repair mode on, the socket's state read. */
-  private export(h: Handoff): { state: TcpConnectionState; exportUs: number } {
+  /** export (requested → exported): repair mode on, the socket's state read; the handoff's record names its flow from here on. */
+  private export(h: Handoff, flow: FlowKey): { state: TcpConnectionState; exportUs: number } {
     h.machine.begin('export');
     const tExport = performance.now();
     const state = this.sockets.snapshot(h.fd);
     h.machine.advance('exported');
     const exportUs = micros(tExport);
-    h.flow = flowOf(state);
+    h.flow = flow;
     h.client = endpointText(state.family, state.remote.address, state.remote.port);
     h.log.debug({ client: h.client }, 'handoff requested');
     return { state, exportUs };

@@ -24,11 +24,13 @@ export const MAX_PEEKED_BYTES = 256 * 1024;
 
 const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+// Tested on its own too: a message that fails its schema is named by its id if it has one (decodeMessage).
+const HANDOFF_ID = /^[A-Za-z0-9._-]{1,80}$/;
 /**
  * The handoff id (wire field `connId`, e.g. n1.e26ac130f728): names one connection's handoffs, made
  * by the routing SDK at its first (sdk/handed-off.ts). Not the connection id, its 4-tuple (flow.ts).
  */
-export const HandoffIdSchema = Type.String({ pattern: '^[A-Za-z0-9._-]{1,80}$' });
+export const HandoffIdSchema = Type.String({ pattern: HANDOFF_ID.source });
 /** Longest human-readable reason a message carries; header() cuts longer ones where they are sent. */
 export const MAX_REASON = 512;
 const Reason = Type.String({ maxLength: MAX_REASON });
@@ -232,7 +234,7 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
   const check = checks[type as MessageType];
   const h: Record<string, unknown> = frame.header;
   // Named in the error only if it looks like one: an invalid message's fields are the sender's.
-  const connId = typeof h.connId === 'string' && /^[A-Za-z0-9._-]{1,80}$/.test(h.connId) ? h.connId : undefined;
+  const connId = typeof h.connId === 'string' && HANDOFF_ID.test(h.connId) ? h.connId : undefined;
   if (!check.Check(h)) {
     const first = check.Errors(h).First();
     const where = first ? `${first.path || '/'}: ${first.message}` : 'schema mismatch';

@@ -4,6 +4,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { BatonError } from '../errors.js';
+import { logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { Channel, PendingReplies } from './channel.js';
@@ -63,7 +64,9 @@ export class PeerLinks {
         reject(new BatonError('E_PEER', `no welcome from ${node.name} within ${this.connectTimeoutMs} ms`, { node: node.name, step: 'connect' }));
       }, this.connectTimeoutMs);
       const channel = new Channel(socket, Accepts.peerReplies, log);
-      const replies = new PendingReplies<PeerReply>();
+      const replies = new PendingReplies<PeerReply>((d, n) => {
+        if (logSparsely(n)) log.warn({ type: d.msg.type, connId: (d.msg as { connId?: string }).connId, unsolicited: n }, 'reply nobody waits for (late or duplicate)');
+      });
       let welcomed = false;
       channel.on('message', (d) => {
         if (d.msg.type === 'welcome') {
@@ -76,7 +79,7 @@ export class PeerLinks {
           resolve({ node, channel, replies });
           return;
         }
-        if (!replies.deliver(d)) log.warn({ type: d.msg.type, connId: (d.msg as { connId?: string }).connId }, 'reply nobody waits for (late or duplicate)');
+        replies.deliver(d);
       });
       channel.on('close', (err) => {
         clearTimeout(timer);

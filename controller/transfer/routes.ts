@@ -4,7 +4,7 @@
 import { BatonError } from '../errors.js';
 import type { FlowKey } from '../flow.js';
 import type { RouteService } from '../agent/route-service.js';
-import type { Message } from './messages.js';
+import type { Body, Message } from './messages.js';
 import type { PeerLinks } from './peers.js';
 
 export interface RouteWriter {
@@ -79,12 +79,21 @@ export class RemoteRoutes implements RouteWriter {
   }
 
   private async ask(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
-    const link = await this.peers.get(this.distributor);
-    const answer = link.replies.wait(connId, ['routed'], this.timeoutMs, op);
-    link.channel.send('route', { connId, op, flow, ...(target ? { target } : {}) });
-    const { msg } = await answer;
-    if (msg.type === 'routed' && !msg.ok) {
-      throw new BatonError('E_HANDOFF_STATE', `distributor ${this.distributor} refused ${op}: ${msg.reason ?? 'no reason'}`, { connId, step: op, node: this.distributor });
+    const answer = await askDistributor(this.peers, this.distributor, this.timeoutMs, { connId, op, flow, ...(target ? { target } : {}) });
+    if (!answer.ok) {
+      throw new BatonError('E_HANDOFF_STATE', `distributor ${this.distributor} refused ${op}: ${answer.reason ?? 'no reason'}`, { connId, step: op, node: this.distributor });
     }
   }
+}
+
+/**
+ * A route request to the distributor over the peer link, and its answer, yes or no: what a no
+ * means is the caller's to say. Rejects (the step is the op) when the link fails or no answer
+ * comes within timeoutMs.
+ */
+export async function askDistributor(peers: PeerLinks, distributor: string, timeoutMs: number, request: Body<'route'>): Promise<Message<'routed'>> {
+  const link = await peers.get(distributor);
+  const answer = link.replies.wait(request.connId, ['routed'], timeoutMs, request.op);
+  link.channel.send('route', request);
+  return (await answer).msg;
 }

@@ -14,7 +14,7 @@ import type { FlowKey } from '../flow.js';
 import type { Channel } from './channel.js';
 import type { Decoded } from './messages.js';
 import type { HandoffSockets } from './sockets.js';
-import { type OfferPolicy, type OfferRefusal, OfferRefusals } from './target/admission.js';
+import { capacityOf, type OfferPolicy, type OfferRefusal, OfferRefusals } from './target/admission.js';
 import { type TargetApp, TargetApplications } from './target/applications.js';
 import { Holdings } from './target/capacity.js';
 import { type FromPeer, TargetHandoffs } from './target/handoffs.js';
@@ -59,7 +59,7 @@ export class TargetRelay {
   /** An application's hello on the agent socket: offers on its ports may go to it. */
   register(app: TargetApp): void {
     this.applications.link(app);
-    const capacity = this.applications.capacity(app) ?? this.policy.targetCapacity;
+    const capacity = capacityOf(this.applications, this.policy, app);
     this.log.info({ app: app.name, instance: app.instance, ports: app.ports, decides: app.decides, capacity }, 'target application registered');
   }
 

@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../controller/log.js';
 import { channelRejections, PendingReplies } from '../../controller/transfer/channel.js';
 import { HandoffMachine } from '../../controller/transfer/handoff-machine.js';
-import { isAnswering, nextPhase, ROUTING_PHASES, ROUTING_REPLIES, ROUTING_TRANSITIONS, type ReplySide, type RoutingPhase, STEP_PHASES } from '../../controller/transfer/handoff-phases.js';
+import { ANSWERING_SIDE, isAnswering, nextPhase, ROUTING_PHASES, ROUTING_REPLIES, type ReplySide, type RoutingPhase, STEP_PHASES } from '../../controller/transfer/handoff-phases.js';
 import { Accepts, type Decoded, type MessageType, Schemas } from '../../controller/transfer/messages.js';
 import { checkAsync, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
@@ -93,7 +93,7 @@ describe('routing handoff under random replies', () => {
             if (closed.has(e.side)) continue;
             closed.add(e.side);
             links[e.side].failAll(new Error(`${e.side} link closed`));
-            if (open && sideOf(model) === e.side) {
+            if (open && isAnswering(model) && ANSWERING_SIDE[model] === e.side) {
               open = false;
               failedBy = e.side;
             }
@@ -146,10 +146,3 @@ describe('routing handoff under random replies', () => {
     expect(watch.errors).toEqual([]);
   });
 });
-
-/** Which side answers in a phase: the side whose link carries its legal messages. */
-function sideOf(phase: RoutingPhase): ReplySide | undefined {
-  if (!isAnswering(phase)) return undefined;
-  const legal = Object.keys(ROUTING_TRANSITIONS[phase]);
-  return legal.every((t) => (ROUTING_REPLIES.router as readonly string[]).includes(t)) ? 'router' : 'target';
-}

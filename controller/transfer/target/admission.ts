@@ -42,6 +42,11 @@ export interface OfferPolicy {
   targetCapacity: number;
 }
 
+/** The connections app may serve at once: what its instance declared, else the cluster's default; 0 is no limit. */
+export function capacityOf(applications: TargetApplications, policy: Pick<OfferPolicy, 'targetCapacity'>, app: TargetApp): number {
+  return applications.capacity(app) ?? policy.targetCapacity;
+}
+
 export type Refused = { kind: OfferRefusal; reason: string };
 export type Admitted = { app: TargetApp; state: TcpConnectionState; bytes: number };
 
@@ -74,7 +79,7 @@ export function admit(view: AdmissionView, peerName: string, msg: Message<'offer
   // The application registered target.port (pick found it there): the connection must be to it.
   if (conn.local.port !== target.port) return { kind: 'wrong-port', reason: `the connection is to port ${conn.local.port}, the offer is for port ${target.port}` };
   if (view.isHere(connId)) return { kind: 'duplicate', reason: 'a transfer of this connection is already pending here' };
-  const capacity = applications.capacity(app) ?? policy.targetCapacity;
+  const capacity = capacityOf(applications, policy, app);
   if (capacity > 0 && holdings.held(app) >= capacity) {
     return { kind: 'capacity', reason: `target application ${app.instance ?? app.name} is at capacity (${capacity} connections)` };
   }

@@ -79,12 +79,13 @@ export interface HandoffParts {
 export class TargetHandoffs {
   private readonly transfers = new Map<string, Transfer>();
   /**
-   * Transfers whose application died while they were here, by handoff id. Our reject may arrive
-   * after the routing node has already switched the route (the application died after we said
-   * ready): its 'live' then names a flow nobody here serves, which must be released or its entry
-   * would steer the client to a dead socket forever. Forgotten after staleAfterMs.
+   * Accepted transfers whose application died while they were here, by handoff id, with the link
+   * they came on. Our reject may arrive after the routing node has already switched the route (the
+   * application died after we said ready): its 'live' then names a flow nobody here serves, which
+   * must be released or its entry would steer the client to a dead socket forever. Forgotten after
+   * staleAfterMs, or at the transfer's next message.
    */
-  private readonly orphans = new Map<string, { flow: FlowKey; since: number }>();
+  private readonly orphans = new Map<string, { flow: FlowKey; peer: Channel<FromPeer>; since: number }>();
   private readonly admission: AdmissionView;
 
   constructor(private readonly p: HandoffParts) {
@@ -209,13 +210,18 @@ export class TargetHandoffs {
 
   // ---- what ends transfers in every phase ------------------------------------------------------
 
-  /** The application is gone: each transfer for it is refused; a live that still comes releases its flow. */
+  /**
+   * The application is gone: each transfer for it is refused. One we accepted may have been routed
+   * here meanwhile: it is kept as an orphan, so that a live that still comes releases its flow.
+   * (Before the accept, the routing node awaits the answer to its offer: the reject is that answer,
+   * and nothing more comes.)
+   */
   appGone(app: TargetApp): void {
     for (const t of this.transfers.values()) {
       if (t.app !== app) continue;
       t.peer.send('reject', { connId: t.connId, reason: `target application ${app.name} went away` });
       this.end(t);
-      this.orphans.set(t.connId, { flow: t.flow, since: Date.now() });
+      if (t.phase === 'imported' || t.phase === 'committed') this.orphans.set(t.connId, { flow: t.flow, peer: t.peer, since: Date.now() });
     }
   }
 
@@ -308,25 +314,26 @@ export class TargetHandoffs {
 
   /**
    * The transfer a routing node's message is for; undefined (dealt with here) when there is none
-   * for that link: an orphan's (its application died here), or unsolicited.
+   * for that link: an orphan's (its application died here), or unsolicited. Either way a message
+   * whose sender waits for an answer gets a reject, or the routing node would wait out its step
+   * timeout (a commit: with the client's flow frozen all that time).
    */
   private forPeer(peer: Channel<FromPeer>, msg: Message<'commit' | 'live' | 'abort'>): Transfer | undefined {
     const { connId, type } = msg;
+    const t = this.transfers.get(connId);
+    if (t && t.peer === peer) return t;
     const orphan = this.orphans.get(connId);
-    if (orphan) {
+    let reason = 'no pending transfer with this id';
+    if (orphan?.peer === peer) {
       this.orphans.delete(connId);
-      // Anything but live: the routing node rolled back (our reject, or its own failure), nothing was routed here.
+      reason = `${type} refused: the target application went away`;
+      // Anything but live: the routing node rolls back (our reject, or its own failure), nothing was routed here.
       if (type === 'live') {
         this.log.warn({ connId, flow: connectionId(orphan.flow) }, 'routed here after its target application died: releasing the flow (the client sees a reset)');
         this.p.onOrphan(orphan.flow, connId);
       }
-      return undefined;
-    }
-    const t = this.transfers.get(connId);
-    if (t && t.peer === peer) return t;
-    // A commit waits for an answer: it gets one, or the routing node would wait out its step timeout.
-    if (type === 'commit') peer.send('reject', { connId, reason: 'no pending transfer with this id' });
-    this.unsolicited(connId, type);
+    } else this.unsolicited(connId, type);
+    if (ANSWERED_OUT_OF_PHASE.has(type)) peer.send('reject', { connId, reason });
     return undefined;
   }
 

@@ -42,7 +42,8 @@ export class ServedConnections {
     const o = this.owned.get(connId);
     if (!o) return undefined;
     this.owned.delete(connId);
-    if (this.byFlow.get(connectionId(o.flow)) === connId) this.byFlow.delete(connectionId(o.flow));
+    const key = connectionId(o.flow);
+    if (this.byFlow.get(key) === connId) this.byFlow.delete(key);
     return o;
   }
 

@@ -9,7 +9,7 @@ import { isBatonError } from '../../../controller/errors.js';
 import { createLogger } from '../../../controller/log.js';
 import { channelRejections, PendingReplies } from '../../../controller/transfer/channel.js';
 import { HandoffMachine } from '../../../controller/transfer/handoff-machine.js';
-import { HANDOFF_STEPS, isAnswering, nextPhase, ROLLBACK, ROUTING_PHASES, ROUTING_REPLIES, ROUTING_TRANSITIONS, type RoutingPhase, STEP_PHASES } from '../../../controller/transfer/handoff-phases.js';
+import { ANSWERING_SIDE, HANDOFF_STEPS, isAnswering, nextPhase, ROLLBACK, ROUTING_PHASES, ROUTING_REPLIES, ROUTING_TRANSITIONS, type RoutingPhase, STEP_PHASES } from '../../../controller/transfer/handoff-phases.js';
 import { Accepts, decodeMessage, type Decoded, header, type MessageType } from '../../../controller/transfer/messages.js';
 
 const log = createLogger({}, 'silent');
@@ -108,6 +108,7 @@ describe('routing handoff phases', () => {
       const sides = new Set(Object.keys(row).map((t) => ((ROUTING_REPLIES.router as readonly string[]).includes(t) ? 'router' : 'target')));
       expect(sides.size).toBe(1);
     }
+    expect(ANSWERING_SIDE).toEqual({ offered: 'target', committed: 'target', routed: 'router' });
     // A reject returns the handoff to where it was before the request it answers.
     expect(nextPhase('offered', 'reject')).toBe('exported');
     expect(nextPhase('committed', 'reject')).toBe('frozen');

@@ -242,6 +242,51 @@ describe('TargetRelay when the application dies mid-transfer', () => {
     expect(w.orphans).toEqual([]);
     w.relay.close();
   });
+
+  it('a commit that arrives after the application died is answered with a reject (the client stays frozen until then)', () => {
+    const w = targetWorld();
+    const t = w.app();
+    w.offer('n1', 'c');
+    w.relay.unregister(t);
+    w.events.length = 0;
+    w.commit('n1', 'c', 4);
+    expect(w.events).toEqual(['n1:reject']);
+    expect(w.reasons()).toEqual(['target application t went away', 'commit refused: the target application went away']);
+    // Rolled back at the routing node: a live no longer comes, and none releases anything.
+    w.live('n1', 'c');
+    expect(w.orphans).toEqual([]);
+    w.relay.close();
+  });
+
+  it("an orphan's message on another link is unsolicited: it releases nothing, and the orphan stays for its own link", () => {
+    const w = targetWorld();
+    const t = w.app();
+    w.offer('n1', 'c');
+    w.relay.unregister(t);
+    w.events.length = 0;
+    const unasked = unsolicited();
+    w.live('n3', 'c');
+    w.commit('n3', 'c', 4);
+    expect(w.orphans).toEqual([]);
+    expect(w.events).toEqual(['n3:reject']);
+    expect(unsolicited()).toBe(unasked + 2);
+    w.live('n1', 'c');
+    expect(w.orphans).toEqual([{ connId: 'c', flow: FLOW }]);
+    w.relay.close();
+  });
+
+  it('a transfer that was never accepted leaves no orphan: the reject it gets is the answer to its offer', () => {
+    const w = targetWorld();
+    const t = w.app({ decides: true });
+    w.offer('n1', 'c');
+    w.relay.unregister(t);
+    expect(w.events).toEqual(['app:decide', 'n1:reject']);
+    const unasked = unsolicited();
+    w.live('n1', 'c');
+    expect(w.orphans).toEqual([]);
+    expect(unsolicited()).toBe(unasked + 1);
+    w.relay.close();
+  });
 });
 
 describe('the transition table', () => {
