@@ -140,8 +140,6 @@ export function encodeRawState(raw: RawState, buf: Buffer = Buffer.alloc(STATE_S
 }
 
 interface Native {
-  abiVersion(): number;
-  stateSize(): number;
   lastStep(): string;
   exportBegin(fd: number, st: Buffer): number;
   exportQueues(fd: number, st: Buffer, sendq: Buffer | null, sendCap: number, recvq: Buffer | null, recvCap: number): number;
@@ -164,24 +162,39 @@ let loaded: Native | undefined;
 let library: ReturnType<typeof koffi.load> | undefined;
 const libraryPath = buildPath('native', 'libbaton.so');
 
-/** build/native/libbaton.so (every native/*.c), loaded once per process. */
+/**
+ * build/native/libbaton.so (every native/*.c), loaded once per process and checked against this
+ * build before anything binds a function of it (here, fdpass.ts, diag.ts): a library older than
+ * the TypeScript would otherwise fail on the first function it lacks, or worse, on one whose
+ * arguments changed.
+ */
 export function libbaton(): ReturnType<typeof koffi.load> {
   if (library) return library;
+  let lib: ReturnType<typeof koffi.load>;
+  let abi: number | undefined;
+  let stateSize: number | undefined;
   try {
-    library = koffi.load(libraryPath);
+    lib = koffi.load(libraryPath);
+    abi = lib.func('baton_abi_version', 'uint32_t', [])() as number;
+    stateSize = lib.func('baton_state_size', 'uint32_t', [])() as number;
   } catch (err) {
     throw new BatonError('E_NATIVE', `cannot load ${libraryPath} (run \`make native\`): ${(err as Error).message}`, { step: 'load' }, { cause: err });
   }
+  if (abi !== ABI_VERSION || stateSize !== STATE_SIZE) {
+    throw new BatonError(
+      'E_NATIVE',
+      `${libraryPath} does not match this build (ABI ${abi}, state ${stateSize} bytes; expected ${ABI_VERSION}, ${STATE_SIZE}): run \`make native\``,
+      { step: 'load' },
+    );
+  }
+  library = lib;
   return library;
 }
 
 function native(): Native {
   if (loaded) return loaded;
-  const path = libraryPath;
   const lib = libbaton();
   const c = {
-    abiVersion: lib.func('baton_abi_version', 'uint32_t', []),
-    stateSize: lib.func('baton_state_size', 'uint32_t', []),
     lastStep: lib.func('baton_last_step', 'const char *', []),
     exportBegin: lib.func('baton_export_begin', 'int', ['int', 'uint8_t *']),
     exportQueues: lib.func('baton_export_queues', 'int', ['int', 'uint8_t *', 'uint8_t *', 'uint32_t', 'uint8_t *', 'uint32_t']),
@@ -199,13 +212,6 @@ function native(): Native {
     socketCheck: lib.func('baton_socket_check', 'int', ['int', 'uint8_t *']),
     setIdle: lib.func('baton_set_idle', 'int', ['int', 'const uint32_t *']),
   } as Native;
-  if (c.abiVersion() !== ABI_VERSION || c.stateSize() !== STATE_SIZE) {
-    throw new BatonError(
-      'E_NATIVE',
-      `${path} does not match native/repair.ts (ABI ${c.abiVersion()}, state ${c.stateSize()} bytes; expected ${ABI_VERSION}, ${STATE_SIZE}): run \`make native\``,
-      { step: 'load' },
-    );
-  }
   loaded = c;
   return c;
 }

@@ -68,7 +68,7 @@ export interface AdminParts {
   log: Logger;
   dvipas: DvipaSet;
   /** The distributor's routing table as its RouteService keeps it (index, quotas); absent on other nodes. */
-  table?: Pick<RouteService, 'index' | 'limits' | 'quotaRefused'>;
+  table?: Pick<RouteService, 'index' | 'limits' | 'quotaRefused' | 'tableSize'>;
 }
 
 /**
@@ -204,12 +204,10 @@ export class AgentAdmin {
 
   /** The routing table's size (kept as it changes: no walk), capacity, quotas and how often they refused. */
   routingTable(): { entries: number; capacity: number; quota: { handedOffEntries: number; entriesPerSource: number }; quotaRefused: { total: number; perSource: number } } | undefined {
-    const routes = this.p.steering?.routes;
     const table = this.p.table;
-    if (!routes || !table) return undefined;
+    if (!table) return undefined;
     return {
-      entries: table.index.size,
-      capacity: routes.capacity() ?? 0,
+      ...table.tableSize(),
       quota: { ...table.limits },
       quotaRefused: { total: table.quotaRefused.get('total') ?? 0, perSource: table.quotaRefused.get('per-source') ?? 0 },
     };

@@ -44,7 +44,7 @@ export class DvipaSet {
     private readonly stateFile: string,
     private readonly holder: AddressHolder,
     /** Which addresses may be a DVIPA (config/dvipa-policy.ts): the allow-list, minus what never can. */
-    private readonly policy: Pick<DvipaPolicy, 'refusal'>,
+    private readonly policy: Pick<DvipaPolicy, 'refusal' | 'gateways'>,
   ) {}
 
   /**
@@ -61,8 +61,10 @@ export class DvipaSet {
       if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${bounded(checkState.Errors(state).First()?.message ?? '', 120)}`, { step: 'dvipa' });
       for (const d of state.added) this.added.set(d.address, d);
     }
+    // One read of the routes for them all: each read runs `ip` twice.
+    const gateways = this.policy.gateways();
     for (const d of this.all()) {
-      const why = this.policy.refusal(d.address);
+      const why = this.policy.refusal(d.address, gateways);
       if (why) throw new BatonError('E_CONFIG', `DVIPA ${d.address} (${d.source === 'api' ? `added through the API, kept in ${this.stateFile}` : 'the cluster config'}) refused: ${why}`, { step: 'dvipa' });
     }
     for (const d of this.all()) await this.holder.hold(d.address);

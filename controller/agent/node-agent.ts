@@ -130,7 +130,7 @@ export class NodeAgent {
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),
       // Kept as the table changes (route-service.ts): a scrape never walks the map.
-      routingTable: () => (this.steering && this.routeService ? { entries: this.routeService.index.size, capacity: this.steering.routes.capacity() ?? 0 } : undefined),
+      routingTable: () => this.routeService?.tableSize(),
       quotaRefused: () => Object.fromEntries(this.routeService?.quotaRefused ?? []),
       targets: () => this.directory.all().length,
       closing: () => this.closing.size(),

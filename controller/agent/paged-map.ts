@@ -43,10 +43,6 @@ export class PagedMap<V> {
     return this.byKey.get(key)?.value;
   }
 
-  has(key: string): boolean {
-    return this.byKey.has(key);
-  }
-
   /** Adds at the end, or replaces the value in place (its place in the order stays). */
   set(key: string, value: V): void {
     const slot = this.byKey.get(key);

@@ -23,11 +23,12 @@
 //
 // Recovery. A distributor whose batond died mid-handoff leaves FROZEN entries in the pinned map,
 // and XDP drops those clients' packets for as long as they stay. The new batond finds them at
-// start: a flow the distributor served before the freeze (the entry names node 0 or itself) is
-// its own kernel's again, so the entry goes at once (a socket the routing application resumed
-// gets the packets; without one the kernel resets the client). A flow that another node served
-// (a transfer again) is given back to that node if its kernel still holds the socket, asked with
-// a probe bounded by one step timeout, and removed otherwise.
+// start (and the reconciler any that appear later): a flow the distributor served before the
+// freeze (the entry names node 0 or itself) is its own kernel's again, so the entry goes at once
+// (a socket the routing application resumed gets the packets; without one the kernel resets the
+// client). A flow that another node served (a transfer again) is given back to that node if its
+// kernel still holds the socket, asked with a probe bounded by one step timeout, and removed
+// otherwise.
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
@@ -35,7 +36,7 @@ import { connectionId, type FlowKey } from '../flow.js';
 import type { RoutingTable } from './routing-table.js';
 import type { RouteEntry } from './table-layout.js';
 import { TableIndex } from './table-index.js';
-import { logSparsely } from '../input.js';
+import { errorText, logSparsely } from '../input.js';
 
 interface FreezeRecord {
   flow: FlowKey;
@@ -77,6 +78,8 @@ export class RouteService {
   private readonly byId: Map<number, NodeConfig>;
   /** Remote owners of entries left frozen by a previous batond, waiting for recover(). */
   private readonly toRecover = new Map<string, FlowKey[]>();
+  /** How recover() asked the nodes: entries the reconciler finds frozen later are settled the same way. */
+  private prober?: Prober;
   readonly limits: { handedOffEntries: number; entriesPerSource: number };
 
   constructor(
@@ -118,7 +121,9 @@ export class RouteService {
     }
     const key = connectionId(flow);
     this.frozen.set(key, { flow, owner: RECOVERY, previous: { ...entry, state: 'forward', targetMac: servedBy.mac }, since: Date.now() });
-    this.toRecover.set(servedBy.name, [...(this.toRecover.get(servedBy.name) ?? []), flow]);
+    const flows = this.toRecover.get(servedBy.name);
+    if (flows) flows.push(flow);
+    else this.toRecover.set(servedBy.name, [flow]);
   }
 
   /**
@@ -127,6 +132,7 @@ export class RouteService {
    * answer in time keeps its flows (it served them a moment ago; if it died, so did they).
    */
   async recover(probe: Prober): Promise<void> {
+    this.prober = probe;
     const work = [...this.toRecover];
     this.toRecover.clear();
     await Promise.all(
@@ -239,13 +245,19 @@ export class RouteService {
   }
 
   forward(requester: string, flow: FlowKey, targetName: string): void {
-    this.takeFreeze(requester, flow);
+    this.heldFreeze(requester, flow);
     const target = this.node(targetName, flow);
     if (target.name === this.config.distributor) this.removeEntry(flow);
     else {
       this.routes.forward(flow, { node: target.id, mac: target.mac });
       this.index.set(flow, 'forward', target.id, Date.now());
     }
+    this.frozen.delete(connectionId(flow));
+  }
+
+  /** The flows the table holds (the index: no walk) and can hold (the map's max_entries, known since start). */
+  tableSize(): { entries: number; capacity: number } {
+    return { entries: this.index.size, capacity: this.capacity };
   }
 
   /** Does the table say node serves flow (its entry forwards there)? What a target asks before it takes an offer from that node. */
@@ -260,8 +272,8 @@ export class RouteService {
   }
 
   unfreeze(requester: string, flow: FlowKey): void {
-    const record = this.takeFreeze(requester, flow);
-    this.restore(flow, record);
+    this.restore(flow, this.heldFreeze(requester, flow));
+    this.frozen.delete(connectionId(flow));
   }
 
   close(): void {
@@ -271,11 +283,14 @@ export class RouteService {
     for (const t of this.releasing.values()) clearTimeout(t);
   }
 
-  private takeFreeze(requester: string, flow: FlowKey): FreezeRecord {
-    const key = connectionId(flow);
-    const record = this.frozen.get(key);
+  /**
+   * requester's freeze of flow. Its record goes only after the table change that ends the freeze
+   * succeeded: a change refused or failed leaves the entry frozen, and the record is what the
+   * sweep restores it from.
+   */
+  private heldFreeze(requester: string, flow: FlowKey): FreezeRecord {
+    const record = this.frozen.get(connectionId(flow));
     if (!record || record.owner !== requester) throw this.refuse(`no freeze by ${requester} for this flow`, flow, requester);
-    this.frozen.delete(key);
     return record;
   }
 
@@ -336,7 +351,8 @@ export class RouteService {
           const id = connectionId(flow);
           seen.add(id);
           if (!this.index.getById(id)) {
-            this.index.set(flow, entry.state, entry.targetNode);
+            // Taken up as at start: a closing entry gets its removal, a frozen one its recovery.
+            this.adopt(flow, entry);
             added++;
           }
         }
@@ -356,6 +372,9 @@ export class RouteService {
         }
       }
       if (added || removed) this.log.info({ added, removed, entries: this.index.size }, 'routing-table index reconciled with the map');
+      if (this.toRecover.size > 0 && this.prober) {
+        this.recover(this.prober).catch((err: unknown) => this.log.error({ err: errorText(err) }, 'recovering frozen entries the reconciler found failed; the sweep will restore them'));
+      }
       return { added, removed };
     } finally {
       this.reconciling = false;

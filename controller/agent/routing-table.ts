@@ -128,11 +128,12 @@ export class RoutingTable {
   }
 
   /**
-   * O(entries) syscalls (the kernel keeps no element count user space can read), but no
-   * allocation per entry: /metrics asks on every scrape, and a Buffer per key of a 100k table
-   * grew batond's RSS by tens of MiB a scrape. The walk restarts from the first key when the key
-   * it stands on is deleted meanwhile; seeing the first key again means that happened, and only
-   * then are keys collected to count each once.
+   * The map's own count, for tests: batond counts through its index (route-service.ts) and never
+   * walks the map for it. O(entries) syscalls (the kernel keeps no element count user space can
+   * read), but no allocation per entry: a Buffer per key of a 100k table grew the counting process
+   * by tens of MiB. The walk restarts from the first key when the key it stands on is deleted
+   * meanwhile; seeing the first key again means that happened, and only then are keys collected
+   * to count each once.
    */
   size(): number {
     const fd = this.fd();

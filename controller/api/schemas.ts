@@ -121,7 +121,15 @@ export const DrainResultSchema = Type.Object({
 
 export const StatsSchema = Type.Object({
   xdp: Type.Union([Type.Null(), Type.Record(Type.String(), Type.Object({ packets: Type.Integer(), bytes: Type.Integer() }))]),
-  routingTable: Type.Union([Type.Null(), Type.Object({ entries: Type.Integer(), capacity: Type.Integer() })]),
+  routingTable: Type.Union([
+    Type.Null(),
+    Type.Object({
+      entries: Type.Integer(),
+      capacity: Type.Integer(),
+      quota: Type.Object({ handedOffEntries: Type.Integer(), entriesPerSource: Type.Integer() }, { description: 'limits.handedOffEntries and limits.entriesPerSource as in force' }),
+      quotaRefused: Type.Object({ total: Type.Integer(), perSource: Type.Integer() }, { description: 'new handed-off connections each quota refused since start' }),
+    }),
+  ]),
   transfers: Type.Object({ recent: Type.Integer(), done: Type.Integer(), failed: Type.Integer() }),
   control: Type.Object({ routers: Type.Integer(), targets: Type.Integer(), dropped: Type.Record(Type.String(), Type.Integer()) }),
   targets: Type.Integer(),

@@ -154,12 +154,14 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
     }
   };
   (['name', 'id', 'address', 'mac', 'agentSocket', 'controlSecretFile'] as const).forEach(unique);
+  let policy: DvipaPolicy;
   try {
-    new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address)).check(config.dvipa.address);
+    policy = new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address));
   } catch (err) {
-    const where = config.dvipaCidrs && /CIDR/.test((err as Error).message) ? '/dvipaCidrs' : '/dvipa/address';
-    throw new BatonError('E_CONFIG', `${locate(where)}: ${where}: ${(err as Error).message}`, { step: 'config' });
+    throw new BatonError('E_CONFIG', `${locate('/dvipaCidrs')}: /dvipaCidrs: ${(err as Error).message}`, { step: 'config' });
   }
+  const refused = policy.refusal(config.dvipa.address);
+  if (refused) throw new BatonError('E_CONFIG', `${locate('/dvipa/address')}: /dvipa/address: ${refused}`, { step: 'config' });
   if (!config.nodes.some((n) => n.name === config.distributor)) {
     throw new BatonError('E_CONFIG', `${locate('/distributor')}: /distributor: ${config.distributor} is not one of the nodes`, { step: 'config' });
   }
@@ -169,11 +171,15 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
 export function readClusterConfig(path: string): ClusterConfig {
   let bytes: Buffer;
   try {
+    // Sized before it is read: a huge file (or a device) is refused without being loaded.
+    const stat = fs.statSync(path);
+    if (!stat.isFile()) throw new BatonError('E_CONFIG', `invalid cluster config ${path}: not a regular file`, { step: 'config' });
+    if (stat.size > MAX_CONFIG_BYTES) throw new BatonError('E_CONFIG', `invalid cluster config ${path}: ${stat.size} bytes, at most ${MAX_CONFIG_BYTES}`, { step: 'config' });
     bytes = fs.readFileSync(path);
   } catch (err) {
+    if (err instanceof BatonError) throw err;
     throw new BatonError('E_CONFIG', `cannot read cluster config ${path}: ${(err as Error).message}`, { step: 'config' });
   }
-  if (bytes.length > MAX_CONFIG_BYTES) throw new BatonError('E_CONFIG', `invalid cluster config ${path}: ${bytes.length} bytes, at most ${MAX_CONFIG_BYTES}`, { step: 'config' });
   let text: string;
   try {
     // Strictly: a lenient decoder would read a stray byte as U+FFFD and carry on with a value nobody wrote.

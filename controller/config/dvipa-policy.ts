@@ -67,8 +67,11 @@ export class DvipaPolicy {
     primary: string,
     /** The nodes' management addresses. */
     private readonly nodes: readonly string[],
-    /** The node's gateways now (default routes): read at each check, routes change. */
-    private readonly gateways: () => readonly string[] = () => [],
+    /**
+     * Reads the node's gateways (default routes) now: routes change, so once per check, or once
+     * per batch of addresses checked together (refusal's gateways).
+     */
+    readonly gateways: () => readonly string[] = () => [],
   ) {
     this.cidrs = cidrs ?? [primary];
     const parsed = this.cidrs.map(parseCidr);
@@ -79,13 +82,13 @@ export class DvipaPolicy {
     });
   }
 
-  /** Why address cannot be a DVIPA, or undefined if it can. */
-  refusal(address: string): string | undefined {
+  /** Why address cannot be a DVIPA, or undefined if it can. gateways: read now (when it comes to them) unless given. */
+  refusal(address: string, gateways?: readonly string[]): string | undefined {
     const family = familyOf(address);
     if (!family) return `${JSON.stringify(address.slice(0, 60))} is not an IP address`;
     for (const [why, f, list] of this.forbidden) if (f === family && list.check(address, family)) return `${address} is ${why}, never a virtual IP`;
     if (this.nodes.some((n) => sameAddress(n, address))) return `${address} is a node's management address, not a virtual IP`;
-    if (this.gateways().some((g) => sameAddress(g, address))) return `${address} is a gateway of this node, not a virtual IP`;
+    if ((gateways ?? this.gateways()).some((g) => sameAddress(g, address))) return `${address} is a gateway of this node, not a virtual IP`;
     if (!this.allowed[family].check(address, family)) return `${address} is outside the cluster's DVIPA allow-list (dvipaCidrs: ${this.cidrs.join(', ')})`;
     return undefined;
   }

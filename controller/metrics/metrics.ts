@@ -1,7 +1,8 @@
 // batond's Prometheus metrics (prom-client), one registry per agent, served at /metrics by the
-// REST API. Event counts are incremented where they happen; kernel-side numbers (XDP verdicts, the
-// routing table) are read from the pinned maps at scrape time, so a restarted batond reports the
-// same monotonic counters the kernel kept while it was down.
+// REST API. Event counts are incremented where they happen; the XDP verdict counters are read
+// from the pinned maps at scrape time, so a restarted batond reports the same monotonic counters
+// the kernel kept while it was down. The routing table's size and capacity come from its index
+// (route-service.ts): a scrape never walks the map.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counter as KernelCounter, StatName } from '../agent/table-layout.js';
 import { channelRejections } from '../transfer/channel.js';

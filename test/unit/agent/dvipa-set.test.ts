@@ -90,6 +90,18 @@ describe('DvipaSet', () => {
     expect(holder.held.size).toBe(0);
   });
 
+  it('a start reads the gateways once for all its DVIPAs: each read runs `ip` twice', async () => {
+    const file = fresh();
+    const first = new DvipaSet(primary, file, recorder(), policy());
+    for (let i = 40; i < 50; i++) await first.add({ address: `10.0.0.${i}`, ports: [80] });
+    let reads = 0;
+    const counted = new DvipaPolicy(['10.0.0.0/24'], primary.address, ['10.0.0.11'], () => (reads++, ['10.0.0.1']));
+    const holder = recorder();
+    await new DvipaSet(primary, file, holder, counted).load();
+    expect(holder.held.size).toBe(11);
+    expect(reads).toBe(1);
+  });
+
   it('adding the same DVIPA again is idempotent (a retried fan-out)', async () => {
     const set = new DvipaSet(primary, fresh(), recorder(), policy());
     await set.add({ address: '10.0.0.22', ports: [80] });

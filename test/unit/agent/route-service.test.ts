@@ -110,6 +110,36 @@ describe('routing table changes at the distributor', () => {
     expect(() => service.freeze('n9', { ...flow, clientPort: 1 })).toThrow(/unknown node n9/);
   });
 
+  it('a forward refused (unknown target) or failed (the map write threw) leaves the freeze with its owner: forward or unfreeze later, or the sweep', async () => {
+    const { table, service, state } = setup(50);
+    service.freeze('n1', flow);
+    expect(() => service.forward('n1', flow, 'n9')).toThrow(/unknown node n9/);
+    expect(state()).toBe('frozen:0');
+    service.forward('n1', flow, 'n2');
+    expect(state()).toBe('forward:2');
+
+    service.freeze('n2', flow);
+    const write = table.forward;
+    table.forward = () => {
+      throw new Error('bpf map update failed: ENOMEM');
+    };
+    expect(() => service.forward('n2', flow, 'n3')).toThrow(/ENOMEM/);
+    table.forward = write;
+    expect(state()).toBe('frozen:2');
+    service.unfreeze('n2', flow);
+    expect(state()).toBe('forward:2');
+
+    // Nobody comes back after a failed write: the sweep restores the entry from its record.
+    service.freeze('n2', flow);
+    table.forward = () => {
+      throw new Error('bpf map update failed: ENOMEM');
+    };
+    expect(() => service.forward('n2', flow, 'n3')).toThrow(/ENOMEM/);
+    table.forward = write;
+    await new Promise((r) => setTimeout(r, 400));
+    expect(state()).toBe('forward:2');
+  });
+
   it('release: only the owner; the entry keeps forwarding as RELEASED while TCP closes, then goes the grace after finished', async () => {
     const { service, state } = setup();
     service.freeze('n1', flow);
@@ -288,6 +318,26 @@ describe('the in-memory index', () => {
     expect(service.index.get(at(5))).toBeUndefined();
     expect(service.index.get(at(5000))?.node).toBe(3);
   });
+  it('entries reconcile finds behind its back are taken up as at start: closing ones go after their bound, frozen ones are recovered', async () => {
+    const { table, service } = setup();
+    await service.recover(async (_node, flows) => flows.map(() => 'GONE')); // at start: nothing to recover yet
+    table.release(at(1), { node: 2, mac: '02:00:00:00:00:02' });
+    table.finish(at(2), { node: 3, mac: '02:00:00:00:00:03' });
+    table.freeze(at(3)); // the distributor's own flow
+    table.freeze(at(4), { node: 2, mac: '02:00:00:00:00:02' }); // n2's, which holds no socket for it
+    table.forward(at(5), { node: 2, mac: '02:00:00:00:00:02' });
+    expect((await service.reconcile()).added).toBe(5);
+    expect(table.get(at(3))).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 400)); // past releaseGraceMs (200)
+    expect(table.get(at(4))).toBeUndefined();
+    expect(table.get(at(2))).toBeUndefined();
+    expect(table.get(at(1))?.state).toBe('released');
+    await new Promise((r) => setTimeout(r, 800)); // past releasedMaxMs (1000)
+    expect(table.get(at(1))).toBeUndefined();
+    expect([...table.map.keys()]).toEqual([`${flow.clientAddress}:5`]);
+    expect(service.index.size).toBe(1);
+  });
+
   it('reconcile takes up, in one pass, however many entries were written behind its back', async () => {
     const { table, service } = setup();
     for (let p = 1; p <= 5000; p++) table.forward(at(p), { node: 2, mac: '02:00:00:00:00:02' });

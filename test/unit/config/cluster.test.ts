@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { sampleConfig } from '../../helpers/config.js';
-import { type ClusterConfig, parseClusterConfig, parseClusterConfigText, readClusterConfig, writeClusterConfig } from '../../../controller/config/cluster.js';
+import { type ClusterConfig, MAX_CONFIG_BYTES, parseClusterConfig, parseClusterConfigText, readClusterConfig, writeClusterConfig } from '../../../controller/config/cluster.js';
 
 const good = sampleConfig;
 
@@ -19,6 +19,9 @@ describe('cluster config', () => {
     ['a DVIPA that is not IPv4', (c: any) => (c.dvipa.address = '10.0.0.300'), /\/dvipa\/address: 10.0.0.300 is not an IPv4 address/],
     ['duplicate node ids', (c: any) => (c.nodes[1].id = 1), /duplicate id 1/],
     ['an unknown key', (c: any) => (c.extra = true), /f.json: \/extra/],
+    ['a dvipaCidrs entry that is no CIDR', (c: any) => (c.dvipaCidrs = ['10.203.0.0/24', '10.203.0.0/33']), /f.json: \/dvipaCidrs: "10.203.0.0\/33" is not a CIDR/],
+    ['a DVIPA outside dvipaCidrs', (c: any) => (c.dvipaCidrs = ['10.203.1.0/24']), /f.json: \/dvipa\/address: 10.203.0.10 is outside the cluster's DVIPA allow-list \(dvipaCidrs: 10.203.1.0\/24\)/],
+    ['a DVIPA that is a node\'s address', (c: any) => (c.dvipa.address = '10.203.0.12'), /f.json: \/dvipa\/address: 10.203.0.12 is a node's management address/],
   ])('rejects %s with file and path', (_n, mutate, message) => {
     const c = good();
     mutate(c);
@@ -57,6 +60,19 @@ describe('cluster config', () => {
 
     it('a file that does not exist is a config error naming it', () => {
       expect(() => readClusterConfig('/nonexistent/cluster.yaml')).toThrow(/cannot read cluster config \/nonexistent\/cluster.yaml/);
+    });
+
+    it('a path that is no regular file, or a file over the size bound, is refused before it is read', () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-config-'));
+      try {
+        expect(() => readClusterConfig(dir)).toThrow(`invalid cluster config ${dir}: not a regular file`);
+        const big = path.join(dir, 'big.yaml');
+        fs.writeFileSync(big, '');
+        fs.truncateSync(big, MAX_CONFIG_BYTES + 1);
+        expect(() => readClusterConfig(big)).toThrow(`invalid cluster config ${big}: ${MAX_CONFIG_BYTES + 1} bytes, at most ${MAX_CONFIG_BYTES}`);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 });
