@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import { Challenges } from './challenges.js';
 import type { TargetDirectory } from './directory.js';
 import { TargetApplications } from '../transfer/target/applications.js';
-import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, readControlSecret, type TargetInfo } from './messages.js';
+import { type ControlMessage, type ControlType, decodeDatagram, encodeDatagram, FromApplication, MAX_DATAGRAM_BYTES, readControlSecret, type TargetInfo } from './messages.js';
 
 export const HEARTBEAT_MS = 1000;
 export const EXPIRY_MS = 3000;
@@ -51,6 +51,9 @@ export class ControlServer {
   private readonly socket = dgram.createSocket('udp4');
   private readonly registrations = new Map<string, Registration>();
   private readonly challenges = new Challenges();
+  /** Datagrams not sent: larger than a datagram may be, or refused by the socket. */
+  private oversized = 0;
+  private unsent = 0;
   /**
    * Datagrams dropped, by reason (docs/protocol.md): too-large, bad-mac, encoding, too-deep,
    * not-json, unexpected-type, schema, bad-nonce, stale-nonce, replay, unknown-registration, full, port.
@@ -232,8 +235,15 @@ export class ControlServer {
   private send(buf: Buffer, to: { address: string; port: number }): void {
     // The directory may still change after close (a peer's report): nothing goes out then.
     if (this.closed) return;
+    // A targets list of more instances than one datagram holds (about 470: docs/protocol.md) is
+    // not sent; the routing applications keep the list they had. Said plainly, not as EMSGSIZE,
+    // and sparsely: every heartbeat of every router would repeat it.
+    if (buf.length > MAX_DATAGRAM_BYTES) {
+      if (logSparsely(++this.oversized)) this.opts.log.error({ bytes: buf.length, max: MAX_DATAGRAM_BYTES, instances: this.opts.directory.all().length, oversized: this.oversized }, 'targets list too large for one control datagram: not sent, routing applications keep the list they had');
+      return;
+    }
     this.socket.send(buf, to.port, to.address, (err) => {
-      if (err) this.opts.log.warn({ to: `${to.address}:${to.port}`, err: err.message }, 'control datagram not sent');
+      if (err && logSparsely(++this.unsent)) this.opts.log.warn({ to: `${to.address}:${to.port}`, err: err.message, unsent: this.unsent }, 'control datagram not sent');
     });
   }
 }
