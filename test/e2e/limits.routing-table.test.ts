@@ -9,9 +9,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { LINE_PORT } from '../../controller/lab/cluster.js';
-import { inClient, readLog } from '../../controller/lab/demo.js';
+import { inClient } from '../../controller/lab/demo.js';
 import type { LabDescription } from '../../controller/lab/description.js';
 import { repoRoot } from '../../controller/paths.js';
+import { metricsOf, sampleOf } from '../helpers/api.js';
 import { extraClientAddress, useLab } from '../helpers/lab.js';
 
 const PER_SOURCE = 20;
@@ -81,9 +82,10 @@ describe('routing-table quotas', () => {
       await watch;
     }
     expect(most, 'entries at any moment').toBeLessThanOrEqual(TOTAL);
-    const refusals = readLog(lab, 'n1-batond').filter((l) => l.msg === 'handoff refused by a routing-table quota');
-    expect(refusals.filter((l) => l.quota === 'per-source')).toHaveLength(5);
-    expect(refusals.filter((l) => l.quota === 'total')).toHaveLength(5);
+    // Counted where operators look (the log shows only some of a flood of refusals).
+    const metrics = metricsOf(lab, 'n1');
+    expect(sampleOf(metrics, 'baton_routing_quota_refused_total', { quota: 'per-source' })).toBe(5);
+    expect(sampleOf(metrics, 'baton_routing_quota_refused_total', { quota: 'total' })).toBe(5);
     // Closed, the connections leave the table, and the quota is free again.
     for (let waited = 0; running.routes.size() > 0 && waited < 30_000; waited += 200) await sleep(200);
     expect(running.routes.size()).toBe(0);

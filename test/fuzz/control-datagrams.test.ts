@@ -21,6 +21,7 @@ import type { ControlServer } from '../../controller/control/server.js';
 import { parseJson } from '../../controller/input.js';
 import { createLogger } from '../../controller/log.js';
 import { startControlServer } from '../helpers/control.js';
+import { until } from '../helpers/wait.js';
 import { broken, check, checkAsync, defineOwn, embed, hostileFragment, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
 const log = createLogger({}, 'silent');
@@ -213,13 +214,8 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
   const sentByUs: Array<{ n: number; buf: Buffer }> = [];
 
   const send = (buf: Buffer) => new Promise<void>((resolve, reject) => client.send(buf, port, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
-  async function until(cond: () => boolean, what: string): Promise<void> {
-    const deadline = Date.now() + 5_000;
-    while (!cond()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setImmediate(r));
-    }
-  }
+  /** The waits below come once or more per input: polled every millisecond, not the default 5. */
+  const PER_INPUT_POLL_MS = 1;
   const last = <K extends ControlType>(type: K) => replies.filter((m) => m?.type === type).pop() as ControlMessage<K>;
 
   beforeAll(async () => {
@@ -231,11 +227,11 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
     });
     await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
     await send(challengeRequest('c'.repeat(32)));
-    await until(() => answered('challenge') === 1, 'the challenge');
+    await until('the challenge', () => answered('challenge') === 1);
     await send(encodeDatagram(KEY, 'to-batond', 'register', { nonce: last('challenge').nonce, role: 'target', app: 'fuzz-target', ports: [DVIPA_PORT], capacity: 10 }));
-    await until(() => answered('registered') === 1, 'the registration');
+    await until('the registration', () => answered('registered') === 1);
     id = last('registered').id;
-    await until(() => directory.local().length === 1, 'the directory to show it');
+    await until('the directory to show it', () => directory.local().length === 1);
     directory.on('change', () => changes++);
     replies.length = 0;
     answers.clear();
@@ -299,7 +295,7 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
         const beat = encodeDatagram(KEY, 'to-batond', 'heartbeat', { id, n: ++counter });
         const acksBefore = answered('ack');
         await send(beat);
-        await until(() => answered('ack') > acksBefore, 'the heartbeat\'s ack');
+        await until('the heartbeat\'s ack', () => answered('ack') > acksBefore, 5_000, PER_INPUT_POLL_MS);
         sentByUs.push({ n: counter, buf: beat });
         bump(accepted, 'heartbeat');
         const batch = drawn.map((f) => (typeof f === 'function' ? f() : f));
@@ -314,7 +310,7 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
         let window = 0;
         for (const f of batch) {
           if (window + f.buf.length > 48 * 1024 || f.buf.length > 8 * 1024) {
-            await until(() => handled() === sentNow, 'the server to handle everything sent so far');
+            await until('the server to handle everything sent so far', () => handled() === sentNow, 5_000, PER_INPUT_POLL_MS);
             window = 0;
           }
           await send(f.buf);
@@ -323,7 +319,7 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
           window += f.buf.length;
           inputs++;
         }
-        await until(() => handled() === batch.length, 'the server to handle the whole batch');
+        await until('the server to handle the whole batch', () => handled() === batch.length, 5_000, PER_INPUT_POLL_MS);
 
         const want = new Map<string, number>();
         for (const f of batch) {
@@ -340,7 +336,7 @@ describe('a real ControlServer under a flood of forged, hostile and replayed dat
       }),
       runs(120),
     );
-    await until(() => answered('challenge') === challenges && answered('ack') === unknown + counter, 'every answer');
+    await until('every answer', () => answered('challenge') === challenges && answered('ack') === unknown + counter);
     // Nothing late: no answer beyond the challenges and acks, no change pushed afterwards.
     await new Promise((r) => setTimeout(r, 100));
     console.log(`control flood: ${sent} datagrams over UDP, dropped ${JSON.stringify(Object.fromEntries([...server.dropped].sort()))}`);

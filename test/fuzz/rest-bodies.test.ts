@@ -36,7 +36,6 @@ import type { TransferLog } from '../../controller/agent/transfer-log.js';
 import { MoveBodySchema, TargetChangeSchema } from '../../controller/api/schemas.js';
 import { BODY_LIMIT } from '../../controller/api/body.js';
 import { parseTokenFile, tokenLine } from '../../controller/api/token.js';
-import { type ClusterConfig, parseClusterConfig } from '../../controller/config/cluster.js';
 import type { TargetDirectory } from '../../controller/control/directory.js';
 import type { ControlServer } from '../../controller/control/server.js';
 import { createLogger } from '../../controller/log.js';
@@ -46,7 +45,7 @@ import { Accepts, connToWire } from '../../controller/transfer/messages.js';
 import type { TargetApp, TargetRelay } from '../../controller/transfer/target-relay.js';
 import type { HandoffSockets } from '../../controller/transfer/sockets.js';
 import { loadPeerTls } from '../../controller/transfer/peer-tls.js';
-import { apiNode } from '../helpers/api-node.js';
+import { apiNode, testCluster } from '../helpers/api-node.js';
 import { fromWire } from '../helpers/wire.js';
 import { makeCertificates } from '../helpers/certs.js';
 import { sampleState } from '../helpers/state.js';
@@ -105,21 +104,6 @@ const listenOn = (server: net.Server | https.Server, host: string, port: number)
     server.listen(port, host, () => resolve((server.address() as net.AddressInfo).port));
   });
 
-function clusterConfig(apiPort: number, stateDir: string, certsDir: string): ClusterConfig {
-  const node = (name: string, id: number, address: string) => ({
-    name, id, address, mac: `02:00:00:00:00:0${id}`, interface: 'eth1', peerPort: 4700,
-    agentSocket: path.join(stateDir, `${name}.sock`), controlSecretFile: path.join(stateDir, `${name}.secret`),
-    certFile: path.join(certsDir, `${name}.crt`), keyFile: path.join(certsDir, `${name}.key`),
-  });
-  return parseClusterConfig({
-    version: 1, instance: 'fuzz', dvipa: { address: SERVED.local.address, ports: [SERVED.local.port] }, dvipaCidrs: ['10.203.0.0/24'], distributor: 'n1', stateDir,
-    controlPort: 4701, tls: { caFile: path.join(certsDir, 'ca.crt') }, api: { port: apiPort, tokenFile: path.join(stateDir, 'api-tokens') },
-    xdpMode: 'generic', handoffStepTimeoutMs: 2000, releaseGraceMs: 3000,
-    // n2 is the node under test; n1 and n3 are the recording peers. Loopback only.
-    nodes: [node('n1', 1, NODE_ADDRESSES.n1), node('n2', 2, NODE_ADDRESSES.n2), node('n3', 3, NODE_ADDRESSES.n3)],
-  });
-}
-
 describe('REST API under fuzzed bodies, parameters, query strings and headers', () => {
   const forwarded: Recorded[] = [];
   const appMoves: Array<{ connId: string; node: string }> = [];
@@ -173,7 +157,8 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
         if (attempt >= 4) throw err;
       }
     }
-    const config = clusterConfig(apiPort, stateDir, certs.dir);
+    // n2 is the node under test; n1 and n3 are the recording peers. Loopback only.
+    const config = testCluster({ stateDir, addresses: [NODE_ADDRESSES.n1, NODE_ADDRESSES.n2, NODE_ADDRESSES.n3], apiPort, certsDir: certs.dir, dvipa: SERVED.local });
     const self = config.nodes[1]!;
 
     // The socket steps are the lab's business: here the served connection only has to exist.

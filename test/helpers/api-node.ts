@@ -2,8 +2,6 @@
 // the real parts of a node (target relay, directory, control server, transfer log, DVIPA set),
 // without XDP or peer links. The DVIPA set's AddressHolder records hold/release instead of
 // running `ip`, so it needs no root; what the kernel side does is covered by the lab tests.
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { AgentAdmin } from '../../controller/agent/admin.js';
@@ -78,7 +76,9 @@ export async function apiNode(opts: {
   const self = config.nodes.find((n) => n.name === opts.self)!;
   const log = opts.log ?? createLogger({}, 'silent');
   const directory = new TargetDirectory(3_600_000);
-  const stateFile = path.join(config.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'baton-api-')), `${config.instance}-${self.name}.dvipas.json`);
+  // No directory of our own: nothing would remove it. testCluster names the test's, which it removes.
+  if (config.stateDir === undefined) throw new Error(`apiNode ${opts.self}: cluster ${config.instance} has no stateDir`);
+  const stateFile = path.join(config.stateDir, `${config.instance}-${self.name}.dvipas.json`);
   const holder = opts.holder ?? { hold: async () => undefined, release: async () => undefined };
   const dvipas = new DvipaSet(config.dvipa, stateFile, holder, new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address)));
   await dvipas.load();

@@ -73,3 +73,17 @@ export function metricsOf(lab: LabDescription, on: string): string {
   if (res.status !== 200) throw new Error(`GET /metrics on ${on}: ${res.status} ${String(res.body).slice(0, 300)}`);
   return String(res.body);
 }
+
+/**
+ * One series' value in Prometheus text: the line of `name` whose labels include `labels` (the
+ * node label may be left out); 0 when there is none, as a counter is shown only once it counted.
+ */
+export function sampleOf(metrics: string, name: string, labels: Record<string, string>): number {
+  for (const line of metrics.split('\n')) {
+    const m = /^([A-Za-z_:][\w:]*)\{(.*)\} (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const has = new Map([...m[2]!.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]));
+    if (Object.entries(labels).every(([k, v]) => has.get(k) === v)) return Number(m[3]);
+  }
+  return 0;
+}

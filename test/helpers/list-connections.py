@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Lists a node's connections through its REST API, every page of them, --parallel times at once,
 over HTTPS (the cluster CA) with a read token; --metrics-every n also scrapes /metrics and
-/v1/stats every n pages. Prints one JSON line: how many listings ran, pages and entries each saw, and the
-slowest page in milliseconds. Bounded: every request has --timeout.
+/v1/stats every n pages. Prints one JSON line: for each listing the pages and entries it saw, its
+slowest page in milliseconds, and when it started and ended (epoch milliseconds, the clock the
+nodes' logs use, so a test can tell what happened while the listings ran). Bounded: every
+request has --timeout.
 """
 import argparse
 import concurrent.futures
@@ -34,11 +36,10 @@ def main():
         return body, (time.monotonic() - t) * 1000
 
     def listing(i):
-        pages, entries, slowest, ids, cursor, offset = 0, 0, 0.0, set(), None, 0
+        pages, entries, slowest, ids, cursor = 0, 0, 0.0, set(), None
+        start_ms = time.time() * 1000
         while True:
-            # A cursor when the API gives one; offset paging (an older API) otherwise.
-            after = "&cursor=" + cursor if cursor else "&offset=%d" % offset if offset else ""
-            body, ms = get("/v1/connections?limit=%d%s" % (args.limit, after))
+            body, ms = get("/v1/connections?limit=%d%s" % (args.limit, "&cursor=" + cursor if cursor else ""))
             page = json.loads(body)
             pages += 1
             entries += len(page["connections"])
@@ -49,14 +50,14 @@ def main():
                     _, ms = get(path)
                     slowest = max(slowest, ms)
             cursor = page.get("next")
-            offset = page["offset"] + len(page["connections"]) if "offset" in page and page["connections"] and page["offset"] + len(page["connections"]) < page["total"] else 0
-            if not cursor and not offset:
-                return {"pages": pages, "entries": entries, "distinct": len(ids), "slowest_ms": round(slowest, 1)}
+            if not cursor:
+                return {"pages": pages, "entries": entries, "distinct": len(ids), "slowest_ms": round(slowest, 1),
+                        "start_ms": round(start_ms), "end_ms": round(time.time() * 1000)}
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
         results = list(pool.map(listing, range(args.parallel)))
-    print(json.dumps({"listings": len(results), "results": results, "seconds": round(time.monotonic() - t0, 1)}))
+    print(json.dumps({"results": results, "seconds": round(time.monotonic() - t0, 1)}))
 
 
 if __name__ == "__main__":

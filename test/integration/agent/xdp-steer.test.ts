@@ -53,8 +53,6 @@ import { withNetns } from '../../helpers/netns.js';
 const run = promisify(execFile);
 const ROOT = repoRoot();
 
-// ---- switching the calling thread's network namespace -----------------------------------
-
 // ---- the lab ------------------------------------------------------------------------------
 
 const prefix = `bt-${randomBytes(3).toString('hex')}`;

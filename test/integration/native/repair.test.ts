@@ -21,6 +21,7 @@ import { BatonError } from '../../../controller/errors.js';
 import { closeFd } from '../../../native/fdpass.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { withNetns } from '../../helpers/netns.js';
+import { until as boundedWait } from '../../helpers/wait.js';
 import { unfitDescriptor } from '../../../controller/transfer/handoff.js';
 import {
   appendReceived,
@@ -64,13 +65,8 @@ function sh(argv: string[]): string {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+/** Waits here are for megabytes crossing namespaces: 10 s unless a test says otherwise. */
+const until = (what: string, cond: () => boolean, timeoutMs = 10_000) => boundedWait(what, cond, timeoutMs);
 
 /** Absolute TCP counters of a namespace. */
 function counters(ns: string): Record<string, number> {

@@ -12,17 +12,13 @@ import { pidFileOf, readPidFile } from '../../../controller/lab/processes.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { metricsOf } from '../../helpers/api.js';
 import { useLab } from '../../helpers/lab.js';
+import { until } from '../../helpers/wait.js';
 
 const running = useLab();
 const states = () => [...running.routes.entries()].map(([, e]) => e.state);
 
-async function until(what: string, cond: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; table: ${JSON.stringify(states())}`);
-    await sleep(100);
-  }
-}
+/** Waits for the routing table to reach a state; reading it is a walk of the BPF map, so not too often. */
+const tableUntil = (what: string, cond: () => boolean, timeoutMs: number) => until(() => `${what}; table: ${JSON.stringify(states())}`, cond, timeoutMs, 100);
 
 describe('routing-table entries end with their connections', () => {
   it('120 connections come and go; every entry is released, then removed: the table is empty again', async () => {
@@ -35,17 +31,17 @@ describe('routing-table entries end with their connections', () => {
     expect(results.filter((r) => r.ok)).toHaveLength(100);
     // Every client has closed: what is left is on its way out (RELEASED, or FINISHED once the
     // serving node's kernel is done too), none is still FORWARD.
-    await until('every entry released', () => states().every((s) => s === 'released' || s === 'finished'), 2000);
-    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+    await tableUntil('every entry released', () => states().every((s) => s === 'released' || s === 'finished'), 2000);
+    await tableUntil('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 
   it('a connection still open keeps its entry FORWARD past the grace period', async () => {
     const held = inClient(running.lab, curlDigest(running.lab, 'bob', 'builder', ['/hold?ms=4000']));
-    await until('the held connection\'s entry', () => states().includes('forward'), 3000);
+    await tableUntil('the held connection\'s entry', () => states().includes('forward'), 3000);
     await sleep(3500);
     expect(states()).toContain('forward');
     expect((await held).stdout).toContain('served by n3');
-    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+    await tableUntil('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 
   it('a client that closes long after the target did keeps its entry until its FIN is in: acknowledged by the target, no reset', async () => {
@@ -62,7 +58,7 @@ describe('routing-table entries end with their connections', () => {
       ['python3', path.join(repoRoot(), 'test/helpers/http_late_close.py'), '--host', lab.dvipa.address, '--user', 'alice', '--password', 'wonderland', '--linger', '6'],
       30_000,
     );
-    await until('the connection handed off', () => states().includes('forward') || states().includes('released'), 5000);
+    await tableUntil('the connection handed off', () => states().includes('forward') || states().includes('released'), 5000);
     await sleep(4500);
     // Past the grace since the application closed: the client has not, so TCP is not done.
     expect(states()).toEqual(['released']);
@@ -75,15 +71,15 @@ describe('routing-table entries end with their connections', () => {
     const onN2 = execFileSync('ip', ['netns', 'exec', n2.ns, 'ss', '-Htan', 'state', 'time-wait', 'dst', `${lab.client.address}:${port}`], { encoding: 'utf8' });
     expect(onN2.trim()).not.toBe('');
     expect(outRsts()).toBe(rstsBefore);
-    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+    await tableUntil('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 
   it('a target application that dies releases every connection it served', async () => {
     const held = [1, 2, 3].map(() => inClient(running.lab, curlDigest(running.lab, 'bob', 'builder', ['/hold?ms=5000'])));
-    await until('three held connections', () => states().filter((s) => s === 'forward').length === 3, 5000);
+    await tableUntil('three held connections', () => states().filter((s) => s === 'forward').length === 3, 5000);
     const pid = readPidFile(pidFileOf(running.lab.runDir, 'n3-http-target'))!;
     process.kill(pid, 'SIGKILL');
     await Promise.all(held);
-    await until('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
+    await tableUntil('the table to empty', () => running.routes.size() === 0, 3000 + 3000);
   });
 });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { certsDir } from '../../../controller/lab/cluster.js';
-import { metricsOf } from '../../helpers/api.js';
+import { metricsOf, sampleOf } from '../../helpers/api.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { makeCertificates } from '../../helpers/certs.js';
 import { useLab } from '../../helpers/lab.js';
@@ -111,9 +111,7 @@ const labCert = (name: string) => {
 
 const refusals = () => readLog(running.lab, 'n2-batond').filter((l) => l.msg === 'peer connection refused').map((l) => String(l.reason));
 
-function refusedTotal(metrics: string, reason: string): number {
-  return Number(new RegExp(`^baton_peer_refused_total\\{reason="${reason}",node="n2"\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
-}
+const refusedTotal = (metrics: string, reason: string) => sampleOf(metrics, 'baton_peer_refused_total', { reason, node: 'n2' });
 
 async function n2Metrics(): Promise<string> {
   return metricsOf(running.lab, 'n2');

@@ -12,11 +12,13 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TargetDirectory } from '../../../controller/control/directory.js';
-import { ControlServer } from '../../../controller/control/server.js';
+import type { ControlServer } from '../../../controller/control/server.js';
 import { createLogger } from '../../../controller/log.js';
 import { ControlLink } from '../../../controller/sdk/control-link.js';
 import { sealDatagram } from '../../../controller/control/messages.js';
 import { watchProcessErrors } from '../../fuzz/fuzz.js';
+import { startControlServer } from '../../helpers/control.js';
+import { until } from '../../helpers/wait.js';
 
 const ISSUE_DATAGRAM = Buffer.from(`{"type":${'['.repeat(30_700)}${']'.repeat(30_700)}}`);
 
@@ -32,19 +34,7 @@ let port = 0;
 
 beforeAll(async () => {
   fs.writeFileSync(secretFile, secret, { mode: 0o600 });
-  // ControlServer binds the port it is given: take a free one from the kernel, retrying the rare race.
-  for (let attempt = 0; ; attempt++) {
-    const probe = dgram.createSocket('udp4');
-    port = await new Promise<number>((r) => probe.bind(0, '127.0.0.1', () => r(probe.address().port)));
-    await new Promise<void>((r) => probe.close(() => r()));
-    server = new ControlServer({ node: 'n1', port, secret: Buffer.from(secret), dvipaPorts: () => [7000], directory, log });
-    try {
-      await server.start();
-      break;
-    } catch (err) {
-      if (attempt >= 4) throw err;
-    }
-  }
+  ({ server, port } = await startControlServer({ secret: Buffer.from(secret), directory, log }));
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
 });
 afterAll(() => {
@@ -59,13 +49,7 @@ const send = (buf: Buffer) => new Promise<void>((resolve, reject) => client.send
 const dropped = () => Object.values(server.counts().dropped).reduce((a, b) => a + b, 0);
 
 /** Waits until the server has dropped n datagrams, or something escaped to the process. */
-async function settled(n: number): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (dropped() < n && watch.errors.length === 0) {
-    if (Date.now() > deadline) throw new Error(`the server dropped ${dropped()} datagrams, not ${n}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const settled = (n: number) => until(() => `${n} drops (the server dropped ${dropped()})`, () => dropped() >= n || watch.errors.length > 0);
 
 describe("the issue's datagram", () => {
   it('kills nothing: dropped unread as bad-mac, counted, and the server still registers applications', async () => {

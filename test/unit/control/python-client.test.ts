@@ -13,6 +13,7 @@ import type { ControlServer } from '../../../controller/control/server.js';
 import { createLogger } from '../../../controller/log.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { startControlServer } from '../../helpers/control.js';
+import { until } from '../../helpers/wait.js';
 
 const run = promisify(execFile);
 const log = createLogger({}, 'silent');
@@ -49,7 +50,7 @@ describe('the Python control client', () => {
     expect(heard[0]).toMatchObject({ node: 'n1', heartbeatMs: 1000, expiryMs: 3000, nonce: expect.stringMatching(/^[0-9a-f]{64}$/) });
     expect(heard[2]).toMatchObject({ id: heard[0]!.id, n: 1, ok: true });
     expect(heard.filter((h) => h.type === 'targets').map((h) => h.n)).toEqual([1, 2]);
-    for (const deadline = Date.now() + 5_000; server.counts().routers > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 5));
+    await until('the unregister to be handled', () => server.counts().routers === 0);
     expect(server.counts()).toEqual({ routers: 0, targets: 0, dropped: {} });
     expect(Object.fromEntries(accepted)).toEqual({ 'challenge-request': 1, register: 1, heartbeat: 1, unregister: 1 });
   });

@@ -18,6 +18,7 @@ import { pino } from 'pino';
 import { createLogger } from '../../../controller/log.js';
 import { ControlLink } from '../../../controller/sdk/control-link.js';
 import { freeUdpPort, startControlServer } from '../../helpers/control.js';
+import { until } from '../../helpers/wait.js';
 
 const log = createLogger({}, 'silent');
 const secret = randomBytes(32).toString('hex');
@@ -57,14 +58,6 @@ async function socket(port = 0) {
   return { s, got, send, close, port: s.address().port };
 }
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 const total = (m: Map<string, number> | Record<string, number>) => (m instanceof Map ? [...m.values()] : Object.values(m)).reduce((a, b) => a + b, 0);
 const typeOf = (buf: Buffer) => JSON.parse(buf.subarray(32).toString()).type as string;
 
@@ -94,14 +87,14 @@ describe('replayed datagrams', () => {
     const link = await ControlLink.open({ port: relay.port, secretFile }, { role: 'target', app: 'line-target', ports: [7000], capacity: 10, load: 0 }, log);
     cleanup.push(() => link.close());
     link.update({ capacity: 5 });
-    await until(() => srv.directory.local()[0]?.capacity === 5, 'the first update');
+    await until('the first update', () => srv.directory.local()[0]?.capacity === 5);
     link.update({ capacity: 7 });
-    await until(() => srv.directory.local()[0]?.capacity === 7, 'the second update');
+    await until('the second update', () => srv.directory.local()[0]?.capacity === 7);
     expect(relay.recorded.map(typeOf)).toEqual(['challenge-request', 'register', 'update', 'update']);
 
     const dropped = () => srv.server.counts().dropped;
     for (const buf of relay.recorded.slice(1)) await relay.upstream.send(buf, srv.port);
-    await until(() => total(dropped()) === 3, 'three drops');
+    await until('three drops', () => total(dropped()) === 3);
     expect(dropped()).toEqual({ replay: 3 });
     expect(srv.server.counts()).toMatchObject({ targets: 1, routers: 0 });
     // The replayed first update (capacity 5) did not take: the last real one stands.
@@ -114,17 +107,17 @@ describe('replayed datagrams', () => {
     const link = await ControlLink.open({ port: relay.port, secretFile }, { role: 'target', app: 'line-target', ports: [7000], capacity: 10 }, log);
     cleanup.push(() => link.close());
     link.update({ capacity: 3 });
-    await until(() => srv.directory.local()[0]?.capacity === 3, 'the update');
+    await until('the update', () => srv.directory.local()[0]?.capacity === 3);
 
     const other = await socket();
     const [, register, update] = relay.recorded as [Buffer, Buffer, Buffer];
     await other.send(register, srv.port);
     await other.send(update, srv.port);
-    await until(() => total(srv.server.counts().dropped) === 2, 'two drops');
+    await until('two drops', () => total(srv.server.counts().dropped) === 2);
     expect(srv.server.counts().dropped).toEqual({ 'bad-nonce': 1, 'unknown-registration': 1 });
     expect(srv.server.counts()).toMatchObject({ targets: 1 });
     // The only answer goes to the replayer: "unknown registration", echoing the counter it sent.
-    await until(() => other.got.length === 1, 'the answer');
+    await until('the answer', () => other.got.length === 1);
     const ack = decodeDatagram(other.got[0]!, key, 'to-application', ['ack']);
     expect(ack).toMatchObject({ ok: true, msg: { type: 'ack', ok: false, n: 1 } });
   });
@@ -133,12 +126,12 @@ describe('replayed datagrams', () => {
     const srv = await server();
     const c = await socket();
     await c.send(challengeRequest('0'.repeat(32)), srv.port);
-    await until(() => c.got.length === 1, 'the challenge');
+    await until('the challenge', () => c.got.length === 1);
     expect(decodeDatagram(c.got[0]!, key, 'to-application', ['challenge'])).toMatchObject({ ok: true });
     await c.send(c.got[0]!, srv.port);
     // An ack batond could have sent, made with the right key, is refused the same way.
     await c.send(encodeDatagram(key, 'to-application', 'ack', { id: '0123456789abcdef', n: 1, ok: true }), srv.port);
-    await until(() => total(srv.server.counts().dropped) === 2, 'two drops');
+    await until('two drops', () => total(srv.server.counts().dropped) === 2);
     expect(srv.server.counts().dropped).toEqual({ 'bad-mac': 2 });
   });
 });
@@ -166,7 +159,7 @@ describe('a process squatting on the control port while batond is down', () => {
     const srv = await server(port);
     const replayer = await socket();
     for (const buf of captured) await replayer.send(buf, srv.port);
-    await until(() => replayer.got.length === captured.length, 'the challenges');
+    await until('the challenges', () => replayer.got.length === captured.length);
     expect(srv.server.counts()).toEqual({ routers: 0, targets: 0, dropped: {} });
     expect(Object.fromEntries(srv.accepted)).toEqual({ 'challenge-request': captured.length });
   });
@@ -179,7 +172,7 @@ describe('a process squatting on the control port while batond is down', () => {
 
     const squatter = await socket(first.port);
     link.update({ capacity: 4 });
-    await until(() => squatter.got.length > 0, 'the update');
+    await until('the update', () => squatter.got.length > 0);
     expect(squatter.got.map(typeOf)).toContain('update');
     const captured = [...squatter.got];
     squatter.close();
@@ -187,9 +180,9 @@ describe('a process squatting on the control port while batond is down', () => {
     const again = await server(first.port);
     const replayer = await socket();
     for (const buf of captured) await replayer.send(buf, again.port);
-    await until(() => replayer.got.length === captured.length, 'the answers to the replays');
+    await until('the answers to the replays', () => replayer.got.length === captured.length);
     // The application's own next heartbeat learns batond forgot it, and it registers again.
-    await until(() => again.server.counts().targets === 1, 'the application to register again');
+    await until('the application to register again', () => again.server.counts().targets === 1);
     const dropped = again.server.counts().dropped;
     expect(Object.keys(dropped)).toEqual(['unknown-registration']);
     expect(dropped['unknown-registration']).toBeGreaterThan(captured.length);

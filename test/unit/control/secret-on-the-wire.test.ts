@@ -1,8 +1,9 @@
 // Issue 11, item 3: the control secret never travels. Whoever holds the control port while batond
 // is down sees what the SDK sends: none of it may contain the secret, in any encoding. And what a
 // recorder captured of a real exchange is worth nothing replayed: it registers nothing more.
-// Self-contained (only the ControlServer and ControlLink APIs every version has), so that it runs
-// on the code from before version 2 as well, where the secret travelled in every datagram.
+// It relies only on the ControlServer and ControlLink APIs every version has (its test helpers
+// too), so that it runs on the code from before version 2 as well, where the secret travelled in
+// every datagram.
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,9 +11,10 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { TargetDirectory } from '../../../controller/control/directory.js';
-import { ControlServer } from '../../../controller/control/server.js';
 import { createLogger } from '../../../controller/log.js';
 import { ControlLink } from '../../../controller/sdk/control-link.js';
+import { startControlServer } from '../../helpers/control.js';
+import { until } from '../../helpers/wait.js';
 
 const log = createLogger({}, 'silent');
 const secret = randomBytes(32).toString('hex');
@@ -33,14 +35,6 @@ async function udp(port = 0) {
   return { s, got, send, port: s.address().port };
 }
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 /** The secret as text, as raw bytes, in base64: what a careless encoding could put on the wire. */
 const encodings = [Buffer.from(secret), Buffer.from(secret, 'hex'), Buffer.from(Buffer.from(secret).toString('base64')), Buffer.from(Buffer.from(secret, 'hex').toString('base64'))];
 
@@ -55,21 +49,7 @@ describe('the control secret on the wire', () => {
 
   it('a register recorded on its way to batond and sent again registers nothing more', async () => {
     const directory = new TargetDirectory(60_000, 0);
-    let started: ControlServer | undefined;
-    let port = 0;
-    // ControlServer binds the port it is given: take a free one from the kernel, retrying the rare race.
-    for (let attempt = 0; !started; attempt++) {
-      port = (await udp()).port;
-      cleanup.pop()!();
-      const s = new ControlServer({ node: 'n1', port, secret: Buffer.from(secret), dvipaPorts: () => [7000], directory, log });
-      try {
-        await s.start();
-        started = s;
-      } catch (err) {
-        if (attempt >= 4) throw err;
-      }
-    }
-    const server = started;
+    const { server, port } = await startControlServer({ secret: Buffer.from(secret), directory, log });
     cleanup.push(() => {
       server.close();
       directory.close();
@@ -94,7 +74,7 @@ describe('the control secret on the wire', () => {
     for (const buf of recorded) await replayer.send(buf, port);
     // Each replayed datagram is either dropped or answered (a challenge-request is answered with
     // a fresh challenge); wait for that, then look.
-    await until(() => dropped() + replayer.got.length >= recorded.length, 'the replays to be handled');
+    await until('the replays to be handled', () => dropped() + replayer.got.length >= recorded.length);
     expect(server.counts().routers).toBe(1);
   });
 });

@@ -13,6 +13,7 @@ import type { ControlServer } from '../../../controller/control/server.js';
 import { createLogger } from '../../../controller/log.js';
 import { ControlLink } from '../../../controller/sdk/control-link.js';
 import { startControlServer } from '../../helpers/control.js';
+import { until } from '../../helpers/wait.js';
 
 const log = createLogger({}, 'silent');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -104,10 +105,10 @@ describe('control link: what it takes from batond', () => {
     const link = await ControlLink.open({ port: batond.address().port, secretFile }, { role: 'router', app: 'router', ports: [7000] }, log);
     const dropped = () => [...link.dropped.values()].reduce((a, b) => a + b, 0);
     try {
-      const deadline = Date.now() + 5_000;
-      while (dropped() < 8 && Date.now() < deadline) await sleep(5);
+      const drops = () => JSON.stringify(Object.fromEntries(link.dropped));
+      await until(() => `8 drops (${drops()})`, () => dropped() >= 8);
       link.update({ capacity: 1 });
-      while (dropped() < 9 && Date.now() < deadline) await sleep(5);
+      await until(() => `9 drops (${drops()})`, () => dropped() >= 9);
       expect(Object.fromEntries(link.dropped)).toEqual({ unsolicited: 2, 'bad-mac': 3, stale: 4 });
       expect(link.targets()).toEqual([target(2)]);
       // Neither ack ok:false was believed: no second registration.
@@ -146,9 +147,9 @@ describe('control link: batond forgot the registration', () => {
     });
     const link = await ControlLink.open({ port: batond.address().port, secretFile }, { role: 'target', app: 'line-target', ports: [7000] }, log);
     try {
-      for (const deadline = Date.now() + 10_000; registrations < 2 && Date.now() < deadline; ) await sleep(20);
+      await until(() => `a second registration (${registrations} so far)`, () => registrations >= 2, 10_000);
       expect(registrations).toBe(2);
-      for (const deadline = Date.now() + 5_000; link.targets()[0]?.instance !== 'instance-2' && Date.now() < deadline; ) await sleep(20);
+      await until("the second registration's list", () => link.targets()[0]?.instance === 'instance-2');
       expect(link.targets().map((t) => t.instance)).toEqual(['instance-2']);
       expect(heard.slice(0, 5)).toEqual(['challenge-request', 'register', 'heartbeat', 'challenge-request', 'challenge-request']);
     } finally {

@@ -7,6 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { makeCertificates } from '../../helpers/certs.js';
 import { sampleState } from '../../helpers/state.js';
+import { until } from '../../helpers/wait.js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/flow.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
@@ -308,7 +309,7 @@ describe('handoff state machine at the routing node', () => {
       const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
       sockets.info = info;
       await coordinator.run(router, request, 42);
-      await new Promise((r) => setTimeout(r, 20));
+      await until('the failed to reach the application', () => got.length > 0);
       expect(routes.ops).toEqual([]);
       expect(target.seen).toEqual([]);
       expect(sockets.ops).toEqual(['inspect', 'release']);
@@ -323,7 +324,7 @@ describe('handoff state machine at the routing node', () => {
       throw new Error('SO_DOMAIN failed: ENOTSOCK');
     };
     await coordinator.run(router, request, 42);
-    await new Promise((r) => setTimeout(r, 20));
+    await until('the failed to reach the application', () => got.length > 0);
     expect(sockets.ops).toEqual(['inspect (failed)', 'release']);
     expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'check', reason: expect.stringContaining('ENOTSOCK') }]);
   });
@@ -333,7 +334,7 @@ describe('handoff state machine at the routing node', () => {
     const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
     routes.refuse = new BatonError('E_QUOTA', 'handoff refused: client 10.203.0.100 holds 4096 handed-off connections', { step: 'admit' });
     await coordinator.run(router, request, 42);
-    await new Promise((r) => setTimeout(r, 20));
+    await until('the failed to reach the application', () => got.length > 0);
     expect(routes.ops).toEqual(['admit']);
     expect(target.seen).toEqual([]);
     expect(sockets.ops).toEqual(['inspect', 'release']);
@@ -349,7 +350,7 @@ describe('handoff state machine at the routing node', () => {
       throw new Error('TCP_REPAIR(on) failed: EPERM');
     };
     await coordinator.run(router, request, 42);
-    await new Promise((r) => setTimeout(r, 50));
+    await until('the failed to reach the application', () => got.length > 0);
     expect(sockets.ops).toEqual(['inspect', 'snapshot (failed)', 'release']);
     expect(target.seen).toEqual([]);
     expect(got.map((d) => d.msg)).toMatchObject([{ type: 'failed', step: 'export', reason: expect.stringContaining('EPERM') }]);
@@ -375,7 +376,7 @@ describe('handoff state machine at the routing node', () => {
     const { coordinator, routes, sockets, router, got, records } = await coordinatorFor(target.port);
     routes.refuseForward = new BatonError('E_HANDOFF_STATE', 'distributor n1 refused forward: not the owner', { step: 'forward' });
     await coordinator.run(router, request, 42);
-    await new Promise((r) => setTimeout(r, 50));
+    await until('the failed at the application and the abort at the target', () => got.length > 0 && target.seen.includes('abort'));
     expect(routes.ops).toEqual(['admit', 'freeze', 'forward:n2', 'unfreeze']);
     expect(target.seen).toEqual(['hello', 'offer', 'commit', 'abort']);
     expect(sockets.ops).toEqual(['inspect', 'snapshot', 'delta', 'resume', 'release']);
@@ -386,13 +387,6 @@ describe('handoff state machine at the routing node', () => {
 
 /** Refusals of this process so far, by reason (channel.ts counts them for baton_transfer_rejected_total). */
 const refused = () => channelRejections();
-
-async function until(done: () => boolean, what: string): Promise<void> {
-  for (let waited = 0; !done(); waited += 10) {
-    if (waited > 5000) throw new Error(`still waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('replies the handoff\'s phase does not allow: refused, counted, nothing changes', () => {
   it('a ready before the accept, and a second accept: both refused, the handoff goes on with the first accept', async () => {
@@ -437,7 +431,7 @@ describe('replies the handoff\'s phase does not allow: refused, counted, nothing
       if (d.msg.type === 'offer') {
         // The application says closed while the offer is out; the target accepts once it was refused.
         app!.send('closed', { connId, timestamp: 1 });
-        void until(() => refused()['out-of-phase'] > before['out-of-phase'], 'the early closed to be refused').then(() => ch.send('accept', { connId, importUs: 5 }));
+        void until('the early closed to be refused', () => refused()['out-of-phase'] > before['out-of-phase']).then(() => ch.send('accept', { connId, importUs: 5 }));
       }
       if (d.msg.type === 'commit') ch.send('ready', { connId });
     });
@@ -445,7 +439,7 @@ describe('replies the handoff\'s phase does not allow: refused, counted, nothing
     const c = await coordinatorFor(target.port);
     app = c.app;
     await c.coordinator.run(c.router, request, 42);
-    await new Promise((r) => setTimeout(r, 50));
+    await until('the live at the target', () => target.lives.length > 0);
     expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(1);
     expect(c.routes.ops).toEqual(['admit', 'freeze', 'forward:n2']);
     expect(target.lives).toEqual([{ timestamp: 123_456 }]);
@@ -477,7 +471,7 @@ describe('replies the handoff\'s phase does not allow: refused, counted, nothing
       // live is the last message of a handoff: by the time this arrives its handoff is over.
       if (d.msg.type === 'live') ch.send('ready', { connId });
     }, 7);
-    await until(() => refused().unsolicited - before.unsolicited >= 2, 'the late ready to be counted');
+    await until('the late ready to be counted', () => refused().unsolicited - before.unsolicited >= 2);
     expect(refused().unsolicited - before.unsolicited).toBe(2);
     expect(refused()['out-of-phase'] - before['out-of-phase']).toBe(0);
     expect(r.records).toEqual([expect.objectContaining({ outcome: 'done' })]);

@@ -15,6 +15,7 @@ import { ControlLink } from '../../../controller/sdk/control-link.js';
 import { type LinkIdentity, TargetApplications } from '../../../controller/transfer/target/applications.js';
 import { startControlServer } from '../../helpers/control.js';
 import { targetWorld } from '../../helpers/target-world.js';
+import { until } from '../../helpers/wait.js';
 
 const log = createLogger({}, 'silent');
 
@@ -84,13 +85,6 @@ describe('one registry behind both sockets: a real control server and a target r
   fs.writeFileSync(secretFile, secret, { mode: 0o600 });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  async function until(cond: () => boolean, what: string): Promise<void> {
-    for (const deadline = Date.now() + 5000; !cond(); ) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-
   it("the capacity an application declares on the control socket bounds the offers its link is given, and routing applications see batond's bound", async () => {
     const w = targetWorld();
     const directory = new TargetDirectory(60_000, 0);
@@ -98,7 +92,7 @@ describe('one registry behind both sockets: a real control server and a target r
     const control = await ControlLink.open({ port, secretFile }, { role: 'target', app: 't', instance: 't', ports: [7000], capacity: 1, load: 0 }, log);
     const shown = () => directory.local().map((t) => `${t.instance}@${t.port} ${t.load}/${t.capacity}`);
     try {
-      await until(() => shown().length === 1, 'the listing');
+      await until('the listing', () => shown().length === 1);
       expect(shown()).toEqual(['t@7000 0/1']);
       // The same instance's link, declaring no capacity of its own: the listing's bounds it.
       w.app({ instance: 't', capacity: undefined });
@@ -108,7 +102,7 @@ describe('one registry behind both sockets: a real control server and a target r
       expect(w.reasons()).toEqual(['target application t is at capacity (1 connections)']);
       // Declared anew on the control socket: batond takes one more, routing applications see 2.
       control.update({ capacity: 2 });
-      await until(() => shown()[0] === 't@7000 0/2', 'the new capacity');
+      await until('the new capacity', () => shown()[0] === 't@7000 0/2');
       w.offer('n1', 'c');
       expect(w.events.at(-1)).toBe('n1:accept');
       // The operator's drain applies to the instance the registry knows.
