@@ -74,7 +74,9 @@ enum baton_stat {
 	BATON_STAT_PASS_STACKED_VLAN = 9, /* more than one VLAN tag: not parsed */
 	BATON_STAT_STEERED_RELEASED_SYN = 10, /* SYN on a RELEASED entry: sent to the target node, whose
 					       * kernel answers it (the entry stays) */
-	BATON_STAT_MAX = 11,
+	BATON_STAT_PASS_SERVED_HERE = 11, /* entry naming this node: a backup distributor's replica (or
+					   * one taken over) of a connection this node serves itself */
+	BATON_STAT_MAX = 12,
 };
 
 /* ---- shared structs -------------------------------------------------------------------- */

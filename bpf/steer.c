@@ -115,6 +115,14 @@ int baton_steer(struct xdp_md *ctx)
 		return baton_verdict(BATON_STAT_PASS_RECLAIMED, len, XDP_PASS);
 	}
 
+	// The entry names this node: a backup distributor holds a replica of the table, which names
+	// it for the connections it serves itself, and the active distributor sends it their frames.
+	// Its kernel has the socket; sent back out of the interface they came in on, they would be lost.
+	if (baton_sent_to(route->target_mac, config->if_mac)) {
+		baton_count(route, len);
+		return baton_verdict(BATON_STAT_PASS_SERVED_HERE, len, XDP_PASS);
+	}
+
 	baton_count(route, len);
 	// Only the MACs change: a VLAN tag stays, so the frame leaves on the VLAN it came in on.
 	__builtin_memcpy(eth->h_source, config->if_mac, ETH_ALEN);

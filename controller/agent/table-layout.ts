@@ -43,8 +43,9 @@ export const STAT_INDEX = {
   passedUnconfigured: 8,
   passedStackedVlan: 9,
   steeredReleasedSyn: 10,
+  passedServedHere: 11,
 } as const;
-export const STAT_COUNT = 11;
+export const STAT_COUNT = 12;
 
 /** struct baton_config, the one value of baton_config: the interface the program steers on. */
 export const CONFIG_SIZE = 16;

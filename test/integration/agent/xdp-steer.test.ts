@@ -329,7 +329,7 @@ function tcpFrame(spec: FrameSpec): Buffer {
 
 // ---- test runs in the kernel ----------------------------------------------------------------
 
-const XDP_TX = 3;
+const XDP_PASS = 2;
 /** The test process's loopback (ifindex 1 in every namespace): where BPF_PROG_TEST_RUN frames "arrive". */
 const LOOPBACK_IFINDEX = 1;
 /** The destination of test-run frames, and the MAC the private program's config names. */
@@ -505,7 +505,7 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     const routes = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_routes`])) as Record<string, unknown>;
     expect(routes).toMatchObject({ type: 'hash', name: 'baton_routes', flags: 1, bytes_key: 40, bytes_value: 32, max_entries: 262144 });
     const stats = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_stats`])) as Record<string, unknown>;
-    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 11 });
+    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 12 });
     const config = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_config`])) as Record<string, unknown>;
     expect(config).toMatchObject({ type: 'array', name: 'baton_config', bytes_key: 4, bytes_value: 16, max_entries: 1 });
     // Read through the header's own field names (BTF), not through the TypeScript mirror.
@@ -598,6 +598,21 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     await settle();
     expect(statDelta(before, steering.routes.stats())).toEqual({ steered: 1n });
     expect(steering.routes.get(key)).toMatchObject({ state: 'finished', packets: 1n });
+    expect(steering.routes.remove(key)).toBe(true);
+  });
+
+  it('an entry naming n1 itself (a backup\'s replica of a connection it serves) is passed to n1\'s kernel, counted, not sent back out', async () => {
+    const key = flow(4, 41011);
+    steering.routes.forward(key, { node: 1, mac: NET.n1.mac });
+    const before = steering.routes.stats();
+    // Steered, the SYN would leave n1 towards its own MAC and be lost: no answer at all.
+    expect(await connect(4, 41011)).toEqual({ ok: true, reply: 'n1' });
+    expect(n1v4.accepted).toContain(`${NET.client.v4} 41011`);
+    await settle();
+    const delta = statDelta(before, steering.routes.stats());
+    expect(delta.passedServedHere).toBeGreaterThanOrEqual(1n);
+    expect(delta.steered ?? 0n).toBe(0n);
+    expect(steering.routes.get(key)!.packets).toBe(delta.passedServedHere);
     expect(steering.routes.remove(key)).toBe(true);
   });
 
@@ -702,8 +717,9 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     const obj = openObject(defaultObjectPath());
     try {
       loadObject(obj);
-      // The entry points back at the configured MAC: each repetition runs on the frame the one
-      // before rewrote, and must find it addressed to this interface again.
+      // The entry names the configured MAC itself, so every repetition counts the frame on the
+      // entry and passes it unchanged (passedServedHere): the same atomic adds a steered frame
+      // makes, on the same frame each time.
       mapUpdate(mapFd(findMap(obj, CONFIG_MAP_NAME)), Buffer.alloc(4), encodeConfig({ ifindex: LOOPBACK_IFINDEX, mac: TEST_RUN_MAC }));
       const table = new RoutingTable(mapFd(findMap(obj, ROUTES_MAP_NAME)), mapFd(findMap(obj, STATS_MAP_NAME)), numPossibleCpus());
       const key = flow(4, 41020);
@@ -711,10 +727,10 @@ describe('XDP steering on the distributor (namespace lab)', () => {
       const frame = tcpFrame({ dstMac: TEST_RUN_MAC, clientPort: key.clientPort, flags: TCP_ACK });
       const prog = programFd(findProgram(obj, STEER_PROGRAM_NAME));
       const runs = await concurrentTestRuns(prog, frame, repeat, 2);
-      expect(runs.map((r) => r.retval)).toEqual([XDP_TX, XDP_TX]);
+      expect(runs.map((r) => r.retval)).toEqual([XDP_PASS, XDP_PASS]);
       const total = 2n * BigInt(repeat);
       expect(table.get(key)).toMatchObject({ state: 'forward', packets: total, bytes: total * BigInt(frame.length) });
-      expect(table.stats().steered.packets).toBe(total);
+      expect(table.stats().passedServedHere.packets).toBe(total);
     } finally {
       closeObject(obj);
     }
@@ -729,8 +745,8 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     // ARP and ICMPv6 neighbour traffic crossed n1 during the tests.
     const stats = steering.routes.stats();
     expect(Object.keys(stats).sort()).toEqual([
-      'droppedBadEntry', 'droppedFrozen', 'passedFragment', 'passedNoRoute', 'passedNotForUs', 'passedNotTcp', 'passedReclaimed', 'passedStackedVlan',
-      'passedUnconfigured', 'steered', 'steeredReleasedSyn',
+      'droppedBadEntry', 'droppedFrozen', 'passedFragment', 'passedNoRoute', 'passedNotForUs', 'passedNotTcp', 'passedReclaimed', 'passedServedHere',
+      'passedStackedVlan', 'passedUnconfigured', 'steered', 'steeredReleasedSyn',
     ]);
     expect(Object.keys(stats)).toHaveLength(STAT_COUNT);
     expect(stats.passedNotTcp.packets).toBeGreaterThan(0n);

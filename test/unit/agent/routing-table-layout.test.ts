@@ -75,6 +75,7 @@ const STAT_NAMES: Record<string, string> = {
   BATON_STAT_PASS_UNCONFIGURED: 'passedUnconfigured',
   BATON_STAT_PASS_STACKED_VLAN: 'passedStackedVlan',
   BATON_STAT_STEERED_RELEASED_SYN: 'steeredReleasedSyn',
+  BATON_STAT_PASS_SERVED_HERE: 'passedServedHere',
 };
 
 describe('routing-table layout mirrors what the compiler made of bpf/baton.h (BTF)', () => {
