@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { inClient, readLog } from '../../controller/lab/demo.js';
 import { useLab } from '../helpers/lab.js';
+import { until } from '../helpers/wait.js';
 
 const running = useLab({ extraArgs: { 'n2-http-target': ['--capacity', '0'], 'n3-http-target': ['--capacity', '0'] } });
 
@@ -14,6 +15,7 @@ describe('every target refuses', () => {
     expect(r.stdout).toMatch(/HTTP\/1\.1 401 Unauthorized[\s\S]*HTTP\/1\.1 503 Service Unavailable/);
     expect(r.stdout).toMatch(/Retry-After: 1/);
     expect(r.stdout).toContain('no node can take this connection (E_REJECTED)');
-    expect(readLog(running.lab, 'n1-http-router').some((l) => l.event === 'all-refused')).toBe(true);
+    // The router logs it once the answer is on its way: wait for the line (bounded) rather than race it.
+    await until('the router\'s all-refused line', () => readLog(running.lab, 'n1-http-router').some((l) => l.event === 'all-refused'));
   });
 });
