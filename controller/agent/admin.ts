@@ -14,6 +14,8 @@ import { connectionId, type FlowKey, parseConnectionId } from '../flow.js';
 import type { Counter, RouteState, StatName } from './table-layout.js';
 import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
+import type { ActiveDistributor } from '../ha/active.js';
+import type { DistributorRole } from './distributor-role.js';
 import type { RouteService } from './route-service.js';
 import { type IndexedRoute, parseCursor } from './table-index.js';
 import { MAX_PAGE } from './paged-map.js';
@@ -67,8 +69,12 @@ export interface AdminParts {
   metrics: AgentMetrics;
   log: Logger;
   dvipas: DvipaSet;
-  /** The distributor's routing table as its RouteService keeps it (index, quotas); absent on other nodes. */
-  table?: Pick<RouteService, 'index' | 'limits' | 'quotaRefused' | 'tableSize'>;
+  /** The routing table as its RouteService keeps it (index, quotas), while this node is the active distributor. */
+  table(): Pick<RouteService, 'index' | 'limits' | 'quotaRefused' | 'tableSize'> | undefined;
+  /** Which distributor is active, as this node knows it. */
+  active: ActiveDistributor;
+  /** This node's part as a distributor (distributor-role.ts); absent on other nodes. */
+  role?: Pick<DistributorRole, 'phase' | 'replication' | 'takeovers'>;
 }
 
 /**
@@ -89,8 +95,36 @@ export class AgentAdmin {
     return this.p.self;
   }
 
+  /** This node is the active distributor (the routing table is here). */
   get isDistributor(): boolean {
-    return this.p.config.distributor === this.p.self.name;
+    return this.p.table() !== undefined;
+  }
+
+  /** GET /v1/status: who distributes, and how the backups keep up. */
+  distribution() {
+    const { active, config, role } = this.p;
+    const { streams, replica } = role?.replication() ?? { streams: [], replica: undefined };
+    return {
+      active: active.name(),
+      activeSince: active.since() || null,
+      backups: config.distributors.filter((d) => d !== active.name()),
+      dvipas: this.p.dvipas.all().map((d) => d.address),
+      self: role ? (role.phase() === 'active' ? ('active' as const) : ('standby' as const)) : ('node' as const),
+      takeovers: role?.takeovers ?? 0,
+      streams: streams.map(({ backup, session, sentSeq, ackedSeq, lagEntries, snapshotting }) => ({ backup, session, sentSeq, ackedSeq, lagEntries, snapshotting })),
+      replica: replica ? { from: replica.from, session: replica.session, seq: replica.seq, synced: replica.synced, lastAppliedAt: replica.lastAppliedAt ?? null } : null,
+    };
+  }
+
+  /** The active distributor, as this node knows it: where requests for the routing table go. */
+  get distributor(): string {
+    return this.p.active.name();
+  }
+
+  /** What a node is now: the active distributor, a backup one (standing by), or a node. */
+  private roleOf(name: string): 'distributor' | 'backup' | 'node' {
+    if (name === this.p.active.name()) return 'distributor';
+    return this.p.config.distributors.includes(name) ? 'backup' : 'node';
   }
 
   node() {
@@ -99,7 +133,7 @@ export class AgentAdmin {
       name: self.name,
       id: self.id,
       address: self.address,
-      role: this.isDistributor ? ('distributor' as const) : ('node' as const),
+      role: this.roleOf(self.name),
       instance: config.instance,
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
       xdp: steering ? { mode: steering.mode, programId: steering.programId, interface: steering.ifname, pinDir: steering.pinDir } : null,
@@ -115,7 +149,7 @@ export class AgentAdmin {
         name: n.name,
         id: n.id,
         address: n.address,
-        role: n.name === this.p.config.distributor ? ('distributor' as const) : ('node' as const),
+        role: this.roleOf(n.name),
         self: isSelf,
         // A node's batond reports its listeners every second; silence past the expiry means unreachable.
         reachable: age !== undefined,
@@ -127,7 +161,7 @@ export class AgentAdmin {
   }
 
   dvipas(): Array<DvipaView & { distributor: string }> {
-    return this.p.dvipas.all().map((d) => ({ ...d, distributor: this.p.config.distributor }));
+    return this.p.dvipas.all().map((d) => ({ ...d, distributor: this.p.active.name() }));
   }
 
   /** Holds a new DVIPA on this node (the API fans the request out to every node). */
@@ -143,7 +177,7 @@ export class AgentAdmin {
    */
   async removeDvipa(address: string, force: boolean): Promise<void> {
     if (this.isDistributor && !force) {
-      const live = this.p.table?.index.count({ vip: address }) ?? 0;
+      const live = this.p.table()?.index.count({ vip: address }) ?? 0;
       if (live > 0) throw new BatonError('E_HANDOFF_STATE', `${live} transferred connections still use DVIPA ${address}: drain them first, or force`, { step: 'dvipa', address });
     }
     await this.p.dvipas.remove(address);
@@ -170,7 +204,7 @@ export class AgentAdmin {
       if (after === undefined) throw new BatonError('E_CONFIG', 'cursor is not one this API gave (use the next of the page before)', { step: 'connections' });
     }
     if (!this.isDistributor) return this.servedConnections(q, limit, after);
-    const index = this.p.table!.index;
+    const index = this.p.table()!.index;
     const byName = new Map(this.p.config.nodes.map((n) => [n.name, n.id]));
     const node = q.node === undefined ? undefined : byName.get(q.node);
     if (q.node !== undefined && node === undefined) return { total: 0, connections: [] };
@@ -204,7 +238,7 @@ export class AgentAdmin {
 
   /** The routing table's size (kept as it changes: no walk), capacity, quotas and how often they refused. */
   routingTable(): { entries: number; capacity: number; quota: { handedOffEntries: number; entriesPerSource: number }; quotaRefused: { total: number; perSource: number } } | undefined {
-    const table = this.p.table;
+    const table = this.p.table();
     if (!table) return undefined;
     return {
       ...table.tableSize(),
@@ -248,7 +282,7 @@ export class AgentAdmin {
 
   checkDestination(node: string): void {
     if (!this.p.config.nodes.some((n) => n.name === node)) throw new BatonError('E_NOT_FOUND', `node ${node} is not in the cluster`, { step: 'move' });
-    if (node === this.p.config.distributor) {
+    if (node === this.p.active.name()) {
       throw new BatonError('E_HANDOFF_STATE', `the distributor ${node} takes connections back only from its own routing applications`, { step: 'move' });
     }
   }
@@ -257,7 +291,7 @@ export class AgentAdmin {
   destinationFor(port: number, avoid: string): string | undefined {
     const usable = this.p.directory
       .all()
-      .filter((t) => t.port === port && t.node !== avoid && t.node !== this.p.config.distributor && !t.draining && t.weight > 0);
+      .filter((t) => t.port === port && t.node !== avoid && t.node !== this.p.active.name() && !t.draining && t.weight > 0);
     const loadOf = (node: string) => usable.filter((t) => t.node === node).reduce((sum, t) => sum + t.load, 0);
     const nodes = [...new Set(usable.map((t) => t.node))].sort((a, b) => loadOf(a) - loadOf(b) || a.localeCompare(b));
     return nodes[0];
@@ -273,7 +307,7 @@ export class AgentAdmin {
       vip: { address: e.flow.vipAddress, port: e.flow.vipPort },
       state: e.state,
       // Frozen: the node serving it until the handoff completes (the distributor itself when none is named).
-      node: e.state === 'frozen' ? `(frozen) ${name ?? this.p.config.distributor}` : (name ?? `#${e.node}`),
+      node: e.state === 'frozen' ? `(frozen) ${name ?? this.p.active.name()}` : (name ?? `#${e.node}`),
       ...(counters ? { packets: Number(counters.packets), bytes: Number(counters.bytes) } : {}),
       ...(e.since !== undefined ? { ageSeconds: Math.round((Date.now() - e.since) / 1000) } : {}),
     };

@@ -1,6 +1,7 @@
 // batond: one per node, and this is where its parts are made and wired (the composition root).
-// Puts the DVIPA on the node; on the distributor runs the XDP steering program and owns the
-// connection routing table (RouteService); listens for peer nodes (peer-front.ts: which part
+// Puts the DVIPA on the node; on a distributor runs the XDP steering program, and while it is the
+// active one owns the connection routing table (distributor-role.ts: active or standby, as
+// keepalived says); listens for peer nodes (peer-front.ts: which part
 // handles each peer message), for local applications (app-front.ts: the same for application
 // messages) and their registrations (the UDP control socket), and wires them to the handoff
 // machinery, which runs on every node so a connection can move on from wherever it is served.
@@ -16,7 +17,7 @@ import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/clust
 import type { Channel } from '../transfer/channel.js';
 import { HandoffCoordinator } from '../transfer/handoff.js';
 import type { Message, MessageType } from '../transfer/messages.js';
-import { LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
+import { ActiveRoutes, LocalRoutes, RemoteRoutes, type RouteWriter } from '../transfer/routes.js';
 import { PeerLinks } from '../transfer/peers.js';
 import { loadPeerTls, PEER_TLS_OPTIONS, type PeerTlsMaterial } from '../transfer/peer-tls.js';
 import { DEFAULT_OFFER_BYTES_PER_PEER, DEFAULT_OFFERS_PER_PEER, TargetRelay } from '../transfer/target-relay.js';
@@ -27,11 +28,13 @@ import { defaultGateways, ensureDvipa, releaseDvipa } from './dvipa.js';
 import { DvipaPolicy } from '../config/dvipa-policy.js';
 import { DvipaSet } from './dvipa-set.js';
 import { agentEndpoints, ensureFree, explainListenFailure } from './ports.js';
-import { RouteService } from './route-service.js';
+import type { RouteService } from './route-service.js';
+import { DistributorRole } from './distributor-role.js';
+import { ActiveDistributor } from '../ha/active.js';
+import { keepalivedPaths } from '../ha/keepalived.js';
 import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
 import { PeerFront } from './peer-front.js';
 import { AppFront } from './app-front.js';
-import { ROUTES_MAX_ENTRIES_DEFAULT } from './table-layout.js';
 import type { FlowKey } from '../flow.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
@@ -53,9 +56,12 @@ const DEFAULT_TARGET_CAPACITY = 10_000;
 
 export class NodeAgent {
   readonly self: NodeConfig;
-  readonly isDistributor: boolean;
+  /** One of the cluster's distributors (active or standby). */
+  readonly isCandidate: boolean;
+  /** Which distributor is active, as this node knows it (ha/active.ts). */
+  readonly active: ActiveDistributor;
   private steering?: Steering;
-  private routeService?: RouteService;
+  private role?: DistributorRole;
   private routes?: RouteWriter;
   private coordinator?: HandoffCoordinator;
   private links?: LinkMaker;
@@ -88,20 +94,21 @@ export class NodeAgent {
     const self = nodeByName(config, nodeName);
     if (!self) throw new BatonError('E_CONFIG', `node ${nodeName} is not in the cluster config`, { node: nodeName });
     this.self = self;
-    this.isDistributor = config.distributor === self.name;
+    this.isCandidate = config.distributors.includes(self.name);
+    this.active = new ActiveDistributor(config, self.name);
     this.peerTls = loadPeerTls(config, self);
     this.peers = new PeerLinks(config, self, log, config.handoffStepTimeoutMs, this.peerTls);
     // Every connection reinstated here is bounded in idleness (limits.idle): a vanished client cannot hold it for ever.
     this.sockets = handoffSockets(idleBounds(config.limits?.idle));
     // Who serves a flow is the distributor's routing table's to say (asked over the peer link, or here).
-    const owners = new FlowOwnership(this.peers, config.distributor, config.handoffStepTimeoutMs, this.isDistributor ? { serves: (node, flow) => this.routeService?.serves(node, flow) ?? false } : undefined);
+    const owners = new FlowOwnership(this.peers, () => this.active.name(), config.handoffStepTimeoutMs, () => this.routeService());
     this.relay = new TargetRelay(
       log,
       abandonAfterMs(config),
       this.sockets,
       {
         isDvipa: (address) => this.dvipas.has(address),
-        distributor: config.distributor,
+        distributor: () => this.active.name(),
         confirmOwner: (node, flow, connId) => owners.confirm(node, flow, connId),
         offersPerPeer: config.limits?.offersPerPeer ?? DEFAULT_OFFERS_PER_PEER,
         offerBytesPerPeer: config.limits?.offerBytesPerPeer ?? DEFAULT_OFFER_BYTES_PER_PEER,
@@ -122,7 +129,9 @@ export class NodeAgent {
       config.dvipa,
       path.join(config.stateDir ?? '/var/lib/baton', `${config.instance}-${self.name}.dvipas.json`),
       {
-        hold: (address) => ensureDvipa({ address, distributor: this.isDistributor, interface: self.interface }),
+        // A lone distributor answers ARP for its DVIPAs itself; with backups keepalived puts the
+        // DVIPA on the active one's interface, and every node stays silent for the copy on lo.
+        hold: (address) => ensureDvipa({ address, distributor: config.distributors.length === 1 && this.isCandidate, interface: self.interface }),
         release: (address) => releaseDvipa(address),
       },
       new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address), defaultGateways),
@@ -130,10 +139,11 @@ export class NodeAgent {
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),
       // Kept as the table changes (route-service.ts): a scrape never walks the map.
-      routingTable: () => this.routeService?.tableSize(),
-      quotaRefused: () => Object.fromEntries(this.routeService?.quotaRefused ?? []),
+      routingTable: () => this.routeService()?.tableSize(),
+      quotaRefused: () => Object.fromEntries(this.routeService()?.quotaRefused ?? []),
       targets: () => this.directory.all().length,
       closing: () => this.closing.size(),
+      distribution: () => this.role?.distribution(),
     });
     const track = <In extends MessageType>(channel: Channel<In>) => void this.track(channel);
     this.peerFront = new PeerFront({
@@ -142,7 +152,15 @@ export class NodeAgent {
       log,
       relay: this.relay,
       directory: this.directory,
-      routeService: () => this.routeService,
+      routeService: () => this.routeService(),
+      active: this.active,
+      replica: (from, msg, channel) => {
+        if (this.role) this.role.replica(from, msg, channel as unknown as Channel<MessageType>);
+        else {
+          this.log.warn({ from }, 'replication stream refused: this node is not a distributor');
+          channel.close();
+        }
+      },
       refused: (reason) => this.metrics.peerRefused(reason),
       track,
     });
@@ -167,29 +185,16 @@ export class NodeAgent {
     const at = agentEndpoints(this.config, this.self);
     await ensureFree([at.control, at.peer, at.agent, at.api]);
     await this.dvipas.load();
-    if (this.isDistributor) {
-      // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
-      setLibbpfLogger((level, message) => this.log[level]({ svc: 'libbpf' }, message.trimEnd()));
-      this.steering = loadSteering({
-        instance: `${this.config.instance}-${this.self.name}`,
-        ifname: this.self.interface,
-        mode: this.config.xdpMode,
-        maxEntries: this.config.limits?.routingTableEntries,
-        log: this.log,
-      });
-      this.routeService = new RouteService(this.steering.routes, this.config, this.log, abandonAfterMs(this.config), this.steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT);
-      this.routes = new LocalRoutes(this.routeService, this.self.name);
-      // Entries a previous batond left frozen for another node: that node says whether it still serves them.
-      this.routeService.recover((node, flows) => this.probe(node, flows)).catch((err: unknown) => {
-        // An entry that could not be rewritten stays frozen until the sweep restores it (8 step timeouts).
-        this.log.error({ err: errorText(err) }, 'recovering entries left frozen failed; the sweep will restore them');
-      });
-    } else {
-      // Connections this node serves can move on (claim 10); the distributor changes the table.
-      this.routes = new RemoteRoutes(this.peers, this.config.distributor, this.config.handoffStepTimeoutMs);
-    }
+    if (this.isCandidate) await this.startDistributor();
+    this.peers.onReplicaAck = (node, msg) => this.role?.acked(node, msg);
+    // The table is this node's while it is the active distributor, the active one's over the peer link otherwise.
+    const routes = new ActiveRoutes(() => {
+      const service = this.routeService();
+      return service ? new LocalRoutes(service, this.self.name) : undefined;
+    }, new RemoteRoutes(this.peers, () => this.active.name(), this.config.handoffStepTimeoutMs));
+    this.routes = routes;
     this.links = new LinkMaker(this.log.child({ svc: 'descriptors' }), this.self.agentSocket);
-    this.coordinator = new HandoffCoordinator(this.config, this.self, this.routes, this.peers, this.sockets, this.log, (r) => {
+    this.coordinator = new HandoffCoordinator(this.config, this.self, routes, this.peers, this.sockets, this.log, (r) => {
       // A connection this node served and handed on is no longer its to release.
       if (r.outcome === 'done' && r.flow) this.relay.movedOn(r.flow);
       this.transfers.add(r);
@@ -216,7 +221,11 @@ export class NodeAgent {
       const local = JSON.stringify(this.directory.local());
       if (local !== this.lastReported) this.reportListeners();
     });
-    this.listenerBeat = setInterval(() => this.reportListeners(), HEARTBEAT_MS);
+    this.listenerBeat = setInterval(() => {
+      this.reportListeners();
+      // The active distributor says so again (for a node that restarted since) and streams its table to backups.
+      this.role?.tick();
+    }, HEARTBEAT_MS);
     this.listenerBeat.unref();
     // The chain is checked in PeerFront.accept (authenticatePeer) rather than by rejectUnauthorized: with
     // TLS 1.3 Node reports a rejected client certificate only as "socket hang up", and the log
@@ -249,7 +258,9 @@ export class NodeAgent {
       transfers: this.transfers,
       metrics: this.metrics,
       log: this.log,
-      table: this.routeService,
+      table: () => this.routeService(),
+      active: this.active,
+      role: this.role,
       dvipas: this.dvipas,
     });
     // HTTPS with the certificate the peer links use (unless api.insecurePlaintext).
@@ -260,7 +271,7 @@ export class NodeAgent {
       throw await explainListenFailure(new BatonError('E_CONFIG', `cannot listen on ${this.self.address}:${this.config.api.port} (REST API): ${(err as Error).message}`, { step: 'listen' }), at.api);
     }
     this.log.info(
-      { dvipa: this.config.dvipa, distributor: this.isDistributor, peer: `${this.self.address}:${this.self.peerPort}`, api: apiBase(this.config, this.self), agentSocket: this.self.agentSocket },
+      { dvipa: this.config.dvipa, distributors: this.config.distributors, role: this.role?.phase() ?? 'node', peer: `${this.self.address}:${this.self.peerPort}`, api: apiBase(this.config, this.self), agentSocket: this.self.agentSocket },
       'batond ready',
     );
   }
@@ -271,7 +282,7 @@ export class NodeAgent {
     this.relay.close();
     this.links?.close();
     this.closing.close();
-    this.routeService?.close();
+    this.role?.close();
     clearInterval(this.listenerBeat);
     this.control?.close();
     this.directory.close();
@@ -284,6 +295,46 @@ export class NodeAgent {
       this.steering.close();
       this.log.info({ pinDir: this.steering.pinDir }, 'batond stopped; XDP steering left attached, routing table pinned');
     }
+  }
+
+  /** The routing table service, while this node is the active distributor. */
+  private routeService(): RouteService | undefined {
+    return this.role?.routeService();
+  }
+
+  /**
+   * A distributor attaches its steering program whatever its role, so a backup's replica is in the
+   * map the program reads from the moment it takes over. A lone distributor is active at once;
+   * with backups keepalived decides, and a node already holding the DVIPA on its interface (a
+   * batond restarted on the active distributor) is active from the start.
+   */
+  private async startDistributor(): Promise<void> {
+    // libbpf's own warnings (verifier, pinning) into our structured log rather than lost.
+    setLibbpfLogger((level, message) => this.log[level]({ svc: 'libbpf' }, message.trimEnd()));
+    const lone = this.config.distributors.length === 1;
+    this.steering = loadSteering({
+      instance: `${this.config.instance}-${this.self.name}`,
+      ifname: this.self.interface,
+      mode: this.config.xdpMode,
+      maxEntries: this.config.limits?.routingTableEntries,
+      log: this.log,
+    });
+    const steering = this.steering;
+    this.role = new DistributorRole({
+      config: this.config,
+      self: this.self,
+      log: this.log.child({ svc: 'role' }),
+      steering,
+      active: this.active,
+      probe: (node, flows) => this.probe(node, flows),
+      peers: this.peers,
+    });
+    if (lone) {
+      this.role.activate('the only distributor');
+      return;
+    }
+    // With backups keepalived decides, and says so in its notify FIFO (the path its config names).
+    await this.role.followKeepalived(keepalivedPaths(this.config.stateDir ?? '/var/lib/baton', this.config.instance, this.self.name).notifyFifo);
   }
 
   private track<In extends MessageType>(ch: Channel<In>): Channel<In> {

@@ -16,6 +16,7 @@ import { authenticatePeer } from '../transfer/peer-tls.js';
 import type { TargetRelay } from '../transfer/target-relay.js';
 import { HELLO_TIMEOUT_MS } from './bounds.js';
 import type { RouteService } from './route-service.js';
+import type { ActiveDistributor } from '../ha/active.js';
 
 export type FromPeer = (typeof Accepts.agentFromPeer)[number];
 
@@ -29,6 +30,8 @@ export const PEER_HANDLERS = {
   route: 'route-service',
   listeners: 'target-directory',
   probe: 'peer-front',
+  replica: 'replica-sink',
+  distributor: 'active-distributor',
 } as const satisfies Record<FromPeer, string>;
 
 /** One authenticated peer link. */
@@ -49,6 +52,13 @@ export interface PeerFrontParts {
   directory: TargetDirectory;
   /** The distributor's routing table service; undefined on other nodes (and until started). */
   routeService(): RouteService | undefined;
+  /** Which distributor is active: a distributor's announcement updates it. */
+  active: ActiveDistributor;
+  /**
+   * The active distributor's replication stream, on a backup (ha/replica-sink.ts); the link is
+   * closed when the stream is refused (the active one starts again with a snapshot).
+   */
+  replica(from: string, msg: Message<'replica'>, channel: Channel<FromPeer>): void;
   /** Counts a refused peer connection; returns how many of its kind so far (for sparse logs). */
   refused(reason: string): number;
   /** Keeps the channel to be closed at stop. */
@@ -58,6 +68,7 @@ export interface PeerFrontParts {
 type Handler<K extends FromPeer> = (s: PeerSession, d: Decoded<K>) => void;
 
 export class PeerFront {
+  private ignoredAnnouncements = 0;
   private readonly handlers: { [K in Exclude<FromPeer, 'hello'>]: Handler<K> };
 
   constructor(private readonly p: PeerFrontParts) {
@@ -73,6 +84,8 @@ export class PeerFront {
         else p.directory.setRemote(s.node, d.msg.targets);
       },
       probe: (s, d) => this.probe(s, d.msg),
+      replica: (s, d) => p.replica(s.node, d.msg, s.channel),
+      distributor: (s, d) => this.announced(s, d.msg),
     };
   }
 
@@ -160,14 +173,23 @@ export class PeerFront {
     }
   }
 
+  /** A distributor says whether it is the active one: only for itself, and only one of the cluster's distributors. */
+  private announced(s: PeerSession, msg: Message<'distributor'>): void {
+    if (msg.node !== s.node || !this.p.active.heard({ node: msg.node, since: msg.since, active: msg.active })) {
+      const n = ++this.ignoredAnnouncements;
+      if (logSparsely(n)) s.log.warn({ claimed: msg.node, peer: s.node, ignored: n }, 'distributor announcement ignored: not its own, or not from a distributor');
+    }
+  }
+
   /**
    * Which of the flows a restarted distributor asks about this node's kernel holds: what lets it
    * give an entry its previous life left frozen back to this node, or remove it. Only the
-   * distributor may ask (the answer tells which clients are connected here).
+   * distributors may ask (the answer tells which clients are connected here).
    */
   private probe(s: PeerSession, msg: Message<'probe'>): void {
-    if (s.node !== this.p.config.distributor) {
-      s.log.warn({ requester: s.node, connId: msg.connId }, 'probe from a node that is not the distributor: refused');
+    // Any distributor: one taking over asks before this node may have heard its announcement.
+    if (!this.p.config.distributors.includes(s.node)) {
+      s.log.warn({ requester: s.node, connId: msg.connId }, 'probe from a node that is not a distributor: refused');
       s.channel.close();
       return;
     }

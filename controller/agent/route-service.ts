@@ -31,7 +31,7 @@
 // otherwise.
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
+import { type ClusterConfig, type NodeConfig, preferredDistributor } from '../config/cluster.js';
 import { connectionId, type FlowKey } from '../flow.js';
 import type { RoutingTable } from './routing-table.js';
 import type { RouteEntry } from './table-layout.js';
@@ -74,6 +74,8 @@ export class RouteService {
   private readonly sweeper: NodeJS.Timeout;
   private readonly reconciler: NodeJS.Timeout;
   private reconciling = false;
+  /** Entries found at start that named this node itself (a backup that took over). */
+  ownAdopted = 0;
   private closed = false;
   private readonly byId: Map<number, NodeConfig>;
   /** Remote owners of entries left frozen by a previous batond, waiting for recover(). */
@@ -89,6 +91,8 @@ export class RouteService {
     private readonly freezeLimitMs: number,
     /** The map's max_entries, from which the default total quota derives. */
     private readonly capacity: number,
+    /** The distributor this service runs on: flows its own kernel serves have no entry. */
+    private readonly self: string = preferredDistributor(config),
   ) {
     this.byId = new Map(config.nodes.map((n) => [n.id, n]));
     this.limits = {
@@ -96,15 +100,30 @@ export class RouteService {
       handedOffEntries: Math.min(config.limits?.handedOffEntries ?? Math.floor((capacity * 7) / 8), capacity),
       entriesPerSource: config.limits?.entriesPerSource ?? DEFAULT_ENTRIES_PER_SOURCE,
     };
+    // The pinned table outlives batond: learn it once, and take up what its previous life left.
+    // Before any timer starts: a table that cannot be read (the constructor throws) leaves nothing
+    // that would write to it later (a standby's replica, when a takeover fails).
+    try {
+      for (const [flow, entry] of routes.entries()) this.adopt(flow, entry);
+    } catch (err) {
+      for (const t of this.releasing.values()) clearTimeout(t);
+      throw err;
+    }
+    if (this.ownAdopted > 0) this.log.info({ entries: this.ownAdopted }, 'entries for connections this node serves removed: its own kernel serves them as the distributor');
     this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2));
     this.sweeper.unref();
     this.reconciler = setInterval(() => void this.reconcile(), RECONCILE_EVERY_MS);
     this.reconciler.unref();
-    // The pinned table outlives batond: learn it once, and take up what its previous life left.
-    for (const [flow, entry] of routes.entries()) this.adopt(flow, entry);
   }
 
   private adopt(flow: FlowKey, entry: RouteEntry): void {
+    // A replica taken over (this node was a backup, and a target): what the table sent here is
+    // this kernel's own now, and steering it would send it back out of the interface it came in on.
+    if (entry.state !== 'frozen' && this.byId.get(entry.targetNode)?.name === this.self) {
+      this.routes.remove(flow);
+      this.ownAdopted++;
+      return;
+    }
     this.index.set(flow, entry.state, entry.targetNode);
     if (entry.state === 'released') this.scheduleRemoval(flow, entry.targetNode, this.releasedMaxMs());
     else if (entry.state === 'finished') this.scheduleRemoval(flow, entry.targetNode, this.config.releaseGraceMs);
@@ -114,7 +133,7 @@ export class RouteService {
   /** An entry frozen by a previous batond: the distributor's own flow goes back now; a node's waits for recover(). */
   private recoverLater(flow: FlowKey, entry: RouteEntry): void {
     const servedBy = this.byId.get(entry.targetNode);
-    if (!servedBy || servedBy.name === this.config.distributor) {
+    if (!servedBy || servedBy.name === this.self) {
       this.removeEntry(flow);
       this.log.warn({ flow: connectionId(flow) }, 'entry left frozen by a previous batond: removed (the flow is the distributor\'s own kernel\'s again)');
       return;
@@ -152,6 +171,8 @@ export class RouteService {
   }
 
   private settleRecovery(flow: FlowKey, node: string, state: string | undefined): void {
+    // A probe answered after this service closed (its node stood down: the table is a replica now).
+    if (this.closed) return;
     const key = connectionId(flow);
     const record = this.frozen.get(key);
     if (!record || record.owner !== RECOVERY) return;
@@ -209,7 +230,7 @@ export class RouteService {
     if (this.frozen.has(key)) throw this.refuse('a handoff of this flow is already in progress', flow, requester);
     const current = this.routes.get(flow);
     const isOwner =
-      owner.name === this.config.distributor ? current === undefined : current?.state === 'forward' && current.targetNode === owner.id;
+      owner.name === this.self ? current === undefined : current?.state === 'forward' && current.targetNode === owner.id;
     if (!isOwner) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
     // A new handed-off connection (the distributor's own so far) takes a new entry: check the quotas.
     if (current === undefined) this.checkQuota(flow);
@@ -223,7 +244,7 @@ export class RouteService {
    * refused handoff costs no offer; freeze() checks again (the table may have filled meanwhile).
    */
   admit(requester: string, flow: FlowKey): void {
-    if (requester === this.config.distributor && !this.routes.get(flow)) this.checkQuota(flow);
+    if (requester === this.self && !this.routes.get(flow)) this.checkQuota(flow);
   }
 
   private checkQuota(flow: FlowKey): void {
@@ -247,7 +268,7 @@ export class RouteService {
   forward(requester: string, flow: FlowKey, targetName: string): void {
     this.heldFreeze(requester, flow);
     const target = this.node(targetName, flow);
-    if (target.name === this.config.distributor) this.removeEntry(flow);
+    if (target.name === this.self) this.removeEntry(flow);
     else {
       this.routes.forward(flow, { node: target.id, mac: target.mac });
       this.index.set(flow, 'forward', target.id, Date.now());

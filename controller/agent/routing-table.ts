@@ -87,6 +87,14 @@ export class RoutingTable {
     this.rewrite(key, 'finished', target, 'finish');
   }
 
+  /**
+   * Writes a whole entry as given (counters zero unless given): a backup distributor applying the
+   * active's table (ha/replica-sink.ts), where the value, not a transition, is what arrives.
+   */
+  put(key: FlowKey, entry: Omit<RouteEntry, 'packets' | 'bytes'> & Partial<Pick<RouteEntry, 'packets' | 'bytes'>>): void {
+    this.write(key, encodeRoute(entry), 'put');
+  }
+
   /** True if there was an entry. Without one, the distributor's own kernel sees the flow again. */
   remove(key: FlowKey): boolean {
     return mapDelete(this.fd(), encodeFlowKey(key));
@@ -125,6 +133,31 @@ export class RoutingTable {
       at = next;
     }
     return { entries, last: at };
+  }
+
+  /**
+   * Up to max keys after the key prev (null: from the first), and the key to resume from (null at
+   * the end): entriesAfter without reading the values, half the syscalls, for a walk that only
+   * needs to know which flows are there. The same restart from the first key if prev was deleted.
+   */
+  keysAfter(prev: Buffer | null, max: number): { keys: FlowKey[]; last: Buffer | null } {
+    const keys: FlowKey[] = [];
+    let at = prev;
+    while (keys.length < max) {
+      const next = Buffer.alloc(FLOW_KEY_SIZE);
+      if (!mapNextKey(this.fd(), at, next)) return { keys, last: null };
+      keys.push(decodeFlowKey(next));
+      at = next;
+    }
+    return { keys, last: at };
+  }
+
+  /**
+   * The cursor entriesAfter and keysAfter resume after for this flow (its key's bytes): a walk whose
+   * cursor was deleted meanwhile resumes from an earlier key it read instead of from the first.
+   */
+  cursorOf(key: FlowKey): Buffer {
+    return encodeFlowKey(key);
   }
 
   /**

@@ -19,7 +19,7 @@ export const NodeSchema = Type.Object({
   name: Type.String(),
   id: Type.Integer(),
   address: Type.String(),
-  role: Type.Union([Type.Literal('distributor'), Type.Literal('node')]),
+  role: Type.Union([Type.Literal('distributor'), Type.Literal('backup'), Type.Literal('node')]),
   instance: Type.String(),
   uptimeSeconds: Type.Integer(),
   xdp: Type.Union([Type.Null(), Type.Object({ mode: Type.String(), programId: Type.Integer(), interface: Type.String(), pinDir: Type.String() })]),
@@ -29,7 +29,7 @@ export const ClusterNodeSchema = Type.Object({
   name: Type.String(),
   id: Type.Integer(),
   address: Type.String(),
-  role: Type.Union([Type.Literal('distributor'), Type.Literal('node')]),
+  role: Type.Union([Type.Literal('distributor'), Type.Literal('backup'), Type.Literal('node')]),
   self: Type.Boolean(),
   reachable: Type.Boolean(),
   lastReportMs: Type.Union([Type.Integer(), Type.Null()]),
@@ -117,6 +117,28 @@ export const DrainResultSchema = Type.Object({
   connections: Type.Array(
     Type.Object({ id: Type.String(), to: Type.Optional(Type.String()), ok: Type.Boolean(), error: Type.Optional(Type.String()) }),
   ),
+});
+
+/** Who distributes the DVIPAs, and how the backups keep up (GET /v1/status). */
+export const DistributionSchema = Type.Object({
+  /** The active distributor as this node knows it, and since when (ms since the epoch; null: assumed, nobody announced yet). */
+  active: Type.String(),
+  activeSince: Type.Union([Type.Integer(), Type.Null()]),
+  /** The other distributors of the cluster file, in order of preference. */
+  backups: Type.Array(Type.String()),
+  dvipas: Type.Array(Type.String(), { description: 'the DVIPAs they distribute' }),
+  /** This node: active or standby distributor, or not a distributor (node). */
+  self: Type.Union([Type.Literal('active'), Type.Literal('standby'), Type.Literal('node')]),
+  takeovers: Type.Integer({ description: 'times this batond took over from another distributor' }),
+  /** On the active distributor: one stream per backup. */
+  streams: Type.Array(
+    Type.Object({ backup: Type.String(), session: Type.String(), sentSeq: Type.Integer(), ackedSeq: Type.Integer(), lagEntries: Type.Integer(), snapshotting: Type.Boolean() }),
+  ),
+  /** On a standby distributor: the stream it applies (null: none yet). */
+  replica: Type.Union([
+    Type.Null(),
+    Type.Object({ from: Type.String(), session: Type.String(), seq: Type.Integer(), synced: Type.Boolean(), lastAppliedAt: Type.Union([Type.Integer(), Type.Null()]) }),
+  ]),
 });
 
 export const StatsSchema = Type.Object({

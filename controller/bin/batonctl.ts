@@ -24,9 +24,10 @@ labCommand(lab, 'up')
   .description('build the lab, start batond and the example applications')
   .option('--no-examples', 'start only batond')
   .option('--xdp-mode <mode>', 'native or generic XDP on the distributor', 'native')
-  .action(async (o: { prefix: string; dir: string; examples: boolean; xdpMode: 'native' | 'generic' }) => {
+  .option('--backup', 'n2 is a backup distributor: keepalived on n1 and n2 decides which one is active')
+  .action(async (o: { prefix: string; dir: string; examples: boolean; xdpMode: 'native' | 'generic'; backup?: boolean }) => {
     let specs: ReturnType<typeof labProcesses> = [];
-    const desc = await labUp({ prefix: o.prefix, dir: o.dir, processes: (l) => (specs = labProcesses(l, { examples: o.examples, xdpMode: o.xdpMode })) });
+    const desc = await labUp({ prefix: o.prefix, dir: o.dir, backup: o.backup, processes: (l) => (specs = labProcesses(l, { examples: o.examples, xdpMode: o.xdpMode })) });
     try {
       await waitUntilReady(desc, specs);
     } catch (err) {

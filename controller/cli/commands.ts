@@ -88,6 +88,15 @@ function apiCommand(parent: Command, name: string): Command {
 
 type Node = { name: string; id: number; address: string; role: string; instance: string; uptimeSeconds: number; xdp: { mode: string; programId: number; interface: string } | null };
 type Stats = { xdp: Record<string, { packets: number; bytes: number }> | null; routingTable: { entries: number; capacity: number } | null; transfers: { recent: number; done: number; failed: number }; control: { routers: number; targets: number; dropped: Record<string, number> }; targets: number };
+type Distribution = {
+  active: string;
+  activeSince: number | null;
+  backups: string[];
+  self: 'active' | 'standby' | 'node';
+  takeovers: number;
+  streams: Array<{ backup: string; sentSeq: number; ackedSeq: number; lagEntries: number; snapshotting: boolean }>;
+  replica: { from: string; seq: number; synced: boolean; lastAppliedAt: number | null } | null;
+};
 type ClusterNode = { name: string; address: string; role: string; reachable: boolean; lastReportMs: number | null; targets: number; api: string };
 type Target = { node: string; app: string; instance: string; port: number; capacity: number; load: number; weight: number; draining: boolean };
 type Connection = { id: string; state: string; node: string; packets?: number; bytes?: number; ageSeconds?: number; app?: string };
@@ -96,13 +105,16 @@ type Drain = { node: string; targetsDrained: number; moved: number; failed: numb
 
 export function registerOperatorCommands(program: Command): void {
   apiCommand(program, 'status')
-    .description('this node: role, XDP program, routing table, transfers, control socket')
+    .description('this node: role, distributors and replication, XDP program, routing table, transfers, control socket')
     .action(async (o: GlobalOptions) => {
       const api = connect(o);
-      const [node, stats] = await Promise.all([api.get<Node>('/v1/node'), api.get<Stats>('/v1/stats')]);
-      out(o, { node, stats }, () =>
+      const [node, stats, distribution] = await Promise.all([api.get<Node>('/v1/node'), api.get<Stats>('/v1/stats'), api.get<Distribution>('/v1/status')]);
+      out(o, { node, stats, distribution }, () =>
         [
           `node ${node.name} (${node.role}) ${node.address}, cluster ${node.instance}, up ${node.uptimeSeconds} s`,
+          `distributor ${distribution.active}${distribution.activeSince ? ` (active since ${new Date(distribution.activeSince).toISOString()})` : ''}; backups ${distribution.backups.join(', ') || 'none'}; takeovers by this node ${distribution.takeovers}`,
+          ...distribution.streams.map((s) => `replication to ${s.backup}: seq ${s.sentSeq} sent, ${s.ackedSeq} acknowledged, lag ${s.lagEntries} entries${s.snapshotting ? ' (snapshot in progress)' : ''}`),
+          distribution.replica ? `replica from ${distribution.replica.from}: seq ${distribution.replica.seq}, ${distribution.replica.synced ? 'in sync' : 'snapshot in progress'}` : '',
           node.xdp ? `XDP ${node.xdp.mode} on ${node.xdp.interface}, program id ${node.xdp.programId}` : 'XDP: not steering on this node',
           stats.routingTable ? `routing table ${stats.routingTable.entries} / ${stats.routingTable.capacity} entries` : '',
           `transfers (recent ${stats.transfers.recent}): ${stats.transfers.done} done, ${stats.transfers.failed} failed`,

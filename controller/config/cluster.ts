@@ -1,5 +1,5 @@
 // The cluster description every batond reads, one YAML file per cluster: which nodes exist, where
-// they listen, which one is the distributor, which DVIPA they share, where secrets live, and the
+// they listen, which ones can be the distributor, which DVIPA they share, where secrets live, and the
 // limits. One schema, validated with precise messages (file:line:column, path, what was expected).
 // The namespace lab writes its file with writeClusterConfig(), the same code an operator's goes through.
 import fs from 'node:fs';
@@ -53,7 +53,24 @@ export const ClusterConfigSchema = Type.Object(
      * broadcast, link-local, unspecified and the nodes' and gateways' own addresses are refused.
      */
     dvipaCidrs: Type.Optional(Type.Array(Type.String({ minLength: 3, maxLength: 49 }), { minItems: 1, maxItems: 64 })),
-    distributor: Name,
+    /**
+     * The nodes that can be the distributor, in order of preference: the first is active at start;
+     * the others are backups (ordinary nodes that also keep a replica of the routing table) until
+     * keepalived (VRRP) makes one of them active (docs/operations.md, "Backup distributor: keepalived decides who is active").
+     */
+    distributors: Type.Array(Name, { minItems: 1, maxItems: 8, uniqueItems: true }),
+    /** VRRP as Baton configures keepalived for the distributors. */
+    vrrp: Type.Optional(
+      Type.Object(
+        {
+          /** VRRP virtual router id, unique on the segment. Default 51. */
+          routerId: Type.Optional(Type.Integer({ minimum: 1, maximum: 255 })),
+          /** Advert interval (VRRPv3 counts centiseconds). Default 100: a dead distributor is noticed in about 0.4 s. */
+          advertMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 40_950, multipleOf: 10 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     /** Where batond keeps what must survive a restart (DVIPAs added through the API). Default /var/lib/baton. */
     stateDir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     /** UDP port of every node's control socket, bound to 127.0.0.1 inside the node (claims 18–24). */
@@ -162,9 +179,9 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
   }
   const refused = policy.refusal(config.dvipa.address);
   if (refused) throw new BatonError('E_CONFIG', `${locate('/dvipa/address')}: /dvipa/address: ${refused}`, { step: 'config' });
-  if (!config.nodes.some((n) => n.name === config.distributor)) {
-    throw new BatonError('E_CONFIG', `${locate('/distributor')}: /distributor: ${config.distributor} is not one of the nodes`, { step: 'config' });
-  }
+  config.distributors.forEach((name, i) => {
+    if (!config.nodes.some((n) => n.name === name)) throw new BatonError('E_CONFIG', `${locate(`/distributors/${i}`)}: /distributors/${i}: ${name} is not one of the nodes`, { step: 'config' });
+  });
   return config;
 }
 
@@ -254,6 +271,11 @@ function deeperThan(root: unknown, limit: number): { range?: [number, number, nu
 export function writeClusterConfig(path: string, config: ClusterConfig): void {
   parseClusterConfig(config, path);
   fs.writeFileSync(path, `# Baton cluster config (docs/operations.md). Written by the namespace lab.\n${stringify(config)}`);
+}
+
+/** The distributor every node assumes active until one announces itself: the first in order of preference. */
+export function preferredDistributor(config: Pick<ClusterConfig, 'distributors'>): string {
+  return config.distributors[0]!;
 }
 
 export function nodeByName(config: ClusterConfig, name: string): NodeConfig | undefined {

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, vrrpNodeSpec, writeKeepalivedConfig } from '../ha/keepalived.js';
 import { BatonError } from '../errors.js';
 import { type ClusterConfig, writeClusterConfig } from '../config/cluster.js';
 import { newToken, tokenLine } from '../api/token.js';
@@ -94,7 +95,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
     // The config's DVIPA, and .16–.31 of the lab subnet for the ones an operator adds (docs/lab.md).
     dvipaCidrs: [`${lab.dvipa.address}/32`, `${subnetHost(parseSubnet(lab.subnet), LAB_EXTRA_DVIPAS.first)}/${LAB_EXTRA_DVIPAS.prefix}`],
-    distributor: lab.distributor,
+    distributors: [lab.distributor, ...(lab.backups ?? [])],
     controlPort: CONTROL_PORT,
     stateDir: lab.runDir,
     api: { port: API_PORT, tokenFile: apiOperatorsFile(lab) },
@@ -155,18 +156,38 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     ns: n.ns,
     argv: [node, js('controller/bin/batond.js'), '--config', clusterConfigPath(lab), '--node', n.name],
   }));
+  // With a backup, keepalived on each distributor decides which one is active (docs/operations.md).
+  if (lab.backups?.length) {
+    const cluster = clusterFromLab(lab);
+    for (const name of cluster.distributors) {
+      const n = lab.nodes.find((x) => x.name === name)!;
+      const files = keepalivedPaths(lab.runDir, cluster.instance, name);
+      writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, name, files.notifyFifo)));
+      // Root's, before keepalived starts: keepalived would create it as its script user (nobody),
+      // and batond refuses a FIFO anyone but root could write its role into (ha/vrrp-state.ts).
+      if (!fs.existsSync(files.notifyFifo)) execFileSync('mkfifo', ['-m', '600', '--', files.notifyFifo]);
+      // A keepalived that was killed leaves its pidfiles, and refuses to start while one names a live process (even a zombie not yet reaped).
+      clearStalePidFiles(files);
+      specs.push({ name: `${name}-keepalived`, ns: n.ns, argv: keepalivedArgv(files) });
+    }
+  }
   if (opts.examples === false) return confine(specs, opts);
+  // Targets on every node but the first distributor; a backup distributor (a target too) also
+  // runs the routing applications, which get connections once it has taken the DVIPA over.
   const targetNodes = lab.nodes.filter((n) => n.name !== lab.distributor).map((n) => n.name);
+  const distributors = [lab.distributor, ...(lab.backups ?? [])];
   for (const n of lab.nodes) {
     const common = ['--agent', agentSocket(lab, n.name), '--node', n.name, '--control-port', String(CONTROL_PORT), '--control-secret', controlSecretFile(lab, n.name)];
-    const routerArgs = [...common, '--dvipa', lab.dvipa.address, '--targets', targetNodes.join(',')];
+    // A node never hands a connection to itself.
+    const routerArgs = [...common, '--dvipa', lab.dvipa.address, '--targets', targetNodes.filter((t) => t !== n.name).join(',')];
     const framework = targetNodes.indexOf(n.name) % 2 === 0 ? 'node' : 'fastify';
-    if (n.name === lab.distributor) {
+    if (distributors.includes(n.name)) {
       specs.push(
         { name: `${n.name}-http-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTP_PORT)] },
         { name: `${n.name}-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...routerArgs, '--port', String(LINE_PORT)] },
       );
-    } else {
+    }
+    if (targetNodes.includes(n.name)) {
       specs.push(
         { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--framework', framework] },
         { name: `${n.name}-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(LINE_PORT)] },

@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { repoRoot } from '../paths.js';
 import { HTTP_PORT, LINE_PORT, labProcesses, waitUntilReady } from './cluster.js';
 import type { LabDescription } from './description.js';
-import { labDown, labUp } from './lab.js';
+import { killNode, labDown, labUp } from './lab.js';
 
 const run = promisify(execFile);
 
@@ -109,6 +109,43 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
   return out;
 }
 
+/**
+ * The last act: n1 dies under 20 streaming connections (every process SIGKILLed, its link down),
+ * keepalived makes n2 the distributor, and the clients never notice; a new client goes through n2.
+ */
+async function backupTakesOver(lab: LabDescription, check: (name: string, ok: boolean, detail?: string) => void): Promise<void> {
+  const CONNECTIONS = 20;
+  console.log(`\n== Backup distributor: ${CONNECTIONS} connections streaming through n1; n1 dies (SIGKILL of every process, link down); n2 takes over`);
+  const stopFile = path.join(lab.runDir, 'demo-streams.stop');
+  const handed = () => readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').length;
+  const before = handed();
+  const streams = inClient(lab, ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT),
+    '--connections', String(CONNECTIONS), '--get', '16384', '--put', '16384', '--interval', '0.1', '--until-file', stopFile, '--seconds', '60', '--timeout', '20'], 90_000);
+  const active = (node: string) => readLog(lab, `${node}-batond`).find((l) => l.msg === "active distributor: the routing table is this node's");
+  let killAt = 0;
+  let fresh: { code: number; stdout: string; stderr: string } | undefined;
+  try {
+    for (let waited = 0; handed() < before + CONNECTIONS && waited < 30_000; waited += 100) await sleep(100);
+    await sleep(1000);
+    killAt = Date.now();
+    await killNode(lab, 'n1');
+    for (let waited = 0; !active('n2') && waited < 10_000; waited += 20) await sleep(20);
+    fresh = await inClient(lab, lineClient(lab, ['--user', 'bob', '--expect-node', 'n3', '--get', '100000']), 20_000);
+    await sleep(2000);
+  } finally {
+    fs.writeFileSync(stopFile, '');
+  }
+  const out = await streams;
+  const lines = out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { summary?: boolean; ok?: boolean; failed?: unknown[]; round_ms?: Array<[number, number]> });
+  const results = lines.filter((l) => !l.summary);
+  const took = active('n2') ? Number(active('n2')!.time) - killAt : NaN;
+  const stall = Math.max(0, ...results.flatMap((r) => (r.round_ms ?? []).filter(([s, e]) => e >= killAt && s <= killAt + 5000).map(([s, e]) => e - s)));
+  check(`${CONNECTIONS} connections streaming through n1 carry on through n2, byte-exact, none reset`, out.code === 0 && results.length === CONNECTIONS && results.every((r) => r.ok),
+    `n2 active ${took} ms after n1 died; longest round of a connection across it ${stall} ms`);
+  const freshResult = fresh?.stdout.trim() ? (JSON.parse(fresh.stdout.trim()) as { ok?: boolean; served_by?: string }) : {};
+  check('a new client after the takeover: accepted by n2, handed off to n3', freshResult.ok === true && freshResult.served_by === 'n3', fresh?.stderr.trim() ?? '');
+}
+
 export async function runDemo(opts: { prefix: string; dir: string; handoffs: number }): Promise<boolean> {
   const checks: Check[] = [];
   const check = (name: string, ok: boolean, detail = '') => {
@@ -120,6 +157,8 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
   const lab = await labUp({
     prefix: opts.prefix,
     dir: opts.dir,
+    // n2 is a backup distributor: the demo ends with n1's death.
+    backup: true,
     // n3's HTTP target takes one connection at a time, so the demo can show a refusal and a retry.
     // The routers log each accept and exchange at debug level: the timelines below are made of them.
     processes: (l) =>
@@ -212,6 +251,8 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
     const probes = (await Promise.all(probing)).map((r) => JSON.parse(r.stdout || '{}') as { ok?: boolean; probe_nodes?: string[] });
     const movedOne = probes.filter((p) => p.probe_nodes?.join(',') === 'n2,n3').length === 1;
     check('batonctl move: one live connection n2 → n3, its client never noticed', probes.every((p) => p.ok) && movedOne, probes.map((p) => (p.probe_nodes ?? []).join('→')).join(', '));
+
+    await backupTakesOver(lab, check);
   } finally {
     await labDown({ prefix: opts.prefix, dir: opts.dir });
   }

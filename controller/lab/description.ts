@@ -16,6 +16,8 @@ export const BRIDGE_NAME = 'br0';
 export const NODE_INTERFACE = 'eth0';
 export const NODE_NAMES = ['n1', 'n2', 'n3'] as const;
 export const DISTRIBUTOR = 'n1';
+/** The backup distributor of a lab with one (lab up --backup): an ordinary node, a target too, until it takes over. */
+export const BACKUP_DISTRIBUTOR = 'n2';
 export const DVIPA_PORTS = [80, 7000] as const;
 
 // Host numbers inside the subnet. The DVIPA sits in the same subnet so the client ARPs for it
@@ -60,7 +62,10 @@ export const LabDescriptionSchema = Type.Object(
     subnet: Cidr,
     bridge: Type.Object({ ns: NsName, name: IfName }, { additionalProperties: false }),
     dvipa: Type.Object({ address: Ipv4, ports: Type.Array(Port, { minItems: 1, uniqueItems: true }) }, { additionalProperties: false }),
+    /** The distributor at start (the first in the cluster file's distributors). */
     distributor: Type.Union(NODE_NAMES.map((n) => Type.Literal(n))),
+    /** Backup distributors (lab up --backup: n2), each with keepalived beside batond; absent: none. */
+    backups: Type.Optional(Type.Array(Type.Union(NODE_NAMES.map((n) => Type.Literal(n))), { maxItems: NODE_NAMES.length - 1, uniqueItems: true })),
     nodes: Type.Array(LabNodeSchema, { minItems: NODE_NAMES.length, maxItems: NODE_NAMES.length }),
     client: Type.Object({ ns: NsName, interface: IfName, address: Ipv4, mac: Mac, bridgePort: IfName }, { additionalProperties: false }),
     freeClientAddresses: Type.Object({ first: Ipv4, last: Ipv4 }, { additionalProperties: false }),
@@ -170,7 +175,7 @@ export function labMac(prefix: string, address: string): string {
 }
 
 /** The whole description of a lab, before anything is built. */
-export function describeLab(opts: { prefix: string; subnet: string; runDir: string; now?: Date }): LabDescription {
+export function describeLab(opts: { prefix: string; subnet: string; runDir: string; now?: Date; backup?: boolean }): LabDescription {
   const names = labNames(opts.prefix);
   const subnet = parseSubnet(opts.subnet);
   const nodes: LabNode[] = NODE_NAMES.map((name, i) => {
@@ -185,6 +190,7 @@ export function describeLab(opts: { prefix: string; subnet: string; runDir: stri
     bridge: { ns: names.switchNs, name: BRIDGE_NAME },
     dvipa: { address: subnetHost(subnet, HOST.dvipa), ports: [...DVIPA_PORTS] },
     distributor: DISTRIBUTOR,
+    ...(opts.backup ? { backups: [BACKUP_DISTRIBUTOR] } : {}),
     nodes,
     client: { ns: names.clientNs, interface: NODE_INTERFACE, address: clientAddress, mac: labMac(opts.prefix, clientAddress), bridgePort: 'client' },
     freeClientAddresses: { first: subnetHost(subnet, HOST.freeFirst), last: subnetHost(subnet, HOST.freeLast) },

@@ -54,6 +54,8 @@ export interface LabOptions {
   subnet?: string;
   /** What to run once the network is up (batond, example apps); started in order. */
   processes?: (lab: LabDescription) => ProcessSpec[];
+  /** n2 is a backup distributor (keepalived on n1 and n2 decides which is active). */
+  backup?: boolean;
 }
 
 export interface LabRef {
@@ -191,7 +193,7 @@ async function startAll(d: LabDescription, specs: ProcessSpec[]): Promise<void> 
 export async function labUp(opts: LabOptions): Promise<LabDescription> {
   const prefix = checkPrefix(opts.prefix ?? DEFAULT_PREFIX);
   const dir = path.resolve(opts.dir);
-  const d = describeLab({ prefix, subnet: opts.subnet ?? DEFAULT_SUBNET, runDir: runDirOf(dir) });
+  const d = describeLab({ prefix, subnet: opts.subnet ?? DEFAULT_SUBNET, runDir: runDirOf(dir), backup: opts.backup });
 
   // Refuse rather than repair: tearing down namespaces labUp did not make could kill someone's
   // running lab. A crashed one is cleared with labDown first.
@@ -344,4 +346,24 @@ export async function labStatus(opts: LabRef): Promise<LabStatus> {
     status.processes.push({ name: p.name, pid: p.pid, alive: p.pid !== undefined && isAlive(p.pid, prefix) });
   }
   return status;
+}
+
+/**
+ * A node dies, as a power cut would look from the segment: its link goes down, then every process
+ * in its namespace gets SIGKILL. The link first: a process that outlives another for a moment
+ * says goodbye otherwise (keepalived's VRRP child, its parent killed first, gets SIGTERM and sends
+ * a last advert with priority 0, which hands the DVIPA over at once: seen). The namespace stays,
+ * for labDown to remove.
+ */
+export async function killNode(lab: LabDescription, name: string): Promise<void> {
+  const node = lab.nodes.find((n) => n.name === name);
+  if (!node) throw new BatonError('E_LAB', `no node ${name} in lab ${lab.prefix}`, { step: 'kill-node' });
+  await ip(node.ns, ['link', 'set', node.interface, 'down'], { step: 'kill-node', timeoutMs: 5000 });
+  for (const pid of namespacePids(node.ns)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  }
 }

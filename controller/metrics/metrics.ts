@@ -25,6 +25,17 @@ export interface KernelView {
   targets(): number;
   /** Connections served here that their application closed and TCP has not finished yet. */
   closing(): number;
+  /** A distributor's part in replication and takeovers (distributor-role.ts); undefined on other nodes. */
+  distribution(): DistributionView | undefined;
+}
+
+export interface DistributionView {
+  /** Times this batond took over from another distributor. */
+  takeovers: number;
+  /** Entries the routing table kept at the last activation (the replica, less what this node serves itself). */
+  lastTakeoverEntries?: number;
+  /** While active: per backup, entries sent and not yet acknowledged. */
+  lag: Array<{ backup: string; lagEntries: number }>;
 }
 
 const MICRO = 1e-6;
@@ -147,6 +158,34 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(kernel.targets());
+      },
+    });
+    new Counter({
+      name: 'baton_takeovers_total',
+      help: 'Times this distributor became the active one while another had been (keepalived made it MASTER)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(kernel.distribution()?.takeovers ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'baton_takeover_reconciled_entries',
+      help: 'Routing-table entries this distributor kept when it last became active: its replica of the old one\'s table, less the connections it serves itself',
+      registers,
+      collect() {
+        const d = kernel.distribution();
+        if (d?.lastTakeoverEntries !== undefined) this.set(d.lastTakeoverEntries);
+      },
+    });
+    new Gauge({
+      name: 'baton_replication_lag_entries',
+      help: 'Active distributor: routing-table entries streamed to a backup and not yet acknowledged by it, by backup',
+      labelNames: ['backup'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of kernel.distribution()?.lag ?? []) this.set({ backup: s.backup }, s.lagEntries);
       },
     });
     new Gauge({

@@ -16,19 +16,22 @@ export interface OwnerTable {
 export class FlowOwnership {
   constructor(
     private readonly peers: PeerLinks,
-    private readonly distributor: string,
+    /** The active distributor, as this node knows it now (ha/active.ts). */
+    private readonly distributor: () => string,
     private readonly timeoutMs: number,
-    /** Set on the distributor: the table is here. */
-    private readonly local?: OwnerTable,
+    /** The table when it is here (this node is the active distributor), undefined otherwise. */
+    private readonly local: () => OwnerTable | undefined,
   ) {}
 
   /** Resolves when node serves flow by the distributor's routing table; rejects saying why not. */
   async confirm(node: string, flow: FlowKey, connId: string): Promise<void> {
-    if (this.local) {
-      if (!this.local.serves(node, flow)) throw new BatonError('E_REJECTED', `${node} does not serve this flow`, { connId, step: 'owner', node });
+    const local = this.local();
+    if (local) {
+      if (!local.serves(node, flow)) throw new BatonError('E_REJECTED', `${node} does not serve this flow`, { connId, step: 'owner', node });
       return;
     }
-    const answer = await askDistributor(this.peers, this.distributor, this.timeoutMs, { connId, op: 'owner', flow, target: node });
-    if (!answer.ok) throw new BatonError('E_REJECTED', `distributor ${this.distributor}: ${answer.reason ?? 'no reason'}`, { connId, step: 'owner', node: this.distributor });
+    const distributor = this.distributor();
+    const answer = await askDistributor(this.peers, distributor, this.timeoutMs, { connId, op: 'owner', flow, target: node });
+    if (!answer.ok) throw new BatonError('E_REJECTED', `distributor ${distributor}: ${answer.reason ?? 'no reason'}`, { connId, step: 'owner', node: distributor });
   }
 }

@@ -37,6 +37,32 @@ const Reason = Type.String({ maxLength: MAX_REASON });
 /** An abstract Unix socket name (without the leading NUL): printable, no spaces. */
 const FdAddress = Type.String({ minLength: 1, maxLength: 100, pattern: '^[!-~]+$' });
 
+/** A replication stream's id (ha/replication-source.ts): 64 random bits, new at every attach. */
+const ReplicaSession = Type.String({ pattern: '^[0-9a-f]{16}$' });
+/** A replication stream's message number: 1 for its first, one more for each after. Exact in a double. */
+const ReplicaSeq = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER });
+/**
+ * A routing-table entry as replication carries it: what XDP steers by. The per-entry counters stay
+ * behind: every write restarts them anyway (routing-table.ts).
+ */
+export const ReplicaEntrySchema = Type.Object(
+  {
+    state: Type.Union([Type.Literal('frozen'), Type.Literal('forward'), Type.Literal('released'), Type.Literal('finished')]),
+    node: U32,
+    mac: Type.String({ pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$' }),
+  },
+  { additionalProperties: false },
+);
+/**
+ * One flow's entry as it is now on the active distributor; null: it has none (removed). The null
+ * is spelled as a const too, as every other single value in these schemas is, so that tools that
+ * read the JSON Schema (the fuzzers' generators) see one allowed value.
+ */
+export const ReplicaChangeSchema = Type.Object({ flow: FlowSchema, entry: Type.Union([ReplicaEntrySchema, Type.Null({ const: null })]) }, { additionalProperties: false });
+export type ReplicaChange = Static<typeof ReplicaChangeSchema>;
+/** Entries one replica message carries at most (a frame's 64 KiB header bounds them further: ha/replication.ts). */
+export const MAX_REPLICA_CHANGES = 1024;
+
 const WindowSchema = Type.Object(
   { sndWl1: U32, sndWnd: U32, maxWindow: U32, rcvWnd: U32, rcvWup: U32 },
   { additionalProperties: false },
@@ -191,6 +217,28 @@ export const Schemas = {
     code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
     reason: Reason,
   }),
+  /**
+   * Active distributor → a backup distributor, on the backup's inbound peer link: the routing table,
+   * so that at takeover the backup's XDP program forwards every existing connection from the first
+   * packet (controller/ha/replication.ts). One stream per attach, named by session; seq counts its
+   * messages from 1 without a gap. snapshot: a page of the table walk; snapshot-end: the walk is
+   * over, count the entries its pages carried (changes empty); changes: entries as they are after
+   * a change, in the order made.
+   */
+  replica: message('replica', {
+    session: ReplicaSession,
+    seq: ReplicaSeq,
+    kind: Type.Union([Type.Literal('snapshot'), Type.Literal('snapshot-end'), Type.Literal('changes')]),
+    changes: Type.Array(ReplicaChangeSchema, { maxItems: MAX_REPLICA_CHANGES }),
+    count: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+  }),
+  /** Backup → active, on the same link: every message of session up to seq is applied to the backup's table. */
+  'replica-ack': message('replica-ack', { session: ReplicaSession, seq: ReplicaSeq }),
+  /**
+   * A distributor → every peer, at each change of its role and every heartbeat: whether it is the
+   * active distributor, and since when (ms since the epoch; 0 while it stands by). ha/active.ts.
+   */
+  distributor: message('distributor', { node: Name, active: Type.Boolean(), since: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }) }),
 } as const;
 
 export type MessageType = keyof typeof Schemas;
@@ -201,6 +249,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
   decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
+  replica: 0, 'replica-ack': 0, distributor: 0,
 };
 
 const checks = Object.fromEntries(
@@ -211,8 +260,8 @@ const checks = Object.fromEntries(
 export const Accepts = {
   agentFromRouter: ['hello', 'handoff', 'closed'],
   agentFromTarget: ['hello', 'decided', 'release', 'moved'],
-  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners', 'probe'],
-  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed', 'probed'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners', 'probe', 'replica', 'distributor'],
+  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed', 'probed', 'replica-ack'],
   router: ['welcome', 'done', 'failed'],
   target: ['welcome', 'decide', 'transferred', 'abort', 'move'],
 } as const satisfies Record<string, readonly MessageType[]>;

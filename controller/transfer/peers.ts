@@ -8,7 +8,7 @@ import { logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { Channel, PendingReplies } from './channel.js';
-import { Accepts } from './messages.js';
+import { Accepts, type Message } from './messages.js';
 import { expectNode, PEER_TLS_OPTIONS, type PeerTlsMaterial } from './peer-tls.js';
 
 type PeerReply = (typeof Accepts.peerReplies)[number];
@@ -21,6 +21,8 @@ export interface PeerLink {
 
 export class PeerLinks {
   private readonly links = new Map<string, Promise<PeerLink>>();
+  /** A backup distributor's acknowledgement of the replication stream sent on our link to it (ha/replication-source.ts). */
+  onReplicaAck: (node: string, msg: Message<'replica-ack'>) => void = () => undefined;
 
   constructor(
     private readonly config: ClusterConfig,
@@ -79,7 +81,9 @@ export class PeerLinks {
           resolve({ node, channel, replies });
           return;
         }
-        replies.deliver(d);
+        // Not the answer to a request: the backup's progress on the stream this node sends it.
+        if (d.msg.type === 'replica-ack') this.onReplicaAck(node.name, d.msg);
+        else replies.deliver(d);
       });
       channel.on('close', (err) => {
         clearTimeout(timer);

@@ -1,5 +1,5 @@
-// How a handoff changes the distributor's routing table: directly when this node is the
-// distributor, over the peer link otherwise (a connection moving on from the node that serves it).
+// How a handoff changes the distributor's routing table: directly when this node is the active
+// distributor, over the peer link to the active one otherwise (a connection moving on from the node that serves it).
 // Either way the distributor's RouteService checks that the requester owns the flow.
 import { BatonError } from '../errors.js';
 import type { FlowKey } from '../flow.js';
@@ -48,10 +48,50 @@ export class LocalRoutes implements RouteWriter {
   }
 }
 
+/**
+ * The table wherever the active distributor is, asked at each call: this node's own while it is
+ * active (local() gives its routes then), over the peer link to the active one otherwise.
+ */
+export class ActiveRoutes implements RouteWriter {
+  constructor(
+    private readonly local: () => RouteWriter | undefined,
+    private readonly remote: RouteWriter,
+  ) {}
+
+  private pick(): RouteWriter {
+    return this.local() ?? this.remote;
+  }
+
+  admit(flow: FlowKey, connId: string): Promise<void> {
+    return this.pick().admit(flow, connId);
+  }
+
+  freeze(flow: FlowKey, connId: string): Promise<void> {
+    return this.pick().freeze(flow, connId);
+  }
+
+  forward(flow: FlowKey, target: string, connId: string): Promise<void> {
+    return this.pick().forward(flow, target, connId);
+  }
+
+  unfreeze(flow: FlowKey, connId: string): Promise<void> {
+    return this.pick().unfreeze(flow, connId);
+  }
+
+  release(flow: FlowKey, connId: string): Promise<void> {
+    return this.pick().release(flow, connId);
+  }
+
+  finished(flow: FlowKey, connId: string): Promise<void> {
+    return this.pick().finished(flow, connId);
+  }
+}
+
 export class RemoteRoutes implements RouteWriter {
   constructor(
     private readonly peers: PeerLinks,
-    private readonly distributor: string,
+    /** The active distributor, as this node knows it now (ha/active.ts). */
+    private readonly distributor: () => string,
     private readonly timeoutMs: number,
   ) {}
 
@@ -79,9 +119,10 @@ export class RemoteRoutes implements RouteWriter {
   }
 
   private async ask(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
-    const answer = await askDistributor(this.peers, this.distributor, this.timeoutMs, { connId, op, flow, ...(target ? { target } : {}) });
+    const distributor = this.distributor();
+    const answer = await askDistributor(this.peers, distributor, this.timeoutMs, { connId, op, flow, ...(target ? { target } : {}) });
     if (!answer.ok) {
-      throw new BatonError('E_HANDOFF_STATE', `distributor ${this.distributor} refused ${op}: ${answer.reason ?? 'no reason'}`, { connId, step: op, node: this.distributor });
+      throw new BatonError('E_HANDOFF_STATE', `distributor ${distributor} refused ${op}: ${answer.reason ?? 'no reason'}`, { connId, step: op, node: distributor });
     }
   }
 }

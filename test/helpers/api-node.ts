@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { AgentAdmin } from '../../controller/agent/admin.js';
+import { ActiveDistributor } from '../../controller/ha/active.js';
 import { type AddressHolder, DvipaSet } from '../../controller/agent/dvipa-set.js';
 import { TransferLog } from '../../controller/agent/transfer-log.js';
 import { createApiServer } from '../../controller/api/server.js';
@@ -35,7 +36,7 @@ export function testCluster(opts: { stateDir: string; addresses: [string, string
   });
   const dvipa = opts.dvipa ?? { address: '10.203.0.10', port: 7000 };
   return parseClusterConfig({
-    version: 1, instance: 'apitest', dvipa: { address: dvipa.address, ports: [dvipa.port] }, dvipaCidrs: ['10.203.0.0/24'], distributor: 'n1', stateDir: opts.stateDir,
+    version: 1, instance: 'apitest', dvipa: { address: dvipa.address, ports: [dvipa.port] }, dvipaCidrs: ['10.203.0.0/24'], distributors: ['n1'], stateDir: opts.stateDir,
     controlPort: 4701, tls: { caFile: path.join(certs, 'ca.crt') },
     api: { port: opts.apiPort, tokenFile: path.join(opts.stateDir, 'api-tokens'), ...(opts.plaintext ? { insecurePlaintext: true } : {}) },
     xdpMode: 'generic', handoffStepTimeoutMs: 2000, releaseGraceMs: 3000,
@@ -85,7 +86,7 @@ export async function apiNode(opts: {
   // Offers from the distributor need no confirmation; this node has no peer links to ask it about others'.
   const relay = new TargetRelay(log, 60_000, opts.sockets ?? NO_OFFERS, {
     isDvipa: (address) => dvipas.has(address),
-    distributor: config.distributor,
+    distributor: () => config.distributors[0]!,
     confirmOwner: async (node) => {
       throw new Error(`this test node cannot ask the distributor whether ${node} serves a flow`);
     },
@@ -96,8 +97,8 @@ export async function apiNode(opts: {
   const control = new ControlServer({ node: self.name, port: 0, secret: Buffer.from('0'.repeat(64)), dvipaPorts: () => dvipas.ports(), directory, log, applications: relay.applications });
   const transfers = new TransferLog();
   // Not the distributor: no XDP, no routing table.
-  const metrics = new AgentMetrics(self.name, { xdp: () => undefined, routingTable: () => undefined, quotaRefused: () => ({}), targets: () => directory.all().length, closing: () => 0 });
-  const admin = new AgentAdmin({ config, self, startedAt: Date.now(), steering: undefined, relay, directory, control, transfers, metrics, log, dvipas });
+  const metrics = new AgentMetrics(self.name, { xdp: () => undefined, routingTable: () => undefined, quotaRefused: () => ({}), targets: () => directory.all().length, closing: () => 0, distribution: () => undefined });
+  const admin = new AgentAdmin({ config, self, startedAt: Date.now(), steering: undefined, relay, directory, control, transfers, metrics, log, dvipas, table: () => undefined, active: new ActiveDistributor(config, self.name) });
   const app = await createApiServer({ admin, metrics, config, operators: opts.operators ?? testOperators(), tls: opts.tls, log });
   await app.ready();
   return {

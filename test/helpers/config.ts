@@ -5,7 +5,7 @@ export const sampleConfig = (): ClusterConfig => ({
   version: 1,
   instance: 'lab',
   dvipa: { address: '10.203.0.10', ports: [80, 7000] },
-  distributor: 'n1',
+  distributors: ['n1'],
   controlPort: 4701,
   api: { port: 4702, tokenFile: '/etc/baton/api-token' },
   tls: { caFile: '/etc/baton/ca.crt' },

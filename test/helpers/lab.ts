@@ -16,7 +16,10 @@ export interface RunningLab {
   down(): Promise<void>;
 }
 
-export async function startLab(opts: LabProcessOptions = {}): Promise<RunningLab> {
+/** What a test's lab runs (LabProcessOptions), and whether n2 is a backup distributor. */
+export type TestLabOptions = LabProcessOptions & { backup?: boolean };
+
+export async function startLab(opts: TestLabOptions = {}): Promise<RunningLab> {
   const prefix = `bt${randomBytes(3).toString('hex')}`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
   let specs: ReturnType<typeof labProcesses> = [];
@@ -25,7 +28,7 @@ export async function startLab(opts: LabProcessOptions = {}): Promise<RunningLab
     fs.rmSync(dir, { recursive: true, force: true });
   };
   try {
-    const lab = await labUp({ prefix, dir, processes: (l) => (specs = labProcesses(l, opts)) });
+    const lab = await labUp({ prefix, dir, backup: opts.backup, processes: (l) => (specs = labProcesses(l, opts)) });
     await waitUntilReady(lab, specs);
     return { lab, dir, down };
   } catch (err) {
@@ -50,7 +53,7 @@ function printLogTails(runDir: string, chars = 3000): void {
 }
 
 /** One lab for the calling test file: built before its tests, torn down after them, whatever happened. */
-export function useLab(opts: LabProcessOptions = {}): LabFixture {
+export function useLab(opts: TestLabOptions = {}): LabFixture {
   // Tests read a process's log as soon as a client has its answer: the lab's processes (which
   // inherit this environment) must have written the line before they sent the bytes.
   process.env.BATON_LOG_SYNC = '1';

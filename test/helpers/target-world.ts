@@ -65,7 +65,7 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
   const orphans: Array<{ flow: FlowKey; connId: string }> = [];
   const policy: OfferPolicy = {
     isDvipa: (address) => address === DVIPA,
-    distributor: 'n1',
+    distributor: () => 'n1',
     confirmOwner: (node, flow, connId) =>
       new Promise<void>((resolve, reject) => {
         asked.push({

@@ -55,7 +55,7 @@ export function connectionRoutes(ctx: ApiContext): FastifyPluginAsync {
         if (servedBy === to) throw new BatonError('E_HANDOFF_STATE', `connection ${id} is already served on ${to}`, { step: 'move' });
         if (servedBy) return ctx.forward(servedBy, request, reply);
         // Only the distributor knows every transferred connection: ask it, unless it is us.
-        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
         throw new BatonError('E_NOT_FOUND', `no transferred connection ${id}`, { step: 'move' });
       },
     );

@@ -52,7 +52,7 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
           await ctx.admin.addDvipa(request.body);
           return { address: request.body.address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
         }
-        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
         await ctx.admin.addDvipa(request.body);
         return { address: request.body.address, ...(await fanOut(request, 'POST', '/v1/dvipas', request.body)) };
       },
@@ -76,7 +76,7 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
           await ctx.admin.removeDvipa(address, true);
           return { address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
         }
-        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
         await ctx.admin.removeDvipa(address, request.query.force);
         return { address, ...(await fanOut(request, 'DELETE', `/v1/dvipas/${address}`)) };
       },

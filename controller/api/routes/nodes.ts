@@ -32,8 +32,8 @@ export function nodeRoutes(ctx: ApiContext): FastifyPluginAsync {
         const node = request.params.name;
         const target = ctx.config.nodes.find((n) => n.name === node);
         if (!target) throw new BatonError('E_NOT_FOUND', `node ${node} is not in the cluster`, { step: 'drain' });
-        if (node === ctx.config.distributor) throw new BatonError('E_HANDOFF_STATE', `${node} is the distributor: it serves no transferred connections`, { step: 'drain' });
-        if (!ctx.admin.isDistributor) return ctx.forward(ctx.config.distributor, request, reply);
+        if (node === ctx.admin.distributor) throw new BatonError('E_HANDOFF_STATE', `${node} is the distributor: it serves no transferred connections`, { step: 'drain' });
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
 
         const caller = ctx.callerOf(request);
         const call = (on: string, method: string, path: string, body: unknown) => ctx.forwarder.send(ctx.config.nodes.find((x) => x.name === on)!, { method, path, body }, caller);

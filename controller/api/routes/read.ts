@@ -4,11 +4,16 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { connectionId } from '../../flow.js';
 import type { ApiContext } from '../server.js';
-import { ClusterNodeSchema, DvipaSchema, NodeSchema, StatsSchema, TargetInfoSchema, TransferSchema } from '../schemas.js';
+import { ClusterNodeSchema, DistributionSchema, DvipaSchema, NodeSchema, StatsSchema, TargetInfoSchema, TransferSchema } from '../schemas.js';
 
 export function readRoutes(ctx: ApiContext): FastifyPluginAsync {
   return async (app) => {
     app.get('/v1/node', { schema: { summary: 'This node: identity, role, uptime, XDP program. Open to anyone (the health check)', tags: ['cluster'], security: [], response: { 200: NodeSchema } } }, async () => ctx.admin.node());
+    app.get(
+      '/v1/status',
+      { schema: { summary: 'Who distributes the DVIPAs: the active distributor, its backups, replication sequence and lag, takeovers', tags: ['cluster'], response: { 200: DistributionSchema } } },
+      async () => ctx.admin.distribution(),
+    );
     app.get(
       '/v1/nodes',
       { schema: { summary: 'The cluster as this node sees it (reachable: its batond reported within the expiry)', tags: ['cluster'], response: { 200: Type.Object({ nodes: Type.Array(ClusterNodeSchema) }) } } },

@@ -27,8 +27,8 @@ export type OfferRefusal = (typeof OFFER_REFUSALS)[number];
 export interface OfferPolicy {
   /** Is this one of the cluster's virtual IPs (the config's, or one an operator added)? */
   isDvipa(address: string): boolean;
-  /** The distributor: it owns the routing table, so an offer it sends needs no confirmation. */
-  distributor: string;
+  /** The active distributor (ha/active.ts): it owns the routing table, so an offer it sends needs no confirmation. */
+  distributor: () => string;
   /**
    * Resolves once the distributor confirms that node serves flow (its routing table forwards the
    * flow there); rejects, saying why, when it does not or cannot say within the step timeout.

@@ -104,7 +104,7 @@ export class TargetHandoffs {
     this.transfers.set(connId, t);
     this.p.holdings.hold(app, 1);
     this.p.holdings.addShare(peerName, 1, bytes);
-    if (peerName === this.p.policy.distributor) return this.owner(t);
+    if (peerName === this.p.policy.distributor()) return this.owner(t);
     this.p.policy.confirmOwner(peerName, t.flow, connId).then(
       () => this.owner(t),
       (err: unknown) => this.notOwner(t, err),

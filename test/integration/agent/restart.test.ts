@@ -6,12 +6,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { LINE_PORT, labProcesses } from '../../../controller/lab/cluster.js';
+import { labProcesses } from '../../../controller/lab/cluster.js';
 import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
-import type { LabDescription } from '../../../controller/lab/description.js';
 import { startProcess, stopProcess } from '../../../controller/lab/processes.js';
-import { repoRoot } from '../../../controller/paths.js';
 import { useLab } from '../../helpers/lab.js';
+import { parseStreams, type StreamResult, streamsClient } from '../../helpers/streams.js';
 
 const running = useLab();
 
@@ -23,24 +22,6 @@ const AFTER_MS = 2000;
 /** Each connection, every 100 ms: GET and PUT of 16 KiB. */
 const ROUND_BYTES = 16384;
 const ROUND_INTERVAL_S = 0.1;
-
-interface StreamResult {
-  conn: number;
-  user: string;
-  ok: boolean;
-  served_by?: string;
-  rounds: number;
-  get_bytes: number;
-  put_bytes: number;
-  error?: string;
-  /** [start, end] of every GET+PUT round, epoch ms. */
-  round_ms?: Array<[number, number]>;
-}
-
-/** One python process, every connection its own socket through the usual login and handoff. */
-function streamsClient(lab: LabDescription, args: string[]): string[] {
-  return ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
-}
 
 describe('restarting the distributor\'s batond', () => {
   it(`${CONNECTIONS} transferred connections streaming both ways carry on through the restart, byte-exact`, { timeout: 90_000 }, async () => {
@@ -89,9 +70,7 @@ describe('restarting the distributor\'s batond', () => {
       fs.writeFileSync(stopFile, '');
     }
     const out = await client;
-    const lines = out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as StreamResult & { summary?: boolean; failed?: unknown[] });
-    const summary = lines.find((l) => l.summary);
-    const results = lines.filter((l) => !l.summary);
+    const { results, summary } = parseStreams(out.stdout);
     expect(summary, out.stderr).toBeDefined();
     expect(summary!.failed).toEqual([]);
     expect(results).toHaveLength(CONNECTIONS);

@@ -1,6 +1,7 @@
 // GET /v1/stats on a distributor, through the real API server: fastify serialises a response
 // through its schema and drops what the schema does not declare, so every field the admin
 // returns must come out the other side.
+import { ActiveDistributor } from '../../../controller/ha/active.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,7 +37,7 @@ describe('GET /v1/stats', () => {
     const node = await apiNode({ config, self: 'n1', log });
     const self = config.nodes[0]!;
     const dvipas = new DvipaSet(config.dvipa, path.join(stateDir, 'dvipas.json'), { hold: async () => undefined, release: async () => undefined }, new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, []));
-    const admin = new AgentAdmin({ config, self, startedAt: Date.now(), relay: node.relay, directory: node.directory, control: node.control, transfers: node.transfers, metrics: node.metrics, log, dvipas, table: routes });
+    const admin = new AgentAdmin({ config, self, startedAt: Date.now(), relay: node.relay, directory: node.directory, control: node.control, transfers: node.transfers, metrics: node.metrics, log, dvipas, table: () => routes, active: new ActiveDistributor(config, 'n1') });
     const app = await createApiServer({ admin, metrics: node.metrics, config, operators: testOperators(), log });
     try {
       const res = await app.inject({ method: 'GET', url: '/v1/stats', headers: { authorization: `Bearer ${READ_TOKEN}` } });

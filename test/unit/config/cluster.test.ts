@@ -14,7 +14,7 @@ describe('cluster config', () => {
   });
 
   it.each([
-    ['a distributor that is not a node', (c: any) => (c.distributor = 'n9'), /\/distributor: n9 is not one of the nodes/],
+    ['a distributor that is not a node', (c: any) => (c.distributors = ['n1', 'n9']), /\/distributors\/1: n9 is not one of the nodes/],
     ['a malformed MAC', (c: any) => (c.nodes[0].mac = '02:00'), /f.json: \/nodes\/0\/mac/],
     ['a DVIPA that is not IPv4', (c: any) => (c.dvipa.address = '10.0.0.300'), /\/dvipa\/address: 10.0.0.300 is not an IPv4 address/],
     ['duplicate node ids', (c: any) => (c.nodes[1].id = 1), /duplicate id 1/],

@@ -27,7 +27,7 @@ describe('vagrant/cluster.yaml', () => {
   it('describes the Vagrant topology: n1 distributes, n2 and n3 serve', () => {
     const config = readClusterConfig(configPath);
     expect(config.nodes.map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
-    expect(config.distributor).toBe('n1');
+    expect(config.distributors).toEqual(['n1']);
   });
 
   it('puts the DVIPA, every node and the Vagrantfile\'s client in one subnet: XDP_TX only reaches the same L2 segment', () => {

@@ -1,0 +1,33 @@
+// Many streaming connections through the line protocol, in one python process
+// (examples/clients/line_streams.py): the client the restart and takeover tests keep busy while
+// they take a distributor away.
+import path from 'node:path';
+import { LINE_PORT } from '../../controller/lab/cluster.js';
+import type { LabDescription } from '../../controller/lab/description.js';
+import { repoRoot } from '../../controller/paths.js';
+
+/** One connection's report. */
+export interface StreamResult {
+  conn: number;
+  user: string;
+  ok: boolean;
+  served_by?: string;
+  rounds: number;
+  get_bytes: number;
+  put_bytes: number;
+  error?: string;
+  /** [start, end] of every GET+PUT round, epoch ms. */
+  round_ms?: Array<[number, number]>;
+}
+
+/** The argv, every connection its own socket through the usual login and handoff. */
+export function streamsClient(lab: LabDescription, args: string[]): string[] {
+  return ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
+}
+
+/** Its output: the connections' reports and the summary line (undefined when the client never got that far). */
+export function parseStreams(stdout: string): { results: StreamResult[]; summary?: { failed: unknown[] } } {
+  const lines = stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as StreamResult & { summary?: boolean; failed?: unknown[] });
+  const summary = lines.find((l) => l.summary);
+  return { results: lines.filter((l) => !l.summary), ...(summary ? { summary: { failed: summary.failed ?? [] } } : {}) };
+}
