@@ -3,6 +3,7 @@
 // measures with its own clock. Each subcommand prints one JSON object on stdout and stops by itself:
 // every wait has a time bound.
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -437,6 +438,67 @@ program
       results.push({ firstByteUs, longestWaitUs, handoffUs, putsDuringHandoff, stallUs });
     }
     print({ results });
+  });
+
+program
+  .command('first-served')
+  .description('a new connection every --every-ms (each its own login) until one is greeted by --expect-node: the first client served, e.g. after a takeover')
+  .requiredOption('--host <address>')
+  .requiredOption('--port <port>')
+  .option('--user <name>', 'user', 'bob')
+  .option('--expect-node <node>', 'the node whose greeting counts', 'n3')
+  .option('--every-ms <ms>', 'a new attempt this often, earlier ones left running', '50')
+  .option('--attempt-timeout-ms <ms>', 'bound on each attempt', '3000')
+  .option('--bound-ms <ms>', 'no new attempt after this long', '15000')
+  .option('--start-file <path>', 'the first attempt once this file exists (polled every ms; the process is started earlier, so its own start is not timed)')
+  .option('--start-within-ms <ms>', 'bound on the wait for --start-file', '30000')
+  .action(async (o: { host: string; port: string; user: string; expectNode: string; everyMs: string; attemptTimeoutMs: string; boundMs: string; startFile?: string; startWithinMs: string }) => {
+    for (const deadline = Date.now() + Number(o.startWithinMs); o.startFile && !fs.existsSync(o.startFile); await sleep(1)) {
+      if (Date.now() > deadline) {
+        print({ ok: false, error: `${o.startFile} did not appear within ${o.startWithinMs} ms` });
+        process.exit(1);
+      }
+    }
+    // Epoch milliseconds, comparable with the lab's log lines and the suite's clock.
+    const startedAtMs = Date.now();
+    const timeout = Number(o.attemptTimeoutMs);
+    const errors = new Map<string, number>();
+    const sockets = new Set<net.Socket>();
+    let served: { servedAtMs: number; attemptStartedAtMs: number; attempt: number } | undefined;
+    let attempts = 0;
+    let pending = 0;
+    const attempt = async (i: number) => {
+      const t = Date.now();
+      let s: net.Socket | undefined;
+      pending++;
+      try {
+        s = await connect(o.host, Number(o.port), timeout);
+        sockets.add(s);
+        const got = await login(new Reader(s), o.user, timeout);
+        if (got.node !== o.expectNode) throw new Error(`greeted by ${got.node}`);
+        served ??= { servedAtMs: Date.now(), attemptStartedAtMs: t, attempt: i };
+      } catch (err) {
+        // One given up on once another was served is not an error.
+        if (!served) {
+          const why = (err as Error).message.replace(/\d+/g, 'N');
+          errors.set(why, (errors.get(why) ?? 0) + 1);
+        }
+      } finally {
+        pending--;
+        if (s) {
+          sockets.delete(s);
+          s.destroy();
+        }
+      }
+    };
+    // New attempts until one is served or the bound has passed; then the last ones may still answer.
+    while (!served && (Date.now() - startedAtMs < Number(o.boundMs) || pending > 0)) {
+      if (Date.now() - startedAtMs < Number(o.boundMs)) void attempt(attempts++);
+      await sleep(Number(o.everyMs));
+    }
+    for (const s of sockets) s.destroy();
+    print({ ok: served !== undefined, startedAtMs, ...served, attempts, errors: Object.fromEntries(errors) });
+    process.exit(0);
   });
 
 program.parseAsync().catch((err: unknown) => {

@@ -25,6 +25,8 @@ export { CONTROL_PORT, HTTP_PORT, LINE_PORT };
 export interface BenchLab {
   lab: LabDescription;
   dir: string;
+  /** What the lab started, as started (arguments, environment): to start one of them again. */
+  specs: ProcessSpec[];
   node(name: string): LabDescription['nodes'][number];
   /** Runs argv in a lab namespace (nsenter, no shell), bounded; rejects on a non-zero exit. */
   exec(ns: string, argv: string[], timeoutMs?: number): Promise<string>;
@@ -147,24 +149,43 @@ function benchProcesses(lab: LabDescription): ProcessSpec[] {
   ];
 }
 
-export async function startBenchLab(opts: { prefix: string; dir: string; log: (s: string) => void }): Promise<BenchLab> {
+/** Labs up now, whoever started them: what an interrupted suite must tear down. */
+export const liveLabs = new Set<BenchLab>();
+
+export interface BenchLabOptions {
+  prefix: string;
+  dir: string;
+  log: (s: string) => void;
+  /** n2 is a backup distributor: keepalived on n1 and n2, n1 preferred (docs/operations.md). */
+  backup?: boolean;
+  /** The baselines (plain servers, HAProxy); default true. */
+  baselines?: boolean;
+  /** The example routers and targets; default true. Without them, batond (and keepalived) only. */
+  examples?: boolean;
+}
+
+export async function startBenchLab(opts: BenchLabOptions): Promise<BenchLab> {
   const dir = path.resolve(opts.dir);
+  const baselines = opts.baselines ?? true;
   // A lab of this prefix left by an interrupted run would make labUp refuse: clear it first.
   await labDown({ prefix: opts.prefix, dir });
   let specs: ProcessSpec[] = [];
   const lab = await labUp({
     prefix: opts.prefix,
     dir,
+    backup: opts.backup,
     processes: (l) => {
       // The rate benchmark keeps up to a few hundred connections from the one client address in
       // the routing phase at once; the default per-source bound (64) is for the internet. The same
       // address stands for every client here: its handed-off connections (thousands a second,
       // each lingering releaseGraceMs after its close) are bounded by the table, not by the
       // per-source quota (4096 by default).
-      const examples = labProcesses(l, { extraArgs: { 'n1-line-router': ['--routing-max-per-source', '4096'] }, limits: { entriesPerSource: 262_144 } });
+      // A backup distributor runs the routing applications too: the same bound there.
+      const perSource = ['--routing-max-per-source', '4096'];
+      const examples = labProcesses(l, { examples: opts.examples ?? true, extraArgs: { 'n1-line-router': perSource, ...(opts.backup ? { 'n2-line-router': perSource } : {}) }, limits: { entriesPerSource: 262_144 } });
       // The handoff timings are read from the routers' info-level log lines, whatever level the
       // caller's environment asks for (make bench quiets the suite's own logger).
-      specs = [...examples, ...benchProcesses(l)].map((s) => ({ ...s, env: { ...s.env, BATON_LOG_LEVEL: 'info' } }));
+      specs = [...examples, ...(baselines ? benchProcesses(l) : [])].map((s) => ({ ...s, env: { ...s.env, BATON_LOG_LEVEL: 'info' } }));
       return specs;
     },
   });
@@ -175,6 +196,7 @@ export async function startBenchLab(opts: { prefix: string; dir: string; log: (s
   const bench: BenchLab = {
     lab,
     dir,
+    specs,
     node: (name) => {
       const n = lab.nodes.find((x) => x.name === name);
       if (!n) throw new Error(`no node ${name}`);
@@ -193,15 +215,21 @@ export async function startBenchLab(opts: { prefix: string; dir: string; log: (s
       return JSON.parse(line) as T;
     },
     pids: (ns) => namespacePids(ns),
-    down: () => labDown({ prefix: opts.prefix, dir }),
+    down: async () => {
+      await labDown({ prefix: opts.prefix, dir });
+      liveLabs.delete(bench);
+    },
   };
+  liveLabs.add(bench);
   try {
     await waitUntilReady(lab, specs);
     const [n1, n2, n3] = lab.nodes;
-    await bench.client(
-      ['probe', '--targets', [`${n2!.address}:${PLAIN_LINE_PORT}`, `${n2!.address}:${PLAIN_HTTP_PORT}`, `${n3!.address}:${PLAIN_HTTP_PORT}`, `${n1!.address}:${HAPROXY_LINE_PORT}`, `${n1!.address}:${HAPROXY_HTTP_PORT}`].join(',')],
-      30_000,
-    );
+    if (baselines) {
+      await bench.client(
+        ['probe', '--targets', [`${n2!.address}:${PLAIN_LINE_PORT}`, `${n2!.address}:${PLAIN_HTTP_PORT}`, `${n3!.address}:${PLAIN_HTTP_PORT}`, `${n1!.address}:${HAPROXY_LINE_PORT}`, `${n1!.address}:${HAPROXY_HTTP_PORT}`].join(',')],
+        30_000,
+      );
+    }
     // Thousands of short connections from one address: a wide port range and reuse of TIME_WAIT
     // ports, in the client's namespace only.
     await exec(lab.client.ns, ['sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000', 'net.ipv4.tcp_tw_reuse=1']);

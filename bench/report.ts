@@ -138,6 +138,12 @@ function chartOf(m: MetricResult): string {
     case 'batond-rss':
       markers.push({ label: 'goal (200 MB)', value: 200 / 1.048576 });
       break;
+    case 'takeover-first-connection': {
+      // Three moments after the kill, in the order they happen: medians over the runs.
+      const at = (k: string) => median((m.details?.[k] as number[] | undefined) ?? []);
+      bars.splice(0, bars.length, { label: "n2's batond active", value: at('n2ActiveMs') }, { label: 'first handoff by n2', value: m.median, baton: true }, { label: 'client greeted by n3', value: at('clientGreetedMs') });
+      break;
+    }
   }
   if (m.id === 'table-lookup') for (const b of bars) if (b.baton) b.label = m.title.replace(/^.* at /, '');
   return barChart(m.title, m.unit, bars, markers);
@@ -286,6 +292,62 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
       out.push('The user-space column is what batond pays per lookup (one bpf() syscall through koffi) with random keys, so it includes cache misses at every size; the program column repeats each key in the kernel and runs warm; the per-flow-in-turn column is the other end, one run per flow in a random order (the timing of the test run itself included). The program and user-space columns stay flat from 1k to 1M entries: a hash-table lookup does not slow down with size. The per-flow column grows as the table outgrows the CPU caches: at 1k entries its 10,000 runs revisit each entry about ten times and find it cached, at 100k and 1M most entries were last touched long before.');
       break;
     }
+    case 'takeover-stall': {
+      const first = find(all, 'takeover-first-connection')?.details as Record<string, number[]> | undefined;
+      const maxes = d.maxPerRunMs as number[];
+      const p99s = d.p99PerRunMs as number[];
+      const before = m.comparisons[0];
+      out.push(
+        table(
+          ['run', "n2's batond active after the kill, ms", 'stall median ms', 'stall p99 ms', 'stall max ms', 'connections over 400 ms', 'before the kill, median ms'],
+          m.runs.map((x, i) => [String(i + 1), fmt(first?.n2ActiveMs?.[i]), fmt(x), fmt(p99s?.[i]), fmt(maxes?.[i]), `${fmt((d.over400MsPerRun as number[] | undefined)?.[i])} of ${fmt(d.connectionsPerRun as number)}`, fmt(before?.runs[i])]),
+        ),
+      );
+      const failed = d.failedConnections as number;
+      const total = (d.connectionsPerRun as number) * m.runs.length;
+      const active = median(first?.n2ActiveMs ?? []);
+      out.push(
+        `${failed === 0 ? `All ${fmt(total)} connections carried on through n2, byte-exact, none reset, and every one did rounds after the takeover` : `**${fmt(failed)} of ${fmt(total)} connections failed** (${(d.errors as string[]).join('; ')})`}. ` +
+          `A round normally takes a median ${fmt(before?.median)} ms (the same connections just before the kill); across the takeover the longest round of a connection took a median ${fmt(m.median)} ms. ` +
+          `Nothing steers the connections from the kill until keepalived on n2 has missed three adverts and takes the DVIPA with gratuitous ARP (with 100 ms adverts, about 0.3 s; n2's batond, told by keepalived through the FIFO, knew it was active a median ${fmt(active)} ms after the kill). Segments sent meanwhile are lost and wait for their sender's retransmission timer (at least 200 ms, doubling at every loss): a connection whose first retransmission reached n2 stalled about that long, one whose first retransmission still went to the dead n1 waited for the second, some 400 ms later (counted in the table's over-400-ms column). n2's steering needs no step of its own: the replica is in its map before the move.`,
+      );
+      break;
+    }
+    case 'takeover-first-connection': {
+      const at = (k: string) => (d[k] as number[] | undefined) ?? [];
+      out.push(
+        table(
+          ['run', "n2's batond active, ms", 'first handoff by n2, ms', 'client greeted by n3, ms', 'connections tried until then'],
+          m.runs.map((x, i) => [String(i + 1), fmt(at('n2ActiveMs')[i]), fmt(x), fmt(at('clientGreetedMs')[i]), fmt(at('attemptsUntilServed')[i])]),
+        ),
+      );
+      out.push(
+        `Every time is counted from the kill. n2's routing application listens all along (a backup runs it too); it can hand a connection off once the client's SYN reaches n2, which takes the gratuitous ARP that comes with keepalived's MASTER, and once n2's batond has taken the table over. The client counts its first greeting, including the connection and login that were under way; attempts started before the move (their SYN went to the dead n1) only retransmit after 1 s, so the first one served is one started after it.`,
+      );
+      break;
+    }
+    case 'replication-throughput': {
+      const arr = (k: string) => (d[k] as number[] | undefined) ?? [];
+      out.push(
+        table(
+          ['run', 'entries', 'snapshot ms', 'entries/s', "n1's batond CPU µs per entry", "n2's batond CPU µs per entry", "stream attached after n2's batond started, ms", "replica equal after n2's batond started, ms"],
+          m.runs.map((x, i) => [String(i + 1), fmt(d.entries as number), fmt(arr('snapshotMs')[i]), fmt(x), fmt(arr('n1CpuUsPerEntry')[i]), fmt(arr('n2CpuUsPerEntry')[i]), fmt(arr('attachAfterN2StartMs')[i]), fmt(arr('equalAfterN2StartMs')[i])]),
+        ),
+      );
+      const cpu = d.n1CpuUsPerEntryMedian as number;
+      const cpu2 = median(arr('n2CpuUsPerEntry'));
+      const secs = (d.entries as number) / m.median;
+      // Share of one core each batond used while the snapshot ran: µs per entry × entries per s.
+      const busy1 = (cpu * m.median) / 1e4;
+      const busy2 = (cpu2 * m.median) / 1e4;
+      out.push(
+        `The active distributor spent a median ${fmt(cpu)} µs of CPU per entry sent (${fmt((cpu * (d.entries as number)) / 1000)} ms for the ${fmt(d.entries as number)}-entry table): reading each entry from the map (two bpf() calls), encoding it and writing it to the TLS link, a page per turn of its event loop, so handoffs go on between pages. A backup that restarts or reconnects is complete again ${fmt(secs)} s after the stream attaches; until then it would take over with part of the table. ` +
+          `During the snapshot n1's batond used ${fmt(busy1)} % of a core and n2's ${fmt(busy2)} % (${fmt(cpu2)} µs per entry: decoding, writing each entry into its map, acknowledging, then the sweep)${busy2 >= 80 ? ': the backup applying the stream, one core\'s worth, is what bounds the rate, not the active distributor' : ''}. ` +
+          `The stream attaches at n1's next heartbeat after n2's batond is up (${fmt(median(arr('attachAfterN2StartMs')))} ms after its start, median), so from n2's start to an equal replica took ${fmt(median(arr('equalAfterN2StartMs')))} ms.` +
+          ((d.reconcilerMayHaveRun as boolean) ? ' In at least one run n1\'s reconciler (a walk of the whole table every 30 s) may have run during the snapshot and added to its CPU.' : ''),
+      );
+      break;
+    }
     case 'batond-rss': {
       const runs = (d.runs ?? []) as Array<Record<string, number>>;
       out.push(
@@ -316,7 +378,7 @@ export function renderReport(results: BenchResults, root: string): void {
   );
   lines.push('');
   lines.push(
-    'Everything runs in one namespace lab (`btbench`: a client, n1 distributing, n2 and n3, one bridge; [docs/lab.md](docs/lab.md)) on one machine, so the client, every node and every baseline share the same two cores: absolute numbers are this machine\'s, comparisons are made under the same conditions. Each measurement is repeated; comparisons run interleaved (Baton, baseline, Baton, baseline…) so that drift lands on both. Medians are the middle sample (mean of the two middle ones for an even count); p99 is the nearest-rank 99th percentile (an observed sample). Baselines: a plain server on n2 reached directly ("direct"), and HAProxy from the Debian package on n1 (`mode tcp` for bulk transfers, `mode http` routing by header for HTTP), started by the suite with the config it writes (`build/bench-lab/run/haproxy.cfg`).',
+    'Everything runs in one namespace lab (`btbench`: a client, n1 distributing, n2 and n3, one bridge; [docs/lab.md](docs/lab.md)) but the takeover group, which builds a lab of its own with n2 as backup distributor for each run (n1 dies in each), all on one machine, so the client, every node and every baseline share the same two cores: absolute numbers are this machine\'s, comparisons are made under the same conditions. Each measurement is repeated; comparisons run interleaved (Baton, baseline, Baton, baseline…) so that drift lands on both. Medians are the middle sample (mean of the two middle ones for an even count); p99 is the nearest-rank 99th percentile (an observed sample). Baselines: a plain server on n2 reached directly ("direct"), and HAProxy from the Debian package on n1 (`mode tcp` for bulk transfers, `mode http` routing by header for HTTP), started by the suite with the config it writes (`build/bench-lab/run/haproxy.cfg`).',
   );
   const bg = mc.backgroundAtStart;
   if (bg) {
