@@ -68,6 +68,8 @@ export class DistributorRole {
   /** The last replication session each inbound link carried: its close ends only that one. */
   private readonly sessions = new WeakMap<object, string>();
   private refusedStreams = 0;
+  /** The link the stream being applied arrives on (standby). */
+  private replicaLink?: Channel<MessageType>;
   /** Removes the close listeners this node's streams put on its links to the backups. */
   private readonly unlisten = new Map<string, () => void>();
   /** keepalived's word on this distributor's role, when there are backups. */
@@ -121,8 +123,13 @@ export class DistributorRole {
       return;
     }
     this.enter('active');
-    // What the active one was streaming here is the table now: nothing more is applied from it.
+    // What the active one was streaming here is the table now: nothing more is applied from it. Its
+    // link is closed too, so that it drops the stream: otherwise, with no change to send (a quiet
+    // table), it would never learn the session ended, and after this node stands down again its
+    // replica would stay what this node made of it, until the next change (seen: split brain).
     this.sink.close();
+    this.replicaLink?.close();
+    this.replicaLink = undefined;
     this.source = source;
     this.service = service;
     if (wasActive !== this.p.self.name && config.distributors.length > 1) this.takeovers++;
@@ -258,6 +265,7 @@ export class DistributorRole {
     if (!this.p.active.claimsActive(from) || this.p.active.name() !== from) return refuse('its sender is not the distributor this node believes active');
     if (!this.sessions.has(channel)) channel.once('close', () => this.sink.detach(from, this.sessions.get(channel)));
     this.sessions.set(channel, msg.session);
+    this.replicaLink = channel;
     const verdict = this.sink.receive(from, msg, (seq) => channel.send('replica-ack', { session: msg.session, seq }));
     if (!verdict.ok) channel.close();
   }

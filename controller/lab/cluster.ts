@@ -157,6 +157,11 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     argv: [node, js('controller/bin/batond.js'), '--config', clusterConfigPath(lab), '--node', n.name],
   }));
   // With a backup, keepalived on each distributor decides which one is active (docs/operations.md).
+  // The first distributor's must be MASTER first: with nopreempt, whichever node is MASTER first
+  // stays so, and started together two decide it by ~10 ms of priority skew, less than their
+  // start-up jitter (n2 won sometimes). The backups' start last and a second later, when the first
+  // has long claimed the DVIPA (0.3 s with 100 ms adverts).
+  const later: ProcessSpec[] = [];
   if (lab.backups?.length) {
     const cluster = clusterFromLab(lab);
     for (const name of cluster.distributors) {
@@ -168,10 +173,12 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
       if (!fs.existsSync(files.notifyFifo)) execFileSync('mkfifo', ['-m', '600', '--', files.notifyFifo]);
       // A keepalived that was killed leaves its pidfiles, and refuses to start while one names a live process (even a zombie not yet reaped).
       clearStalePidFiles(files);
-      specs.push({ name: `${name}-keepalived`, ns: n.ns, argv: keepalivedArgv(files) });
+      const spec: ProcessSpec = { name: `${name}-keepalived`, ns: n.ns, argv: keepalivedArgv(files) };
+      if (name === lab.distributor) specs.push(spec);
+      else later.push({ ...spec, startDelayMs: later.length === 0 ? 1000 : 0 });
     }
   }
-  if (opts.examples === false) return confine(specs, opts);
+  if (opts.examples === false) return confine([...specs, ...later], opts);
   // Targets on every node but the first distributor; a backup distributor (a target too) also
   // runs the routing applications, which get connections once it has taken the DVIPA over.
   const targetNodes = lab.nodes.filter((n) => n.name !== lab.distributor).map((n) => n.name);
@@ -202,7 +209,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
       specs.push({ name: `${n.name}-${instance}`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--instance', instance] });
     }
   }
-  return confine(specs, opts);
+  return confine([...specs, ...later], opts);
 }
 
 /** More arguments, then the privileges each process is started with (setpriv before node). */

@@ -173,6 +173,7 @@ function logTail(file: string, bytes = 2000): string {
 async function startAll(d: LabDescription, specs: ProcessSpec[]): Promise<void> {
   const started: StartedProcess[] = [];
   for (const s of specs) {
+    if (s.startDelayMs) await sleep(s.startDelayMs);
     const p = await startProcess(s, { runDir: d.runDir, lab: d.prefix });
     log.info({ lab: d.prefix, process: p.name, pid: p.pid, ns: p.ns }, 'lab process started');
     started.push(p);

@@ -24,6 +24,8 @@ export interface ProcessSpec {
   ns: string;
   argv: string[];
   env?: Record<string, string>;
+  /** Started this long after the processes before it in the list (labUp): an order that timing must not decide. */
+  startDelayMs?: number;
 }
 
 export const LAB_ENV = 'BATON_LAB';

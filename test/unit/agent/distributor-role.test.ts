@@ -544,6 +544,9 @@ describe('distributor role: the active one\'s stream on a standby', () => {
     expect(role.replication().replica).toMatchObject({ session: SESSION, ended: false });
     role.activate('keepalived: MASTER');
     expect(role.replication().replica).toBeUndefined(); // active: its table is no replica
+    // Its link closed at once: the old active drops the stream even with no change to send (a
+    // quiet table), and streams a fresh snapshot once this node stands by again.
+    expect(ch.closed).toBe(true);
     role.standDown('keepalived: BACKUP');
     expect(role.replication().replica).toMatchObject({ session: SESSION, ended: true, synced: false });
     // n2 still claims to be active (split brain, or its claim not yet lapsed): the session is what refuses.
