@@ -11,7 +11,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
-import { errorText } from '../input.js';
+import { logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
 import type { Channel } from '../transfer/channel.js';
@@ -62,6 +62,8 @@ export class NodeAgent {
   readonly active: ActiveDistributor;
   private steering?: Steering;
   private role?: DistributorRole;
+  /** Replication streams sent to this node, which is no distributor (a misconfigured peer). */
+  private strayReplicas = 0;
   private routes?: RouteWriter;
   private coordinator?: HandoffCoordinator;
   private links?: LinkMaker;
@@ -157,7 +159,7 @@ export class NodeAgent {
       replica: (from, msg, channel) => {
         if (this.role) this.role.replica(from, msg, channel as unknown as Channel<MessageType>);
         else {
-          this.log.warn({ from }, 'replication stream refused: this node is not a distributor');
+          if (logSparsely(++this.strayReplicas)) this.log.warn({ from, refused: this.strayReplicas }, 'replication stream refused: this node is not a distributor');
           channel.close();
         }
       },

@@ -101,8 +101,7 @@ export class RouteService {
       entriesPerSource: config.limits?.entriesPerSource ?? DEFAULT_ENTRIES_PER_SOURCE,
     };
     // The pinned table outlives batond: learn it once, and take up what its previous life left.
-    // Before any timer starts: a table that cannot be read (the constructor throws) leaves nothing
-    // that would write to it later (a standby's replica, when a takeover fails).
+    // Before any timer starts: a table that cannot be read leaves nothing to write to it later.
     try {
       for (const [flow, entry] of routes.entries()) this.adopt(flow, entry);
     } catch (err) {
@@ -110,15 +109,12 @@ export class RouteService {
       throw err;
     }
     if (this.ownAdopted > 0) this.log.info({ entries: this.ownAdopted }, 'entries for connections this node serves removed: its own kernel serves them as the distributor');
-    this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2));
-    this.sweeper.unref();
-    this.reconciler = setInterval(() => void this.reconcile(), RECONCILE_EVERY_MS);
-    this.reconciler.unref();
+    this.sweeper = setInterval(() => this.sweep(), Math.max(250, freezeLimitMs / 2)).unref();
+    this.reconciler = setInterval(() => void this.reconcile(), RECONCILE_EVERY_MS).unref();
   }
 
   private adopt(flow: FlowKey, entry: RouteEntry): void {
-    // A replica taken over (this node was a backup, and a target): what the table sent here is
-    // this kernel's own now, and steering it would send it back out of the interface it came in on.
+    // A replica taken over (this node was a backup and a target): this kernel's own flows now.
     if (entry.state !== 'frozen' && this.byId.get(entry.targetNode)?.name === this.self) {
       this.routes.remove(flow);
       this.ownAdopted++;
