@@ -111,6 +111,7 @@ describe('restarting the distributor\'s batond', () => {
     await restart('n1-batond', { 'n1-line-router': 1 });
     await restart('n2-batond', { 'n2-line-target': 2 });
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '100000', '--move', 'n3']), 30_000);
+    expect(r.stdout, r.stderr.slice(-2000)).not.toBe('');
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, served_by: 'n2', moves: ['OK n3'] });
   });
 });
