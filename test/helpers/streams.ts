@@ -2,6 +2,7 @@
 // (examples/clients/line_streams.py): the client the restart and takeover tests keep busy while
 // they take a distributor away.
 import path from 'node:path';
+import { expect } from 'vitest';
 import { LINE_PORT } from '../../controller/lab/cluster.js';
 import type { LabDescription } from '../../controller/lab/description.js';
 import { repoRoot } from '../../controller/paths.js';
@@ -23,6 +24,20 @@ export interface StreamResult {
 /** The argv, every connection its own socket through the usual login and handoff. */
 export function streamsClient(lab: LabDescription, args: string[]): string[] {
   return ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
+}
+
+/**
+ * What every test of a distributor going away asserts first: the client reported, every one of
+ * its connections ended well, and each moved exactly its rounds' bytes (roundBytes each way).
+ */
+export function expectAllCarriedOn(out: { stdout: string; stderr: string }, connections: number, roundBytes: number): StreamResult[] {
+  const { results, summary } = parseStreams(out.stdout);
+  expect(summary, out.stderr.slice(-3000)).toBeDefined();
+  expect(summary!.failed).toEqual([]);
+  expect(results).toHaveLength(connections);
+  expect(results.filter((r) => r.ok !== true)).toEqual([]);
+  for (const r of results) expect(r.get_bytes + r.put_bytes).toBe(r.rounds * 2 * roundBytes);
+  return results;
 }
 
 /** Its output: the connections' reports and the summary line (undefined when the client never got that far). */
