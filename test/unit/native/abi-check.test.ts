@@ -16,7 +16,7 @@ vi.mock('koffi', async (importOriginal) => {
   return { default: { ...real, load: () => stale } };
 });
 
-const { tcpState } = await import('../../../native/diag.js');
+const { servedFlows, tcpState } = await import('../../../native/diag.js');
 const { FdSocket } = await import('../../../native/fdpass.js');
 const { loadNative } = await import('../../../native/repair.js');
 
@@ -25,6 +25,7 @@ const stale = expect.objectContaining({ code: 'E_NATIVE', message: expect.string
 describe('a stale libbaton.so', () => {
   it.each([
     ['sock_diag (diag.ts)', () => tcpState({ family: 4, clientAddress: '10.0.0.1', clientPort: 40000, vipAddress: '10.0.0.10', vipPort: 7000 })],
+    ['the sock_diag dump (diag.ts)', () => servedFlows(4, '10.0.0.10')],
     ['descriptor passing (fdpass.ts)', () => FdSocket.pair()],
     ['TCP_REPAIR (repair.ts)', () => loadNative()],
   ])('is refused by the first call of %s, with what to do', (_what, call) => {
