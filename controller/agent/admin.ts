@@ -15,7 +15,7 @@ import type { Counter, RouteState, StatName } from './table-layout.js';
 import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
 import type { ActiveDistributor } from '../ha/active.js';
-import type { DistributorRole } from './distributor-role.js';
+import type { DistributorRole, HandOver } from './distributor-role.js';
 import type { RouteService } from './route-service.js';
 import { type IndexedRoute, parseCursor } from './table-index.js';
 import { MAX_PAGE } from './paged-map.js';
@@ -70,11 +70,11 @@ export interface AdminParts {
   log: Logger;
   dvipas: DvipaSet;
   /** The routing table as its RouteService keeps it (index, quotas), while this node is the active distributor. */
-  table(): Pick<RouteService, 'index' | 'limits' | 'quotaRefused' | 'tableSize'> | undefined;
+  table(): Pick<RouteService, 'index' | 'quotas' | 'tableSize'> | undefined;
   /** Which distributor is active, as this node knows it. */
   active: ActiveDistributor;
   /** This node's part as a distributor (distributor-role.ts); absent on other nodes. */
-  role?: Pick<DistributorRole, 'phase' | 'replication' | 'takeovers'>;
+  role?: Pick<DistributorRole, 'phase' | 'replication' | 'takeovers' | 'handOver'>;
 }
 
 /**
@@ -184,6 +184,21 @@ export class AgentAdmin {
     this.p.log.info({ address, force }, 'DVIPA removed by the operator');
   }
 
+  /**
+   * Gives the DVIPA to another distributor with no connection lost (distributor-role.ts
+   * handOver): the active distributor only. keepalived moves the cluster file's DVIPA; one added
+   * through the API is held on lo by every node and moves with nothing.
+   */
+  async moveDvipa(address: string, to: string): Promise<HandOver & { address: string }> {
+    const step = { step: 'dvipa-move', address };
+    if (!this.p.dvipas.has(address)) throw new BatonError('E_NOT_FOUND', `no DVIPA ${address}`, step);
+    if (address !== this.p.config.dvipa.address) throw new BatonError('E_HANDOFF_STATE', `keepalived moves the cluster file's DVIPA (${this.p.config.dvipa.address}), not one added through the API`, step);
+    if (!this.p.role) throw new BatonError('E_HANDOFF_STATE', `${this.p.self.name} is not a distributor`, step);
+    const moved = await this.p.role.handOver(to);
+    this.p.log.warn({ ...moved, address }, 'DVIPA moved by the operator');
+    return { address, ...moved };
+  }
+
   targets(): TargetInfo[] {
     return this.p.directory.all();
   }
@@ -242,8 +257,8 @@ export class AgentAdmin {
     if (!table) return undefined;
     return {
       ...table.tableSize(),
-      quota: { ...table.limits },
-      quotaRefused: { total: table.quotaRefused.get('total') ?? 0, perSource: table.quotaRefused.get('per-source') ?? 0 },
+      quota: { ...table.quotas.limits },
+      quotaRefused: { total: table.quotas.refused.get('total') ?? 0, perSource: table.quotas.refused.get('per-source') ?? 0 },
     };
   }
 

@@ -29,7 +29,8 @@ import { abandonAfterMs } from './bounds.js';
 import { type Prober, RouteService } from './route-service.js';
 import { ROUTES_MAX_ENTRIES_DEFAULT } from './table-layout.js';
 import type { Steering } from './xdp.js';
-import { vrrpInstanceName } from '../ha/keepalived.js';
+import { type KeepalivedPaths, vrrpInstanceName, writeTrackFile } from '../ha/keepalived.js';
+import { reconcileServed, type Served, type ServedTable } from '../ha/served.js';
 import { holdsAddress, VrrpState } from '../ha/vrrp-state.js';
 import type { DistributionView } from '../metrics/metrics.js';
 
@@ -53,6 +54,29 @@ export interface RoleParts {
   probe: Prober;
   /** Links to the other distributors, which the active one streams its table to. */
   peers: PeerLinks;
+  /** Which connections to the DVIPAs a node's kernel serves (this node's own included): ha/served.ts. */
+  served: (node: string) => Promise<Served[]>;
+}
+
+/** What a move of the DVIPA did (POST /v1/dvipas/:address/move). */
+export interface HandOver {
+  from: string;
+  to: string;
+  /** Connections this node serves itself that got an entry naming it, for the next distributor to steer here. */
+  ownEntries: number;
+  /** From the request until the other distributor said it is active. */
+  ms: number;
+}
+
+/** How long a move waits for the other distributor's replica to acknowledge the whole table. */
+const HANDOVER_SYNC_MS = 2000;
+/** How long a move waits for the other distributor to say it is active (keepalived there: a fraction of an advert; batond: a takeover). */
+const HANDOVER_TAKEN_MS = 3000;
+
+/** Whether cond holds within ms (checked every 5 ms: a move's steps take milliseconds). */
+async function holdsWithin(cond: () => boolean, ms: number): Promise<boolean> {
+  for (const deadline = Date.now() + ms; !cond(); await new Promise((r) => setTimeout(r, 5))) if (Date.now() > deadline) return false;
+  return true;
 }
 
 export class DistributorRole {
@@ -76,10 +100,13 @@ export class DistributorRole {
   private vrrp?: VrrpState;
   /** A start that found the DVIPA on the interface, waiting to hear the other distributors. */
   private settling?: NodeJS.Timeout;
+  /** keepalived's track file (keepalived.ts trackFile), when keepalived runs. */
+  private trackFile?: string;
+  private handingOver = false;
   /** Times this batond became active while another distributor had been (a takeover, not a start). */
   takeovers = 0;
   /** The last activation: the entries its table kept, and how many it removed as this node's own connections. */
-  lastTakeover?: { at: number; entries: number; ownRemoved: number };
+  lastTakeover?: { at: number; entries: number; ownRemoved: number; reconciled?: number };
 
   constructor(private readonly p: RoleParts) {
     this.sink = new ReplicaSink(p.steering.routes, p.log.child({ svc: 'replica' }));
@@ -148,6 +175,69 @@ export class DistributorRole {
     service.recover(this.p.probe).catch((err: unknown) => {
       log.error({ err: errorText(err) }, 'recovering entries left frozen failed; the sweep will restore them');
     });
+    if (wasActive !== this.p.self.name && config.distributors.length > 1) void this.reconcileWithNodes(service, wasActive);
+  }
+
+  /**
+   * After a takeover: the replica brought in line with what every node's kernel serves
+   * (ha/served.ts), while the table already steers. Stops changing the table if this node stands
+   * down meanwhile (the table is a replica again).
+   */
+  private async reconcileWithNodes(service: RouteService, previous: string | undefined): Promise<void> {
+    const t0 = performance.now();
+    const current = () => this.service === service;
+    const table: ServedTable = {
+      records: () => service.index.ids().flatMap((id) => service.index.getById(id) ?? []),
+      nodeName: (id) => this.p.config.nodes.find((n) => n.id === id)?.name,
+      pointAt: (flow, node) => current() && service.pointAt(flow, node),
+      dropIf: (record) => current() && service.dropIf(record),
+    };
+    const nodes = this.p.config.nodes.map((n) => n.name);
+    const result = await reconcileServed(table, nodes, previous, this.p.served, this.p.probe, this.p.log);
+    if (!current()) return;
+    if (this.lastTakeover) this.lastTakeover.reconciled = result.pointed + result.dropped;
+    this.p.log.info({ ...result, previous, ms: Math.round(performance.now() - t0) }, 'routing table reconciled with the connections the nodes serve');
+  }
+
+  /**
+   * `batonctl dvipa move`: gives the DVIPA to another distributor without losing a connection.
+   * Entries naming this node first, for the connections its own kernel serves (they had none:
+   * the frames arrived here); then, once the other's replica has acknowledged the whole table,
+   * keepalived is told (track file) to give the DVIPA up, which it does at once with a
+   * priority-0 advert: the other is MASTER within a fraction of an advert interval, its table
+   * already current. When it says it is active, this node's keepalived rejoins as BACKUP.
+   */
+  async handOver(to: string): Promise<HandOver> {
+    const t0 = performance.now();
+    const { self, log } = this.p;
+    const refuse = (why: string) => new BatonError('E_HANDOFF_STATE', `cannot move the DVIPA to ${to}: ${why}`, { node: self.name, step: 'dvipa-move' });
+    if (!this.p.config.distributors.includes(to) || to === self.name) throw refuse('it is not another of the distributors');
+    if (this.current !== 'active' || !this.service || !this.source) throw refuse('this node is not the active distributor');
+    if (!this.trackFile || !this.vrrp) throw refuse('keepalived does not run here (one distributor)');
+    if (this.handingOver) throw refuse('a move is already under way');
+    const stream = this.source.status().find((s) => s.backup === to);
+    if (!stream || stream.snapshotting) throw refuse('it has no replica of the table yet (batonctl status shows the streams)');
+    this.handingOver = true;
+    const service = this.service;
+    try {
+      let ownEntries = 0;
+      for (const { flow, state } of await this.p.served(self.name)) {
+        if (state !== 'TIME_WAIT' && state !== 'CLOSE' && service.pointAt(flow, self.name, true)) ownEntries++;
+      }
+      const synced = () => this.source?.status().find((s) => s.backup === to)?.lagEntries === 0;
+      if (!(await holdsWithin(synced, HANDOVER_SYNC_MS))) throw new BatonError('E_TIMEOUT', `${to} did not acknowledge the table within ${HANDOVER_SYNC_MS} ms: the DVIPA stays here`, { node: to, step: 'dvipa-move' });
+      log.warn({ to, ownEntries }, 'moving the DVIPA: keepalived gives it up');
+      writeTrackFile(this.trackFile, true);
+      try {
+        const taken = await holdsWithin(() => this.p.active.name() === to && this.p.active.claimsActive(to), HANDOVER_TAKEN_MS);
+        if (!taken) throw new BatonError('E_TIMEOUT', `${to} did not become active within ${HANDOVER_TAKEN_MS} ms: keepalived's election decides`, { node: to, step: 'dvipa-move' });
+      } finally {
+        writeTrackFile(this.trackFile, false);
+      }
+      return { from: self.name, to, ownEntries, ms: Math.round(performance.now() - t0) };
+    } finally {
+      this.handingOver = false;
+    }
   }
 
   /** keepalived made this node BACKUP or FAULT (another distributor has the DVIPA): a replica from now on. */
@@ -225,8 +315,12 @@ export class DistributorRole {
    * heartbeat's worth of announcements, keepalived has not spoken and no other distributor says it
    * is active.
    */
-  async followKeepalived(fifo: string): Promise<void> {
+  async followKeepalived(files: Pick<KeepalivedPaths, 'notifyFifo' | 'trackFile'>): Promise<void> {
     const { config, self, log } = this.p;
+    // A batond restarted in the middle of a move ends it: keepalived may rejoin.
+    writeTrackFile(files.trackFile, false);
+    this.trackFile = files.trackFile;
+    const fifo = files.notifyFifo;
     this.vrrp = await VrrpState.open({ fifo, instance: vrrpInstanceName(config.instance), log: log.child({ svc: 'vrrp' }) });
     this.vrrp.on('state', (t) => {
       if (t.state === 'MASTER') this.activate(`keepalived: MASTER (${t.source})`);
@@ -274,7 +368,7 @@ export class DistributorRole {
   distribution(): DistributionView {
     return {
       takeovers: this.takeovers,
-      ...(this.lastTakeover ? { lastTakeoverEntries: this.lastTakeover.entries } : {}),
+      ...(this.lastTakeover?.reconciled !== undefined ? { lastTakeoverReconciled: this.lastTakeover.reconciled } : {}),
       lag: (this.source?.status() ?? []).map((s) => ({ backup: s.backup, lagEntries: s.lagEntries })),
     };
   }

@@ -32,6 +32,8 @@ import type { RouteService } from './route-service.js';
 import { DistributorRole } from './distributor-role.js';
 import { ActiveDistributor } from '../ha/active.js';
 import { keepalivedPaths } from '../ha/keepalived.js';
+import { servedAsker } from '../ha/served.js';
+import { servedFlows } from '../../native/diag.js';
 import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
 import { PeerFront } from './peer-front.js';
 import { AppFront } from './app-front.js';
@@ -142,7 +144,7 @@ export class NodeAgent {
       xdp: () => this.steering?.routes.stats(),
       // Kept as the table changes (route-service.ts): a scrape never walks the map.
       routingTable: () => this.routeService()?.tableSize(),
-      quotaRefused: () => Object.fromEntries(this.routeService()?.quotaRefused ?? []),
+      quotaRefused: () => Object.fromEntries(this.routeService()?.quotas.refused ?? []),
       targets: () => this.directory.all().length,
       closing: () => this.closing.size(),
       distribution: () => this.role?.distribution(),
@@ -330,13 +332,14 @@ export class NodeAgent {
       active: this.active,
       probe: (node, flows) => this.probe(node, flows),
       peers: this.peers,
+      served: servedAsker(this.peers, this.self.name, () => this.dvipas.all().map((d) => d.address), servedFlows, this.config.handoffStepTimeoutMs),
     });
     if (lone) {
       this.role.activate('the only distributor');
       return;
     }
     // With backups keepalived decides, and says so in its notify FIFO (the path its config names).
-    await this.role.followKeepalived(keepalivedPaths(this.config.stateDir ?? '/var/lib/baton', this.config.instance, this.self.name).notifyFifo);
+    await this.role.followKeepalived(keepalivedPaths(this.config.stateDir ?? '/var/lib/baton', this.config.instance, this.self.name));
   }
 
   private track<In extends MessageType>(ch: Channel<In>): Channel<In> {

@@ -8,7 +8,7 @@ import { BatonError } from '../errors.js';
 import { errorText, logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
 import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
-import { tcpState } from '../../native/diag.js';
+import { servedFlows, tcpState } from '../../native/diag.js';
 import type { TargetDirectory } from '../control/directory.js';
 import { Channel } from '../transfer/channel.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
@@ -17,6 +17,7 @@ import type { TargetRelay } from '../transfer/target-relay.js';
 import { HELLO_TIMEOUT_MS } from './bounds.js';
 import type { RouteService } from './route-service.js';
 import type { ActiveDistributor } from '../ha/active.js';
+import { answerServed } from '../ha/served.js';
 
 export type FromPeer = (typeof Accepts.agentFromPeer)[number];
 
@@ -30,6 +31,7 @@ export const PEER_HANDLERS = {
   route: 'route-service',
   listeners: 'target-directory',
   probe: 'peer-front',
+  served: 'served',
   replica: 'replica-sink',
   distributor: 'active-distributor',
 } as const satisfies Record<FromPeer, string>;
@@ -84,6 +86,9 @@ export class PeerFront {
         else p.directory.setRemote(s.node, d.msg.targets);
       },
       probe: (s, d) => this.probe(s, d.msg),
+      served: (s, d) => {
+        if (this.fromDistributor(s, d.msg.connId, 'served')) answerServed(d.msg, servedFlows, (body) => s.channel.send('serving', body), s.log);
+      },
       replica: (s, d) => p.replica(s.node, d.msg, s.channel),
       distributor: (s, d) => this.announced(s, d.msg),
     };
@@ -187,12 +192,7 @@ export class PeerFront {
    * distributors may ask (the answer tells which clients are connected here).
    */
   private probe(s: PeerSession, msg: Message<'probe'>): void {
-    // Any distributor: one taking over asks before this node may have heard its announcement.
-    if (!this.p.config.distributors.includes(s.node)) {
-      s.log.warn({ requester: s.node, connId: msg.connId }, 'probe from a node that is not a distributor: refused');
-      s.channel.close();
-      return;
-    }
+    if (!this.fromDistributor(s, msg.connId, 'probe')) return;
     const states = msg.flows.map((f) => {
       try {
         return tcpState(f);
@@ -202,5 +202,17 @@ export class PeerFront {
       }
     });
     s.channel.send('probed', { connId: msg.connId, states });
+  }
+
+  /**
+   * Only the distributors may ask which connections this node serves (the answer tells which
+   * clients are connected here); any distributor, for one taking over asks before this node may
+   * have heard its announcement. Another asker's link is closed.
+   */
+  private fromDistributor(s: PeerSession, connId: string, question: string): boolean {
+    if (this.p.config.distributors.includes(s.node)) return true;
+    s.log.warn({ requester: s.node, connId }, `${question} from a node that is not a distributor: refused`);
+    s.channel.close();
+    return false;
   }
 }

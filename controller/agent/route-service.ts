@@ -35,8 +35,10 @@ import { type ClusterConfig, type NodeConfig, preferredDistributor } from '../co
 import { connectionId, type FlowKey } from '../flow.js';
 import type { RoutingTable } from './routing-table.js';
 import type { RouteEntry } from './table-layout.js';
-import { TableIndex } from './table-index.js';
-import { errorText, logSparsely } from '../input.js';
+import { type IndexedRoute, TableIndex } from './table-index.js';
+import { Quotas } from './quotas.js';
+import { MAX_FLOWS_PER_MESSAGE } from '../transfer/messages.js';
+import { errorText } from '../input.js';
 
 interface FreezeRecord {
   flow: FlowKey;
@@ -53,22 +55,15 @@ export type Prober = (node: string, flows: FlowKey[]) => Promise<string[]>;
 
 /** How long a RELEASED entry waits for its owner's finished before it goes anyway, unless configured. */
 const DEFAULT_RELEASED_MAX_MS = 300_000;
-const DEFAULT_ENTRIES_PER_SOURCE = 4096;
 /** The freeze owner of entries a previous batond left frozen, while they are being recovered. */
 const RECOVERY = '(recovery)';
-/** Flows per probe message (the message's own bound). */
-const PROBE_BATCH = 1024;
 /** Keys the reconciler reads per turn of the event loop: a few milliseconds at most. */
 const RECONCILE_STEP = 1024;
 export const RECONCILE_EVERY_MS = 30_000;
 
-export type QuotaKind = 'total' | 'per-source';
-
 export class RouteService {
   /** The table as this service wrote it: counts and pages without walking the map. */
   readonly index = new TableIndex();
-  /** New handed-off connections refused by a quota, since start. */
-  readonly quotaRefused = new Map<QuotaKind, number>();
   private readonly frozen = new Map<string, FreezeRecord>();
   private readonly releasing = new Map<string, NodeJS.Timeout>();
   private readonly sweeper: NodeJS.Timeout;
@@ -82,7 +77,8 @@ export class RouteService {
   private readonly toRecover = new Map<string, FlowKey[]>();
   /** How recover() asked the nodes: entries the reconciler finds frozen later are settled the same way. */
   private prober?: Prober;
-  readonly limits: { handedOffEntries: number; entriesPerSource: number };
+  /** The quotas (limits) and how often each refused. */
+  readonly quotas: Quotas;
 
   constructor(
     private readonly routes: TableOps,
@@ -95,11 +91,7 @@ export class RouteService {
     private readonly self: string = preferredDistributor(config),
   ) {
     this.byId = new Map(config.nodes.map((n) => [n.id, n]));
-    this.limits = {
-      // Room beyond the quota: entries that linger while TCP closes, handoffs already frozen.
-      handedOffEntries: Math.min(config.limits?.handedOffEntries ?? Math.floor((capacity * 7) / 8), capacity),
-      entriesPerSource: config.limits?.entriesPerSource ?? DEFAULT_ENTRIES_PER_SOURCE,
-    };
+    this.quotas = new Quotas(config, capacity, this.index, log);
     // The pinned table outlives batond: learn it once, and take up what its previous life left.
     // Before any timer starts: a table that cannot be read leaves nothing to write to it later.
     try {
@@ -152,8 +144,8 @@ export class RouteService {
     this.toRecover.clear();
     await Promise.all(
       work.map(async ([node, flows]) => {
-        for (let i = 0; i < flows.length; i += PROBE_BATCH) {
-          const batch = flows.slice(i, i + PROBE_BATCH);
+        for (let i = 0; i < flows.length; i += MAX_FLOWS_PER_MESSAGE) {
+          const batch = flows.slice(i, i + MAX_FLOWS_PER_MESSAGE);
           let states: string[] | undefined;
           try {
             states = await probe(node, batch);
@@ -225,11 +217,11 @@ export class RouteService {
     const owner = this.node(requester, flow);
     if (this.frozen.has(key)) throw this.refuse('a handoff of this flow is already in progress', flow, requester);
     const current = this.routes.get(flow);
-    const isOwner =
-      owner.name === this.self ? current === undefined : current?.state === 'forward' && current.targetNode === owner.id;
+    // No entry: the distributor's own flow. An entry naming the distributor: its own flow too, named during a move of the DVIPA (pointAt).
+    const isOwner = current === undefined ? owner.name === this.self : current.state === 'forward' && current.targetNode === owner.id;
     if (!isOwner) throw this.refuse(`${requester} does not serve this flow`, flow, requester);
     // A new handed-off connection (the distributor's own so far) takes a new entry: check the quotas.
-    if (current === undefined) this.checkQuota(flow);
+    if (current === undefined) this.quotas.check(flow);
     this.routes.freeze(flow, current ? { node: current.targetNode, mac: current.targetMac } : undefined);
     this.index.set(flow, 'frozen', current?.targetNode ?? 0);
     this.frozen.set(key, { flow, owner: requester, previous: current, since: Date.now() });
@@ -240,25 +232,7 @@ export class RouteService {
    * refused handoff costs no offer; freeze() checks again (the table may have filled meanwhile).
    */
   admit(requester: string, flow: FlowKey): void {
-    if (requester === this.self && !this.routes.get(flow)) this.checkQuota(flow);
-  }
-
-  private checkQuota(flow: FlowKey): void {
-    const { handedOffEntries, entriesPerSource } = this.limits;
-    let kind: QuotaKind | undefined;
-    let why = '';
-    if (this.index.size >= handedOffEntries) {
-      kind = 'total';
-      why = `the routing table holds ${this.index.size} handed-off connections, its quota (limits.handedOffEntries) is ${handedOffEntries}`;
-    } else if ((this.index.count({ client: flow.clientAddress }) ?? 0) >= entriesPerSource) {
-      kind = 'per-source';
-      why = `client ${flow.clientAddress} holds ${entriesPerSource} handed-off connections, its quota (limits.entriesPerSource)`;
-    }
-    if (!kind) return;
-    const n = (this.quotaRefused.get(kind) ?? 0) + 1;
-    this.quotaRefused.set(kind, n);
-    if (logSparsely(n)) this.log.warn({ quota: kind, client: flow.clientAddress, refused: n }, 'handoff refused by a routing-table quota');
-    throw new BatonError('E_QUOTA', `handoff refused: ${why}`, { step: 'admit', flow: connectionId(flow), quota: kind });
+    if (requester === this.self && !this.routes.get(flow)) this.quotas.check(flow);
   }
 
   forward(requester: string, flow: FlowKey, targetName: string): void {
@@ -270,6 +244,31 @@ export class RouteService {
       this.index.set(flow, 'forward', target.id, Date.now());
     }
     this.frozen.delete(connectionId(flow));
+  }
+
+  /**
+   * Reconciliation (ha/served.ts): node's kernel serves flow live, so the entry names it, or none
+   * names this distributor's own flow, unless keepOwn (a move of the DVIPA: the next distributor
+   * must steer it here). Frozen flows are recovery's. True when the table changed.
+   */
+  pointAt(flow: FlowKey, nodeName: string, keepOwn = false): boolean {
+    const node = this.node(nodeName, flow);
+    const current = this.routes.get(flow);
+    if (this.frozen.has(connectionId(flow)) || current?.state === 'frozen' || (current && current.targetNode === node.id)) return false;
+    if (node.name === this.self && !keepOwn) {
+      if (current) this.removeEntry(flow);
+      return current !== undefined;
+    }
+    this.routes.forward(flow, { node: node.id, mac: node.mac });
+    this.index.set(flow, 'forward', node.id, Date.now());
+    return true;
+  }
+
+  /** Removes the entry if the index still holds this very record (every change makes a new one) and no handoff holds it. */
+  dropIf(record: IndexedRoute): boolean {
+    if (this.index.get(record.flow) !== record || this.frozen.has(record.id)) return false;
+    this.removeEntry(record.flow);
+    return true;
   }
 
   /** The flows the table holds (the index: no walk) and can hold (the map's max_entries, known since start). */

@@ -219,13 +219,21 @@ export function registerOperatorCommands(program: Command): void {
     });
 
   apiCommand(program, 'dvipa')
-    .description('add or remove a virtual IP on every node')
-    .argument('<action>', 'add or remove')
+    .description('add or remove a virtual IP on every node, or move the DVIPA to another distributor')
+    .argument('<action>', 'add, remove or move')
     .argument('<address>', 'the virtual IP')
+    .argument('[node]', 'move: the distributor to give it to')
     .option('--ports <list>', 'add: comma-separated ports it serves')
     .option('--force', 'remove: even while transferred connections still use it')
-    .action(async (action: string, address: string, o: GlobalOptions & { ports?: string; force?: boolean }) => {
+    .action(async (action: string, address: string, node: string | undefined, o: GlobalOptions & { ports?: string; force?: boolean }) => {
       const api = connect(o);
+      if (action === 'move') {
+        if (!node) throw new Error('dvipa move needs the distributor to move it to, e.g. batonctl dvipa move 10.0.0.10 n1');
+        type Moved = { address: string; from: string; to: string; ownEntries: number; ms: number };
+        const moved = await api.post<Moved>(`/v1/dvipas/${encodeURIComponent(address)}/move`, { node });
+        out(o, moved, () => `moved ${moved.address} from ${moved.from} to ${moved.to} in ${moved.ms} ms (${moved.ownEntries} connections ${moved.from} serves itself steered there by ${moved.to})`);
+        return;
+      }
       type FanOut = { address: string; complete: boolean; nodes: Array<{ node: string; ok: boolean; error?: string }> };
       let res: FanOut;
       if (action === 'add') {
@@ -233,7 +241,7 @@ export function registerOperatorCommands(program: Command): void {
         res = await api.post<FanOut>('/v1/dvipas', { address, ports: o.ports.split(',').map(Number) });
       } else if (action === 'remove') {
         res = await api.delete<FanOut>(`/v1/dvipas/${encodeURIComponent(address)}${o.force ? '?force=true' : ''}`);
-      } else throw new Error(`unknown action ${action}: add or remove`);
+      } else throw new Error(`unknown action ${action}: add, remove or move`);
       out(o, res, () => [`${action} ${res.address}: ${res.complete ? 'applied on every node' : 'NOT applied on every node: repeat once they are back'}`, table(['node', 'result'], res.nodes.map((n) => [n.node, n.ok ? 'ok' : `FAILED: ${n.error}`]))].join('\n'));
       if (!res.complete) process.exitCode = 1;
     });

@@ -51,6 +51,13 @@ export interface VrrpNodeSpec {
   advertMs: number;
   /** Absolute path of the FIFO keepalived writes its state changes to (vrrp-state.ts reads it). */
   notifyFifo: string;
+  /**
+   * Absolute path of the file batond writes 1 to while it hands the DVIPA over (`batonctl dvipa
+   * move`): keepalived, which watches it, puts the instance in FAULT at once, gives the address
+   * up and sends a priority-0 advert; the next distributor is MASTER within a fraction of an
+   * advert interval. 0 lets the instance rejoin as BACKUP.
+   */
+  trackFile: string;
 }
 
 /** The part of the cluster file the VRRP setup reads (a subset of ClusterConfig). */
@@ -74,6 +81,8 @@ export interface KeepalivedPaths {
   checkersPidFile: string;
   bfdPidFile: string;
   notifyFifo: string;
+  /** VrrpNodeSpec.trackFile. */
+  trackFile: string;
 }
 
 function configError(message: string, context: Record<string, unknown> = {}): BatonError {
@@ -97,7 +106,7 @@ export function distributorPriority(distributors: readonly string[], node: strin
 }
 
 /** The spec of one distributor node's keepalived, from the cluster file. */
-export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, notifyFifo: string): VrrpNodeSpec {
+export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, files: Pick<KeepalivedPaths, 'notifyFifo' | 'trackFile'>): VrrpNodeSpec {
   const priority = distributorPriority(cluster.distributors, node);
   const self = cluster.nodes.find((n) => n.name === node);
   if (!self) throw configError(`distributor ${JSON.stringify(node.slice(0, 80))} is not one of the nodes`, { node });
@@ -109,7 +118,8 @@ export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, notifyFifo:
     priority,
     routerId: cluster.vrrp?.routerId ?? DEFAULT_ROUTER_ID,
     advertMs: cluster.vrrp?.advertMs ?? DEFAULT_ADVERT_MS,
-    notifyFifo,
+    notifyFifo: files.notifyFifo,
+    trackFile: files.trackFile,
   };
   checkSpec(spec);
   return spec;
@@ -128,6 +138,7 @@ export function checkSpec(spec: VrrpNodeSpec): void {
     throw bad('advertMs', 'want 10-40950 ms in steps of 10 (VRRPv3 counts centiseconds)');
   }
   checkPath('notifyFifo', spec.notifyFifo);
+  checkPath('trackFile', spec.trackFile);
 }
 
 function checkPath(field: string, file: string): void {
@@ -177,6 +188,15 @@ global_defs {
   fifo_write_vrrp_states_on_reload
 }
 
+# batond writes 1 here while it hands the DVIPA over (batonctl dvipa move): FAULT at once, the
+# address given up with a priority-0 advert, so the next distributor takes it within a fraction
+# of an advert interval. keepalived starts the file at 0: a move never outlives a restart.
+vrrp_track_file baton-handover {
+  file ${spec.trackFile}
+  weight 0
+  init_file 0 overwrite
+}
+
 vrrp_instance ${name} {
   # Every node starts as BACKUP and listens for three adverts before claiming the DVIPA.
   state BACKUP
@@ -185,6 +205,9 @@ vrrp_instance ${name} {
   # BACKUPs, and between two MASTERs.
   nopreempt
   interface ${spec.interface}
+  track_file {
+    baton-handover
+  }
   virtual_router_id ${spec.routerId}
   priority ${spec.priority}
   advert_int ${advertS}
@@ -211,6 +234,7 @@ export function keepalivedPaths(dir: string, instance: string, node: string): Ke
     checkersPidFile: `${base}.checkers-pid`,
     bfdPidFile: `${base}.bfd-pid`,
     notifyFifo: `${base}.fifo`,
+    trackFile: `${base}.handover`,
   };
   return paths;
 }
@@ -301,5 +325,25 @@ export function writeKeepalivedConfig(file: string, text: string): void {
   } catch (err) {
     fs.rmSync(tmp, { force: true });
     throw configError(`cannot write ${file}: ${(err as Error).message}`, { file });
+  }
+}
+
+/**
+ * Says to keepalived (through the track file) whether this node is handing the DVIPA over: in
+ * place, as keepalived watches the file itself (inotify), not its directory entry. Root-owned,
+ * 0644, never through a symbolic link.
+ */
+export function writeTrackFile(file: string, handingOver: boolean): void {
+  checkPath('trackFile', file);
+  const { O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW } = fs.constants;
+  try {
+    const fd = fs.openSync(file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0o644);
+    try {
+      fs.writeSync(fd, handingOver ? '1\n' : '0\n');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (err) {
+    throw new BatonError('E_NATIVE', `cannot write keepalived's track file ${file}: ${(err as Error).message}`, { step: 'dvipa-move', file });
   }
 }

@@ -167,7 +167,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     for (const name of cluster.distributors) {
       const n = lab.nodes.find((x) => x.name === name)!;
       const files = keepalivedPaths(lab.runDir, cluster.instance, name);
-      writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, name, files.notifyFifo)));
+      writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, name, files)));
       // Root's, before keepalived starts: keepalived would create it as its script user (nobody),
       // and batond refuses a FIFO anyone but root could write its role into (ha/vrrp-state.ts).
       if (!fs.existsSync(files.notifyFifo)) execFileSync('mkfifo', ['-m', '600', '--', files.notifyFifo]);

@@ -32,8 +32,8 @@ export interface KernelView {
 export interface DistributionView {
   /** Times this batond took over from another distributor. */
   takeovers: number;
-  /** Entries the routing table kept at the last activation (the replica, less what this node serves itself). */
-  lastTakeoverEntries?: number;
+  /** Entries the last takeover's reconciliation with the nodes changed (ha/served.ts), once it finished. */
+  lastTakeoverReconciled?: number;
   /** While active: per backup, entries sent and not yet acknowledged. */
   lag: Array<{ backup: string; lagEntries: number }>;
 }
@@ -171,11 +171,11 @@ export class AgentMetrics {
     });
     new Gauge({
       name: 'baton_takeover_reconciled_entries',
-      help: 'Routing-table entries this distributor kept when it last became active: its replica of the old one\'s table, less the connections it serves itself',
+      help: 'Routing-table entries the last takeover\'s reconciliation with the nodes changed: added or pointed at the node whose kernel serves the flow, or removed because none does',
       registers,
       collect() {
         const d = kernel.distribution();
-        if (d?.lastTakeoverEntries !== undefined) this.set(d.lastTakeoverEntries);
+        if (d?.lastTakeoverReconciled !== undefined) this.set(d.lastTakeoverReconciled);
       },
     });
     new Gauge({

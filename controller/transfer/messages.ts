@@ -7,7 +7,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError, ERROR_CODES } from '../errors.js';
 import { describeInput, MAX_JSON_DEPTH, valueDepth } from '../input.js';
 import type { TcpConnectionState } from '../../native/repair.js';
-import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, PortSchema as Port } from '../flow.js';
+import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, IpAddressSchema, PortSchema as Port } from '../flow.js';
 import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
 import { HANDOFF_STEPS } from './handoff-phases.js';
@@ -24,6 +24,8 @@ export const MAX_PEEKED_BYTES = 256 * 1024;
 
 const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+/** A TCP state as sock_diag names it (native/diag.ts), or GONE / UNKNOWN. */
+const TcpStateName = Type.String({ pattern: '^[A-Z_0-9]{1,16}$' });
 // Tested on its own too: a message that fails its schema is named by its id if it has one (decodeMessage).
 const HANDOFF_ID = /^[A-Za-z0-9._-]{1,80}$/;
 /**
@@ -60,6 +62,11 @@ export const ReplicaEntrySchema = Type.Object(
  */
 export const ReplicaChangeSchema = Type.Object({ flow: FlowSchema, entry: Type.Union([ReplicaEntrySchema, Type.Null({ const: null })]) }, { additionalProperties: false });
 export type ReplicaChange = Static<typeof ReplicaChangeSchema>;
+/**
+ * Flows one probe, probed or serving message carries at most: 256 of the longest (IPv6, about 160
+ * bytes of JSON each with its state) stay well inside a frame's 64 KiB header (1024 did not).
+ */
+export const MAX_FLOWS_PER_MESSAGE = 256;
 /** Entries one replica message carries at most (a frame's 64 KiB header bounds them further: ha/replication.ts). */
 export const MAX_REPLICA_CHANGES = 1024;
 
@@ -191,9 +198,28 @@ export const Schemas = {
    * when a restarted distributor finds entries frozen by handoffs of its previous life, to give
    * each back to the node that served it or remove it (route-service.ts).
    */
-  probe: message('probe', { connId: HandoffIdSchema, flows: Type.Array(FlowSchema, { minItems: 1, maxItems: 1024 }) }),
+  probe: message('probe', { connId: HandoffIdSchema, flows: Type.Array(FlowSchema, { minItems: 1, maxItems: MAX_FLOWS_PER_MESSAGE }) }),
   /** Answer to probe, one TCP state per flow in its order (ESTABLISHED, CLOSE_WAIT…, or GONE: no socket). */
-  probed: message('probed', { connId: HandoffIdSchema, states: Type.Array(Type.String({ pattern: '^[A-Z_0-9]{1,16}$' }), { maxItems: 1024 }) }),
+  probed: message('probed', { connId: HandoffIdSchema, states: Type.Array(TcpStateName, { maxItems: MAX_FLOWS_PER_MESSAGE }) }),
+  /**
+   * A distributor taking over → every node: which connections to these DVIPAs does your kernel
+   * serve (a sock_diag dump)? What the new distributor reconciles its replica with: it adds the
+   * entries it lacks and drops those no node serves (ha/served.ts).
+   */
+  served: message('served', { connId: HandoffIdSchema, addresses: Type.Array(IpAddressSchema, { minItems: 1, maxItems: 64 }) }),
+  /**
+   * Answer to served, in pages of one dump (the dump is taken once: pages of separate dumps could
+   * miss a flow that moved between them). last closes the answer; failed: the dump could not be
+   * taken or was too large, the asker learns nothing from this node.
+   */
+  serving: message('serving', {
+    connId: HandoffIdSchema,
+    flows: Type.Array(FlowSchema, { maxItems: MAX_FLOWS_PER_MESSAGE }),
+    /** One TCP state per flow, in its order (as probed's). */
+    states: Type.Array(TcpStateName, { maxItems: MAX_FLOWS_PER_MESSAGE }),
+    last: Type.Boolean(),
+    failed: Type.Optional(Type.Boolean()),
+  }),
   /** Target application → its agent: a transferred connection it served has closed. */
   release: message('release', { connId: HandoffIdSchema }),
   /**
@@ -248,7 +274,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
   hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
-  decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
+  decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, served: 0, serving: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
   replica: 0, 'replica-ack': 0, distributor: 0,
 };
 
@@ -260,8 +286,8 @@ const checks = Object.fromEntries(
 export const Accepts = {
   agentFromRouter: ['hello', 'handoff', 'closed'],
   agentFromTarget: ['hello', 'decided', 'release', 'moved'],
-  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners', 'probe', 'replica', 'distributor'],
-  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed', 'probed', 'replica-ack'],
+  agentFromPeer: ['hello', 'offer', 'commit', 'live', 'abort', 'route', 'listeners', 'probe', 'served', 'replica', 'distributor'],
+  peerReplies: ['welcome', 'accept', 'reject', 'ready', 'routed', 'probed', 'serving', 'replica-ack'],
   router: ['welcome', 'done', 'failed'],
   target: ['welcome', 'decide', 'transferred', 'abort', 'move'],
 } as const satisfies Record<string, readonly MessageType[]>;

@@ -21,7 +21,7 @@ const log = createLogger({}, 'silent');
 /** Blobs each type carries, as the message table in docs/protocol.md gives them. */
 const DOC_BLOBS: Record<MessageType, number> = {
   hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
-  decide: 1, decided: 0, transferred: 2, release: 0, move: 0, moved: 0, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, done: 0, closed: 0, failed: 0,
+  decide: 1, decided: 0, transferred: 2, release: 0, move: 0, moved: 0, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, served: 0, serving: 0, done: 0, closed: 0, failed: 0,
   replica: 0, 'replica-ack': 0, distributor: 0,
 };
 const TYPES = Object.keys(Schemas) as MessageType[];

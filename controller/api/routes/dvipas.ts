@@ -13,6 +13,14 @@ import { ProblemSchema } from '../schemas.js';
 const AddressParams = Type.Object({ address: Type.String({ pattern: '^[0-9.]{7,15}$' }) });
 const ForceQuery = Type.Object({ force: Type.Boolean({ default: false }) }, { additionalProperties: false });
 const NodeResults = Type.Array(Type.Object({ node: Type.String(), ok: Type.Boolean(), error: Type.Optional(Type.String()) }));
+const MoveBody = Type.Object({ node: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' }) }, { additionalProperties: false });
+const MoveResult = Type.Object({
+  address: Type.String(),
+  from: Type.String(),
+  to: Type.String(),
+  ownEntries: Type.Integer({ description: 'connections the old distributor serves itself, given an entry naming it' }),
+  ms: Type.Integer({ description: 'from the request until the new distributor said it is active' }),
+});
 const FanOutResult = Type.Object({ address: Type.String(), complete: Type.Boolean(), nodes: NodeResults });
 
 export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
@@ -79,6 +87,24 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
         if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
         await ctx.admin.removeDvipa(address, request.query.force);
         return { address, ...(await fanOut(request, 'DELETE', `/v1/dvipas/${address}`)) };
+      },
+    );
+
+    app.post<{ Params: Static<typeof AddressParams>; Body: Static<typeof MoveBody> }>(
+      '/v1/dvipas/:address/move',
+      {
+        schema: {
+          summary: 'Move the DVIPA to another distributor (keepalived\'s): the table is handed over before VRRP changes, no connection is lost',
+          tags: ['cluster'],
+          security: [{ bearer: [] }],
+          params: AddressParams,
+          body: MoveBody,
+          response: { 200: MoveResult, 400: ProblemSchema, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 504: ProblemSchema },
+        },
+      },
+      async (request, reply) => {
+        if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
+        return ctx.admin.moveDvipa(request.params.address, request.body.node);
       },
     );
   };

@@ -165,7 +165,7 @@ describe('keepalived decides which distributor holds the DVIPA', () => {
   beforeAll(async () => {
     buildSegment();
     for (const node of ['n1', 'n2'] as const) {
-      writeKeepalivedConfig(paths[node].config, keepalivedConfig(vrrpNodeSpec(CLUSTER, node, paths[node].notifyFifo)));
+      writeKeepalivedConfig(paths[node].config, keepalivedConfig(vrrpNodeSpec(CLUSTER, node, paths[node])));
       // batond opens (and so creates) the FIFO before keepalived starts.
       await follow(node);
     }

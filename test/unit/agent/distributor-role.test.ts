@@ -14,6 +14,7 @@ import { BatonError } from '../../../controller/errors.js';
 import { connectionId, type FlowKey } from '../../../controller/flow.js';
 import { EXPIRY_MS } from '../../../controller/control/server.js';
 import { ActiveDistributor, type Announcement } from '../../../controller/ha/active.js';
+import type { Served } from '../../../controller/ha/served.js';
 import { createLogger } from '../../../controller/log.js';
 import type { Channel } from '../../../controller/transfer/channel.js';
 import { type Body, header, type Message, type MessageType } from '../../../controller/transfer/messages.js';
@@ -89,7 +90,7 @@ afterEach(() => {
  * A role on self over table, with a probe whose answers the test sets (ESTABLISHED unless told),
  * or the test's own probe; ActiveDistributor reads the test's clock when given one.
  */
-function setup(self = 'n1', table = new MemoryTable(), opts: { now?: () => number; probe?: Prober } = {}) {
+function setup(self = 'n1', table = new MemoryTable(), opts: { now?: () => number; probe?: Prober; served?: (node: string) => Promise<Served[]> } = {}) {
   const peers = new FakePeers();
   const active = new ActiveDistributor(config, self, opts.now);
   const probeSays = new Map<string, string>();
@@ -107,6 +108,8 @@ function setup(self = 'n1', table = new MemoryTable(), opts: { now?: () => numbe
     active,
     probe,
     peers: peers as unknown as PeerLinks,
+    // Unless the test says otherwise, no node answers: takeovers keep the replica as it is.
+    served: opts.served ?? ((n) => Promise.reject(new BatonError('E_PEER', `${n} not asked in this test`, { node: n }))),
   });
   roles.push(role);
   return { role, table, peers, active, probeSays, probes };
@@ -332,6 +335,130 @@ describe('distributor role: activation over a replica', () => {
     role.activate('keepalived: MASTER');
     expect(role.phase()).toBe('active');
     expect(role.routeService()!.tableSize().entries).toBe(2);
+  });
+});
+
+describe('distributor role: reconciling the replica with the nodes at a takeover', () => {
+  const live = (f: FlowKey): Served => ({ flow: f, state: 'ESTABLISHED' });
+  const closing = (f: FlowKey): Served => ({ flow: f, state: 'TIME_WAIT' });
+
+  /** n2 takes over from n1 (dead: it never answers) over a replica short of the truth in every way a lost change can leave it. */
+  function replicaShortOfTheTruth() {
+    const table = new MemoryTable();
+    const f = (i: number) => flow(20 + i);
+    table.put(f(0), { state: 'forward', targetNode: 3, targetMac: mac(3) }); // right
+    // f(1): missing, n3 serves it (the old active died before streaming its forward)
+    table.put(f(2), { state: 'forward', targetNode: 3, targetMac: mac(3) }); // nobody serves it any more
+    table.put(f(3), { state: 'forward', targetNode: 1, targetMac: mac(1) }); // names the dead old active: nobody can say
+    table.put(f(4), { state: 'forward', targetNode: 3, targetMac: mac(3) }); // moved to n2 since: its own now
+    table.put(f(5), { state: 'released', targetNode: 3, targetMac: mac(3) }); // closing on n3 (TIME_WAIT there)
+    // f(6): missing, only a TIME_WAIT on n3: nothing to add
+    table.put(f(7), { state: 'forward', targetNode: 1, targetMac: mac(1) }); // moved n1 → n3 since
+    table.put(f(8), { state: 'frozen', targetNode: 3, targetMac: mac(3) }); // recovery's, not reconciliation's
+    table.put(f(9), { state: 'forward', targetNode: 3, targetMac: mac(3) }); // live on n3, missed by its dump (no snapshot)
+    const answers: Record<string, Served[]> = { n2: [live(f(4))], n3: [live(f(0)), live(f(1)), closing(f(5)), closing(f(6)), live(f(7)), live(f(8))] };
+    return { table, f, answers };
+  }
+
+  it('adds what the replica lacks, points entries at the node serving the flow, drops what no node serves; frozen ones are recovery\'s', async () => {
+    const { table, f, answers } = replicaShortOfTheTruth();
+    const asked: string[] = [];
+    const { role, probes, probeSays } = setup('n2', table, {
+      served: async (n) => {
+        asked.push(n);
+        if (n === 'n1') throw new BatonError('E_PEER', 'n1 is dead', { node: n });
+        return answers[n]!;
+      },
+    });
+    // The exact lookup confirms f(2) is gone from n3; f(9) it finds (ESTABLISHED, the probe's default here).
+    probeSays.set(connectionId(f(2)), 'GONE');
+    role.activate('keepalived: MASTER');
+    await until('the reconciliation counted', () => role.lastTakeover?.reconciled !== undefined);
+    expect(asked.sort()).toEqual(['n1', 'n2', 'n3']);
+    expect(entryOf(table, f(0))).toBe(`forward/3/${mac(3)}`);
+    expect(entryOf(table, f(1))).toBe(`forward/3/${mac(3)}`);
+    expect(table.get(f(2))).toBeUndefined();
+    expect(entryOf(table, f(3))).toBe(`forward/1/${mac(1)}`);
+    expect(table.get(f(4))).toBeUndefined();
+    expect(entryOf(table, f(5))).toBe(`released/3/${mac(3)}`);
+    expect(table.get(f(6))).toBeUndefined();
+    expect(entryOf(table, f(7))).toBe(`forward/3/${mac(3)}`);
+    expect(entryOf(table, f(9))).toBe(`forward/3/${mac(3)}`);
+    // f(1) and f(7) pointed at n3, f(4) removed as n2's own, f(2) dropped.
+    expect(role.lastTakeover?.reconciled).toBe(4);
+    // The frozen one went to recovery (a probe of n3), which gave it back to n3; the two entries
+    // n3's dump did not list were looked up one by one before any was dropped.
+    await until('the frozen entry recovered', () => entryOf(table, f(8)) === `forward/3/${mac(3)}`);
+    expect(probes).toContainEqual({ node: 'n3', flows: [connectionId(f(8))] });
+    expect(probes).toContainEqual({ node: 'n3', flows: [connectionId(f(2)), connectionId(f(9))] });
+    expect(probes).toHaveLength(2);
+    expect(role.routeService()!.tableSize().entries).toBe(7);
+  });
+
+  it('a silent node other than the old distributor: entries are added and pointed, none dropped (it might serve them)', async () => {
+    const { table, f, answers } = replicaShortOfTheTruth();
+    const { role } = setup('n2', table, {
+      served: async (n) => {
+        if (n === 'n1' || n === 'n2') throw new BatonError('E_TIMEOUT', `${n} did not answer`, { node: n });
+        return answers[n]!;
+      },
+    });
+    role.activate('keepalived: MASTER');
+    await until('the reconciliation counted', () => role.lastTakeover?.reconciled !== undefined);
+    expect(entryOf(table, f(1))).toBe(`forward/3/${mac(3)}`);
+    expect(entryOf(table, f(2))).toBe(`forward/3/${mac(3)}`);
+    expect(entryOf(table, f(4))).toBe(`forward/3/${mac(3)}`);
+    expect(role.lastTakeover?.reconciled).toBe(2);
+  });
+
+  it('an entry changed while the nodes were asked is left as it is; standing down meanwhile stops every change', async () => {
+    const { table, f, answers } = replicaShortOfTheTruth();
+    let release: (() => void) | undefined;
+    const held = new Promise<void>((r) => (release = r));
+    const { role, probeSays } = setup('n2', table, {
+      served: async (n) => {
+        if (n === 'n1') throw new BatonError('E_PEER', 'n1 is dead', { node: n });
+        await held;
+        return answers[n]!;
+      },
+    });
+    // Even the exact lookup would say GONE (the socket closes just after): the changed record is what keeps it.
+    probeSays.set(connectionId(f(2)), 'GONE');
+    role.activate('keepalived: MASTER');
+    // While n2 and n3 are asked, n3 releases f(2) (its application closed it just now): a new record.
+    role.routeService()!.release('n3', f(2));
+    await settle();
+    release!();
+    await until('the reconciliation counted', () => role.lastTakeover?.reconciled !== undefined);
+    expect(entryOf(table, f(2))).toBe(`released/3/${mac(3)}`);
+
+    const again = replicaShortOfTheTruth();
+    let answer: (() => void) | undefined;
+    const later = new Promise<void>((r) => (answer = r));
+    const second = setup('n2', again.table, {
+      served: async (n) => {
+        await later;
+        return again.answers[n] ?? [];
+      },
+    });
+    second.role.activate('keepalived: MASTER');
+    second.role.standDown('keepalived: BACKUP');
+    const before = [...Array(10).keys()].map((i) => entryOf(again.table, again.f(i)));
+    answer!();
+    await settle();
+    expect([...Array(10).keys()].map((i) => entryOf(again.table, again.f(i)))).toEqual(before);
+    expect(second.role.lastTakeover?.reconciled).toBeUndefined();
+  });
+});
+
+describe('distributor role: moving the DVIPA (refusals; the move itself: test/integration/ha/takeover.test.ts)', () => {
+  it('refuses a move to a node that is not another distributor, from a standby, and without keepalived', async () => {
+    const { role } = setup('n1');
+    await expect(role.handOver('n2')).rejects.toThrow(/not the active distributor/);
+    role.activate('the only distributor');
+    await expect(role.handOver('n3')).rejects.toThrow(/not another of the distributors/);
+    await expect(role.handOver('n1')).rejects.toThrow(/not another of the distributors/);
+    await expect(role.handOver('n2')).rejects.toMatchObject({ code: 'E_HANDOFF_STATE', message: expect.stringMatching(/keepalived does not run here/) });
   });
 });
 

@@ -228,7 +228,7 @@ describe('routing-table quotas', () => {
     }
     expect(() => service.freeze('n1', at(4))).toThrow(expect.objectContaining({ code: 'E_QUOTA', message: expect.stringMatching(/client 10.0.0.100 holds 3 handed-off connections/) }));
     expect(table.get(at(4))).toBeUndefined();
-    expect(service.quotaRefused.get('per-source')).toBe(1);
+    expect(service.quotas.refused.get('per-source')).toBe(1);
     service.freeze('n1', at(4, '10.0.0.101'));
     // Moving a connection on takes no new entry: no quota applies.
     service.freeze('n2', at(1));
@@ -240,7 +240,7 @@ describe('routing-table quotas', () => {
     const { table, service } = limited({ handedOffEntries: 5, entriesPerSource: 100 });
     for (let p = 1; p <= 5; p++) service.freeze('n1', at(p, `10.0.1.${p}`));
     expect(() => service.freeze('n1', at(6, '10.0.1.6'))).toThrow(/quota \(limits.handedOffEntries\) is 5/);
-    expect(service.quotaRefused.get('total')).toBe(1);
+    expect(service.quotas.refused.get('total')).toBe(1);
     expect(table.map.size).toBe(5);
     service.unfreeze('n1', at(1, '10.0.1.1'));
     service.freeze('n1', at(6, '10.0.1.6'));
@@ -254,7 +254,7 @@ describe('routing-table quotas', () => {
     service.forward('n1', at(1), 'n2');
     expect(() => service.admit('n1', at(2))).toThrow(expect.objectContaining({ code: 'E_QUOTA' }));
     expect(table.get(at(2))).toBeUndefined();
-    expect(service.quotaRefused.get('per-source')).toBe(1);
+    expect(service.quotas.refused.get('per-source')).toBe(1);
     expect(() => service.admit('n2', at(1))).not.toThrow();
   });
 
@@ -262,7 +262,7 @@ describe('routing-table quotas', () => {
     const table = new MemoryTable();
     const service = new RouteService(table, config, createLogger({}, 'silent'), 10_000, 1024);
     services.push(service);
-    expect(service.limits).toEqual({ handedOffEntries: 896, entriesPerSource: 4096 });
+    expect(service.quotas.limits).toEqual({ handedOffEntries: 896, entriesPerSource: 4096 });
   });
 });
 

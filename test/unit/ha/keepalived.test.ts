@@ -45,6 +45,7 @@ const CLUSTER: VrrpClusterView = {
   ],
 };
 const FIFO = '/run/baton/keepalived-prod.fifo';
+const FILES = { notifyFifo: FIFO, trackFile: '/run/baton/baton.handover' };
 
 function expectConfigError(fn: () => unknown, message: RegExp): void {
   let thrown: unknown;
@@ -67,13 +68,13 @@ describe('keepalived.conf for a distributor', () => {
     expect(prios).toEqual([200, 175, 150, 125, 100, 75, 50, 25]);
     const twelve = [...eight, 'i', 'j', 'k', 'l'];
     expect(twelve.map((n) => distributorPriority(twelve, n)).slice(8)).toEqual([1, 1, 1, 1]);
-    expect(vrrpNodeSpec(CLUSTER, 'n1', FIFO).priority).toBe(200);
-    expect(vrrpNodeSpec(CLUSTER, 'n2', FIFO).priority).toBe(175);
+    expect(vrrpNodeSpec(CLUSTER, 'n1', FILES).priority).toBe(200);
+    expect(vrrpNodeSpec(CLUSTER, 'n2', FILES).priority).toBe(175);
   });
 
   it('writes one BACKUP, nopreempt instance per node, same router id and timers, its own priority, interface and FIFO', () => {
-    const n1 = keepalivedConfig(vrrpNodeSpec(CLUSTER, 'n1', FIFO));
-    const n2 = keepalivedConfig(vrrpNodeSpec(CLUSTER, 'n2', '/run/baton/other.fifo'));
+    const n1 = keepalivedConfig(vrrpNodeSpec(CLUSTER, 'n1', FILES));
+    const n2 = keepalivedConfig(vrrpNodeSpec(CLUSTER, 'n2', { notifyFifo: '/run/baton/other.fifo', trackFile: '/run/baton/other.handover' }));
     const d1 = directives(n1);
     const d2 = directives(n2);
     for (const d of [d1, d2]) {
@@ -104,7 +105,7 @@ describe('keepalived.conf for a distributor', () => {
   });
 
   it('takes the router id and advert interval from the cluster file', () => {
-    const spec = vrrpNodeSpec({ ...CLUSTER, vrrp: { routerId: 7, advertMs: 30 } }, 'n1', FIFO);
+    const spec = vrrpNodeSpec({ ...CLUSTER, vrrp: { routerId: 7, advertMs: 30 } }, 'n1', FILES);
     expect(spec).toMatchObject({ routerId: 7, advertMs: 30 });
     const d = directives(keepalivedConfig(spec));
     expect(d).toContain('virtual_router_id 7');
@@ -115,12 +116,12 @@ describe('keepalived.conf for a distributor', () => {
   });
 
   it('refuses a node that is not a distributor, and a distributor that is not a node', () => {
-    expectConfigError(() => vrrpNodeSpec(CLUSTER, 'n3', FIFO), /n3.*is not one of the distributors \(n1, n2\)/);
-    expectConfigError(() => vrrpNodeSpec({ ...CLUSTER, distributors: ['n1', 'n9'] }, 'n9', FIFO), /n9.*is not one of the nodes/);
+    expectConfigError(() => vrrpNodeSpec(CLUSTER, 'n3', FILES), /n3.*is not one of the distributors \(n1, n2\)/);
+    expectConfigError(() => vrrpNodeSpec({ ...CLUSTER, distributors: ['n1', 'n9'] }, 'n9', FILES), /n9.*is not one of the nodes/);
   });
 
   it('refuses every value that would not stay one word of keepalived.conf', () => {
-    const good = vrrpNodeSpec(CLUSTER, 'n1', FIFO);
+    const good = vrrpNodeSpec(CLUSTER, 'n1', FILES);
     const bad: Array<[Partial<VrrpNodeSpec>, RegExp]> = [
       [{ instance: 'prod }\nvrrp_script x {' }, /instance/],
       [{ instance: '' }, /instance/],
@@ -144,7 +145,7 @@ describe('keepalived.conf for a distributor', () => {
       [{ notifyFifo: '/run/baton/x.fifo\nnotify /bin/sh' }, /notifyFifo/],
     ];
     for (const [change, message] of bad) expectConfigError(() => keepalivedConfig({ ...good, ...change }), message);
-    expectConfigError(() => vrrpNodeSpec({ ...CLUSTER, vrrp: { advertMs: 25 } }, 'n1', FIFO), /advertMs/);
+    expectConfigError(() => vrrpNodeSpec({ ...CLUSTER, vrrp: { advertMs: 25 } }, 'n1', FILES), /advertMs/);
   });
 
   it('runs keepalived in the foreground, VRRP only, with its own files; the options exist in the installed keepalived', () => {
@@ -156,6 +157,7 @@ describe('keepalived.conf for a distributor', () => {
       checkersPidFile: '/run/baton/keepalived-prod-n1.checkers-pid',
       bfdPidFile: '/run/baton/keepalived-prod-n1.bfd-pid',
       notifyFifo: '/run/baton/keepalived-prod-n1.fifo',
+      trackFile: '/run/baton/keepalived-prod-n1.handover',
     });
     // The lab supervisor takes every *.pid in its run directory for one of its own processes.
     expect(Object.values(paths).filter((p) => p.endsWith('.pid'))).toEqual([]);
@@ -176,7 +178,7 @@ describe('keepalived.conf for a distributor', () => {
     const section = doc.slice(doc.indexOf('### The configuration Baton generates'));
     const block = /\n```\n([\s\S]*?)\n```\n/.exec(section)?.[1];
     const cluster: VrrpClusterView = { ...CLUSTER, nodes: [{ name: 'n1', interface: 'baton0' }, { name: 'n2', interface: 'baton0' }] };
-    expect(`${block}\n`).toBe(keepalivedConfig(vrrpNodeSpec(cluster, 'n1', keepalivedPaths('/var/lib/baton', 'prod', 'n1').notifyFifo)));
+    expect(`${block}\n`).toBe(keepalivedConfig(vrrpNodeSpec(cluster, 'n1', keepalivedPaths('/var/lib/baton', 'prod', 'n1'))));
   });
 
   describe('accepted by keepalived --config-test', () => {
@@ -194,7 +196,7 @@ describe('keepalived.conf for a distributor', () => {
       execFileSync('ip', ['netns', 'add', ns]);
       execFileSync('ip', ['-n', ns, 'link', 'add', 'baton0', 'type', 'veth', 'peer', 'name', 'peer0']);
       const paths = keepalivedPaths(tmp, 'prod', 'n2');
-      writeKeepalivedConfig(paths.config, keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, nodes: [{ name: 'n2', interface: 'baton0' }] }, 'n2', paths.notifyFifo)));
+      writeKeepalivedConfig(paths.config, keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, nodes: [{ name: 'n2', interface: 'baton0' }] }, 'n2', paths)));
       expect(fs.statSync(paths.config).mode & 0o777).toBe(0o644);
       const check = (file: string) => {
         try {
