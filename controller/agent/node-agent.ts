@@ -13,7 +13,7 @@ import path from 'node:path';
 import { BatonError } from '../errors.js';
 import { logSparsely } from '../input.js';
 import type { Logger } from '../log.js';
-import { type ClusterConfig, type NodeConfig, nodeByName } from '../config/cluster.js';
+import { type ClusterConfig, type NodeConfig, nodeByName, stateDirOf } from '../config/cluster.js';
 import type { Channel } from '../transfer/channel.js';
 import { HandoffCoordinator } from '../transfer/handoff.js';
 import type { Message, MessageType } from '../transfer/messages.js';
@@ -131,7 +131,7 @@ export class NodeAgent {
     );
     this.dvipas = new DvipaSet(
       config.dvipa,
-      path.join(config.stateDir ?? '/var/lib/baton', `${config.instance}-${self.name}.dvipas.json`),
+      path.join(stateDirOf(config), `${config.instance}-${self.name}.dvipas.json`),
       {
         // A lone distributor answers ARP for its DVIPAs itself; with backups keepalived puts the
         // DVIPA on the active one's interface, and every node stays silent for the copy on lo.
@@ -339,7 +339,7 @@ export class NodeAgent {
       return;
     }
     // With backups keepalived decides, and says so in its notify FIFO (the path its config names).
-    await this.role.followKeepalived(keepalivedPaths(this.config.stateDir ?? '/var/lib/baton', this.config.instance, this.self.name));
+    await this.role.followKeepalived(keepalivedPaths(stateDirOf(this.config), this.config.instance, this.self.name));
   }
 
   private track<In extends MessageType>(ch: Channel<In>): Channel<In> {

@@ -71,7 +71,7 @@ export const ClusterConfigSchema = Type.Object(
         { additionalProperties: false },
       ),
     ),
-    /** Where batond keeps what must survive a restart (DVIPAs added through the API). Default /var/lib/baton. */
+    /** Where batond keeps what must survive a restart (DVIPAs added through the API) and keepalived's files. Default /var/lib/baton. */
     stateDir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     /** UDP port of every node's control socket, bound to 127.0.0.1 inside the node (claims 18–24). */
     controlPort: Port,
@@ -271,6 +271,11 @@ function deeperThan(root: unknown, limit: number): { range?: [number, number, nu
 export function writeClusterConfig(path: string, config: ClusterConfig): void {
   parseClusterConfig(config, path);
   fs.writeFileSync(path, `# Baton cluster config (docs/operations.md). Written by the namespace lab.\n${stringify(config)}`);
+}
+
+/** Where batond keeps its state (the DVIPAs added through the API, keepalived's files): `stateDir`, /var/lib/baton by default. */
+export function stateDirOf(config: Pick<ClusterConfig, 'stateDir'>): string {
+  return config.stateDir ?? '/var/lib/baton';
 }
 
 /** The distributor every node assumes active until one announces itself: the first in order of preference. */

@@ -191,7 +191,7 @@ global_defs {
 # batond writes 1 here while it hands the DVIPA over (batonctl dvipa move): FAULT at once, the
 # address given up with a priority-0 advert, so the next distributor takes it within a fraction
 # of an advert interval. keepalived starts the file at 0: a move never outlives a restart.
-vrrp_track_file baton-handover {
+track_file baton-handover {
   file ${spec.trackFile}
   weight 0
   init_file 0 overwrite
@@ -347,3 +347,4 @@ export function writeTrackFile(file: string, handingOver: boolean): void {
     throw new BatonError('E_NATIVE', `cannot write keepalived's track file ${file}: ${(err as Error).message}`, { step: 'dvipa-move', file });
   }
 }
+

@@ -4,7 +4,6 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, vrrpNodeSpec, writeKeepalivedConfig } from '../ha/keepalived.js';
 import { BatonError } from '../errors.js';
 import { type ClusterConfig, writeClusterConfig } from '../config/cluster.js';
 import { newToken, tokenLine } from '../api/token.js';
@@ -166,14 +165,11 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
     const cluster = clusterFromLab(lab);
     for (const name of cluster.distributors) {
       const n = lab.nodes.find((x) => x.name === name)!;
-      const files = keepalivedPaths(lab.runDir, cluster.instance, name);
-      writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, name, files)));
-      // Root's, before keepalived starts: keepalived would create it as its script user (nobody),
-      // and batond refuses a FIFO anyone but root could write its role into (ha/vrrp-state.ts).
-      if (!fs.existsSync(files.notifyFifo)) execFileSync('mkfifo', ['-m', '600', '--', files.notifyFifo]);
-      // A keepalived that was killed leaves its pidfiles, and refuses to start while one names a live process (even a zombie not yet reaped).
-      clearStalePidFiles(files);
-      const spec: ProcessSpec = { name: `${name}-keepalived`, ns: n.ns, argv: keepalivedArgv(files) };
+      // As the systemd unit does (deploy/systemd/baton-keepalived.service): baton-keepalived makes
+      // its files ready and prints the command, which the shell execs, so the lab supervises
+      // keepalived itself (a SIGTERM reaches it, and it leaves nothing behind).
+      const prepare = [node, js('controller/bin/baton-keepalived.js'), '--config', clusterConfigPath(lab), '--node', name];
+      const spec: ProcessSpec = { name: `${name}-keepalived`, ns: n.ns, argv: ['sh', '-c', 'set -e; argv=$("$@"); exec $argv', 'sh', ...prepare] };
       if (name === lab.distributor) specs.push(spec);
       else later.push({ ...spec, startDelayMs: later.length === 0 ? 1000 : 0 });
     }

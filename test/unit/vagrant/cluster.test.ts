@@ -24,10 +24,11 @@ describe('vagrant/cluster.yaml', () => {
     expect(() => readClusterConfig(configPath)).not.toThrow();
   });
 
-  it('describes the Vagrant topology: n1 distributes, n2 and n3 serve', () => {
+  it('describes the Vagrant topology: n1 distributes, n2 is its backup, n2 and n3 serve; each distributor provisions keepalived', () => {
     const config = readClusterConfig(configPath);
     expect(config.nodes.map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
-    expect(config.distributors).toEqual(['n1']);
+    expect(config.distributors).toEqual(['n1', 'n2']);
+    expect(fs.readFileSync(path.join(path.dirname(configPath), 'Vagrantfile'), 'utf8')).toContain('/vagrant/scripts/provision/keepalived.sh #{name}');
   });
 
   it('puts the DVIPA, every node and the Vagrantfile\'s client in one subnet: XDP_TX only reaches the same L2 segment', () => {

@@ -1,0 +1,23 @@
+// Starting one distributor's keepalived, in the lab and under systemd alike: the files it needs
+// are made from the cluster file first (controller/bin/baton-keepalived.ts prints the argv, which a
+// shell then execs, so the supervisor's process is keepalived itself).
+import { BatonError } from '../errors.js';
+import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, type VrrpClusterView, vrrpNodeSpec, writeKeepalivedConfig } from './keepalived.js';
+import { ensureFifo } from './vrrp-state.js';
+
+/**
+ * Everything one distributor's keepalived needs before it starts, from the cluster file: its
+ * config written (in dir, batond's state directory), the notify FIFO created root's and 0600
+ * (keepalived would create it as its script user, and delete it when it stops), the pidfiles a
+ * killed keepalived left cleared. Returns the argv that runs it. Throws E_CONFIG for a node that
+ * must run no keepalived: not a distributor, or the only one (batond is then active alone).
+ * The lab and the systemd unit both start keepalived through this (controller/bin/baton-keepalived.ts).
+ */
+export async function prepareKeepalived(cluster: VrrpClusterView, node: string, dir: string): Promise<string[]> {
+  if (cluster.distributors.length < 2) throw new BatonError('E_CONFIG', `the cluster has one distributor (${cluster.distributors[0] ?? 'none'}): it runs no keepalived, batond is active alone`, { node, step: 'keepalived' });
+  const files = keepalivedPaths(dir, cluster.instance, node);
+  writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, node, files)));
+  await ensureFifo(files.notifyFifo);
+  clearStalePidFiles(files);
+  return keepalivedArgv(files);
+}

@@ -1,0 +1,66 @@
+// baton-keepalived (controller/bin/baton-keepalived.ts over ha/keepalived-start.ts), the one way
+// keepalived is started, by the lab and by deploy/systemd/baton-keepalived.service: from the
+// cluster file it writes the distributor's keepalived.conf into stateDir, creates the notify FIFO
+// root's and 0600, clears pidfiles a killed keepalived left, and prints the command line a shell
+// then execs. A node that must run no keepalived is refused with 78 (not restarted by systemd).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { writeClusterConfig } from '../../../controller/config/cluster.js';
+import { keepalivedArgv, keepalivedPaths } from '../../../controller/ha/keepalived.js';
+import { repoRoot } from '../../../controller/paths.js';
+import { sampleConfig } from '../../helpers/config.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-keepalived-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** The built command, as the unit runs it. */
+function prepare(config: object, node: string) {
+  const file = path.join(tmp, `cluster-${node}-${Math.random().toString(16).slice(2)}.json`);
+  writeClusterConfig(file, config as ReturnType<typeof sampleConfig>);
+  return spawnSync(process.execPath, [path.join(repoRoot(), 'dist/controller/bin/baton-keepalived.js'), '--config', file, '--node', node], { encoding: 'utf8', timeout: 20_000 });
+}
+
+describe('baton-keepalived', () => {
+  const stateDir = path.join(tmp, 'state');
+  fs.mkdirSync(stateDir);
+  const cluster = { ...sampleConfig(), instance: 'prod', distributors: ['n1', 'n2'], stateDir };
+
+  it('writes the config, the FIFO (0600) and clears stale pidfiles, then prints the argv a shell execs', () => {
+    const files = keepalivedPaths(stateDir, 'prod', 'n2');
+    // A pidfile naming no keepalived (this test's own pid is node's): keepalived would refuse to start.
+    fs.writeFileSync(files.vrrpPidFile, `${process.pid}\n`);
+    const r = prepare(cluster, 'n2');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim().split(' ')).toEqual(keepalivedArgv(files));
+    const conf = fs.readFileSync(files.config, 'utf8');
+    expect(conf).toContain('priority 175');
+    expect(conf).toContain(`notify_fifo ${files.notifyFifo}`);
+    expect(conf).toContain(`file ${files.trackFile}`);
+    const fifo = fs.lstatSync(files.notifyFifo);
+    expect(fifo.isFIFO()).toBe(true);
+    expect(fifo.mode & 0o777).toBe(0o600);
+    expect(fs.existsSync(files.vrrpPidFile)).toBe(false);
+    // Again: the same files, the FIFO kept.
+    expect(prepare(cluster, 'n2').status).toBe(0);
+    expect(fs.lstatSync(files.notifyFifo).ino).toBe(fifo.ino);
+  });
+
+  it('refuses with 78 a node that is not a distributor, any node of a one-distributor cluster, and a FIFO others could write', () => {
+    const notOne = prepare(cluster, 'n9');
+    expect(notOne.status).toBe(78);
+    expect(notOne.stderr).toMatch(/n9/);
+    const alone = prepare({ ...cluster, distributors: ['n1'] }, 'n1');
+    expect(alone.status).toBe(78);
+    expect(alone.stderr).toMatch(/one distributor \(n1\).*runs no keepalived/);
+    const files = keepalivedPaths(stateDir, 'prod', 'n1');
+    fs.rmSync(files.notifyFifo, { force: true });
+    fs.writeFileSync(files.notifyFifo, '');
+    const notFifo = prepare(cluster, 'n1');
+    expect(notFifo.status).not.toBe(0);
+    expect(notFifo.stderr).toMatch(/regular file/);
+    expect(notFifo.stdout).toBe('');
+  });
+});
