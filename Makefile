@@ -53,6 +53,38 @@ soak: build
 vagrant-validate: deps
 	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 
+# The Debian package (scripts/package/deb.sh): how an operator installs Baton, and how the Vagrant
+# box gets it. Rebuilt only when what it holds changed.
+VERSION := $(shell sed -n 's/^  "version": "\(.*\)",$$/\1/p' package.json)
+DEB := $(BUILD)/deb/baton_$(VERSION)_amd64.deb
+DEB_INPUTS := $(BUILD)/.ts $(BPF_OBJ) $(NATIVE_LIB) $(BUILD)/.deps scripts/package/deb.sh scripts/commands.txt \
+	$(wildcard deploy/systemd/*) $(wildcard scripts/provision/*) scripts/certs.sh $(wildcard docs/*.md) README.md $(wildcard examples/clients/*)
+.PHONY: deb vagrant-deps vagrant-box
+deb: build $(DEB)
+$(DEB): $(DEB_INPUTS)
+	scripts/package/deb.sh $(@D)
+
+# The Vagrant VMs' host side (QEMU, libvirt, the offline box build: the set vm of scripts/commands.txt).
+vagrant-deps:
+	BATON_DEPS=vm scripts/deps.sh
+
+# The box the VMs boot (scripts/vagrant/box.sh), added to Vagrant as baton-local: rebuilt, and
+# added again, only when the package or the script changed.
+BOX := $(BUILD)/vagrant/baton-local.box
+vagrant-box: vagrant-deps deb $(BUILD)/vagrant/.box-added
+$(BOX): $(DEB) scripts/vagrant/box.sh scripts/vagrant/initramfs-no-nic-drivers
+	scripts/vagrant/box.sh $(DEB) $@
+$(BUILD)/vagrant/.box-added: $(BOX)
+	VAGRANT_CHECKPOINT_DISABLE=1 vagrant box add --force --name baton-local $(BOX)
+	@touch $@
+
+# The end-to-end suite across the VMs (scripts/vagrant/test.sh): the host's libvirt started as
+# needed, the client and three nodes from the local box, `N passed, N failed`, and everything torn
+# down again. Bounded (20 minutes); not part of `make test`.
+.PHONY: vagrant-test
+vagrant-test: vagrant-box
+	scripts/vagrant/test.sh
+
 demo: build
 	node dist/controller/bin/batonctl.js demo
 

@@ -7,6 +7,7 @@
 #                       through `make build` too)
 #   BATON_DEPS=all      the default: adds the set test, what only `make test` needs
 #   BATON_DEPS=bench    adds the set bench too (`make bench-deps`)
+#   BATON_DEPS=vm       adds the set vm to all: the Vagrant VMs' host side (`make vagrant-box`)
 #
 #   deps.sh --packages  prints the packages of BATON_DEPS's sets, one per line, and installs nothing
 set -euo pipefail
@@ -16,7 +17,8 @@ case "${BATON_DEPS:-all}" in
   runtime) sets=" build runtime " ;;
   all) sets=" build runtime test " ;;
   bench) sets=" build runtime test bench " ;;
-  *) echo "deps: BATON_DEPS must be runtime, all or bench, not ${BATON_DEPS}" >&2; exit 2 ;;
+  vm) sets=" build runtime test vm " ;;
+  *) echo "deps: BATON_DEPS must be runtime, all, bench or vm, not ${BATON_DEPS}" >&2; exit 2 ;;
 esac
 
 packages=()
@@ -24,8 +26,8 @@ line_no=0
 while read -r what package set _; do
   line_no=$((line_no + 1))
   [[ -z $what || $what == \#* ]] && continue
-  if [[ -z ${set:-} || " build runtime test bench " != *" $set "* ]]; then
-    echo "deps: scripts/commands.txt:$line_no: want <command or path> <package> <build|runtime|test|bench> <who>, got: $what ${package:-} ${set:-}" >&2
+  if [[ -z ${set:-} || " build runtime test bench vm " != *" $set "* ]]; then
+    echo "deps: scripts/commands.txt:$line_no: want <command or path> <package> <build|runtime|test|bench|vm> <who>, got: $what ${package:-} ${set:-}" >&2
     exit 2
   fi
   [[ $sets == *" $set "* ]] && packages+=("$package")

@@ -1,6 +1,7 @@
 // Starting one distributor's keepalived, in the lab and under systemd alike: the files it needs
 // are made from the cluster file first (controller/bin/baton-keepalived.ts prints the argv, which a
 // shell then execs, so the supervisor's process is keepalived itself).
+import fs from 'node:fs';
 import { BatonError } from '../errors.js';
 import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, type VrrpClusterView, vrrpNodeSpec, writeKeepalivedConfig } from './keepalived.js';
 import { ensureFifo } from './vrrp-state.js';
@@ -16,6 +17,8 @@ import { ensureFifo } from './vrrp-state.js';
 export async function prepareKeepalived(cluster: VrrpClusterView, node: string, dir: string): Promise<string[]> {
   if (cluster.distributors.length < 2) throw new BatonError('E_CONFIG', `the cluster has one distributor (${cluster.distributors[0] ?? 'none'}): it runs no keepalived, batond is active alone`, { node, step: 'keepalived' });
   const files = keepalivedPaths(dir, cluster.instance, node);
+  // A fresh machine has no state directory yet: batond, which makes it too, may not have run.
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, node, files)));
   await ensureFifo(files.notifyFifo);
   clearStalePidFiles(files);

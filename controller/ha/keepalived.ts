@@ -331,12 +331,15 @@ export function writeKeepalivedConfig(file: string, text: string): void {
 /**
  * Says to keepalived (through the track file) whether this node is handing the DVIPA over: in
  * place, as keepalived watches the file itself (inotify), not its directory entry. Root-owned,
- * 0644, never through a symbolic link.
+ * 0644, never through a symbolic link; its directory created if missing.
  */
 export function writeTrackFile(file: string, handingOver: boolean): void {
   checkPath('trackFile', file);
   const { O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW } = fs.constants;
   try {
+    // The state directory of a node that never ran batond does not exist yet (a fresh machine:
+    // found on the first real VM, where batond failed at start).
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
     const fd = fs.openSync(file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0o644);
     try {
       fs.writeSync(fd, handingOver ? '1\n' : '0\n');

@@ -118,8 +118,9 @@ systemctl enable --quiet batond.service
 since=$(date '+%Y-%m-%d %H:%M:%S')
 systemctl restart batond.service
 
-# Type=exec only says the process started; "batond ready" says it serves.
-for _ in $(seq 1 30); do
+# Type=exec only says the process started; "batond ready" says it serves. Within
+# BATON_PROVISION_READY_SECONDS (30 by default; a VM under software emulation needs more).
+for _ in $(seq 1 "${BATON_PROVISION_READY_SECONDS:-30}"); do
   # Not grep -q: leaving early would kill journalctl with SIGPIPE, which pipefail reports as failure.
   if journalctl -u batond.service --since "$since" -o cat | grep '"msg":"batond ready"' >/dev/null; then
     echo "batond: $node ready"

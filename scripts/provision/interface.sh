@@ -50,8 +50,9 @@ MACAddress=$mac
 [Link]
 Name=$name
 EOF
-  # The initramfs carries its own copy of the .link files and names NICs first.
-  if command -v update-initramfs >/dev/null; then update-initramfs -u; fi
+  # The initramfs carries its own copy of the .link files and names NICs first, if it holds their
+  # driver; Baton's own box leaves NIC drivers out of it (scripts/vagrant/box.sh), nothing to rebuild.
+  if command -v update-initramfs >/dev/null && [ ! -e /etc/initramfs-tools/hooks/zz-baton-no-nic-drivers ]; then update-initramfs -u; fi
 fi
 
 if [ "$current" != "$name" ]; then

@@ -42,11 +42,12 @@ systemctl mask --quiet keepalived.service
 install -m 0644 "$repo/deploy/systemd/baton-keepalived.service" /etc/systemd/system/baton-keepalived.service
 systemctl daemon-reload
 systemctl enable --quiet baton-keepalived.service
+since=$(date '+%Y-%m-%d %H:%M:%S')
 systemctl restart baton-keepalived.service
 
 # keepalived says its first state (BACKUP, then MASTER on one node) on its console: the journal.
-since=$(date '+%Y-%m-%d %H:%M:%S')
-for _ in $(seq 1 20); do
+# Within BATON_PROVISION_READY_SECONDS (30 by default), as batond.sh.
+for _ in $(seq 1 "${BATON_PROVISION_READY_SECONDS:-30}"); do
   if journalctl -u baton-keepalived.service --since "$since" -o cat | grep -E 'Entering (BACKUP|MASTER) STATE' >/dev/null; then
     echo "keepalived: $node running"
     exit 0

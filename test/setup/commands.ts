@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../../controller/paths.js';
 
-export const SETS = ['build', 'runtime', 'test', 'bench'] as const;
+export const SETS = ['build', 'runtime', 'test', 'bench', 'vm'] as const;
 export type CommandSet = (typeof SETS)[number];
 
 /** What `make test` needs: everything but the benchmarks' baseline. */

@@ -24,12 +24,16 @@ function prepare(config: object, node: string) {
 }
 
 describe('baton-keepalived', () => {
-  const stateDir = path.join(tmp, 'state');
-  fs.mkdirSync(stateDir);
+  // Not created here: on a fresh machine nobody has made it yet (the first real VM's batond failed on that).
+  const stateDir = path.join(tmp, 'state', 'baton');
   const cluster = { ...sampleConfig(), instance: 'prod', distributors: ['n1', 'n2'], stateDir };
 
   it('writes the config, the FIFO (0600) and clears stale pidfiles, then prints the argv a shell execs', () => {
     const files = keepalivedPaths(stateDir, 'prod', 'n2');
+    expect(fs.existsSync(stateDir)).toBe(false);
+    const first = prepare(cluster, 'n2');
+    expect(first.status, first.stderr).toBe(0);
+    expect(fs.statSync(stateDir).mode & 0o777).toBe(0o755);
     // A pidfile naming no keepalived (this test's own pid is node's): keepalived would refuse to start.
     fs.writeFileSync(files.vrrpPidFile, `${process.pid}\n`);
     const r = prepare(cluster, 'n2');

@@ -27,6 +27,7 @@ import {
   vrrpInstanceName,
   vrrpNodeSpec,
   writeKeepalivedConfig,
+  writeTrackFile,
 } from '../../../controller/ha/keepalived.js';
 import { ensureFifo, holdsAddress, parseFifoLine, type VrrpEvent, VrrpState, type VrrpTransition } from '../../../controller/ha/vrrp-state.js';
 import { until } from '../../helpers/wait.js';
@@ -214,6 +215,24 @@ describe('keepalived.conf for a distributor', () => {
       // The config test creates no FIFO: batond does, before keepalived starts.
       expect(fs.existsSync(paths.notifyFifo)).toBe(false);
     });
+  });
+});
+
+describe('the track file (batonctl dvipa move)', () => {
+  it('is written in place, 1 while handing over and 0 otherwise, its directory made on a fresh machine; never through a symbolic link', () => {
+    const file = path.join(tmp, 'fresh', 'state', 'keepalived-prod-n1.handover');
+    writeTrackFile(file, false);
+    expect(fs.readFileSync(file, 'utf8')).toBe('0\n');
+    const inode = fs.statSync(file).ino;
+    writeTrackFile(file, true);
+    // The same file: keepalived watches it, not its directory entry.
+    expect(fs.statSync(file).ino).toBe(inode);
+    expect(fs.readFileSync(file, 'utf8')).toBe('1\n');
+    expect(fs.statSync(file).mode & 0o777).toBe(0o644);
+    const link = path.join(tmp, 'fresh', 'state', 'link.handover');
+    fs.symlinkSync(path.join(tmp, 'elsewhere'), link);
+    expect(() => writeTrackFile(link, true)).toThrow(/cannot write keepalived's track file/);
+    expect(fs.existsSync(path.join(tmp, 'elsewhere'))).toBe(false);
   });
 });
 

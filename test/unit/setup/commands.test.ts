@@ -56,6 +56,7 @@ describe('scripts/commands.txt, the one list of programs', () => {
     expect(depsPackages('runtime')).toEqual(packagesOf(['build', 'runtime']));
     expect(depsPackages('all')).toEqual(packagesOf([...TEST_SETS]));
     expect(depsPackages('bench')).toEqual(packagesOf(['build', 'runtime', 'test', 'bench']));
+    expect(depsPackages('vm')).toEqual(packagesOf(['build', 'runtime', 'test', 'vm']));
     // The fresh-machine failure this list exists for: ping, which impaired.test.ts runs.
     expect(depsPackages('all')).toContain('iputils-ping');
   });
@@ -77,7 +78,7 @@ describe('scripts/commands.txt, the one list of programs', () => {
   it('refuses a malformed line, naming it', () => {
     const bad = path.join(tmp, 'commands.txt');
     fs.writeFileSync(bad, '# a comment\nping iputils-ping tests impaired.test.ts\n');
-    expect(() => readCommandList(bad)).toThrow(`${bad}:2: want <command or path> <package> <build|runtime|test|bench> <who>`);
+    expect(() => readCommandList(bad)).toThrow(`${bad}:2: want <command or path> <package> <build|runtime|test|bench|vm> <who>`);
   });
 
   it('lists every program the sources run, and only programs something runs', () => {

@@ -28,7 +28,7 @@ describe('vagrant/cluster.yaml', () => {
     const config = readClusterConfig(configPath);
     expect(config.nodes.map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
     expect(config.distributors).toEqual(['n1', 'n2']);
-    expect(fs.readFileSync(path.join(path.dirname(configPath), 'Vagrantfile'), 'utf8')).toContain('/vagrant/scripts/provision/keepalived.sh #{name}');
+    expect(fs.readFileSync(path.join(path.dirname(configPath), 'Vagrantfile'), 'utf8')).toContain('#{PROVISION}/keepalived.sh #{name}');
   });
 
   it('puts the DVIPA, every node and the Vagrantfile\'s client in one subnet: XDP_TX only reaches the same L2 segment', () => {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# make vagrant-test: the end-to-end suite across real VMs. Starts what the host needs
+# (scripts/vagrant/host.sh), brings up the client and the three nodes from the local box
+# (BATON_BOX=local, make vagrant-box), runs the checks below, prints `N passed, N failed`, and
+# always tears down what it started: the VMs, their volumes and networks, the daemons.
+# Bounded: every step has a timeout; the whole run stops after BATON_VAGRANT_TIMEOUT seconds
+# (default 1200).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+state=$repo/build/vagrant/host
+export VAGRANT_CHECKPOINT_DISABLE=1 BATON_BOX=local
+limit=${BATON_VAGRANT_TIMEOUT:-1200}
+passed=0
+failed=0
+log() { printf '%s %s\n' "$(date +%T)" "$*"; }
+
+teardown() {
+  log "teardown: vagrant destroy"
+  (cd "$repo/vagrant" && timeout 300 vagrant destroy -f >/dev/null 2>&1) || log "teardown: vagrant destroy failed (see virsh list --all)"
+  # The isolated segment and Vagrant's management network, if vagrant-libvirt left them.
+  for net in baton vagrant-libvirt; do
+    if virsh -c qemu:///system net-info "$net" >/dev/null 2>&1; then
+      virsh -c qemu:///system net-destroy "$net" >/dev/null 2>&1 || true
+      virsh -c qemu:///system net-undefine "$net" >/dev/null 2>&1 || true
+    fi
+  done
+  # vagrant-libvirt's copy of the box in the storage pool (about 1 GB, one per box version it saw).
+  for vol in $(virsh -c qemu:///system vol-list default 2>/dev/null | awk '$1 ~ /^baton-local_vagrant_box_image_/ { print $1 }'); do
+    virsh -c qemu:///system vol-delete --pool default "$vol" >/dev/null 2>&1 || true
+  done
+  "$repo/scripts/vagrant/host.sh" down "$state" || true
+}
+trap teardown EXIT
+# The whole run is bounded: past the limit, this shell is told to stop (the trap tears down).
+( sleep "$limit"; log "vagrant-test: over ${limit} s, stopping"; kill -TERM $$ ) &
+watchdog=$!
+trap 'kill $watchdog 2>/dev/null || true; teardown' EXIT
+# A signal ends the run through the EXIT trap too (bash runs it on exit, not on a fatal signal).
+trap 'exit 143' TERM INT
+
+eval "$("$repo/scripts/vagrant/host.sh" up "$state")"
+export BATON_LIBVIRT_DRIVER
+log "host ready: libvirt driver $BATON_LIBVIRT_DRIVER"
+
+t0=$(date +%s)
+log "vagrant up (client, n1, n2, n3)"
+# Progress bars (carriage returns) left out of the log.
+(cd "$repo/vagrant" && timeout $((limit - 240)) vagrant up --provider=libvirt 2>&1 | stdbuf -oL tr '\r' '\n' | grep --line-buffered -v 'Progress: ' ; exit "${PIPESTATUS[0]}") || { log "vagrant up failed"; exit 1; }
+log "vagrant up: $(( $(date +%s) - t0 )) s"
+
+# check <name> <vm> <command>: one check, run in a VM, passed when the command succeeds.
+check() {
+  local name=$1 vm=$2 cmd=$3
+  if (cd "$repo/vagrant" && timeout 120 vagrant ssh "$vm" -c "$cmd" >/tmp/baton-vagrant-check.log 2>&1); then
+    passed=$((passed + 1)); log "PASS  $name"
+  else
+    failed=$((failed + 1)); log "FAIL  $name"; sed 's/^/      /' /tmp/baton-vagrant-check.log | tail -20
+  fi
+}
+
+DVIPA=192.168.203.10
+CLIENTS=/opt/baton/examples/clients
+for n in n1 n2 n3; do
+  check "batond ready on $n (the shipped unit, its capabilities)" "$n" "systemctl is-active batond && sudo journalctl -u batond -o cat | grep -q '\"msg\":\"batond ready\"'"
+done
+# keepalived on both distributors; with nopreempt, whichever was provisioned first holds the DVIPA
+# (Vagrant provisions the VMs in parallel). If that is n2, the DVIPA goes to n1 the operator's
+# way, with batonctl dvipa move (run on n2 against its own API, with the Vagrantfile's token).
+holds() { (cd "$repo/vagrant" && timeout 60 vagrant ssh "$1" -c "ip -br address show dev baton0" 2>/dev/null) | grep -q "$DVIPA/32"; }
+token=$(cat "$repo/vagrant/.vagrant/baton-api-token")
+if holds n2 && ! holds n1; then
+  check "keepalived had made n2 MASTER: batonctl dvipa move gives n1 the DVIPA" n2 \
+    "BATON_API_TOKEN=$token batonctl dvipa move $DVIPA n1 --api https://192.168.203.12:4702 --ca-file /etc/baton/tls/ca.crt"
+fi
+check "keepalived: n1 MASTER, holds the DVIPA on its interface" n1 "systemctl is-active baton-keepalived && ip -br address show dev baton0 | grep -q '$DVIPA/32'"
+check "keepalived: n2 BACKUP, no DVIPA on its interface" n2 "systemctl is-active baton-keepalived && ! ip -br address show dev baton0 | grep -q '$DVIPA/32'"
+check "7. n1 steers with native XDP on virtio-net (xdp, not xdpgeneric)" n1 "ip -d link show dev baton0 | grep -q 'prog/xdp '"
+
+# The example applications, as docs/operations.md starts them: routers on both distributors,
+# targets on n2 and n3 (a node never hands a connection to itself).
+app() { # app <vm> <unit> <script> <args...>
+  local vm=$1 unit=$2 script=$3; shift 3
+  (cd "$repo/vagrant" && timeout 120 vagrant ssh "$vm" -c "sudo systemd-run --unit=$unit node /opt/baton/dist/examples/$script --agent /run/baton/$vm.sock --node $vm --control-port 4701 --control-secret /var/lib/baton/$vm.secret $*" >/dev/null 2>&1) || log "could not start $unit on $vm"
+}
+for r in n1 n2; do
+  targets=$( [ "$r" = n2 ] && echo n3 || echo n2,n3 )
+  app "$r" http-router http/router.js --dvipa "$DVIPA" --port 80 --targets "$targets"
+  app "$r" line-router line/router.js --dvipa "$DVIPA" --port 7000 --targets "$targets"
+done
+for t in n2 n3; do
+  app "$t" http-target http/target.js --port 80
+  app "$t" line-target line/target.js --port 7000
+done
+sleep 20 # registration: each application's first heartbeat, under emulation
+
+check "1./4. curl: Digest challenge, handoff to n2 on port 80, two requests on one connection" client \
+  "out=\$(curl -sv --digest -u alice:wonderland http://$DVIPA/ http://$DVIPA/again 2>&1); echo \"\$out\" | grep -c 'served by n2' | grep -qx 2 && echo \"\$out\" | grep -q 'Re-using existing connection'"
+check "2./4. line client on port 7000: GET and PUT byte-exact, handed off to n2" client \
+  "python3 $CLIENTS/line_client.py --host $DVIPA --user alice --expect-node n2 --get 100000 --put 100000 | grep -q '\"ok\": true'"
+check "2. twenty connections at once, half to n2, half to n3, byte-exact" client \
+  "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 20 --users alice=n2,bob=n3 --get 16384 --put 16384 --seconds 5 --timeout 60 | tail -1 | grep -q '\"failed\": \[\]'"
+
+# 5. batond restarted on the distributor while 50 handed-off connections stream.
+stream_while() { # stream_while <name> <seconds> <action...>: streams from the client while the action runs
+  local name=$1 seconds=$2; shift 2
+  (cd "$repo/vagrant" && timeout $((seconds + 120)) vagrant ssh client -c "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 50 --users alice=n2,bob=n3 --get 8192 --put 8192 --interval 0.5 --seconds $seconds --timeout 60" >/tmp/baton-vagrant-streams.log 2>&1) &
+  local streams=$!
+  sleep $((seconds / 3))
+  "$@" || log "$name: the action failed"
+  if wait "$streams" && tail -1 /tmp/baton-vagrant-streams.log | grep -q '"failed": \[\]'; then
+    passed=$((passed + 1)); log "PASS  $name"
+  else
+    failed=$((failed + 1)); log "FAIL  $name"; tail -5 /tmp/baton-vagrant-streams.log | cut -c1-300 | sed 's/^/      /'
+  fi
+}
+restart_batond() { (cd "$repo/vagrant" && timeout 120 vagrant ssh n1 -c 'sudo systemctl restart batond' >/dev/null 2>&1); }
+stream_while "5. systemctl restart batond on the distributor: 50 streaming connections all continue" 60 restart_batond
+# 6. The distributor VM destroyed: the backup takes over.
+destroy_n1() { virsh -c qemu:///system destroy vagrant_n1 >/dev/null; }
+stream_while "6. virsh destroy of the distributor: 50 streaming connections all continue through n2" 60 destroy_n1
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
