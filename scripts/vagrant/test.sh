@@ -88,7 +88,8 @@ for r in n1 n2; do
   app "$r" line-router line/router.js --dvipa "$DVIPA" --port 7000 --targets "$targets"
 done
 for t in n2 n3; do
-  app "$t" http-target http/target.js --port 80
+  # n3's HTTP target serves one connection at a time: a second one is refused and retried on n2.
+  app "$t" http-target http/target.js --port 80 $( [ "$t" = n3 ] && echo --capacity 1 )
   app "$t" line-target line/target.js --port 7000
 done
 sleep 20 # registration: each application's first heartbeat, under emulation
@@ -100,24 +101,33 @@ check "2./4. line client on port 7000: GET and PUT byte-exact, handed off to n2"
 check "2. twenty connections at once, half to n2, half to n3, byte-exact" client \
   "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 20 --users alice=n2,bob=n3 --get 16384 --put 16384 --seconds 5 --timeout 60 | tail -1 | grep -q '\"failed\": \[\]'"
 
+check "3. a refusal retried elsewhere: n3 busy (capacity 1), bob's next connection refused there and served by n2" client \
+  "curl -s --digest -u bob:builder 'http://$DVIPA/hold?ms=6000' >/tmp/slow.out & sleep 2; curl -s --digest -u bob:builder http://$DVIPA/ | grep -q 'hello bob, served by n2' && wait && grep -q 'served by n3' /tmp/slow.out"
+check "3. transfer again: one connection served by n2, moved to n3, moved back to n2, byte-exact after each" client \
+  "python3 $CLIENTS/line_client.py --host $DVIPA --user alice --expect-node n2 --move n3,n2 --get 100000 --put 100000 --timeout 60 | grep -q '\"moves_ok\": true'"
+
 # 5. batond restarted on the distributor while 50 handed-off connections stream.
-stream_while() { # stream_while <name> <seconds> <action...>: streams from the client while the action runs
-  local name=$1 seconds=$2; shift 2
-  (cd "$repo/vagrant" && timeout $((seconds + 120)) vagrant ssh client -c "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 50 --users alice=n2,bob=n3 --get 8192 --put 8192 --interval 0.5 --seconds $seconds --timeout 60" >/tmp/baton-vagrant-streams.log 2>&1) &
+stream_while() { # stream_while <name> <users> <seconds> <action...>: streams from the client while the action runs
+  local name=$1 users=$2 seconds=$3; shift 3
+  (cd "$repo/vagrant" && timeout $((seconds + 120)) vagrant ssh client -c "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 50 --users $users --get 8192 --put 8192 --interval 0.5 --seconds $seconds --timeout 60" >/tmp/baton-vagrant-streams.log 2>&1) &
   local streams=$!
   sleep $((seconds / 3))
-  "$@" || log "$name: the action failed"
-  if wait "$streams" && tail -1 /tmp/baton-vagrant-streams.log | grep -q '"failed": \[\]'; then
+  local acted=true
+  "$@" || { acted=false; log "$name: the action failed"; }
+  if wait "$streams" && $acted && tail -1 /tmp/baton-vagrant-streams.log | grep -q '"failed": \[\]'; then
     passed=$((passed + 1)); log "PASS  $name"
   else
     failed=$((failed + 1)); log "FAIL  $name"; tail -5 /tmp/baton-vagrant-streams.log | cut -c1-300 | sed 's/^/      /'
   fi
 }
 restart_batond() { (cd "$repo/vagrant" && timeout 120 vagrant ssh n1 -c 'sudo systemctl restart batond' >/dev/null 2>&1); }
-stream_while "5. systemctl restart batond on the distributor: 50 streaming connections all continue" 60 restart_batond
-# 6. The distributor VM destroyed: the backup takes over.
+stream_while "5. systemctl restart batond on the distributor: 50 streaming connections all continue" alice=n2,bob=n3 60 restart_batond
+# 3. n3 drained while connections stream to it: each moved to n2 (n3 takes no new one afterwards).
+drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api https://192.168.203.11:4702 --ca-file /etc/baton/tls/ca.crt" >/tmp/baton-vagrant-drain.log 2>&1); }
+stream_while "3. batonctl drain n3 while 50 connections stream to n2 and n3: all continue" alice=n2,bob=n3 60 drain_n3
+# 6. The distributor VM destroyed: the backup takes over (n3 is draining now: new streams go to n2).
 destroy_n1() { virsh -c qemu:///system destroy vagrant_n1 >/dev/null; }
-stream_while "6. virsh destroy of the distributor: 50 streaming connections all continue through n2" 60 destroy_n1
+stream_while "6. virsh destroy of the distributor: 50 streaming connections all continue through n2" alice=n2 60 destroy_n1
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
