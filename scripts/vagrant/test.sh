@@ -2,7 +2,8 @@
 # make vagrant-test: the end-to-end suite across real VMs. Starts what the host needs
 # (scripts/vagrant/host.sh), brings up the client and the three nodes from the local box
 # (BATON_BOX=local, make vagrant-box), runs the checks below, prints `N passed, N failed`, and
-# always tears down what it started: the VMs, their volumes and networks, the daemons.
+# always tears down what it started: the VMs, their volumes and networks, the daemons. The last
+# check's, streams' and drain's output stay in build/vagrant/host/ for a look after a failure.
 # Bounded: every step has a timeout; the whole run stops after BATON_VAGRANT_TIMEOUT seconds
 # (default 1200).
 set -euo pipefail
@@ -30,7 +31,6 @@ teardown() {
   done
   "$repo/scripts/vagrant/host.sh" down "$state" || true
 }
-trap teardown EXIT
 # The whole run is bounded: past the limit, this shell is told to stop (the trap tears down).
 ( sleep "$limit"; log "vagrant-test: over ${limit} s, stopping"; kill -TERM $$ ) &
 watchdog=$!
@@ -51,10 +51,10 @@ log "vagrant up: $(( $(date +%s) - t0 )) s"
 # check <name> <vm> <command>: one check, run in a VM, passed when the command succeeds.
 check() {
   local name=$1 vm=$2 cmd=$3
-  if (cd "$repo/vagrant" && timeout 120 vagrant ssh "$vm" -c "$cmd" >/tmp/baton-vagrant-check.log 2>&1); then
+  if (cd "$repo/vagrant" && timeout 120 vagrant ssh "$vm" -c "$cmd" >"$state/check.log" 2>&1); then
     passed=$((passed + 1)); log "PASS  $name"
   else
-    failed=$((failed + 1)); log "FAIL  $name"; sed 's/^/      /' /tmp/baton-vagrant-check.log | tail -20
+    failed=$((failed + 1)); log "FAIL  $name"; sed 's/^/      /' "$state/check.log" | tail -20
   fi
 }
 
@@ -109,21 +109,21 @@ check "3. transfer again: one connection served by n2, moved to n3, moved back t
 # 5. batond restarted on the distributor while 50 handed-off connections stream.
 stream_while() { # stream_while <name> <users> <seconds> <action...>: streams from the client while the action runs
   local name=$1 users=$2 seconds=$3; shift 3
-  (cd "$repo/vagrant" && timeout $((seconds + 120)) vagrant ssh client -c "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 50 --users $users --get 8192 --put 8192 --interval 0.5 --seconds $seconds --timeout 60" >/tmp/baton-vagrant-streams.log 2>&1) &
+  (cd "$repo/vagrant" && timeout $((seconds + 120)) vagrant ssh client -c "python3 $CLIENTS/line_streams.py --host $DVIPA --connections 50 --users $users --get 8192 --put 8192 --interval 0.5 --seconds $seconds --timeout 60" >"$state/streams.log" 2>&1) &
   local streams=$!
   sleep $((seconds / 3))
   local acted=true
   "$@" || { acted=false; log "$name: the action failed"; }
-  if wait "$streams" && $acted && tail -1 /tmp/baton-vagrant-streams.log | grep -q '"failed": \[\]'; then
+  if wait "$streams" && $acted && tail -1 "$state/streams.log" | grep -q '"failed": \[\]'; then
     passed=$((passed + 1)); log "PASS  $name"
   else
-    failed=$((failed + 1)); log "FAIL  $name"; tail -5 /tmp/baton-vagrant-streams.log | cut -c1-300 | sed 's/^/      /'
+    failed=$((failed + 1)); log "FAIL  $name"; tail -5 "$state/streams.log" | cut -c1-300 | sed 's/^/      /'
   fi
 }
 restart_batond() { (cd "$repo/vagrant" && timeout 120 vagrant ssh n1 -c 'sudo systemctl restart batond' >/dev/null 2>&1); }
 stream_while "5. systemctl restart batond on the distributor: 50 streaming connections all continue" alice=n2,bob=n3 60 restart_batond
 # 3. n3 drained while connections stream to it: each moved to n2 (n3 takes no new one afterwards).
-drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api https://192.168.203.11:4702 --ca-file /etc/baton/tls/ca.crt" >/tmp/baton-vagrant-drain.log 2>&1); }
+drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api https://192.168.203.11:4702 --ca-file /etc/baton/tls/ca.crt" >"$state/drain.log" 2>&1); }
 stream_while "3. batonctl drain n3 while 50 connections stream to n2 and n3: all continue" alice=n2,bob=n3 60 drain_n3
 # 6. The distributor VM destroyed: the backup takes over (n3 is draining now: new streams go to n2).
 destroy_n1() { virsh -c qemu:///system destroy vagrant_n1 >/dev/null; }
