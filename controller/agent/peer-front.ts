@@ -17,7 +17,7 @@ import type { TargetRelay } from '../transfer/target-relay.js';
 import { HELLO_TIMEOUT_MS } from './bounds.js';
 import type { RouteService } from './route-service.js';
 import type { ActiveDistributor } from '../ha/active.js';
-import { answerServed } from '../ha/served.js';
+import { answerServed, SERVING_MAX_FLOWS } from '../ha/served.js';
 
 export type FromPeer = (typeof Accepts.agentFromPeer)[number];
 
@@ -87,7 +87,8 @@ export class PeerFront {
       },
       probe: (s, d) => this.probe(s, d.msg),
       served: (s, d) => {
-        if (this.fromDistributor(s, d.msg.connId, 'served')) answerServed(d.msg, servedFlows, (body) => s.channel.send('serving', body), s.log);
+        // The dump itself stops at what a node may report: a node with more answers failed, holding no more than that.
+        if (this.fromDistributor(s, d.msg.connId, 'served')) answerServed(d.msg, (f, a) => servedFlows(f, a, SERVING_MAX_FLOWS), (body) => s.channel.send('serving', body), s.log);
       },
       replica: (s, d) => p.replica(s.node, d.msg, s.channel),
       distributor: (s, d) => this.announced(s, d.msg),
