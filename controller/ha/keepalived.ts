@@ -147,6 +147,9 @@ function checkPath(field: string, file: string): void {
   }
 }
 
+/** keepalived's vrrp_rlimit_rttime (keepalivedConfig says why). */
+export const VRRP_RLIMIT_RTTIME_US = 1_000_000;
+
 /**
  * The text of one node's keepalived.conf. Every distributor gets the same instance, router id,
  * DVIPA and timers; only router_id, priority, interface and the FIFO differ.
@@ -170,6 +173,12 @@ global_defs {
   # instead of letting the backup take over a live MASTER.
   max_auto_priority 10
   min_auto_priority_delay ${spec.advertMs * 1000}
+  # Realtime comes with RLIMIT_RTTIME: CPU time between blocking calls past it, and the kernel
+  # kills the VRRP process (keepalived respawns it, BACKUP: a role change for nothing). The
+  # default 10 ms is counted on a VM's clock, which runs on while the host has descheduled its
+  # virtual CPU: under QEMU it killed both distributors' VRRP processes within a second of going
+  # realtime. One second still ends a process that is really stuck.
+  vrrp_rlimit_rttime ${VRRP_RLIMIT_RTTIME_US}
   # On becoming MASTER: 5 gratuitous ARPs at once (keepalived's default), and 5 more 1 s later
   # rather than 5 s: a neighbour that missed the first burst follows the DVIPA within a second.
   vrrp_garp_master_repeat 5

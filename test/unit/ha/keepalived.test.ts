@@ -112,6 +112,8 @@ describe('keepalived.conf for a distributor', () => {
     expect(d).toContain('virtual_router_id 7');
     expect(d).toContain('advert_int 0.03');
     expect(d).toContain('min_auto_priority_delay 30000');
+    // Realtime's CPU limit: the 10 ms default killed the VRRP process of emulated VMs (a role change each).
+    expect(d).toContain('vrrp_rlimit_rttime 1000000');
     expect(directives(keepalivedConfig({ ...spec, advertMs: 1000 }))).toContain('advert_int 1');
     expect(directives(keepalivedConfig({ ...spec, advertMs: 2550 }))).toContain('advert_int 2.55');
   });
