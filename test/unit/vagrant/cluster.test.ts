@@ -1,6 +1,7 @@
 // vagrant/cluster.yaml is static: nothing generates it, so nothing but this test notices when it
 // stops matching the schema, the Vagrantfile that reads it, or the systemd unit batond runs under.
 import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readClusterConfig } from '../../../controller/config/cluster.js';
@@ -57,4 +58,24 @@ describe('vagrant/cluster.yaml', () => {
       expect(n.controlSecretFile, n.name).not.toMatch(readOnly);
     }
   });
+
+  // BATON_BOX=local: the Vagrantfile writes the file the nodes get (native XDP; under emulation,
+  // VRRP adverts every second). Loading the Vagrantfile writes it; validate loads it, no VM made.
+  it.each([
+    ['qemu', 1000],
+    ['kvm', undefined],
+  ])('BATON_BOX=local, libvirt driver %s: the generated cluster file is valid, native XDP, advertMs %s', (driver, advertMs) => {
+    const generated = path.join(repoRoot(), 'vagrant', '.vagrant', 'cluster-local.yaml');
+    fs.rmSync(generated, { force: true });
+    execFileSync('vagrant', ['validate', '--ignore-provider'], {
+      cwd: path.join(repoRoot(), 'vagrant'),
+      env: { ...process.env, BATON_BOX: 'local', BATON_LIBVIRT_DRIVER: driver, VAGRANT_CHECKPOINT_DISABLE: '1' },
+      stdio: 'pipe',
+      timeout: 60_000,
+    });
+    const config = readClusterConfig(generated);
+    expect(config.xdpMode).toBe('native');
+    expect(config.vrrp?.advertMs).toBe(advertMs);
+    expect(config.nodes).toEqual(readClusterConfig(configPath).nodes);
+  }, 90_000);
 });
