@@ -76,7 +76,9 @@ enum baton_stat {
 					       * kernel answers it (the entry stays) */
 	BATON_STAT_PASS_SERVED_HERE = 11, /* entry naming this node: a backup distributor's replica (or
 					   * one taken over) of a connection this node serves itself */
-	BATON_STAT_MAX = 12,
+	BATON_STAT_PASS_FROM_DISTRIBUTOR = 12, /* entry, but another distributor already steered the
+						* frame here (its source MAC): this node's kernel serves it */
+	BATON_STAT_MAX = 13,
 };
 
 /* ---- shared structs -------------------------------------------------------------------- */
@@ -134,10 +136,16 @@ struct baton_stat_counter {
  * to one interface: the same pinned config seen from a program left attached elsewhere does
  * not match there.
  */
+#define BATON_MAX_PEER_DISTRIBUTORS 8
+
 struct baton_config {
 	__u32 ifindex;            /* the interface the program was attached to, in its namespace */
 	__u8 if_mac[ETH_ALEN];    /* that interface's MAC: the only destination steered frames have */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 peer_count;         /* how many peer_macs are set */
+	/* The cluster's other distributors' MACs (each padded to 8 bytes): a frame from one of them
+	 * was steered already, and is never steered again (steer.c says why). */
+	__u8 peer_macs[BATON_MAX_PEER_DISTRIBUTORS][8];
 };
 
 _Static_assert(sizeof(struct baton_flow_key) == 40, "baton_flow_key layout changed: update table-layout.ts");
@@ -151,8 +159,10 @@ _Static_assert(__builtin_offsetof(struct baton_route, state) == 16, "baton_route
 _Static_assert(__builtin_offsetof(struct baton_route, target_node) == 20, "baton_route.target_node");
 _Static_assert(__builtin_offsetof(struct baton_route, target_mac) == 24, "baton_route.target_mac");
 _Static_assert(sizeof(struct baton_stat_counter) == 16, "baton_stat_counter layout changed: update table-layout.ts");
-_Static_assert(sizeof(struct baton_config) == 16, "baton_config layout changed: update table-layout.ts");
+_Static_assert(sizeof(struct baton_config) == 80, "baton_config layout changed: update table-layout.ts");
 _Static_assert(__builtin_offsetof(struct baton_config, if_mac) == 4, "baton_config.if_mac");
+_Static_assert(__builtin_offsetof(struct baton_config, peer_count) == 12, "baton_config.peer_count");
+_Static_assert(__builtin_offsetof(struct baton_config, peer_macs) == 16, "baton_config.peer_macs");
 
 /* ---- maps (pinned by batond under /sys/fs/bpf/baton/<instance>/) ------------------------ */
 

@@ -40,6 +40,19 @@ static __always_inline int baton_sent_to(const __u8 *dest, const __u8 *own)
 		(dest[3] ^ own[3]) | (dest[4] ^ own[4]) | (dest[5] ^ own[5])) == 0;
 }
 
+// Whether src is another distributor's MAC (the config lists them): a frame it steered here.
+static __always_inline int baton_from_peer(const __u8 *src, const struct baton_config *config)
+{
+	__u32 count = config->peer_count;
+
+#pragma unroll
+	for (int i = 0; i < BATON_MAX_PEER_DISTRIBUTORS; i++) {
+		if (i < count && baton_sent_to(src, config->peer_macs[i]))
+			return 1;
+	}
+	return 0;
+}
+
 SEC("xdp")
 int baton_steer(struct xdp_md *ctx)
 {
@@ -104,6 +117,15 @@ int baton_steer(struct xdp_md *ctx)
 		return baton_verdict(BATON_STAT_PASS_NOT_TCP, len, XDP_PASS);
 	if (!baton_sent_to(eth->h_dest, config->if_mac))
 		return baton_verdict(BATON_STAT_PASS_NOT_FOR_US, len, XDP_PASS);
+
+	// Another distributor steered this frame here: this node serves the flow, whatever its own
+	// table says. A backup's replica follows the active table a replication round trip late;
+	// while a connection moves to the backup, its entry there still names the node it leaves,
+	// and steering the frame on would take the client's bytes back to that node, where the
+	// socket is gone (it answers with a reset) or is being exported (it acknowledges bytes the
+	// new owner never gets). Seen on VMs: docs/datapath.md. It changes nothing in the table.
+	if (baton_from_peer(eth->h_source, config))
+		return baton_verdict(BATON_STAT_PASS_FROM_DISTRIBUTOR, len, XDP_PASS);
 
 	// A SYN means the client reuses the tuple for a new connection, which is the
 	// distributor's, but only once the serving node's kernel has let the old one go. Earlier

@@ -321,6 +321,7 @@ export class NodeAgent {
       ifname: this.self.interface,
       mode: this.config.xdpMode,
       maxEntries: this.config.limits?.routingTableEntries,
+      peerMacs: this.config.nodes.filter((n) => n.name !== this.self.name && this.config.distributors.includes(n.name)).map((n) => n.mac),
       log: this.log,
     });
     const steering = this.steering;

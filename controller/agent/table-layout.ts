@@ -44,12 +44,16 @@ export const STAT_INDEX = {
   passedStackedVlan: 9,
   steeredReleasedSyn: 10,
   passedServedHere: 11,
+  passedFromDistributor: 12,
 } as const;
-export const STAT_COUNT = 12;
+export const STAT_COUNT = 13;
 
-/** struct baton_config, the one value of baton_config: the interface the program steers on. */
-export const CONFIG_SIZE = 16;
-export const CONFIG_OFFSET = { ifindex: 0, ifMac: 4 } as const;
+/** struct baton_config, the one value of baton_config: the interface the program steers on, and the other distributors. */
+export const CONFIG_SIZE = 80;
+export const CONFIG_OFFSET = { ifindex: 0, ifMac: 4, peerCount: 12, peerMacs: 16 } as const;
+/** BATON_MAX_PEER_DISTRIBUTORS: the other distributors a config can name (each MAC padded to 8 bytes). */
+export const MAX_PEER_DISTRIBUTORS = 8;
+const PEER_MAC_STRIDE = 8;
 
 export const ROUTES_MAX_ENTRIES_DEFAULT = 262144;
 export const ROUTES_MAP_NAME = 'baton_routes';
@@ -183,6 +187,8 @@ export interface SteeringConfig {
   ifindex: number;
   /** That interface's MAC, aa:bb:cc:dd:ee:ff: frames to any other destination are not steered. */
   mac: string;
+  /** The cluster's other distributors' MACs: a frame from one of them was steered already, and is passed to this node's kernel. */
+  peers?: readonly string[];
 }
 
 export function encodeConfig(config: SteeringConfig, out: Buffer = Buffer.alloc(CONFIG_SIZE)): Buffer {
@@ -191,9 +197,15 @@ export function encodeConfig(config: SteeringConfig, out: Buffer = Buffer.alloc(
     invalid(`ifindex ${config.ifindex} is not an interface index`, { ifindex: config.ifindex });
   }
   const mac = parseMac(config.mac, 'interface MAC');
+  const peers = (config.peers ?? []).map((p) => parseMac(p, 'distributor MAC'));
+  if (peers.length > MAX_PEER_DISTRIBUTORS) invalid(`${peers.length} other distributors: the program knows at most ${MAX_PEER_DISTRIBUTORS}`, { peers: peers.length });
+  // Its own MAC among them would make the program pass every frame sent to it: it would steer nothing.
+  if (peers.some((p) => p.equals(mac))) invalid(`the interface MAC ${config.mac} is also named as another distributor's`, { mac: config.mac });
   out.fill(0, 0, CONFIG_SIZE);
   writeU32(out, config.ifindex, CONFIG_OFFSET.ifindex);
   mac.copy(out, CONFIG_OFFSET.ifMac);
+  writeU32(out, peers.length, CONFIG_OFFSET.peerCount);
+  peers.forEach((p, i) => p.copy(out, CONFIG_OFFSET.peerMacs + i * PEER_MAC_STRIDE));
   return out;
 }
 

@@ -73,6 +73,8 @@ export interface SteeringOptions {
   mode: XdpMode;
   /** Routing-table capacity. Omitted: whatever is pinned already, else the header's default. */
   maxEntries?: number;
+  /** The cluster's other distributors' MACs: frames they steered here are passed, never steered again (bpf/steer.c). */
+  peerMacs?: readonly string[];
   log?: Logger;
 }
 
@@ -167,7 +169,7 @@ function resolveCapacity(requested: number | undefined, pinned: number | undefin
  * rewrites Ethernet headers and needs a unicast MAC to recognise frames sent to this node, so
  * anything else (loopback, a tunnel, a MAC of all zeros) is refused.
  */
-function steeringConfig(ifname: string, ifindex: number): { mac: string; value: Buffer } {
+function steeringConfig(ifname: string, ifindex: number, peers: readonly string[]): { mac: string; value: Buffer } {
   const hw = ifHardwareAddress(ifname);
   if (hw.type !== ARPHRD_ETHER) {
     throw new BatonError('E_CONFIG', `${ifname} is not an Ethernet interface (hardware type ${hw.type}): XDP steering rewrites Ethernet headers`, {
@@ -178,7 +180,7 @@ function steeringConfig(ifname: string, ifindex: number): { mac: string; value: 
   }
   const mac = formatMac(hw.address, 0);
   try {
-    return { mac, value: encodeConfig({ ifindex, mac }) };
+    return { mac, value: encodeConfig({ ifindex, mac, peers }) };
   } catch (err) {
     throw new BatonError('E_CONFIG', `${ifname}: ${(err as Error).message}`, { step: 'xdp-load', ifname, mac }, { cause: err });
   }
@@ -220,7 +222,7 @@ export function loadSteering(opts: SteeringOptions): Steering {
   // Resolve the interface first: a typo, or an interface steering cannot work on, should fail
   // before anything is created or pinned.
   const ifindex = ifNameToIndex(opts.ifname);
-  const config = steeringConfig(opts.ifname, ifindex);
+  const config = steeringConfig(opts.ifname, ifindex, opts.peerMacs ?? []);
 
   ensureBpffs(opts.log);
   fs.mkdirSync(pinDir, { recursive: true });
@@ -271,7 +273,7 @@ export function loadSteering(opts: SteeringOptions): Steering {
     const routes = new RoutingTable(mapFd(routesMap), mapFd(statsMap), numPossibleCpus());
     let attached = true;
     let open = true;
-    opts.log?.info({ ifname: opts.ifname, ifindex, mac: config.mac, mode: opts.mode, programId: id, pinDir, maxEntries }, 'XDP steering attached');
+    opts.log?.info({ ifname: opts.ifname, ifindex, mac: config.mac, peerMacs: opts.peerMacs ?? [], mode: opts.mode, programId: id, pinDir, maxEntries }, 'XDP steering attached');
 
     return {
       routes,

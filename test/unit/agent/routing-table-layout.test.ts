@@ -7,6 +7,7 @@ import {
   CONFIG_MAP_NAME,
   CONFIG_OFFSET,
   CONFIG_SIZE,
+  MAX_PEER_DISTRIBUTORS,
   FLOW_KEY_OFFSET,
   FLOW_KEY_SIZE,
   MAC_LEN,
@@ -73,6 +74,7 @@ const STAT_NAMES: Record<string, string> = {
   BATON_STAT_PASS_RECLAIMED: 'passedReclaimed',
   BATON_STAT_PASS_NOT_FOR_US: 'passedNotForUs',
   BATON_STAT_PASS_UNCONFIGURED: 'passedUnconfigured',
+  BATON_STAT_PASS_FROM_DISTRIBUTOR: 'passedFromDistributor',
   BATON_STAT_PASS_STACKED_VLAN: 'passedStackedVlan',
   BATON_STAT_STEERED_RELEASED_SYN: 'steeredReleasedSyn',
   BATON_STAT_PASS_SERVED_HERE: 'passedServedHere',
@@ -90,6 +92,7 @@ describe('routing-table layout mirrors what the compiler made of bpf/baton.h (BT
     expect(STAT_COUNTER_SIZE).toBe(steer.structSize('baton_stat_counter'));
     expect(CONFIG_SIZE).toBe(steer.structSize('baton_config'));
     expect(CONFIG_OFFSET).toEqual(offsetsOf(steer, 'baton_config'));
+    expect(MAX_PEER_DISTRIBUTORS).toBe(steer.arrayLength('baton_config', 'peer_macs'));
   });
 
   it('names the maps and the program the steering object defines, with their sizes', () => {
@@ -123,7 +126,20 @@ describe('config encoding', () => {
     expect(buf.length).toBe(CONFIG_SIZE);
     expect(buf.readUInt32LE(CONFIG_OFFSET.ifindex)).toBe(0x01020304);
     expect(buf.subarray(CONFIG_OFFSET.ifMac, CONFIG_OFFSET.ifMac + 6).toString('hex')).toBe('02b700000001');
-    expect(buf.subarray(10, 16).every((b) => b === 0)).toBe(true);
+    expect(buf.subarray(10, CONFIG_SIZE).every((b) => b === 0)).toBe(true);
+  });
+
+  it('writes the other distributors\' MACs, each in an 8-byte slot, and their count', () => {
+    const buf = encodeConfig({ ifindex: 3, mac: '02:b7:00:00:00:01', peers: ['02:b7:00:00:00:02', '02:B7:00:00:00:03'] });
+    expect(buf.readUInt32LE(CONFIG_OFFSET.peerCount)).toBe(2);
+    expect(buf.subarray(CONFIG_OFFSET.peerMacs, CONFIG_OFFSET.peerMacs + 16).toString('hex')).toBe('02b7000000020000' + '02b7000000030000');
+    expect(buf.subarray(CONFIG_OFFSET.peerMacs + 16, CONFIG_SIZE).every((b) => b === 0)).toBe(true);
+    const eight = Array.from({ length: MAX_PEER_DISTRIBUTORS }, (_, i) => `02:b7:00:00:01:${String(i).padStart(2, '0')}`);
+    expect(encodeConfig({ ifindex: 3, mac: '02:b7:00:00:00:01', peers: eight }).readUInt32LE(CONFIG_OFFSET.peerCount)).toBe(MAX_PEER_DISTRIBUTORS);
+    expectInvalid(() => encodeConfig({ ifindex: 3, mac: '02:b7:00:00:00:01', peers: [...eight, '02:b7:00:00:02:00'] }), /9 other distributors: the program knows at most 8/);
+    // Naming itself would make the program pass every frame sent to it, steering nothing.
+    expectInvalid(() => encodeConfig({ ifindex: 3, mac: '02:b7:00:00:00:01', peers: ['02:B7:00:00:00:01'] }), /interface MAC 02:b7:00:00:00:01 is also named/);
+    expectInvalid(() => encodeConfig({ ifindex: 3, mac: '02:b7:00:00:00:01', peers: ['ff:ff:ff:ff:ff:ff'] }), /distributor MAC ff:ff:ff:ff:ff:ff is not a unicast MAC/);
   });
 
   it('refuses what the program must never be told: no interface, or a MAC that is not unicast', () => {
