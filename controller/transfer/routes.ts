@@ -88,6 +88,15 @@ export class ActiveRoutes implements RouteWriter {
 }
 
 export class RemoteRoutes implements RouteWriter {
+  /**
+   * The request in flight per connection, which the next one for it waits for: a link awaits one
+   * answer per connection id at a time, and a connection's requests must reach the distributor
+   * in order anyway. Seen on loaded VMs: a release still unanswered when the kernel let the
+   * connection go, whose finished was refused ("a reply is already awaited") and the entry left
+   * RELEASED until its bound.
+   */
+  private readonly inFlight = new Map<string, Promise<void>>();
+
   constructor(
     private readonly peers: PeerLinks,
     /** The active distributor, as this node knows it now (ha/active.ts). */
@@ -118,7 +127,19 @@ export class RemoteRoutes implements RouteWriter {
     return this.ask('finished', flow, connId);
   }
 
-  private async ask(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
+  private ask(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
+    const before = this.inFlight.get(connId);
+    // The previous request's outcome is its caller's: this one only waits for it to settle.
+    const mine = before ? before.then(settled, settled).then(() => this.askNow(op, flow, connId, target)) : this.askNow(op, flow, connId, target);
+    this.inFlight.set(connId, mine);
+    const forget = () => {
+      if (this.inFlight.get(connId) === mine) this.inFlight.delete(connId);
+    };
+    mine.then(forget, forget);
+    return mine;
+  }
+
+  private async askNow(op: Message<'route'>['op'], flow: FlowKey, connId: string, target?: string): Promise<void> {
     const distributor = this.distributor();
     const answer = await askDistributor(this.peers, distributor, this.timeoutMs, { connId, op, flow, ...(target ? { target } : {}) });
     if (!answer.ok) {
@@ -126,6 +147,8 @@ export class RemoteRoutes implements RouteWriter {
     }
   }
 }
+
+const settled = (): void => undefined;
 
 /**
  * A route request to the distributor over the peer link, and its answer, yes or no: what a no
