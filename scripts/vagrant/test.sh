@@ -3,7 +3,8 @@
 # (scripts/vagrant/host.sh), brings up the client and the three nodes from the local box
 # (BATON_BOX=local, make vagrant-box), runs the checks below, prints `N passed, N failed`, and
 # always tears down what it started: the VMs, their volumes and networks, the daemons. The last
-# check's, streams' and drain's output stay in build/vagrant/host/ for a look after a failure.
+# check's, streams', move's and drain's output, and diag.log (roles, each node's view of the active
+# distributor, clocks, the client's neighbours), stay in build/vagrant/host/ for a look afterwards.
 # Bounded: every step has a timeout; the whole run stops after BATON_VAGRANT_TIMEOUT seconds
 # (default 1200).
 set -euo pipefail
@@ -60,6 +61,25 @@ check() {
 
 DVIPA=192.168.203.10
 CLIENTS=/opt/baton/examples/clients
+api_of() { case $1 in n1) echo https://192.168.203.11:4702 ;; n2) echo https://192.168.203.12:4702 ;; n3) echo https://192.168.203.13:4702 ;; esac; }
+# diag <when>: what keepalived and batond said about roles, each node's idea of the active
+# distributor, the clocks, and the client's neighbour entry for the DVIPA, appended to diag.log.
+# Never fails (a VM may be gone).
+diag() {
+  {
+    echo "===== $(date +%T) $1"
+    for n in n1 n2; do
+      echo "--- $n keepalived"
+      (cd "$repo/vagrant" && timeout 60 vagrant ssh "$n" -c "sudo journalctl -u baton-keepalived -o short-precise --no-pager | grep -E 'Entering|Received|Killed|died|realtime|expired|Stopped|Started' | tail -25" 2>&1) || true
+    done
+    for n in n1 n2 n3; do
+      echo "--- $n batond (roles) and clock"
+      (cd "$repo/vagrant" && timeout 60 vagrant ssh "$n" -c "date +%s.%N; sudo journalctl -u batond -o cat --no-pager | grep -E 'VRRP state|active distributor|standby distributor|standing by|moving the DVIPA|reconciled|split|MASTER' | tail -15 | cut -c1-400; BATON_API_TOKEN=$token timeout 20 batonctl status --api $(api_of $n) --ca-file /etc/baton/tls/ca.crt 2>&1 | head -3" 2>&1) || true
+    done
+    echo "--- client neighbours"
+    (cd "$repo/vagrant" && timeout 60 vagrant ssh client -c "ip neigh show; date +%s.%N" 2>&1) || true
+  } >>"$state/diag.log"
+}
 for n in n1 n2 n3; do
   check "batond ready on $n (the shipped unit, its capabilities)" "$n" "systemctl is-active batond && sudo journalctl -u batond -o cat | grep -q '\"msg\":\"batond ready\"'"
 done
@@ -68,12 +88,22 @@ done
 # way, with batonctl dvipa move (run on n2 against its own API, with the Vagrantfile's token).
 holds() { (cd "$repo/vagrant" && timeout 60 vagrant ssh "$1" -c "ip -br address show dev baton0" 2>/dev/null) | grep -q "$DVIPA/32"; }
 token=$(cat "$repo/vagrant/.vagrant/baton-api-token")
+: >"$state/diag.log"
+diag "after vagrant up"
 if holds n2 && ! holds n1; then
   check "keepalived had made n2 MASTER: batonctl dvipa move gives n1 the DVIPA" n2 \
     "BATON_API_TOKEN=$token batonctl dvipa move $DVIPA n1 --api https://192.168.203.12:4702 --ca-file /etc/baton/tls/ca.crt"
 fi
 check "keepalived: n1 MASTER, holds the DVIPA on its interface" n1 "systemctl is-active baton-keepalived && ip -br address show dev baton0 | grep -q '$DVIPA/32'"
 check "keepalived: n2 BACKUP, no DVIPA on its interface" n2 "systemctl is-active baton-keepalived && ! ip -br address show dev baton0 | grep -q '$DVIPA/32'"
+# Every batond names n1 as the active distributor (its announcements reached every node), within 60 s.
+check "every node's batond follows keepalived: n1 is the active distributor on n1, n2 and n3" n1 \
+  "for i in \$(seq 10); do ok=1; for a in $(api_of n1) $(api_of n2) $(api_of n3); do BATON_API_TOKEN=$token timeout 20 batonctl status --json --api \$a --ca-file /etc/baton/tls/ca.crt | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)[\"distribution\"][\"active\"] != \"n1\")' || ok=0; done; [ \$ok = 1 ] && exit 0; sleep 3; done; exit 1"
+diag "after the role checks"
+# keepalived's role changes so far on n1 and n2 (each "Entering … STATE" line): none may follow
+# unasked until the distributor is destroyed on purpose.
+role_changes() { (cd "$repo/vagrant" && timeout 60 vagrant ssh "$1" -c "sudo journalctl -u baton-keepalived -o cat --no-pager | grep -c 'Entering'" 2>/dev/null) | tr -dc 0-9; }
+changes_n1=$(role_changes n1) changes_n2=$(role_changes n2)
 check "7. n1 steers with native XDP on virtio-net (xdp, not xdpgeneric)" n1 "ip -d link show dev baton0 | grep -q 'prog/xdp '"
 
 # The example applications, as docs/operations.md starts them: routers on both distributors,
@@ -106,6 +136,24 @@ check "3. a refusal retried elsewhere: n3 busy (capacity 1), bob's next connecti
 check "3. transfer again: one connection served by n2, moved to n3, moved back to n2, byte-exact after each" client \
   "python3 $CLIENTS/line_client.py --host $DVIPA --user alice --expect-node n2 --move n3,n2 --get 100000 --put 100000 --timeout 60 | grep -q '\"moves_ok\": true'"
 
+# 3. The operator's way: batonctl move (on n1, the distributor) takes one live connection n2 -> n3
+# -> n2 while its client keeps exchanging on it (WHOAMI, GET and PUT every 0.2 s, byte-exact).
+operator_moves() {
+  (cd "$repo/vagrant" && timeout 240 vagrant ssh client -c "python3 $CLIENTS/line_client.py --host $DVIPA --user alice --expect-node n2 --probe-for 50 --probe-every 0.2 --timeout 60" >"$state/move.log" 2>&1) &
+  local client=$! moved=true
+  sleep 15 # the client's ssh session, login and handoff, under emulation
+  (cd "$repo/vagrant" && timeout 150 vagrant ssh n1 -c "export BATON_API_TOKEN=$token BATON_API=$(api_of n1) BATON_CA_FILE=/etc/baton/tls/ca.crt
+    id=\$(batonctl connections --state forward --node n2 --client 192.168.203.100 --json | python3 -c 'import json,sys; print(*[c[\"id\"] for c in json.load(sys.stdin)[\"connections\"] if c[\"id\"].endswith(\":7000\")])')
+    [ \"\$(echo \$id | wc -w)\" = 1 ] || { echo \"expected one connection of the client to port 7000 on n2, found: \$id\"; exit 1; }
+    batonctl move \$id n3 && sleep 5 && batonctl move \$id n2" >"$state/check.log" 2>&1) || moved=false
+  if wait "$client" && $moved && python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); sys.exit(not (r["ok"] and r["probe_nodes"] == ["n2","n3","n2"]))' "$state/move.log"; then
+    passed=$((passed + 1)); log "PASS  3. batonctl move: one live connection n2 -> n3 -> n2, its client exchanging byte-exact throughout"
+  else
+    failed=$((failed + 1)); log "FAIL  3. batonctl move: one live connection n2 -> n3 -> n2"; { cat "$state/check.log"; tail -2 "$state/move.log"; } | cut -c1-300 | sed 's/^/      /'
+  fi
+}
+operator_moves
+
 # 5. batond restarted on the distributor while 50 handed-off connections stream.
 stream_while() { # stream_while <name> <users> <seconds> <action...>: streams from the client while the action runs
   local name=$1 users=$2 seconds=$3; shift 3
@@ -115,7 +163,7 @@ stream_while() { # stream_while <name> <users> <seconds> <action...>: streams fr
   local acted=true
   "$@" || { acted=false; log "$name: the action failed"; }
   if wait "$streams" && $acted && tail -1 "$state/streams.log" | grep -q '"failed": \[\]'; then
-    passed=$((passed + 1)); log "PASS  $name"
+    passed=$((passed + 1)); log "PASS  $name"; log "      $(python3 "$repo/scripts/vagrant/stalls.py" "$state/streams.log")"
   else
     failed=$((failed + 1)); log "FAIL  $name"; tail -5 "$state/streams.log" | cut -c1-300 | sed 's/^/      /'
   fi
@@ -125,9 +173,14 @@ stream_while "5. systemctl restart batond on the distributor: 50 streaming conne
 # 3. n3 drained while connections stream to it: each moved to n2 (n3 takes no new one afterwards).
 drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api https://192.168.203.11:4702 --ca-file /etc/baton/tls/ca.crt" >"$state/drain.log" 2>&1); }
 stream_while "3. batonctl drain n3 while 50 connections stream to n2 and n3: all continue" alice=n2,bob=n3 60 drain_n3
+check "no role change nobody asked for: keepalived kept n1 MASTER and n2 BACKUP through every check so far" n1 \
+  "[ \$(sudo journalctl -u baton-keepalived -o cat --no-pager | grep -c 'Entering') = '$changes_n1' ]"
+check "no role change nobody asked for (n2)" n2 \
+  "[ \$(sudo journalctl -u baton-keepalived -o cat --no-pager | grep -c 'Entering') = '$changes_n2' ]"
 # 6. The distributor VM destroyed: the backup takes over (n3 is draining now: new streams go to n2).
 destroy_n1() { virsh -c qemu:///system destroy vagrant_n1 >/dev/null; }
 stream_while "6. virsh destroy of the distributor: 50 streaming connections all continue through n2" alice=n2 60 destroy_n1
 
+[ "$failed" -eq 0 ] || diag "at the end (a check failed)"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
