@@ -143,8 +143,9 @@ struct baton_config {
 	__u8 if_mac[ETH_ALEN];    /* that interface's MAC: the only destination steered frames have */
 	__u8 pad[2];
 	__u32 peer_count;         /* how many peer_macs are set */
-	/* The cluster's other distributors' MACs (each padded to 8 bytes): a frame from one of them
-	 * was steered already, and is never steered again (steer.c says why). */
+	/* While this node stands by, the cluster's other distributors' MACs (each padded to 8 bytes):
+	 * a frame from one of them was steered already, and is not steered again (steer.c says why).
+	 * None while it is the active distributor. */
 	__u8 peer_macs[BATON_MAX_PEER_DISTRIBUTORS][8];
 };
 

@@ -124,6 +124,8 @@ int baton_steer(struct xdp_md *ctx)
 	// and steering the frame on would take the client's bytes back to that node, where the
 	// socket is gone (it answers with a reset) or is being exported (it acknowledges bytes the
 	// new owner never gets). Seen on VMs: docs/datapath.md. It changes nothing in the table.
+	// batond lists the peers only while this node stands by: an active distributor's own table
+	// is the truth, and a frame a lagging peer steered here is steered on by it.
 	if (baton_from_peer(eth->h_source, config))
 		return baton_verdict(BATON_STAT_PASS_FROM_DISTRIBUTOR, len, XDP_PASS);
 

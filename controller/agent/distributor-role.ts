@@ -130,6 +130,8 @@ export class DistributorRole {
       throw new BatonError('E_HANDOFF_STATE', `distributor role: no transition from ${this.current} to ${next}`, { node: this.p.self.name, step: 'role' });
     }
     this.current = next;
+    // Standing by, frames another distributor steered here are this node's kernel's; active, its own table decides.
+    this.p.steering.deferToPeers(next === 'standby');
   }
 
   /** keepalived made this node MASTER (or it is the only distributor): take the table over. */

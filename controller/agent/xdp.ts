@@ -86,6 +86,13 @@ export interface Steering {
   readonly ifindex: number;
   readonly mode: XdpMode;
   readonly pinDir: string;
+  /**
+   * Whether a frame another distributor steered here goes to this node's kernel (on: standing by,
+   * the active one's table decides, this node's replica may lag it) or is steered by this node's
+   * table like any other (off: active, its table is the truth and the sender's may lag). Loaded
+   * on; one map update (bpf/steer.c, baton_from_peer).
+   */
+  deferToPeers(on: boolean): void;
   /** Stops steering on the interface if our program is still the one attached; maps stay pinned. */
   detach(): void;
   /** Releases this process's handles (routes becomes unusable); the program keeps steering. */
@@ -282,6 +289,9 @@ export function loadSteering(opts: SteeringOptions): Steering {
       ifindex,
       mode: opts.mode,
       pinDir,
+      deferToPeers(on: boolean): void {
+        mapUpdate(mapFd(configMap), Buffer.alloc(4), encodeConfig({ ifindex, mac: config.mac, peers: on ? (opts.peerMacs ?? []) : [] }));
+      },
       detach(): void {
         if (!attached) return;
         // Remove the program only if it is still ours: a newer batond's must keep steering.

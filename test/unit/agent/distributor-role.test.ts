@@ -100,11 +100,13 @@ function setup(self = 'n1', table = new MemoryTable(), opts: { now?: () => numbe
     if (opts.probe) return opts.probe(n, flows);
     return flows.map((f) => probeSays.get(connectionId(f)) ?? 'ESTABLISHED');
   };
+  const deferred: boolean[] = [];
   const role = new DistributorRole({
     config,
     self: node(self),
     log,
-    steering: { routes: table } as unknown as Steering,
+    // Records each deferToPeers: what the steering program is told about frames other distributors steered.
+    steering: { routes: table, deferToPeers: (on: boolean) => deferred.push(on) } as unknown as Steering,
     active,
     probe,
     peers: peers as unknown as PeerLinks,
@@ -112,7 +114,7 @@ function setup(self = 'n1', table = new MemoryTable(), opts: { now?: () => numbe
     served: opts.served ?? ((n) => Promise.reject(new BatonError('E_PEER', `${n} not asked in this test`, { node: n }))),
   });
   roles.push(role);
-  return { role, table, peers, active, probeSays, probes };
+  return { role, table, peers, active, probeSays, probes, deferred };
 }
 
 /** Lets promise callbacks and setImmediate work (link opening, change flushes, recovery) run. */
@@ -152,7 +154,7 @@ class UnreadableTable extends MemoryTable {
 
 describe('distributor role: phases', () => {
   it('starts standby; activate makes it active with a route service and tells ActiveDistributor; standDown undoes it; both are idempotent', async () => {
-    const { role, active, peers } = setup('n1');
+    const { role, active, peers, deferred } = setup('n1');
     expect(role.phase()).toBe('standby');
     expect(role.routeService()).toBeUndefined();
     expect(role.since()).toBe(0);
@@ -161,6 +163,8 @@ describe('distributor role: phases', () => {
     const before = Date.now();
     role.activate('test');
     expect(role.phase()).toBe('active');
+    // Active, its own table steers every frame, a peer's too (the peer's replica may lag).
+    expect(deferred).toEqual([false]);
     const service = role.routeService();
     expect(service).toBeDefined();
     const since = role.since();
@@ -183,6 +187,8 @@ describe('distributor role: phases', () => {
 
     role.standDown('test');
     expect(role.phase()).toBe('standby');
+    // Standing by, a frame the active one steered here is this node's kernel's, whatever the replica says.
+    expect(deferred).toEqual([false, true]);
     expect(role.routeService()).toBeUndefined();
     expect(role.since()).toBe(0);
     expect(active.since()).toBe(0); // its own claim withdrawn: nobody is known active now
