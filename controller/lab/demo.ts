@@ -113,10 +113,18 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
  * The last act: n1 dies under 20 streaming connections (every process SIGKILLed, its link down),
  * keepalived makes n2 the distributor, and the clients never notice; a new client goes through n2.
  */
+/** The streams' first failure as line_streams.py summed it up (its own words, cut short), or nothing. */
+function firstFailure(lines: Array<{ summary?: boolean; failed?: unknown[] }>): string {
+  const failed = lines.find((l) => l.summary)?.failed ?? [];
+  return failed.length ? `; ${failed.length} failed, first: ${JSON.stringify(failed[0]).slice(0, 200)}` : '';
+}
+
 async function backupTakesOver(lab: LabDescription, check: (name: string, ok: boolean, detail?: string) => void): Promise<void> {
   const CONNECTIONS = 20;
   console.log(`\n== Backup distributor: ${CONNECTIONS} connections streaming through n1; n1 dies (SIGKILL of every process, link down); n2 takes over`);
   const stopFile = path.join(lab.runDir, 'demo-streams.stop');
+  // Left by an earlier demo in the same run directory, it would stop the streams before they start.
+  fs.rmSync(stopFile, { force: true });
   const handed = () => readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').length;
   const before = handed();
   const streams = inClient(lab, ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT),
@@ -141,7 +149,7 @@ async function backupTakesOver(lab: LabDescription, check: (name: string, ok: bo
   const took = active('n2') ? Number(active('n2')!.time) - killAt : NaN;
   const stall = Math.max(0, ...results.flatMap((r) => (r.round_ms ?? []).filter(([s, e]) => e >= killAt && s <= killAt + 5000).map(([s, e]) => e - s)));
   check(`${CONNECTIONS} connections streaming through n1 carry on through n2, byte-exact, none reset`, out.code === 0 && results.length === CONNECTIONS && results.every((r) => r.ok),
-    `n2 active ${took} ms after n1 died; longest round of a connection across it ${stall} ms`);
+    `n2 active ${took} ms after n1 died; longest round of a connection across it ${stall} ms${firstFailure(lines)}`);
   const freshResult = fresh?.stdout.trim() ? (JSON.parse(fresh.stdout.trim()) as { ok?: boolean; served_by?: string }) : {};
   check('a new client after the takeover: accepted by n2, handed off to n3', freshResult.ok === true && freshResult.served_by === 'n3', fresh?.stderr.trim() ?? '');
 }
