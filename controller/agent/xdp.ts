@@ -290,6 +290,8 @@ export function loadSteering(opts: SteeringOptions): Steering {
       mode: opts.mode,
       pinDir,
       deferToPeers(on: boolean): void {
+        // After close() the config map's fd is gone: a role change during shutdown has nothing to tell.
+        if (!open) return;
         mapUpdate(mapFd(configMap), Buffer.alloc(4), encodeConfig({ ifindex, mac: config.mac, peers: on ? (opts.peerMacs ?? []) : [] }));
       },
       detach(): void {

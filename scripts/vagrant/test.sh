@@ -92,7 +92,7 @@ token=$(cat "$repo/vagrant/.vagrant/baton-api-token")
 diag "after vagrant up"
 if holds n2 && ! holds n1; then
   check "keepalived had made n2 MASTER: batonctl dvipa move gives n1 the DVIPA" n2 \
-    "BATON_API_TOKEN=$token batonctl dvipa move $DVIPA n1 --api https://192.168.203.12:4702 --ca-file /etc/baton/tls/ca.crt"
+    "BATON_API_TOKEN=$token batonctl dvipa move $DVIPA n1 --api $(api_of n2) --ca-file /etc/baton/tls/ca.crt"
 fi
 check "keepalived: n1 MASTER, holds the DVIPA on its interface" n1 "systemctl is-active baton-keepalived && ip -br address show dev baton0 | grep -q '$DVIPA/32'"
 check "keepalived: n2 BACKUP, no DVIPA on its interface" n2 "systemctl is-active baton-keepalived && ! ip -br address show dev baton0 | grep -q '$DVIPA/32'"
@@ -171,7 +171,7 @@ stream_while() { # stream_while <name> <users> <seconds> <action...>: streams fr
 restart_batond() { (cd "$repo/vagrant" && timeout 120 vagrant ssh n1 -c 'sudo systemctl restart batond' >/dev/null 2>&1); }
 stream_while "5. systemctl restart batond on the distributor: 50 streaming connections all continue" alice=n2,bob=n3 60 restart_batond
 # 3. n3 drained while connections stream to it: each moved to n2 (n3 takes no new one afterwards).
-drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api https://192.168.203.11:4702 --ca-file /etc/baton/tls/ca.crt" >"$state/drain.log" 2>&1); }
+drain_n3() { (cd "$repo/vagrant" && timeout 180 vagrant ssh n1 -c "BATON_API_TOKEN=$token batonctl drain n3 --api $(api_of n1) --ca-file /etc/baton/tls/ca.crt" >"$state/drain.log" 2>&1); }
 stream_while "3. batonctl drain n3 while 50 connections stream to n2 and n3: all continue" alice=n2,bob=n3 60 drain_n3
 check "no role change nobody asked for: keepalived kept n1 MASTER and n2 BACKUP through every check so far" n1 \
   "[ \$(sudo journalctl -u baton-keepalived -o cat --no-pager | grep -c 'Entering') = '$changes_n1' ]"
