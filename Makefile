@@ -102,7 +102,7 @@ clean:
 # the suite starts, not a dependency of Baton: bench-deps installs it (the set bench of
 # scripts/commands.txt), `make deps` does not.
 .PHONY: bench bench-deps
-bench: build bench-deps $(BUILD)/bench/flood
+bench: build bench-deps $(BUILD)/bench/flood $(BUILD)/bench/ref-handoff
 	BATON_LOG_LEVEL=warn node dist/bench/main.js
 
 bench-deps:
@@ -111,3 +111,8 @@ bench-deps:
 $(BUILD)/bench/flood: bench/flood.c
 	@mkdir -p $(dir $@)
 	gcc $(NATIVE_CFLAGS) -o $@ $<
+
+# The reference handoff (bench/reference/): Baton's own repair steps (native/repair.c) driven from C.
+$(BUILD)/bench/ref-handoff: bench/reference/handoff.c native/repair.c native/repair.h
+	@mkdir -p $(dir $@)
+	gcc $(NATIVE_CFLAGS) -Inative -o $@ bench/reference/handoff.c native/repair.c -lbpf

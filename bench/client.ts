@@ -8,6 +8,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
+import { monotonicUs } from '../controller/clock.js';
 import { patternChunk } from '../examples/line/pattern.js';
 
 const PASSWORDS: Record<string, string> = { alice: 'wonderland', bob: 'builder' };
@@ -139,16 +140,18 @@ function connect(host: string, port: number, timeoutMs: number, localAddress?: s
 }
 
 /** HELLO / USER: the routing conversation; resolves once the target has greeted from its node. */
-async function login(r: Reader, user: string, timeoutMs: number): Promise<{ node: string; handoffUs: number }> {
+async function login(r: Reader, user: string, timeoutMs: number): Promise<{ node: string; handoffUs: number; userTx: number; okRx: number }> {
   r.socket.write('HELLO\n');
   const who = await r.line(timeoutMs, 'HELLO');
   if (who !== 'WHO?') throw new Error(`HELLO answered ${JSON.stringify(who)}`);
   const t = now();
+  const userTx = monotonicUs();
   r.socket.write(`USER ${user}\n`);
   const ok = await r.line(timeoutMs, 'USER');
+  const okRx = monotonicUs();
   const m = /^OK (\S+)$/.exec(ok);
   if (!m) throw new Error(`USER answered ${JSON.stringify(ok)}`);
-  return { node: m[1]!, handoffUs: us(now() - t) };
+  return { node: m[1]!, handoffUs: us(now() - t), userTx, okRx };
 }
 
 function closeAndWait(s: net.Socket, timeoutMs: number): Promise<void> {
@@ -207,11 +210,13 @@ program
   .option('--concurrency <n>', 'connections in flight at once', '1')
   .option('--users <list>', 'users, taken in turn', 'alice,bob')
   .option('--timeout-ms <ms>', 'bound on each wait', '10000')
-  .action(async (o: { host: string; port: string; count: string; concurrency: string; users: string; timeoutMs: string }) => {
+  .option('--trace', "per handoff, the connection's local port and the monotonic clock (µs) as USER left and as OK arrived")
+  .action(async (o: { host: string; port: string; count: string; concurrency: string; users: string; timeoutMs: string; trace?: boolean }) => {
     const count = Number(o.count);
     const users = o.users.split(',');
     const timeout = Number(o.timeoutMs);
     const handoffUs: number[] = [];
+    const trace: Array<[number, number, number]> = [];
     const errors = new Map<string, number>();
     const nodes: Record<string, number> = {};
     const closing: Array<Promise<void>> = [];
@@ -225,6 +230,7 @@ program
           const r = new Reader(s);
           const got = await login(r, users[i % users.length]!, timeout);
           handoffUs.push(got.handoffUs);
+          if (o.trace) trace.push([s.localPort!, got.userTx, got.okRx]);
           nodes[got.node] = (nodes[got.node] ?? 0) + 1;
           closing.push(closeAndWait(s, timeout));
         } catch (err) {
@@ -236,7 +242,7 @@ program
     await Promise.all(Array.from({ length: Math.min(count, Number(o.concurrency)) }, worker));
     const elapsedMs = now() - t0;
     await Promise.all(closing);
-    print({ ok: handoffUs.length, failed: count - handoffUs.length, errors: Object.fromEntries(errors), elapsedMs, nodes, handoffUs });
+    print({ ok: handoffUs.length, failed: count - handoffUs.length, errors: Object.fromEntries(errors), elapsedMs, nodes, handoffUs, ...(o.trace ? { trace } : {}) });
   });
 
 program

@@ -12,7 +12,7 @@ import { CONTROL_PORT, LINE_PORT, HTTP_PORT, labProcesses, waitUntilReady } from
 import type { LabDescription } from '../controller/lab/description.js';
 import { labDown, labUp, type ProcessSpec } from '../controller/lab/lab.js';
 import { namespacePath, namespacePids } from '../controller/lab/netns.js';
-import { repoRoot } from '../controller/paths.js';
+import { buildPath, repoRoot } from '../controller/paths.js';
 
 const execFileP = promisify(execFile);
 
@@ -20,6 +20,11 @@ export const PLAIN_LINE_PORT = 7100;
 export const PLAIN_HTTP_PORT = 8080;
 export const HAPROXY_LINE_PORT = 7100;
 export const HAPROXY_HTTP_PORT = 8080;
+/** The reference handoff (bench/reference/handoff.c): its distributor on DVIPA:REF_PORT, its importer on n2's address. */
+export const REF_PORT = 7300;
+export const REF_IMPORTER_PORT = 7301;
+export const REF_DISTRIBUTOR = 'n1-ref-distributor';
+export const REF_IMPORTER = 'n2-ref-importer';
 export { CONTROL_PORT, HTTP_PORT, LINE_PORT };
 
 export interface BenchLab {
@@ -146,6 +151,14 @@ function benchProcesses(lab: LabDescription): ProcessSpec[] {
     })),
     // -db: stay in the foreground, so the lab's supervisor owns the process.
     { name: 'n1-haproxy', ns: n1!.ns, argv: ['haproxy', '-db', '-f', cfg] },
+    // The reference handoff: the importer on n2, the distributor on n1 writing into n1's pinned
+    // routing table (it waits for batond's pin and for the importer).
+    { name: REF_IMPORTER, ns: n2!.ns, argv: [buildPath('bench', 'ref-handoff'), 'importer', n2!.address, String(REF_IMPORTER_PORT), n2!.name] },
+    {
+      name: REF_DISTRIBUTOR,
+      ns: n1!.ns,
+      argv: [buildPath('bench', 'ref-handoff'), 'distributor', lab.dvipa.address, String(REF_PORT), n2!.address, String(REF_IMPORTER_PORT), `/sys/fs/bpf/baton/${lab.prefix}-${n1!.name}/baton_routes`, n2!.mac, '2'],
+    },
   ];
 }
 
@@ -226,7 +239,7 @@ export async function startBenchLab(opts: BenchLabOptions): Promise<BenchLab> {
     const [n1, n2, n3] = lab.nodes;
     if (baselines) {
       await bench.client(
-        ['probe', '--targets', [`${n2!.address}:${PLAIN_LINE_PORT}`, `${n2!.address}:${PLAIN_HTTP_PORT}`, `${n3!.address}:${PLAIN_HTTP_PORT}`, `${n1!.address}:${HAPROXY_LINE_PORT}`, `${n1!.address}:${HAPROXY_HTTP_PORT}`].join(',')],
+        ['probe', '--targets', [`${n2!.address}:${PLAIN_LINE_PORT}`, `${n2!.address}:${PLAIN_HTTP_PORT}`, `${n3!.address}:${PLAIN_HTTP_PORT}`, `${n1!.address}:${HAPROXY_LINE_PORT}`, `${n1!.address}:${HAPROXY_HTTP_PORT}`, `${lab.dvipa.address}:${REF_PORT}`].join(',')],
         30_000,
       );
     }

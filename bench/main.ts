@@ -42,7 +42,7 @@ type Group = ((b: BenchLab, log: Log) => Promise<MetricResult[]>) | { ownLabs: (
  */
 const GROUPS: Record<string, Group> = {
   handoff: async (b, log) => [await handoffLatency(b, { runs: 5, perRun: 100, warmup: 1000 }, log)],
-  rate: async (b, log) => [await handoffRate(b, { runs: 3, connections: 5000, concurrency: 128 }, log)],
+  rate: (b, log) => handoffRate(b, { runs: 3, connections: 5000, concurrency: 128 }, log),
   stall: async (b, log) => [await stall(b, { runs: 3, perRun: 50, puts: 60, measured: 40 }, log)],
   throughput: (b, log) => throughput(b, { bytes: 1e9, runs: 3 }, log),
   cpu: async (b, log) => [await routerCpu(b, { bytes: 1e9, runs: 3 }, log)],
@@ -156,6 +156,7 @@ async function main(): Promise<void> {
 const ORDER = [
   'handoff-latency',
   'handoff-rate',
+  'handoff-cpu',
   'throughput-download',
   'throughput-upload',
   'router-cpu-per-gb',

@@ -4,7 +4,6 @@
 // number are written against the values they quote.
 import fs from 'node:fs';
 import path from 'node:path';
-import { LOCAL_STEP } from './handoff.js';
 import { type BenchResults, type MetricResult, median } from './harness.js';
 
 // ---- numbers --------------------------------------------------------------------------------
@@ -97,13 +96,22 @@ function chartOf(m: MetricResult): string {
   const base = (name: string) => m.comparisons.find((c) => c.against === name)?.median;
   switch (m.id) {
     case 'handoff-latency': {
-      const steps = (m.details?.steps ?? {}) as Record<string, { median: number; p99: number }>;
-      bars.splice(0, bars.length, ...Object.entries(steps).map(([label, s]) => ({ label: label.replace(/ \(.*\)$/, '').replace(/:.*$/, ''), value: s.median, p99: s.p99, baton: label.startsWith('total') })));
-      markers.push({ label: 'goal p50', value: 100 }, { label: 'goal p99', value: 300 });
+      // The client's view, hop by hop, then handoff() and the reference.
+      const hops = (m.details?.hops ?? {}) as Record<string, { median: number; p99: number }>;
+      const short = (label: string) => label.replace(/ \(.*?\)/g, '').replace(/:.*$/, '').replace(/;.*$/, '');
+      bars.splice(0, bars.length, ...Object.entries(hops).map(([label, s]) => ({ label: short(label), value: s.median, p99: s.p99 })), { label: 'handoff() total', value: m.median, p99: m.p99, baton: true });
+      const ref = base('reference');
+      if (ref !== undefined) {
+        bars.push({ label: 'reference handoff (C)', value: ref, p99: m.comparisons[0]?.p99 });
+        markers.push({ label: 'goal p50 (2× reference)', value: 2 * ref });
+      }
       break;
     }
     case 'handoff-rate':
       markers.push({ label: 'goal', value: 5000 });
+      break;
+    case 'handoff-cpu':
+      markers.push({ label: 'goal', value: 300 });
       break;
     case 'throughput-download':
     case 'throughput-upload': {
@@ -175,35 +183,49 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
   const cpu = detail<CpuSplit['baton']>(all, 'router-cpu-per-gb', 'baton');
   switch (m.id) {
     case 'handoff-latency': {
+      const hops = (d.hops ?? {}) as Steps;
+      const ref = m.comparisons.find((c) => c.against === 'reference');
+      const cv = d.tracedClientViewUs as { median: number; p99: number } | undefined;
+      const hopRows = Object.entries(hops);
+      const byCost = [...hopRows].sort((a, b) => b[1].median - a[1].median);
+      out.push(
+        `**The critical path, hop by hop.** Every process stamps each handoff message it sends and receives with the machine's monotonic clock ([docs/protocol.md](docs/protocol.md#the-trace-of-a-handoff)); the client stamps its USER and the target's OK. All processes of the lab share that clock, so the rows below are the gaps between consecutive readings of the same handoff, and they add up to what the client sees (median ${fmt(cv?.median)} µs, p99 ${fmt(cv?.p99)} µs over the ${fmt(d.traced as number)} handoffs traced; the medians of the rows need not add up exactly).`,
+      );
+      out.push(table(['hop', 'median µs', 'p99 µs'], hopRows.map(([k, v]) => [k, fmt(v.median), fmt(v.p99)])));
+      const msgHops = hopRows.filter(([k]) => k.includes('→') && !k.startsWith('client'));
+      const work = hopRows.filter(([k]) => !k.includes('→'));
+      const sum = (rows: Array<[string, { median: number }]>) => rows.reduce((a, [, v]) => a + v.median, 0);
+      out.push(
+        `Messages between processes (${msgHops.length} one-way hops: ${fmt(sum(msgHops))} µs of medians) cost more than the work between them (${fmt(sum(work))} µs); the costliest rows are ${byCost.slice(0, 3).map(([k, v]) => `"${k}" (${fmt(v.median)} µs)`).join(', ')}. ` +
+          `The reference handoff in C (bench/reference/handoff.c: the same export, one round trip to an importer on n2 that reinstates the socket, the same routing-table write; no TLS, JSON, checks or logging) took a median ${fmt(ref?.median)} µs (p99 ${fmt(ref?.p99)} µs) in the same runs, and its client saw USER → OK in ${fmt((d.referenceClientViewUs as { median: number } | undefined)?.median)} µs: on this machine a message between two C processes costs a few µs, the kernel steps tens. Baton's handoff() is ${ratioText(ref?.ratio)} the reference at the median and ${ratioText(d.p99Ratio as number)} at p99.`,
+      );
       const steps = d.steps as Steps;
       const total = steps['total handoff()']?.median ?? m.median;
       const parts = Object.entries(steps).filter(([k]) => !k.startsWith('total'));
-      out.push(table(['step', 'median µs', 'p99 µs', 'share of the median total'], parts.map(([k, s]) => [k, fmt(s.median), fmt(s.p99), `${fmt((100 * s.median) / total)} %`]).concat([['**total handoff()**', `**${fmt(total)}**`, `**${fmt(steps['total handoff()']?.p99)}**`, '']])));
-      const kernel = ['export (snapshot, n1 batond)', 'import (n2 batond)', 'freeze (map update)', 'delta read', 'route install (map update)'].reduce((a, k) => a + (steps[k]?.median ?? 0), 0);
-      const transfer = steps['transfer message (offer round trip minus import)']?.median ?? NaN;
-      const local = steps[LOCAL_STEP]?.median ?? NaN;
-      out.push(
-        `**What dominates: messages, not the kernel.** Export, import, delta read and both map updates — everything that touches sockets and the BPF map — add up to ${fmt(kernel)} µs of the ${fmt(total)} µs median (${fmt((100 * kernel) / total)} %). The rest is waiting for messages between processes. The offer's transfer (n1's batond → n2's batond over TLS and the accept back: two one-way messages, since the line target lets its batond accept for it) takes ${fmt(transfer)} µs, about ${fmt(transfer / 2)} µs per message; the commit round trip takes the same path again when there is something to commit (${fmt(d.commitsSkipped as number)} of ${fmt(m.samples)} handoffs here had nothing: the client had sent nothing since the snapshot and the window had not moved, so the route followed the delta read at once; the step's median over all handoffs is ${fmt(steps['commit round trip (0 when there was nothing to commit)']?.median)} µs); the two messages between the routing application and its own batond (handoff with the socket's descriptor, done) and what both do between steps make up the remaining ${fmt(local)} µs. Six one-way messages with a commit, four without; twelve before the batonds did the socket work themselves (changes below). Each message is a wake-up of a Node.js event loop and a JSON frame encoded and parsed; on this 2-core machine the lab's Node processes (three batonds, two routers, four targets) and the client share the cores, so a wake-up costs hundreds of µs, not tens.`,
-      );
-      const userLookup = detail<Record<string, { userSpaceLookupNs: number }>>(all, 'table-lookup', 'bySize');
-      const oneCall = userLookup ? median(Object.values(userLookup).map((v) => v.userSpaceLookupNs)) / 1000 : NaN;
-      out.push(
-        `Even the kernel steps alone exceed the 100 µs p50 goal. Two of them are worth a look when optimising: the freeze and the route install each take ${fmt(steps['freeze (map update)']?.median)} and ${fmt(steps['route install (map update)']?.median)} µs in batond, for a read and a write of one map entry, while one bpf() map call from Node.js measures ${fmt(oneCall)} µs (table-lookup below).`,
-      );
-      const cv = d.clientViewUs as { median: number; p99: number } | undefined;
-      if (cv) out.push(`Seen from the client (USER sent → the target's OK received): median ${fmt(cv.median)} µs, p99 ${fmt(cv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)}. In ${fmt(d.quietClocks as number)} of ${fmt(m.samples)} handoffs the old socket was quiet (nothing left to send, everything received acknowledged), so n1's batond read its final clock itself and the target went live with done, without waiting for the router's close.`);
+      out.push('The same handoffs by step, as the routing node\'s batond times them (`done.timings`):');
+      out.push(table(['step', 'median µs', 'p99 µs', 'share of the median total'], parts.map(([k, s]) => [k, fmt(s.median), fmt(s.p99), `${fmt((100 * s.median) / total)} %`]).concat([['**total handoff()**', `**${fmt(total)}**`, `**${fmt(steps['total handoff()']?.p99)}**`, ''], ['reference handoff (C), same span', fmt(ref?.median), fmt(ref?.p99), '']])));
+      const ccv = d.clientViewUs as { median: number; p99: number } | undefined;
+      if (ccv) out.push(`Seen from the client (USER sent → the target's OK received), all handoffs: median ${fmt(ccv.median)} µs, p99 ${fmt(ccv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)} (reference: ${fmt(d.referenceFailed as number)}). Commits skipped (nothing changed since the snapshot): ${fmt(d.commitsSkipped as number)} of ${fmt(m.samples)}; the old socket was quiet, so the target went live with done, in ${fmt(d.quietClocks as number)}.`);
       break;
     }
     case 'handoff-rate': {
       const cv = d.clientViewUnderLoadUs as { median: number; p99: number } | undefined;
+      const ref = m.comparisons.find((c) => c.against === 'reference');
+      const rcv = d.referenceClientViewUnderLoadUs as { median: number } | undefined;
       out.push(
-        `Failures: ${fmt(d.failed as number)}${Object.keys((d.errors as object) ?? {}).length ? ` (${Object.entries(d.errors as Record<string, number>).map(([k, v]) => `${v}× ${k}`).join('; ')})` : ''}. With ${fmt(d.concurrency as number)} logins in flight, each handoff took a median ${fmt((cv?.median ?? NaN) / 1000)} ms from the client's USER to the target's OK (p99 ${fmt((cv?.p99 ?? NaN) / 1000)} ms): queueing, since one handoff alone, seen from the client, takes ${fmt(((find(all, 'handoff-latency')?.details?.clientViewUs as { median: number } | undefined)?.median ?? NaN) / 1000)} ms (latency benchmark). The machine was ${fmt(d.machineBusyPct as number)} % busy during the runs (median): the routing application, three batonds, two targets and the client share the two cores, and every handoff costs each of them the event-loop work of the messages above; the rate is what two cores give for that work, so it moves with the per-handoff message count, like the latency. Counted that way, a handoff costs ${fmt((((d.cpus as number) * (d.machineBusyPct as number)) / 100 / m.median) * 1000)} ms of CPU summed over every process and the kernel's packet work (the client's included); 5,000 handoffs a second on ${fmt(d.cpus as number)} cores would need ${fmt(((d.cpus as number) / 5000) * 1000)} ms or less.`,
+        `Failures: ${fmt(d.failed as number)}${Object.keys((d.errors as object) ?? {}).length ? ` (${Object.entries(d.errors as Record<string, number>).map(([k, v]) => `${v}× ${k}`).join('; ')})` : ''}; reference: ${fmt(d.referenceFailed as number)}. With ${fmt(d.concurrency as number)} logins in flight, each handoff took a median ${fmt((cv?.median ?? NaN) / 1000)} ms from the client's USER to the target's OK (p99 ${fmt((cv?.p99 ?? NaN) / 1000)} ms), through the reference ${fmt((rcv?.median ?? NaN) / 1000)} ms: queueing behind the work of the others in flight. The machine was ${fmt(d.machineBusyPct as number)} % busy during Baton's runs and ${fmt(d.referenceMachineBusyPct as number)} % during the reference's: both are bound by the two cores, so the rate is the inverse of the CPU a handoff costs (next section). The reference reached ${fmt(ref?.median)} handoffs/s with the same Node.js client, whose own work (connect, log in, close) is then a large part of the machine's.`,
       );
-      const split = d.cpuPerHandoffUs as Record<string, number> | undefined;
-      if (split) {
-        out.push('Where that CPU goes, per handoff (all runs; each lab process from its threads\' schedstat, softirq and the machine\'s total from /proc/stat):');
-        out.push(table(['where', 'CPU µs per handoff'], Object.entries(split).map(([k, v]) => [k === 'total' ? '**total (machine busy time)**' : k, k === 'total' ? `**${fmt(v)}**` : fmt(v)])));
-      }
+      break;
+    }
+    case 'handoff-cpu': {
+      const split = (k: string) => (d[k] ?? {}) as Record<string, number>;
+      const b = split('baton');
+      const r = split('reference');
+      const rows = [...new Set([...Object.keys(b), ...Object.keys(r)])].filter((k) => k !== 'total');
+      out.push(table(['where', 'Baton µs per handoff', 'reference µs per handoff'], rows.map((k) => [k, fmt(b[k]), fmt(r[k])]).concat([['**total (machine busy time)**', `**${fmt(b.total)}**`, `**${fmt(r.total)}**`]])));
+      out.push(
+        `The client is the same Node.js program for both, so its share ("the rest") is about the same; the difference is Baton's processes: the routing application, the routing node's batond, the target node's batond and the target application each wake up for the messages of every handoff, and on this machine a Node.js process woken for one message costs tens to hundreds of µs of CPU (the event loop's turn, the stream layers, the message's handler) where a C process costs a few. 5,000 handoffs a second on ${fmt(find(all, 'handoff-rate')?.details?.cpus as number)} cores leave ${fmt((((find(all, 'handoff-rate')?.details?.cpus as number) ?? 2) / 5000) * 1e6)} µs per handoff for everything, the client included.`,
+      );
       break;
     }
     case 'throughput-download':

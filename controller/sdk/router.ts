@@ -17,6 +17,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { monotonicUs } from '../clock.js';
 import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
@@ -65,7 +66,7 @@ export interface HandoffOptions {
 }
 
 export interface HandoffTimings extends DistributorTimings {
-  /** From the handoff() call until batond said the route points at the target. */
+  /** From the handoff() call until batond said the route points at the target. (clock, when batond sent it: the trace of the handoff's messages, this application's send of handoff and receipt of done included.) */
   totalUs: number;
 }
 
@@ -250,8 +251,10 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       }
       sent = true;
       const finished = this.replies.wait(connId, ['done', 'failed'], verdictTimeoutMs(this.link.handoffStepTimeoutMs), 'handoff');
+      const handoffTx = monotonicUs();
       this.channel.send('handoff', { connId, target, appState: opts.appState ?? null }, [replay]);
       const outcome = await finished;
+      const doneRx = monotonicUs();
       answered = true;
       if (outcome.msg.type === 'failed') throw failure(outcome.msg, connId);
 
@@ -263,7 +266,8 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       handedOff.add(socket);
       socket.destroy();
       if (done.clockNeeded !== false) this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
-      const timings: HandoffTimings = { ...(outcome.msg as { timings: DistributorTimings }).timings, totalUs: micros(t0) };
+      const reported = (outcome.msg as { timings: DistributorTimings }).timings;
+      const timings: HandoffTimings = { ...reported, ...(reported.clock ? { clock: { ...reported.clock, handoffTx, doneRx } } : {}), totalUs: micros(t0) };
       log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {

@@ -22,6 +22,7 @@ import type { LinkInbox } from '../transfer/fd-exchange.js';
 import { Accepts, type Decoded, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
+import { monotonicUs } from '../clock.js';
 import { handedOff, keepHandoffId } from './handed-off.js';
 
 type FromAgent = (typeof Accepts.target)[number];
@@ -34,6 +35,11 @@ export interface TransferredConnection {
   appState: unknown;
   peeked: Buffer;
   client: { address: string; port: number };
+  /**
+   * The end of the handoff's trace (the monotonic clock, controller/clock.ts, µs): when the target
+   * node's batond received live and sent transferred, and when this process received it.
+   */
+  clock?: { liveRx: number; transferredTx: number; transferredRx: number };
   /**
    * Lets an operator move this connection (REST API, `batonctl move`, a node drain). The handler
    * moves it with RouterClient.handoff() at the application's next safe point, carrying its own
@@ -204,6 +210,7 @@ export class TargetClient {
 
   /** A live connection: its descriptor is already queued on our descriptor socket. */
   private onTransferred(msg: Message<'transferred'>, peeked: Buffer, unsent: Buffer): void {
+    const transferredRx = monotonicUs();
     const { connId } = msg;
     const fd = this.link.descriptors.take(connId);
     if (fd === undefined) {
@@ -241,6 +248,7 @@ export class TargetClient {
     this.onConnection({
       connId,
       from: msg.from,
+      ...(msg.clock ? { clock: { liveRx: msg.clock.liveRx, transferredTx: msg.clock.tx, transferredRx } } : {}),
       socket,
       appState: msg.appState,
       peeked,

@@ -41,6 +41,7 @@
 // Each step is a method below, starting from one phase (handoff-phases.ts, enforced by
 // handoff-machine.ts); the phase alone decides what a reply may do and what a failure undoes.
 import { performance } from 'node:perf_hooks';
+import { monotonicUs } from '../clock.js';
 import { BatonError, isBatonError } from '../errors.js';
 import { errorText } from '../input.js';
 import type { Logger } from '../log.js';
@@ -50,11 +51,10 @@ import type { RouteWriter } from './routes.js';
 import type { Channel, PendingReplies } from './channel.js';
 import { HandoffMachine } from './handoff-machine.js';
 import { type HandoffStep, ROLLBACK, type Undo } from './handoff-phases.js';
-import { type Accepts, connToWire, type Decoded, type DistributorTimings } from './messages.js';
+import { type Accepts, connToWire, type Decoded, type DistributorTimings, type HopClock } from './messages.js';
 import type { PeerLink, PeerLinks } from './peers.js';
-import type { HandoffSockets } from './sockets.js';
-import { TCP_STATES } from '../../native/diag.js';
-import { type ExportDelta, SOCKET_CONSTANTS as K, type SocketInfo, type TcpConnectionState } from '../../native/repair.js';
+import { type HandoffSockets, unchangedSince, unfitDescriptor } from './sockets.js';
+import type { ExportDelta, SocketInfo, TcpConnectionState } from '../../native/repair.js';
 
 type RouterMessage = (typeof Accepts.agentFromRouter)[number];
 
@@ -88,6 +88,8 @@ interface Handoff {
   readonly fd: number;
   readonly log: Logger;
   readonly t0: number;
+  /** The monotonic clock when the application's request arrived (the trace's first reading here). */
+  readonly handoffRx: number;
   /** From the export on. */
   flow?: FlowKey;
   client?: string;
@@ -121,21 +123,21 @@ export class HandoffCoordinator {
   async run(router: RouterConnection, request: Decoded<'handoff'>, fd: number): Promise<void> {
     const connId = request.msg.connId;
     const log = this.log.child({ connId, target: request.msg.target.node });
-    const h: Handoff = { connId, machine: new HandoffMachine(connId, log), router, request, fd, log, t0: performance.now() };
+    const h: Handoff = { connId, machine: new HandoffMachine(connId, log), router, request, fd, log, t0: performance.now(), handoffRx: monotonicUs() };
     try {
       this.register(h);
       const target = this.targetOf(h);
       const flow = this.check(h);
       await this.admit(h, flow);
       const { state, exportUs } = this.export(h, flow);
-      const { peer, offerRttUs, importUs } = await this.offer(h, target, state);
+      const { peer, offerRttUs, importUs, hops } = await this.offer(h, target, state);
       const freezeUs = await this.freeze(h, flow);
       const { delta, deltaUs } = this.readDelta(h, state);
       const { committed, commitRttUs } = await this.commit(h, peer, state, delta);
       const routeUs = await this.route(h, flow, target);
       // Past the point of no return: from here on nothing rolls back.
-      const timings: DistributorTimings = { exportUs, offerRttUs, importUs, freezeUs, deltaUs, commitRttUs, routeUs };
-      await this.close(h, peer, { state, delta, timings, committed });
+      const timings = { exportUs, offerRttUs, importUs, freezeUs, deltaUs, commitRttUs, routeUs };
+      await this.close(h, peer, { state, delta, timings, hops, committed });
     } catch (err) {
       await this.fail(h, err);
     } finally {
@@ -206,7 +208,7 @@ export class HandoffCoordinator {
   }
 
   /** offer (exported → offered → accepted): the state to the target, which reinstates it, or refuses (back to exported). */
-  private async offer(h: Handoff, targetNode: NodeConfig, state: TcpConnectionState): Promise<{ peer: PeerLink; offerRttUs: number; importUs: number }> {
+  private async offer(h: Handoff, targetNode: NodeConfig, state: TcpConnectionState): Promise<{ peer: PeerLink; offerRttUs: number; importUs: number; hops: Omit<HopClock, 'doneTx'> }> {
     const { connId, machine } = h;
     const { msg, blobs } = h.request;
     machine.begin('offer');
@@ -216,10 +218,13 @@ export class HandoffCoordinator {
     const tOffer = performance.now();
     const { conn, queues } = connToWire(state);
     machine.advance('offered');
+    const offerTx = monotonicUs();
     peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, [...queues, blobs[0]!]);
     const answer = await machine.answer('offered', this.config.handoffStepTimeoutMs);
+    const acceptRx = monotonicUs();
     if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step: 'offer', node: targetNode.name });
-    return { peer, offerRttUs: micros(tOffer), importUs: answer.msg.importUs };
+    const at = answer.msg.clock;
+    return { peer, offerRttUs: micros(tOffer), importUs: answer.msg.importUs, hops: { handoffRx: h.handoffRx, offerTx, ...(at ? { offerRx: at.rx, acceptTx: at.tx } : {}), acceptRx } };
   }
 
   /** freeze (accepted → frozen): XDP drops the client's packets, so the old socket's queues stop changing. */
@@ -272,7 +277,11 @@ export class HandoffCoordinator {
   }
 
   /** close (routed → closed): done to the application, live to the target with the old socket's final clock. */
-  private async close(h: Handoff, peer: PeerLink, { state, delta, timings, committed }: { state: TcpConnectionState; delta: ExportDelta; timings: DistributorTimings; committed: boolean }): Promise<void> {
+  private async close(
+    h: Handoff,
+    peer: PeerLink,
+    { state, delta, timings: steps, hops, committed }: { state: TcpConnectionState; delta: ExportDelta; timings: Omit<DistributorTimings, 'clock'>; hops: Omit<HopClock, 'doneTx'>; committed: boolean },
+  ): Promise<void> {
     const { connId, machine, fd, log, router } = h;
     machine.begin('close');
     const tClose = performance.now();
@@ -280,6 +289,7 @@ export class HandoffCoordinator {
     // its clock now is its clock at the close: the target goes live at once. Otherwise the
     // application reads the clock right before its close and says it (closed).
     const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
+    const timings: DistributorTimings = { ...steps, clock: { ...hops, doneTx: monotonicUs() } };
     router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
     if (finalClock !== undefined) {
       machine.advance('closed');
@@ -373,28 +383,4 @@ export class HandoffCoordinator {
       log.error({ err: (err as Error).message }, 'could not unfreeze; the distributor will restore the entry when the freeze expires');
     }
   }
-}
-
-/** Why a descriptor is not an established TCP connection to a DVIPA (isDvipa), or undefined. */
-export function unfitDescriptor(info: SocketInfo, isDvipa: (address: string) => boolean): string | undefined {
-  if (info.domain !== K.AF_INET && info.domain !== K.AF_INET6) return info.domain === K.AF_UNIX ? 'a Unix socket' : `a socket of address family ${info.domain}`;
-  if (info.type !== K.SOCK_STREAM || info.protocol !== K.IPPROTO_TCP) return info.type === K.SOCK_DGRAM ? 'a datagram (UDP) socket' : `socket type ${info.type}, protocol ${info.protocol}`;
-  if (info.tcpState !== K.TCP_ESTABLISHED) return `TCP state ${TCP_STATES[info.tcpState as keyof typeof TCP_STATES] ?? info.tcpState}`;
-  if (!info.local || !isDvipa(info.local.address)) return `its local address ${info.local?.address} is not a DVIPA`;
-  return undefined;
-}
-
-/** Did the socket stay as the snapshot saw it: nothing received, nothing transmitted, the same window? */
-function unchangedSince(snapshot: TcpConnectionState, delta: ExportDelta): boolean {
-  const a = snapshot.window;
-  const b = delta.window;
-  return (
-    delta.received.length === 0 &&
-    delta.unsentLength === snapshot.unsentLength &&
-    a.sndWl1 === b.sndWl1 &&
-    a.sndWnd === b.sndWnd &&
-    a.maxWindow === b.maxWindow &&
-    a.rcvWnd === b.rcvWnd &&
-    a.rcvWup === b.rcvWup
-  );
 }

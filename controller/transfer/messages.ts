@@ -98,6 +98,28 @@ export const ConnMetaSchema = Type.Object(
 );
 export type ConnMeta = Static<typeof ConnMetaSchema>;
 
+/**
+ * A handoff's critical path, hop by hop: the monotonic clock (controller/clock.ts, µs) at each send
+ * and receive, taken by the process that sent or received. handoffTx and doneRx are the routing
+ * application's, offerRx and acceptTx the target node's (carried back in accept), the rest the
+ * routing node's batond's.
+ */
+const Us = Type.Number({ minimum: 0 });
+export const HopClockSchema = Type.Object(
+  {
+    handoffTx: Type.Optional(Us),
+    handoffRx: Us,
+    offerTx: Us,
+    offerRx: Type.Optional(Us),
+    acceptTx: Type.Optional(Us),
+    acceptRx: Us,
+    doneTx: Us,
+    doneRx: Type.Optional(Us),
+  },
+  { additionalProperties: false },
+);
+export type HopClock = Static<typeof HopClockSchema>;
+
 export const TimingsSchema = Type.Object(
   {
     exportUs: Type.Number({ minimum: 0 }),
@@ -107,6 +129,7 @@ export const TimingsSchema = Type.Object(
     commitRttUs: Type.Number({ minimum: 0 }),
     deltaUs: Type.Number({ minimum: 0 }),
     routeUs: Type.Number({ minimum: 0 }),
+    clock: Type.Optional(HopClockSchema),
   },
   { additionalProperties: false },
 );
@@ -157,7 +180,7 @@ export const Schemas = {
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
   }),
-  accept: message('accept', { connId: HandoffIdSchema, importUs: Type.Number({ minimum: 0 }) }),
+  accept: message('accept', { connId: HandoffIdSchema, importUs: Type.Number({ minimum: 0 }), clock: Type.Optional(Type.Object({ rx: Us, tx: Us }, { additionalProperties: false })) }),
   reject: message('reject', { connId: HandoffIdSchema, reason: Reason }),
   /** Distributor → target. Blob: the delta, to append while the target socket is still in repair mode. */
   commit: message('commit', { connId: HandoffIdSchema, unsentLength: U32, window: WindowSchema }),
@@ -178,7 +201,7 @@ export const Schemas = {
    * the head of the socket's receive queue, for a look), and the tail the routing node never
    * transmitted (the application writes it first).
    */
-  transferred: message('transferred', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown() }),
+  transferred: message('transferred', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown(), clock: Type.Optional(Type.Object({ liveRx: Us, tx: Us }, { additionalProperties: false })) }),
   /**
    * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
    * started on a node that is not the distributor). The distributor checks the sender owns the flow.

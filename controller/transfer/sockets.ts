@@ -4,6 +4,7 @@
 // hands the descriptor to the target application. Each step is one native call (native/repair.ts);
 // the state machines (handoff.ts, target/handoffs.ts) only see this interface, so their unit tests
 // can run without a kernel.
+import { TCP_STATES } from '../../native/diag.js';
 import { closeFd } from '../../native/fdpass.js';
 import {
   appendReceived,
@@ -20,6 +21,7 @@ import {
   quietClock,
   setIdleBounds,
   setWindow,
+  SOCKET_CONSTANTS as K,
   type SocketInfo,
   type TcpConnectionState,
 } from '../../native/repair.js';
@@ -91,3 +93,27 @@ export const nativeSockets: HandoffSockets = {
   goLive,
   discard: closeSilently,
 };
+
+/** Why a descriptor is not an established TCP connection to a DVIPA (isDvipa), or undefined. */
+export function unfitDescriptor(info: SocketInfo, isDvipa: (address: string) => boolean): string | undefined {
+  if (info.domain !== K.AF_INET && info.domain !== K.AF_INET6) return info.domain === K.AF_UNIX ? 'a Unix socket' : `a socket of address family ${info.domain}`;
+  if (info.type !== K.SOCK_STREAM || info.protocol !== K.IPPROTO_TCP) return info.type === K.SOCK_DGRAM ? 'a datagram (UDP) socket' : `socket type ${info.type}, protocol ${info.protocol}`;
+  if (info.tcpState !== K.TCP_ESTABLISHED) return `TCP state ${TCP_STATES[info.tcpState as keyof typeof TCP_STATES] ?? info.tcpState}`;
+  if (!info.local || !isDvipa(info.local.address)) return `its local address ${info.local?.address} is not a DVIPA`;
+  return undefined;
+}
+
+/** Did the socket stay as the snapshot saw it: nothing received, nothing transmitted, the same window? */
+export function unchangedSince(snapshot: TcpConnectionState, delta: ExportDelta): boolean {
+  const a = snapshot.window;
+  const b = delta.window;
+  return (
+    delta.received.length === 0 &&
+    delta.unsentLength === snapshot.unsentLength &&
+    a.sndWl1 === b.sndWl1 &&
+    a.sndWnd === b.sndWnd &&
+    a.maxWindow === b.maxWindow &&
+    a.rcvWnd === b.rcvWnd &&
+    a.rcvWup === b.rcvWup
+  );
+}

@@ -18,7 +18,7 @@ const log = createLogger({ app: 'line-target', node: opts.node });
 function serve(conn: TransferredConnection): void {
   const { socket } = conn;
   const state = conn.appState as { user?: string; greeting?: string } | null;
-  log.info({ connId: conn.connId, user: state?.user, client: conn.client, from: conn.from, event: 'resumed' }, 'serving transferred connection');
+  log.info({ connId: conn.connId, user: state?.user, client: conn.client, from: conn.from, clock: conn.clock, event: 'resumed' }, 'serving transferred connection');
   socket.on('error', (err) => log.warn({ connId: conn.connId, err: err.message }, 'client socket error'));
   if (state?.greeting) socket.write(`${state.greeting} ${opts.node}\n`);
 

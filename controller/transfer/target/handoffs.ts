@@ -10,6 +10,7 @@
 // is refused as out of phase and changes nothing. Either party vanishing is turned into a clean
 // reject or abort.
 import { performance } from 'node:perf_hooks';
+import { monotonicUs } from '../../clock.js';
 import { BatonError, isBatonError } from '../../errors.js';
 import { errorText, logSparsely } from '../../input.js';
 import type { Logger } from '../../log.js';
@@ -50,6 +51,8 @@ interface Common {
   app: TargetApp;
   flow: FlowKey;
   since: number;
+  /** The monotonic clock when the offer arrived: returned in accept, for the handoff's trace. */
+  offerRx: number;
   from: string;
   state: TcpConnectionState;
   appState: unknown;
@@ -100,7 +103,7 @@ export class TargetHandoffs {
     const admitted = admit(this.admission, peerName, msg, blobs);
     if ('kind' in admitted) return this.refuse(peer, connId, admitted);
     const { app, state, bytes } = admitted;
-    const t: Transfer = { phase: 'offered', connId, peer, peerName, bytes, app, flow: flowOf(state), since: Date.now(), from: msg.from, state, appState: msg.appState, peeked: blobs[2]! };
+    const t: Transfer = { phase: 'offered', connId, peer, peerName, bytes, app, flow: flowOf(state), since: Date.now(), offerRx: monotonicUs(), from: msg.from, state, appState: msg.appState, peeked: blobs[2]! };
     this.transfers.set(connId, t);
     this.p.holdings.hold(app, 1);
     this.p.holdings.addShare(peerName, 1, bytes);
@@ -166,6 +169,7 @@ export class TargetHandoffs {
 
   /** The route points here: leave repair mode, then the socket is the application's. */
   live(peer: Channel<FromPeer>, msg: Message<'live'>): void {
+    const liveRx = monotonicUs();
     const t = this.forPeer(peer, msg);
     if (!t || !this.inPhaseFor(t, 'live')) return;
     this.finish(t);
@@ -190,7 +194,8 @@ export class TargetHandoffs {
     try {
       // The descriptor first: the application looks for it when transferred arrives.
       app.descriptors.send(socket.fd, connId);
-      app.channel.send('transferred', { connId, from: t.from, client: { ...state.remote }, appState: t.appState }, [t.peeked, state.sendQueue.subarray(state.sendQueue.length - state.unsentLength)]);
+      const clock = { liveRx, tx: monotonicUs() };
+      app.channel.send('transferred', { connId, from: t.from, client: { ...state.remote }, appState: t.appState, clock }, [t.peeked, state.sendQueue.subarray(state.sendQueue.length - state.unsentLength)]);
     } catch (err) {
       // Live, with nobody to serve it: the client gets a FIN from here, and the entry goes.
       this.log.error({ connId, app: app.name, err: errorText(err) }, 'cannot hand the live socket to its application: closing it');
@@ -280,7 +285,7 @@ export class TargetHandoffs {
       const fd = this.p.sockets.reinstate(t.state, t.peeked);
       const importedAt = performance.now();
       this.enter(t, event, 'imported', { fd, importedAt });
-      t.peer.send('accept', { connId, importUs: Math.round((importedAt - start) * 1000) });
+      t.peer.send('accept', { connId, importUs: Math.round((importedAt - start) * 1000), clock: { rx: t.offerRx, tx: monotonicUs() } });
     } catch (err) {
       const reason = isBatonError(err) ? err.message : `import failed: ${errorText(err)}`;
       this.log.warn({ connId, err: reason }, 'transfer refused: socket could not be reinstated');

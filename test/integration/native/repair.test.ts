@@ -22,7 +22,7 @@ import { closeFd } from '../../../native/fdpass.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { withNetns } from '../../helpers/netns.js';
 import { until as boundedWait } from '../../helpers/wait.js';
-import { unfitDescriptor } from '../../../controller/transfer/handoff.js';
+import { unfitDescriptor } from '../../../controller/transfer/sockets.js';
 import {
   appendReceived,
   appendSent,

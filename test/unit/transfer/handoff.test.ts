@@ -11,6 +11,7 @@ import { until } from '../../helpers/wait.js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { FlowKey } from '../../../controller/flow.js';
 import type { ClusterConfig } from '../../../controller/config/cluster.js';
+import { monotonicUs } from '../../../controller/clock.js';
 import { BatonError } from '../../../controller/errors.js';
 import { createLogger } from '../../../controller/log.js';
 import { Channel, channelRejections, PendingReplies } from '../../../controller/transfer/channel.js';
@@ -263,6 +264,25 @@ describe('handoff state machine at the routing node', () => {
     expect(r.done).toMatchObject({ type: 'done', clockNeeded: false });
     expect(r.sockets).toEqual(['inspect', 'snapshot', 'delta', 'quietClock', 'release (after done)']);
     expect(r.records[0]).toMatchObject({ outcome: 'done' });
+  });
+
+  it("done carries the handoff's trace: each send and receive on one clock, in order, the target's readings from its accept", async () => {
+    const script: TargetScript = (d, ch) => {
+      const connId = (d.msg as { connId: string }).connId;
+      if (d.msg.type === 'offer') {
+        const rx = monotonicUs();
+        ch.send('accept', { connId, importUs: 5, clock: { rx, tx: monotonicUs() } });
+      }
+    };
+    const before = monotonicUs();
+    const r = await runHandoff(script, 1, Buffer.alloc(0), 777);
+    const clock = (r.done as { timings: { clock: Record<string, number> } }).timings.clock;
+    const order = ['handoffRx', 'offerTx', 'offerRx', 'acceptTx', 'acceptRx', 'doneTx'];
+    expect(Object.keys(clock).sort()).toEqual([...order].sort());
+    const readings = order.map((k) => clock[k]!);
+    expect(readings[0]).toBeGreaterThanOrEqual(before);
+    for (let i = 1; i < readings.length; i++) expect(readings[i]).toBeGreaterThanOrEqual(readings[i - 1]!);
+    expect(readings[5]).toBeLessThanOrEqual(monotonicUs());
   });
 
   it('reject at offer: nothing frozen, no abort, the router is told E_REJECTED', async () => {
