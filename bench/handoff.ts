@@ -191,8 +191,6 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
         steps,
         failed,
         commitsSkipped: all.filter((t) => t.commitRttUs === 0).length,
-        // n1's batond says per handoff where the old socket's final clock came from.
-        quietClocks: readLog(b.lab, `${b.lab.distributor}-batond`).filter((l) => l.msg === 'handoff complete').slice(-all.length).filter((l) => l.clock === 'quiet socket').length,
         clientViewUs: { note: 'USER sent → OK from the target received, at the client', ...summarize(client.flat()) },
       },
     },

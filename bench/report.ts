@@ -205,7 +205,7 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
       out.push('The same handoffs by step, as the routing node\'s batond times them (`done.timings`):');
       out.push(table(['step', 'median µs', 'p99 µs', 'share of the median total'], parts.map(([k, s]) => [k, fmt(s.median), fmt(s.p99), `${fmt((100 * s.median) / total)} %`]).concat([['**total handoff()**', `**${fmt(total)}**`, `**${fmt(steps['total handoff()']?.p99)}**`, ''], ['reference handoff (C), same span', fmt(ref?.median), fmt(ref?.p99), '']])));
       const ccv = d.clientViewUs as { median: number; p99: number } | undefined;
-      if (ccv) out.push(`Seen from the client (USER sent → the target's OK received), all handoffs: median ${fmt(ccv.median)} µs, p99 ${fmt(ccv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)} (reference: ${fmt(d.referenceFailed as number)}). Commits skipped (nothing changed since the snapshot): ${fmt(d.commitsSkipped as number)} of ${fmt(m.samples)}; the old socket was quiet, so the target went live with done, in ${fmt(d.quietClocks as number)}.`);
+      if (ccv) out.push(`Seen from the client (USER sent → the target's OK received), all handoffs: median ${fmt(ccv.median)} µs, p99 ${fmt(ccv.p99)} µs. Failed handoffs: ${fmt(d.failed as number)} (reference: ${fmt(d.referenceFailed as number)}). Commits skipped (nothing changed since the snapshot): ${fmt(d.commitsSkipped as number)} of ${fmt(m.samples)}.`);
       break;
     }
     case 'handoff-rate': {

@@ -268,7 +268,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       if (done.clockNeeded !== false) this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
       const reported = (outcome.msg as { timings: DistributorTimings }).timings;
       const timings: HandoffTimings = { ...reported, ...(reported.clock ? { clock: { ...reported.clock, handoffTx, doneRx } } : {}), totalUs: micros(t0) };
-      log.info({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
+      log.debug({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {
       // Roll back: batond takes the socket out of repair mode before it says failed. If it never

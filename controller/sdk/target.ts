@@ -235,7 +235,7 @@ export class TargetClient {
     // client's delayed ACK (measured: up to 40 ms).
     socket.setNoDelay(true);
     keepHandoffId(socket, connId);
-    this.log.info({ connId, from: msg.from, client: `${msg.client.address}:${msg.client.port}` }, 'transferred connection is live');
+    this.log.debug({ connId, from: msg.from, client: `${msg.client.address}:${msg.client.port}` }, 'transferred connection is live');
     this.live++;
     this.control?.update({ load: this.live });
     socket.once('close', () => {

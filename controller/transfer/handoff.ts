@@ -303,7 +303,7 @@ export class HandoffCoordinator {
     const closeUs = micros(tClose);
     const blobs = h.request.blobs;
     const sizes = { send: state.sendQueue.length, recv: state.recvQueue.length + delta.received.length, peeked: blobs[0]!.length, sentSinceSnapshot: state.unsentLength - delta.unsentLength };
-    log.info({ event: 'handoff', outcome: 'done', client: h.client, timings: { ...timings, closeUs }, queues: sizes, committed, clock: finalClock === undefined ? 'at the close' : 'quiet socket' }, 'handoff complete');
+    log.debug({ event: 'handoff', outcome: 'done', client: h.client, timings: { ...timings, closeUs }, queues: sizes, committed, clock: finalClock === undefined ? 'at the close' : 'quiet socket' }, 'handoff complete');
     this.onRecord({ connId, flow: h.flow, from: router.name, target: peer.node.name, client: h.client!, outcome: 'done', timings: { ...timings, closeUs, totalUs: micros(h.t0) } });
   }
 

@@ -34,20 +34,22 @@ async function webServer(): Promise<http.Server> {
     return http.createServer(async (req, res) => {
       await hold(req.url);
       const user = users.get(req.socket) ?? 'anonymous';
-      log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
       res.setHeader('X-Served-By', opts.node);
       res.setHeader('X-Framework', 'node');
       res.setHeader('X-Instance', instance);
       res.setHeader('Content-Type', 'text/plain');
       res.end(greeting(user, req.method, req.url));
+      // After the answer: the client waits for it, not for the log line.
+      log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
     });
   }
   const app = Fastify({ logger: false });
   app.get('/*', async (req, reply) => {
     await hold(req.url);
     const user = users.get(req.raw.socket) ?? 'anonymous';
+    const sent = reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').header('X-Instance', instance).type('text/plain').send(greeting(user, req.method, req.url));
     log.info({ event: 'request', method: req.method, url: req.url, user }, 'request served');
-    return reply.header('X-Served-By', opts.node).header('X-Framework', 'fastify').header('X-Instance', instance).type('text/plain').send(greeting(user, req.method, req.url));
+    return sent;
   });
   await app.ready();
   return app.server;
@@ -61,8 +63,8 @@ target = await withRetry('connect to batond', () =>
     { socketPath: opts.agent, name: 'http-target', instance, ports: [opts.port], logger: log, ...capacityOptions(opts, () => target?.load ?? 0), control: opts.control },
     (conn) => {
       users.set(conn.socket, (conn.appState as { user?: string } | null)?.user ?? 'anonymous');
-      log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');
       serveHttp(server, conn);
+      log.info({ connId: conn.connId, from: conn.from, client: conn.client, event: 'resumed' }, 'serving transferred connection');
     },
   ),
 );

@@ -88,7 +88,7 @@ function converse(socket: net.Socket): void {
       buffered = Buffer.alloc(0);
       socket.off('data', onData);
       router.handoff(socket, { node, port: opts.port }, { appState: { user, greeting: 'OK' }, peeked }).then(
-        (r) => log.info({ client, event: 'handed-off', connId: r.connId, target: node, timings: r.timings }, 'handed off'),
+        (r) => log.info({ client, event: 'handed-off', connId: r.connId, target: node, timings: r.timings, peeked: peeked.length }, 'handed off'),
         (err: unknown) => {
           const reason = isBatonError(err) ? `${err.code} at ${String(err.context.step)}` : String(err);
           log.warn({ client, target: node, err: (err as Error).message }, 'handoff failed; serving the error here');

@@ -18,9 +18,10 @@ const log = createLogger({ app: 'line-target', node: opts.node });
 function serve(conn: TransferredConnection): void {
   const { socket } = conn;
   const state = conn.appState as { user?: string; greeting?: string } | null;
+  // The greeting first: the client waits for it, the log line does not.
+  if (state?.greeting) socket.write(`${state.greeting} ${opts.node}\n`);
   log.info({ connId: conn.connId, user: state?.user, client: conn.client, from: conn.from, clock: conn.clock, event: 'resumed' }, 'serving transferred connection');
   socket.on('error', (err) => log.warn({ connId: conn.connId, err: err.message }, 'client socket error'));
-  if (state?.greeting) socket.write(`${state.greeting} ${opts.node}\n`);
 
   let operatorMove: { node: string; resolve: () => void; reject: (err: Error) => void } | undefined;
   /** Hands the connection on with everything not yet parsed as peeked bytes; on failure serves on. */

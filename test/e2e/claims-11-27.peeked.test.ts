@@ -13,7 +13,7 @@ describe('peeked bytes are delivered first', () => {
   it('the bytes after USER that the router already read arrive at the target first, in order', async () => {
     const r = await inClient(running.lab, lineClient(running.lab, ['--user', 'alice', '--expect-node', 'n2', '--put', '2000000', '--stream-during-handoff']), 30_000);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, put_ok: true, served_by: 'n2' });
-    const handoff = readLog(running.lab, 'n1-line-router').find((l) => l.msg === 'connection handed off');
+    const handoff = readLog(running.lab, 'n1-line-router').find((l) => l.event === 'handed-off');
     expect(Number(handoff?.peeked)).toBeGreaterThan(0);
   });
 
