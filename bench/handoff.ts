@@ -21,7 +21,10 @@ interface HandoffsOut {
   handoffUs: number[];
 }
 
-type Timings = Record<'exportUs' | 'deltaUs' | 'offerRttUs' | 'importUs' | 'freezeUs' | 'commitRttUs' | 'routeUs' | 'totalUs', number> & { clock?: Required<HopClock> };
+type Timings = Record<'exportUs' | 'deltaUs' | 'offerRttUs' | 'importUs' | 'freezeUs' | 'commitRttUs' | 'routeUs' | 'totalUs', number> & { clock?: Hops };
+
+/** The readings a done carries, with the routing application's: every one but liveTx (only when live went with done). */
+type Hops = Required<Omit<HopClock, 'liveTx'>> & Pick<HopClock, 'liveTx'>;
 
 /** The line router's per-handoff timings (its 'handed-off' log lines), from index `from` on, with the client's address:port. */
 function routerTimings(b: BenchLab, from: number): Array<Timings & { client: string }> {
@@ -45,7 +48,7 @@ function targetClocks(b: BenchLab): Map<string, TargetClock> {
 }
 
 /** One handoff's monotonic clock readings, every process's (one machine, one clock): the client's USER sent and OK received, and the messages' (HopClock, TargetClock). */
-type Trace = Required<HopClock> & TargetClock & { userTx: number; okRx: number };
+type Trace = Hops & TargetClock & { userTx: number; okRx: number };
 
 /**
  * The critical path hop by hop, from the clock readings: each row is the time between two
@@ -58,8 +61,8 @@ export const HOPS: Array<[string, (t: Trace) => number]> = [
   ['n1 batond → n2 batond: offer (TLS)', (t) => t.offerRx - t.offerTx],
   ['n2 batond: checks, import', (t) => t.acceptTx - t.offerRx],
   ['n2 batond → n1 batond: accept (TLS)', (t) => t.acceptRx - t.acceptTx],
-  ['n1 batond: freeze, delta read, (commit round trip), route, final clock', (t) => t.doneTx - t.acceptRx],
-  ['n1 batond → n2 batond: live (TLS)', (t) => t.liveRx - t.doneTx],
+  ['n1 batond: freeze, delta read, (commit round trip), route, final clock', (t) => (t.liveTx ?? t.doneTx) - t.acceptRx],
+  ['n1 batond → n2 batond: live (TLS)', (t) => t.liveRx - (t.liveTx ?? t.doneTx)],
   ['n2 batond: leaves repair mode, passes the descriptor', (t) => t.transferredTx - t.liveRx],
   ['n2 batond → target application: transferred (descriptor, then the message)', (t) => t.transferredRx - t.transferredTx],
   ['target application: takes the socket, greets the client; → client (OK)', (t) => t.okRx - t.transferredRx],

@@ -49,6 +49,8 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
   private readonly decoder: FrameDecoder;
   private closed = false;
   private corked = false;
+  /** Counts corks, so that the end-of-tick uncork of a batch flush() already sent leaves a later batch alone. */
+  private corks = 0;
   /** Frames this channel refused, by reason (channelRejections() sums every channel). */
   readonly rejected = new Map<RejectReason, number>();
 
@@ -84,13 +86,23 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
+      const cork = ++this.corks;
       process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
+        if (this.corked && this.corks === cork) this.flush();
       });
     }
     for (const p of parts) this.socket.write(p);
     return true;
+  }
+
+  /**
+   * Sends what this tick queued now rather than at its end: for a frame the client is waiting on
+   * (live, transferred), whose receiver should not wait for the rest of the sender's tick.
+   */
+  flush(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
   }
 
   get isClosed(): boolean {

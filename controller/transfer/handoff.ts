@@ -289,12 +289,17 @@ export class HandoffCoordinator {
     // its clock now is its clock at the close: the target goes live at once. Otherwise the
     // application reads the clock right before its close and says it (closed).
     const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
-    const timings: DistributorTimings = { ...steps, clock: { ...hops, doneTx: monotonicUs() } };
-    router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
+    // live before done, and sent at once: the client waits for the target, nobody waits for done
+    // (the routing application only closes its socket, silently).
+    let liveTx: number | undefined;
     if (finalClock !== undefined) {
       machine.advance('closed');
+      liveTx = monotonicUs();
       peer.channel.send('live', { connId, timestamp: finalClock });
+      peer.channel.flush();
     }
+    const timings: DistributorTimings = { ...steps, clock: { ...hops, ...(liveTx === undefined ? {} : { liveTx }), doneTx: monotonicUs() } };
+    router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
     this.releaseDescriptor(fd, log);
     if (finalClock === undefined) {
       const timestamp = await this.oldSocketClosed(h);

@@ -113,6 +113,8 @@ export const HopClockSchema = Type.Object(
     offerRx: Type.Optional(Us),
     acceptTx: Type.Optional(Us),
     acceptRx: Us,
+    /** When live went with done (the old socket was quiet): just before done. */
+    liveTx: Type.Optional(Us),
     doneTx: Us,
     doneRx: Type.Optional(Us),
   },

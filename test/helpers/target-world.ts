@@ -44,6 +44,8 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
       }
       return true;
     },
+    /** The recorder keeps no batches: everything it was sent is already recorded. */
+    flush(): void {},
   });
   let nextFd = 10;
   const notHere = () => {
@@ -85,7 +87,7 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
     targetCapacity: limits.targetCapacity ?? 10_000,
   };
   const relay = new TargetRelay(createLogger({}, 'silent'), 10_000, sockets, policy, (flow, connId) => orphans.push({ flow, connId }));
-  // The relay uses only send() of a channel: a recorder stands in for the link, not for its messages.
+  // The relay uses only send() and flush() of a channel: a recorder stands in for the link, not for its messages.
   const links = new Map<string, PeerChannel>();
   const link = (node: string): PeerChannel => {
     let l = links.get(node);

@@ -196,6 +196,8 @@ export class TargetHandoffs {
       app.descriptors.send(socket.fd, connId);
       const clock = { liveRx, tx: monotonicUs() };
       app.channel.send('transferred', { connId, from: t.from, client: { ...state.remote }, appState: t.appState, clock }, [t.peeked, state.sendQueue.subarray(state.sendQueue.length - state.unsentLength)]);
+      // The client waits for the application: it should not wait for the rest of this tick too.
+      app.channel.flush();
     } catch (err) {
       // Live, with nobody to serve it: the client gets a FIN from here, and the entry goes.
       this.log.error({ connId, app: app.name, err: errorText(err) }, 'cannot hand the live socket to its application: closing it');
