@@ -289,8 +289,8 @@ export class HandoffCoordinator {
     // its clock now is its clock at the close: the target goes live at once. Otherwise the
     // application reads the clock right before its close and says it (closed).
     const finalClock = this.quietClock(fd, (state.recvSeq + state.recvQueue.length + delta.received.length) >>> 0, log);
-    // live before done, and sent at once: the client waits for the target, nobody waits for done
-    // (the routing application only closes its socket, silently).
+    // live before done, each sent at once rather than at the end of this tick: the client waits for
+    // the target, so its wake-up comes first; then the application's.
     let liveTx: number | undefined;
     if (finalClock !== undefined) {
       machine.advance('closed');
@@ -300,6 +300,7 @@ export class HandoffCoordinator {
     }
     const timings: DistributorTimings = { ...steps, clock: { ...hops, ...(liveTx === undefined ? {} : { liveTx }), doneTx: monotonicUs() } };
     router.channel.send('done', { connId, timings, clockNeeded: finalClock === undefined });
+    router.channel.flush();
     this.releaseDescriptor(fd, log);
     if (finalClock === undefined) {
       const timestamp = await this.oldSocketClosed(h);
