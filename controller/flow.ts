@@ -75,7 +75,11 @@ export function addressToBytes(family: Family, address: string, field = 'address
   const out = new Uint8Array(ADDR_LEN);
   if (family === 4) {
     if (!net.isIPv4(address)) notAnAddress(4, address, field);
-    out.set(ipaddr.IPv4.parse(address).toByteArray());
+    // net.isIPv4 accepts only four decimal octets 0-255 (no octal, hex or short forms), so each
+    // part is a plain decimal number: read directly, a map write's hot path (ipaddr.js's general
+    // parser cost more than the bpf() call).
+    const parts = address.split('.');
+    for (let i = 0; i < 4; i++) out[i] = Number(parts[i]);
     return out;
   }
   if (family !== 6) throw new BatonError('E_CONFIG', `family ${String(family)} must be 4 or 6`, { step: 'address', field });

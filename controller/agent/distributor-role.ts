@@ -144,7 +144,7 @@ export class DistributorRole {
     const source = new ReplicationSource(steering.routes, log.child({ svc: 'replication' }));
     let service: RouteService;
     try {
-      const table = replicating(steering.routes, (flow, entry) => source.change(flow, entry), (flow, err) => source.lost(flow, err));
+      const table = replicating(steering.routes, (flow, entry) => source.change(flow, entry), (flow, err) => source.lost(flow, err), () => source.streaming);
       service = new RouteService(table, config, log, abandonAfterMs(config), steering.routes.capacity() ?? ROUTES_MAX_ENTRIES_DEFAULT, this.p.self.name);
     } catch (err) {
       source.close();

@@ -159,6 +159,11 @@ export class ReplicationSource {
     this.log.info({ backup, session: s.session, sentSeq: s.seq, ackedSeq: s.acked }, 'replication stream detached');
   }
 
+  /** Whether any backup's stream is attached: until one is, changes need not be read back (replicating's wanted). */
+  get streaming(): boolean {
+    return this.streams.size > 0;
+  }
+
   /** A flow's entry as it now is (undefined: removed), from replicating(): sent to every stream at the end of this turn. */
   change(flow: FlowKey, entry: RouteEntry | undefined): void {
     if (this.streams.size === 0) return; // a stream attached later reads the table itself

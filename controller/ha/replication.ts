@@ -136,13 +136,17 @@ export function resumeAfter(table: WalkTable, page: readonly FlowKey[], last: Bu
  * throws changed nothing (a failed bpf update leaves the map as it was) and is not reported. A
  * read-back that fails leaves the backups unable to know the value: onLost is told (the source
  * drops its streams, which re-snapshot), or, without onLost, the error is thrown to the writer.
+ * While wanted() says no backup listens, nothing is read back (a backup that attaches later reads
+ * the table itself): a lone distributor pays no extra map read per write.
  */
 export function replicating(
   ops: TableOps,
   onChange: (flow: FlowKey, entry: RouteEntry | undefined) => void,
   onLost?: (flow: FlowKey, err: unknown) => void,
+  wanted: () => boolean = () => true,
 ): TableOps {
   const report = (flow: FlowKey) => {
+    if (!wanted()) return;
     let entry: RouteEntry | undefined;
     try {
       entry = ops.get(flow);

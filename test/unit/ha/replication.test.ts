@@ -409,4 +409,22 @@ describe('replicating(): every write reported as the entry now is', () => {
     expect(() => failing.freeze(f)).toThrow(/full/);
     expect(seen.map(([, e]) => e && `${e.state}/${e.targetNode}/${e.packets}`)).toEqual(['forward/2/0', 'released/2/42', 'finished/3/42', undefined]);
   });
+
+  it('reads nothing back while no backup listens (wanted() false), and reports again once one does', () => {
+    const a = new MemoryTable();
+    let reads = 0;
+    const counted = { ...a, get: (k: FlowKey) => (reads++, a.get(k)), entries: a.entries.bind(a), entriesAfter: a.entriesAfter.bind(a), freeze: a.freeze.bind(a), forward: a.forward.bind(a), release: a.release.bind(a), finish: a.finish.bind(a), remove: a.remove.bind(a) };
+    const seen: string[] = [];
+    let listening = false;
+    const ops = replicating(counted, (f, e) => seen.push(`${connectionId(f)} ${e?.state}`), undefined, () => listening);
+    const f = flow(1);
+    ops.freeze(f);
+    ops.forward(f, TARGETS[0]!);
+    expect([reads, seen.length]).toEqual([0, 0]);
+    listening = true;
+    ops.release(f, TARGETS[0]!);
+    expect(reads).toBe(1);
+    expect(seen).toEqual([`${connectionId(f)} released`]);
+    expect(a.get(f)?.state).toBe('released');
+  });
 });
