@@ -102,7 +102,11 @@ function pidOf(b: BenchLab, name: string): number {
  */
 async function referenceSamples(b: BenchLab): Promise<{ samplesUs: number[]; failed: number }> {
   const log = path.join(b.lab.runDir, `${REF_DISTRIBUTOR}.log`);
-  const lines = () => fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('{"samplesUs"'));
+  // Whole lines only: a long line can reach the file in more than one write.
+  const lines = () => {
+    const text = fs.readFileSync(log, 'utf8');
+    return text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter((l) => l.startsWith('{"samplesUs"'));
+  };
   const before = lines().length;
   process.kill(pidOf(b, REF_DISTRIBUTOR), 'SIGUSR1');
   for (let i = 0; i < 100; i++) {
@@ -183,7 +187,7 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
       unit: 'µs',
       better: 'lower',
       goal: { text: '≤ 2× the reference handoff: p50 ≤ 2× its p50, p99 ≤ 4× its p99', met: total.median <= 2 * ref.median && total.p99 <= 4 * ref.p99 },
-      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the per-step timings (n1's batond does every socket step and reports them in done) from the router's log. Not counted: the target going live, one more one-way message (live, sent with done when the old socket can send nothing more; otherwise after the router reports its clock at the close: two more), and one that hands the socket to the target application. Reference: the same client and count, interleaved run by run, logging in to the reference handoff (bench/reference/handoff.c, two C processes: export on n1, one TCP round trip to an importer on n2 that reinstates the socket, the routing-table entry written on n1, then live; no TLS, JSON, checks or logging), timed from its USER line read to the entry written`,
+      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another (line protocol, users alice→n2 and bob→n3 in turn) after ${opts.warmup} unmeasured ones (16 at a time); time from the routing application's handoff() call until batond reports the route installed (done: the SDK's totalUs), with the per-step timings (n1's batond does every socket step and reports them in done) from the router's log. Not counted: the target going live, one more one-way message (live, sent just before done when the old socket can send nothing more; otherwise after the router reports its clock at the close: two more), and one that hands the socket to the target application; the hop-by-hop trace below follows the handoff to the client's OK. Reference: the same client and count, interleaved run by run, logging in to the reference handoff (bench/reference/handoff.c, two C processes: export on n1, one TCP round trip to an importer on n2 that reinstates the socket, the routing-table entry written on n1, then live; no TLS, JSON, checks or logging), timed from its USER line read to the entry written`,
       details: {
         hops,
         traced: traced.length,

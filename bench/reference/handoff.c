@@ -474,11 +474,17 @@ static void distributor_client(struct client *c)
 
 static void print_samples(void)
 {
-	printf("{\"samplesUs\":[");
+	// One write of the whole line, so that a reader never sees part of it.
+	size_t cap = 64 + dis.nsamples * 11, len = 0;
+	char *line = malloc(cap);
+	if (!line)
+		die("malloc", ENOMEM);
+	len += (size_t)snprintf(line + len, cap - len, "{\"samplesUs\":[");
 	for (size_t i = 0; i < dis.nsamples; i++)
-		printf("%s%u", i ? "," : "", dis.samples[i]);
-	printf("],\"failed\":%u}\n", dis.failed);
-	fflush(stdout);
+		len += (size_t)snprintf(line + len, cap - len, "%s%u", i ? "," : "", dis.samples[i]);
+	len += (size_t)snprintf(line + len, cap - len, "],\"failed\":%u}\n", dis.failed);
+	write_all(STDOUT_FILENO, line, len);
+	free(line);
 	dis.nsamples = 0;
 	dis.failed = 0;
 }
