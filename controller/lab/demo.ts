@@ -33,11 +33,17 @@ interface LogLine {
   [k: string]: unknown;
 }
 
+/**
+ * A lab process's log lines so far. Whole lines only: a process still writing may have put part of
+ * its last line in the file (an asynchronous logger writes a batch of lines, and a batch can
+ * reach the file in more than one write).
+ */
 export function readLog(lab: LabDescription, name: string): LogLine[] {
   const file = path.join(lab.runDir, `${name}.log`);
   if (!fs.existsSync(file)) return [];
-  return fs
-    .readFileSync(file, 'utf8')
+  const text = fs.readFileSync(file, 'utf8');
+  return text
+    .slice(0, text.lastIndexOf('\n') + 1)
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as LogLine);

@@ -8,8 +8,8 @@ export const handedOff = new WeakSet<net.Socket>();
 
 // The handoff id (wire and log field `connId`) a transferred socket arrived with. Not the
 // connection id, which is the 4-tuple (controller/flow.ts): the handoff id names the handoffs of
-// one connection, so the logs of every node it passes through, and the API's transfer records,
-// share one id to grep for.
+// one connection, so the API's transfer records of every node it passes through, and their logs
+// (batond's and the SDK's lines about a handoff are at debug), share one id to grep for.
 const handoffIds = new WeakMap<net.Socket, string>();
 
 /**
