@@ -8,7 +8,7 @@ import { RoutingTable } from '../controller/agent/routing-table.js';
 import { readLog } from '../controller/lab/demo.js';
 import type { HopClock } from '../controller/transfer/messages.js';
 import { type MetricResult, latencyMetric, median, percentile, rateMetric, round, runInterleaved, summarize } from './harness.js';
-import { type BenchLab, LINE_PORT, PLAIN_LINE_PORT, REF_DISTRIBUTOR, REF_PORT } from './lab.js';
+import { type BenchLab, LINE_PORT, logsFlushed, PLAIN_LINE_PORT, REF_DISTRIBUTOR, REF_PORT } from './lab.js';
 import { processCpuNs, procStat } from './system.js';
 
 interface HandoffsOut {
@@ -158,6 +158,7 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
     }
     const before = handedOffCount(b);
     const out = await handoffs(b, opts.perRun, 1, 120_000, 'baton', true);
+    await logsFlushed();
     failed += out.failed;
     const logged = routerTimings(b, before);
     runs.push(logged);

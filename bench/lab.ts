@@ -12,6 +12,7 @@ import { CONTROL_PORT, LINE_PORT, HTTP_PORT, labProcesses, waitUntilReady } from
 import type { LabDescription } from '../controller/lab/description.js';
 import { labDown, labUp, type ProcessSpec } from '../controller/lab/lab.js';
 import { namespacePath, namespacePids } from '../controller/lab/netns.js';
+import { LOG_FLUSH_EVERY_MS } from '../controller/log.js';
 import { buildPath, repoRoot } from '../controller/paths.js';
 
 const execFileP = promisify(execFile);
@@ -26,6 +27,11 @@ export const REF_IMPORTER_PORT = 7301;
 export const REF_DISTRIBUTOR = 'n1-ref-distributor';
 export const REF_IMPORTER = 'n2-ref-importer';
 export { CONTROL_PORT, HTTP_PORT, LINE_PORT };
+
+/** Until every lab process has written what it logged so far (asynchronous lines wait up to LOG_FLUSH_EVERY_MS). */
+export function logsFlushed(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_EVERY_MS));
+}
 
 export interface BenchLab {
   lab: LabDescription;
@@ -197,8 +203,9 @@ export async function startBenchLab(opts: BenchLabOptions): Promise<BenchLab> {
       const perSource = ['--routing-max-per-source', '4096'];
       const examples = labProcesses(l, { examples: opts.examples ?? true, extraArgs: { 'n1-line-router': perSource, ...(opts.backup ? { 'n2-line-router': perSource } : {}) }, limits: { entriesPerSource: 262_144 } });
       // The handoff timings are read from the routers' info-level log lines, whatever level the
-      // caller's environment asks for (make bench quiets the suite's own logger).
-      specs = [...examples, ...(baselines ? benchProcesses(l) : [])].map((s) => ({ ...s, env: { ...s.env, BATON_LOG_LEVEL: 'info' } }));
+      // caller's environment asks for (make bench quiets the suite's own logger); lines are
+      // buffered as in production (logsFlushed() waits for them), whatever the environment says.
+      specs = [...examples, ...(baselines ? benchProcesses(l) : [])].map((s) => ({ ...s, env: { ...s.env, BATON_LOG_LEVEL: 'info', BATON_LOG_SYNC: '0' } }));
       return specs;
     },
   });

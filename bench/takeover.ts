@@ -23,7 +23,7 @@ import { killNode } from '../controller/lab/lab.js';
 import { startProcess, stopProcess } from '../controller/lab/processes.js';
 import { repoRoot } from '../controller/paths.js';
 import { type MetricResult, latencyMetric, median, percentile, rateMetric, round, summarize } from './harness.js';
-import { type BenchLab, startBenchLab } from './lab.js';
+import { type BenchLab, logsFlushed, startBenchLab } from './lab.js';
 import { processCpuNs } from './system.js';
 
 const ACTIVE = "active distributor: the routing table is this node's";
@@ -401,6 +401,7 @@ async function replication(baseDir: string, opts: ReplicationOptions, log: (s: s
         const [k1, k2] = [keysOf(t1), keysOf(t2)];
         equal &&= k1.size === k2.size && [...k1].every(([k, v]) => k2.get(k) === v);
       }
+      await logsFlushed();
       const sent = readLog(lab, 'n1-batond').filter((l) => l.msg === 'replication snapshot sent' && l.backup === 'n2').pop();
       const entries = Number(synced.entries);
       const ms = equalAt - attached.time;

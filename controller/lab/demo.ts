@@ -175,10 +175,13 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
     backup: true,
     // n3's HTTP target takes one connection at a time, so the demo can show a refusal and a retry.
     // The routers log each accept and exchange at debug level: the timelines below are made of them.
+    // The demo reads a process's log as soon as the client has its answer: lines are written
+    // synchronously, not buffered (controller/log.ts).
     processes: (l) =>
-      (specs = labProcesses(l, { extraArgs: { 'n3-http-target': ['--capacity', '1'] } }).map((s) =>
-        s.name.endsWith('-router') ? { ...s, env: { ...s.env, BATON_LOG_LEVEL: 'debug' } } : s,
-      )),
+      (specs = labProcesses(l, { extraArgs: { 'n3-http-target': ['--capacity', '1'] } }).map((s) => ({
+        ...s,
+        env: { ...s.env, BATON_LOG_SYNC: '1', ...(s.name.endsWith('-router') ? { BATON_LOG_LEVEL: 'debug' } : {}) },
+      }))),
   });
   try {
     await waitUntilReady(lab, specs);
