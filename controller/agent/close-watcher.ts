@@ -25,6 +25,8 @@ interface Watched {
   since: number;
   nextCheck: number;
   interval: number;
+  /** onStillClosing was called for it. */
+  told: boolean;
 }
 
 export interface CloseWatcherOptions {
@@ -33,6 +35,13 @@ export interface CloseWatcherOptions {
   maxIntervalMs?: number;
   /** Give up on a flow after this long (the distributor removes a released entry after its own bound anyway). */
   giveUpAfterMs?: number;
+  /**
+   * Called once per flow, at its first check, if TCP is not done with it then. Most closes are
+   * done by then (within a round trip), and report only their end (onFinished); the node agent
+   * tells the distributor of a close in progress only for the others (one message less per
+   * connection, node-agent.ts).
+   */
+  onStillClosing?: (flow: FlowKey, connId: string, state: KernelTcpState) => void;
 }
 
 export class CloseWatcher {
@@ -41,6 +50,7 @@ export class CloseWatcher {
   private readonly firstCheckMs: number;
   private readonly maxIntervalMs: number;
   private readonly giveUpAfterMs: number;
+  private readonly onStillClosing: NonNullable<CloseWatcherOptions['onStillClosing']>;
   private lookupErrors = 0;
   private lastErrorLog = -Infinity;
 
@@ -54,13 +64,14 @@ export class CloseWatcher {
     this.firstCheckMs = opts.firstCheckMs ?? 50;
     this.maxIntervalMs = opts.maxIntervalMs ?? 2000;
     this.giveUpAfterMs = opts.giveUpAfterMs ?? 180_000;
+    this.onStillClosing = opts.onStillClosing ?? (() => undefined);
     this.ticker = setInterval(() => this.check(), Math.max(10, Math.min(this.firstCheckMs, 50)));
     this.ticker.unref();
   }
 
   watch(flow: FlowKey, connId: string): void {
     const now = Date.now();
-    this.watched.set(connectionId(flow), { flow, connId, since: now, nextCheck: now + this.firstCheckMs, interval: this.firstCheckMs });
+    this.watched.set(connectionId(flow), { flow, connId, since: now, nextCheck: now + this.firstCheckMs, interval: this.firstCheckMs, told: false });
   }
 
   /** A new connection on this 4-tuple now lives here: the old one's end is no longer news. */
@@ -99,6 +110,10 @@ export class CloseWatcher {
         if (!finished) this.log.warn({ connId: w.connId, state, afterMs: now - w.since }, 'connection still not closed by TCP: letting its entry go anyway');
         this.onFinished(w.flow, w.connId, { state, finished, afterMs: now - w.since });
         continue;
+      }
+      if (!w.told) {
+        w.told = true;
+        this.onStillClosing(w.flow, w.connId, state);
       }
       w.interval = Math.min(w.interval * 2, this.maxIntervalMs);
       w.nextCheck = now + w.interval;

@@ -128,6 +128,7 @@ export class NodeAgent {
         this.routes?.finished(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not finished'));
       },
       log,
+      { onStillClosing: (flow, connId) => this.routes?.release(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not released')) },
     );
     this.dvipas = new DvipaSet(
       config.dvipa,
@@ -350,13 +351,13 @@ export class NodeAgent {
   }
 
   /**
-   * A connection served here was closed by its application (or the application is gone): the
-   * distributor marks its entry released now, and removes it once this node's kernel is done with
-   * the connection too (close-watcher.ts).
+   * A connection served here was closed by its application (or the application is gone). The
+   * distributor hears of it when this node's kernel is done with the connection (finished: a new
+   * SYN may then take the tuple), which for most closes is by the watcher's first look, 50 ms on;
+   * only a close still in progress then is reported released first (close-watcher.ts). Until
+   * either, the entry forwards as before: a released one steers exactly like a forwarding one.
    */
   private release(flow: FlowKey, connId: string): void {
-    this.routes?.release(flow, connId).catch((err: Error) => this.log.warn({ connId, err: err.message }, 'entry not released'));
-    // Watched even if that failed: finished also releases an entry still forwarding.
     this.closing.watch(flow, connId);
   }
 

@@ -92,12 +92,12 @@ describe('handoff in the namespace lab', () => {
     expect(res).toMatchObject({ ok: true });
     const [addr, port] = String(res!.local).split(':');
     const flow = { family: 4 as const, clientAddress: addr!, clientPort: Number(port), vipAddress: running.lab.dvipa.address, vipPort: 7000 };
-    // The client has closed: the owner reports it (n2's close watcher → a release to n1, a moment
-    // after the client exits), and the entry becomes RELEASED (still forwarding for the grace
-    // period) rather than FORWARD.
-    await expect.poll(() => running.routes.get(flow)?.state, { timeout: 5000, interval: 50 }).toBe('released');
+    // The client has closed: TCP is done with the connection on n2 by the close watcher's first
+    // look, so n2 reports it finished (no release first), and the entry becomes FINISHED (still
+    // forwarding for the grace period, the counters kept) rather than FORWARD.
+    await expect.poll(() => running.routes.get(flow)?.state, { timeout: 5000, interval: 50 }).toBe('finished');
     const entry = running.routes.get(flow);
-    expect(entry).toMatchObject({ state: 'released', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
+    expect(entry).toMatchObject({ state: 'finished', targetMac: running.lab.nodes.find((n) => n.name === 'n2')!.mac });
     expect(entry!.packets).toBeGreaterThan(0n);
   });
 

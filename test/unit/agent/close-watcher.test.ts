@@ -16,6 +16,7 @@ function setup(opts: { giveUpAfterMs?: number } = {}) {
   const kernel = new Map<number, KernelTcpState>();
   const asked: number[] = [];
   const done: Array<{ port: number; connId: string; state: KernelTcpState; finished: boolean }> = [];
+  const closing: Array<[number, KernelTcpState]> = [];
   const w = new CloseWatcher(
     (f) => {
       asked.push(f.clientPort);
@@ -25,10 +26,10 @@ function setup(opts: { giveUpAfterMs?: number } = {}) {
     },
     (f, connId, how) => done.push({ port: f.clientPort, connId, state: how.state, finished: how.finished }),
     log,
-    { firstCheckMs: 20, maxIntervalMs: 80, giveUpAfterMs: opts.giveUpAfterMs ?? 10_000 },
+    { firstCheckMs: 20, maxIntervalMs: 80, giveUpAfterMs: opts.giveUpAfterMs ?? 10_000, onStillClosing: (f, _connId, state) => closing.push([f.clientPort, state]) },
   );
   watchers.push(w);
-  return { w, kernel, asked, done };
+  return { w, kernel, asked, done, closing };
 }
 
 describe('close watcher', () => {
@@ -47,6 +48,20 @@ describe('close watcher', () => {
     await sleep(200);
     expect(done.map((d) => [d.port, d.state, d.finished]).sort()).toEqual([[1, 'TIME_WAIT', true], [2, 'GONE', true], [3, 'CLOSE', true]]);
     expect(w.size()).toBe(1);
+  });
+
+  it('a close TCP is done with by the first look reports only its end; one still in progress is reported closing once, at the first look, then its end', async () => {
+    const { w, kernel, done, closing } = setup();
+    kernel.set(2, 'LAST_ACK');
+    w.watch(flow(1), 'quick');
+    w.watch(flow(2), 'slow');
+    await sleep(150);
+    expect(done.map((d) => [d.port, d.state])).toEqual([[1, 'GONE']]);
+    expect(closing).toEqual([[2, 'LAST_ACK']]);
+    kernel.set(2, 'TIME_WAIT');
+    await sleep(200);
+    expect(done.map((d) => [d.port, d.state])).toEqual([[1, 'GONE'], [2, 'TIME_WAIT']]);
+    expect(closing).toEqual([[2, 'LAST_ACK']]);
   });
 
   it('asks less and less often (doubling up to the cap), not on every tick', async () => {
