@@ -65,8 +65,9 @@ export interface HandoffOptions {
   peeked?: Buffer;
 }
 
+/** batond's step timings; its trace (clock), when it sent one, completed with this application's send of handoff and receipt of done. */
 export interface HandoffTimings extends DistributorTimings {
-  /** From the handoff() call until batond said the route points at the target. (clock, when batond sent it: the trace of the handoff's messages, this application's send of handoff and receipt of done included.) */
+  /** From the handoff() call until batond said the route points at the target. */
   totalUs: number;
 }
 

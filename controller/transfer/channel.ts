@@ -114,7 +114,7 @@ export class Channel<In extends MessageType> extends EventEmitter<ChannelEvents<
     this.closed = true;
     if (err) this.log.warn({ err: err.message }, 'channel closed on error');
     // Frames sent earlier in this tick still go out (the kernel has them before the close).
-    if (this.corked) this.socket.uncork();
+    this.flush();
     this.socket.destroy();
     this.emit('close', err);
   }
