@@ -192,7 +192,8 @@ function notes(m: MetricResult, all: MetricResult[]): string[] {
         `**The critical path, hop by hop.** Every process stamps each handoff message it sends and receives with the machine's monotonic clock ([docs/protocol.md](docs/protocol.md#the-trace-of-a-handoff)); the client stamps its USER and the target's OK. All processes of the lab share that clock, so the rows below are the gaps between consecutive readings of the same handoff, and they add up to what the client sees (median ${fmt(cv?.median)} µs, p99 ${fmt(cv?.p99)} µs over the ${fmt(d.traced as number)} handoffs traced; the medians of the rows need not add up exactly).`,
       );
       out.push(table(['hop', 'median µs', 'p99 µs'], hopRows.map(([k, v]) => [k, fmt(v.median), fmt(v.p99)])));
-      const msgHops = hopRows.filter(([k]) => k.includes('→') && !k.startsWith('client'));
+      // A row with an arrow is a message between processes (with the work its receiver does before it stamps); the others are one process's work.
+      const msgHops = hopRows.filter(([k]) => k.includes('→'));
       const work = hopRows.filter(([k]) => !k.includes('→'));
       const sum = (rows: Array<[string, { median: number }]>) => rows.reduce((a, [, v]) => a + v.median, 0);
       out.push(
