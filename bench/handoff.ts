@@ -23,8 +23,8 @@ interface HandoffsOut {
 
 type Timings = Record<'exportUs' | 'deltaUs' | 'offerRttUs' | 'importUs' | 'freezeUs' | 'commitRttUs' | 'routeUs' | 'totalUs', number> & { clock?: Hops };
 
-/** The readings a done carries, with the routing application's: every one but liveTx (only when live went with done). */
-type Hops = Required<Omit<HopClock, 'liveTx'>> & Pick<HopClock, 'liveTx'>;
+/** The readings a done carries (liveTx only when live went with done), with the routing application's (the SDK's HandoffTimings). */
+type Hops = Required<Omit<HopClock, 'liveTx'>> & Pick<HopClock, 'liveTx'> & { handoffTx: number; doneRx: number };
 
 /** The line router's per-handoff timings (its 'handed-off' log lines), from index `from` on, with the client's address:port. */
 function routerTimings(b: BenchLab, from: number): Array<Timings & { client: string }> {

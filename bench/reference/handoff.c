@@ -88,6 +88,8 @@ struct live_body {
 // Connections in flight are kept by id modulo SLOTS: the bench has at most a few hundred open.
 #define SLOTS 65536
 #define LINE_MAX_LEN 256
+// Bound on one message between the two processes (a state and both queues); larger ends the run.
+#define MAX_MSG_LEN (64u << 20)
 #define MAX_SAMPLES 1000000
 
 static void die(const char *what, int err)
@@ -200,6 +202,8 @@ static int link_read(struct link *l, void (*on_msg)(const struct msg_header *, c
 	while (l->len - off >= sizeof(struct msg_header)) {
 		struct msg_header h;
 		memcpy(&h, l->buf + off, sizeof(h));
+		if (h.len > MAX_MSG_LEN)
+			die("message longer than the bound", EMSGSIZE);
 		if (l->len - off < sizeof(h) + h.len)
 			break;
 		on_msg(&h, l->buf + off + sizeof(h));
@@ -230,7 +234,11 @@ static void importer_msg(const struct msg_header *h, const uint8_t *body)
 	uint32_t slot = h->id % SLOTS;
 	if (h->type == MSG_OFFER) {
 		struct baton_tcp_state st;
+		if (h->len < sizeof(st))
+			die("offer shorter than a state", EPROTO);
 		memcpy(&st, body, sizeof(st));
+		if ((uint64_t)h->len != (uint64_t)sizeof(st) + st.send_len + st.recv_len)
+			die("offer length does not match its queues", EPROTO);
 		const uint8_t *sendq = body + sizeof(st);
 		const uint8_t *recvq = sendq + st.send_len;
 		int fd = -1;
@@ -246,6 +254,8 @@ static void importer_msg(const struct msg_header *h, const uint8_t *body)
 		send_msg(imp.link.fd, MSG_ACCEPT, h->id, &a, sizeof(a), NULL, 0, NULL, 0);
 	} else if (h->type == MSG_LIVE) {
 		struct live_body lb;
+		if (h->len != sizeof(lb))
+			die("live of the wrong length", EPROTO);
 		memcpy(&lb, body, sizeof(lb));
 		int fd = imp.fds[slot];
 		if (fd < 0 || imp.ids[slot] != h->id)
@@ -260,6 +270,8 @@ static void importer_msg(const struct msg_header *h, const uint8_t *body)
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u64 = h->id };
 		if (epoll_ctl(imp.epfd, EPOLL_CTL_ADD, fd, &ev))
 			die("epoll_ctl client", errno);
+	} else {
+		die("unknown message from the distributor", EPROTO);
 	}
 }
 
@@ -372,7 +384,9 @@ static void start_handoff(struct client *c)
 	uint8_t *q = NULL;
 	for (;;) {
 		free(q);
-		q = malloc(c->st.send_len + c->st.recv_len + 1);
+		q = malloc((size_t)c->st.send_len + c->st.recv_len + 1);
+		if (!q)
+			die("malloc", ENOMEM);
 		rc = baton_export_queues(c->fd, &c->st, q, c->st.send_len, q + c->st.send_len, c->st.recv_len);
 		if (rc != -ENOBUFS)
 			break;
@@ -403,7 +417,7 @@ static void distributor_msg(const struct msg_header *h, const uint8_t *body)
 		}
 		return;
 	}
-	if (h->type != MSG_ACCEPT || c->phase != C_OFFERED || c->id != h->id)
+	if (h->type != MSG_ACCEPT || h->len != sizeof(struct accept_body) || c->phase != C_OFFERED || c->id != h->id)
 		die("unexpected message from the importer", EPROTO);
 	struct accept_body a;
 	memcpy(&a, body, sizeof(a));

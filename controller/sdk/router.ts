@@ -24,7 +24,7 @@ import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { logSparsely } from '../input.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
-import { Accepts, appStateRefusal, type DistributorTimings, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
+import { Accepts, appStateRefusal, type DistributorTimings, type HopClock, MAX_PEEKED_BYTES, type Message } from '../transfer/messages.js';
 import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, openApplication } from './agent-link.js';
 import type { ControlLink } from './control-link.js';
 import { holdForHandoff } from './routing-guard.js';
@@ -65,8 +65,9 @@ export interface HandoffOptions {
   peeked?: Buffer;
 }
 
-/** batond's step timings; its trace (clock), when it sent one, completed with this application's send of handoff and receipt of done. */
-export interface HandoffTimings extends DistributorTimings {
+/** batond's step timings, and its trace (clock) with this application's send of handoff and receipt of done added. */
+export interface HandoffTimings extends Omit<DistributorTimings, 'clock'> {
+  clock?: HopClock & { handoffTx: number; doneRx: number };
   /** From the handoff() call until batond said the route points at the target. */
   totalUs: number;
 }
@@ -267,8 +268,8 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       handedOff.add(socket);
       socket.destroy();
       if (done.clockNeeded !== false) this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
-      const reported = (outcome.msg as { timings: DistributorTimings }).timings;
-      const timings: HandoffTimings = { ...reported, ...(reported.clock ? { clock: { ...reported.clock, handoffTx, doneRx } } : {}), totalUs: micros(t0) };
+      const { clock, ...steps } = (outcome.msg as { timings: DistributorTimings }).timings;
+      const timings: HandoffTimings = { ...steps, ...(clock ? { clock: { ...clock, handoffTx, doneRx } } : {}), totalUs: micros(t0) };
       log.debug({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {

@@ -99,15 +99,14 @@ export const ConnMetaSchema = Type.Object(
 export type ConnMeta = Static<typeof ConnMetaSchema>;
 
 /**
- * A handoff's critical path, hop by hop: the monotonic clock (controller/clock.ts, µs) at each send
- * and receive, taken by the process that sent or received. handoffTx and doneRx are the routing
- * application's, offerRx and acceptTx the target node's (carried back in accept), the rest the
- * routing node's batond's.
+ * A handoff's critical path, hop by hop, as the routing node's batond reports it in done: the
+ * monotonic clock (controller/clock.ts, µs) at each send and receive, taken by the process that
+ * sent or received; offerRx and acceptTx are the target node's (carried back in accept), the rest
+ * the routing node's batond's. The SDK adds the routing application's own (HandoffTimings).
  */
 const Us = Type.Number({ minimum: 0 });
 export const HopClockSchema = Type.Object(
   {
-    handoffTx: Type.Optional(Us),
     handoffRx: Us,
     offerTx: Us,
     offerRx: Type.Optional(Us),
@@ -116,7 +115,6 @@ export const HopClockSchema = Type.Object(
     /** When live went with done (the old socket was quiet): just before done. */
     liveTx: Type.Optional(Us),
     doneTx: Us,
-    doneRx: Type.Optional(Us),
   },
   { additionalProperties: false },
 );
