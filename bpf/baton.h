@@ -37,6 +37,8 @@
 #define BATON_IPV4_IHL_MIN 5
 /* IPv4 frag_off: the offset bits; non-zero means "not the first fragment" (no TCP header). */
 #define BATON_IPV4_FRAG_OFFSET 0x1fff
+/* IPv4 frag_off: more fragments follow. With the offset bits: "one piece of a fragmented datagram". */
+#define BATON_IPV4_MORE_FRAGMENTS 0x2000
 /* IPv6 fragment header frag_off: the offset bits (the low 3 bits are flags). */
 #define BATON_IPV6_FRAG_OFFSET 0xfff8
 
@@ -61,9 +63,12 @@ enum baton_route_state {
 
 /* One index per verdict reason in baton_stats (STAT_INDEX in controller/agent/table-layout.ts). */
 enum baton_stat {
-	BATON_STAT_PASS_NOT_TCP = 0,      /* not IPv4/IPv6 TCP, or too short/malformed to parse */
-	BATON_STAT_PASS_NO_ROUTE = 1,     /* TCP, but no entry: the distributor's own kernel serves it */
-	BATON_STAT_STEERED = 2,           /* FORWARD/RELEASED/FINISHED entry: sent to the target node */
+	BATON_STAT_PASS_NOT_TCP = 0,      /* not IPv4/IPv6 TCP nor an ICMP error about TCP, or too
+					   * short/malformed to parse */
+	BATON_STAT_PASS_NO_ROUTE = 1,     /* TCP, or an ICMP error about TCP, but no entry: the
+					   * distributor's own kernel serves the flow */
+	BATON_STAT_STEERED = 2,           /* FORWARD/RELEASED/FINISHED entry: sent to the target node
+					   * (ICMP errors: BATON_STAT_STEERED_ICMP) */
 	BATON_STAT_DROP_FROZEN = 3,       /* FROZEN entry: dropped while the socket is exported */
 	BATON_STAT_DROP_BAD_ENTRY = 4,    /* entry with a state this program does not know */
 	BATON_STAT_PASS_FRAGMENT = 5,     /* non-first fragment: no ports to look up */
@@ -78,7 +83,10 @@ enum baton_stat {
 					   * one taken over) of a connection this node serves itself */
 	BATON_STAT_PASS_FROM_DISTRIBUTOR = 12, /* entry, but another distributor already steered the
 						* frame here (its source MAC): this node's kernel serves it */
-	BATON_STAT_MAX = 13,
+	BATON_STAT_STEERED_ICMP = 13,     /* an ICMP error about a FORWARD/RELEASED/FINISHED flow (a
+					   * Packet Too Big above all): sent to the target node, whose
+					   * socket it is about */
+	BATON_STAT_MAX = 14,
 };
 
 /* ---- shared structs -------------------------------------------------------------------- */

@@ -4,7 +4,10 @@
 // distributor's own (its routing application owns the socket); a FROZEN flow is mid-export and
 // must not change the socket under the export; a FORWARD flow has moved to another node on
 // the same L2 segment and is bounced back out with that node's MAC, if the frame was sent to
-// this interface (baton_config says which one, and its MAC).
+// this interface (baton_config says which one, and its MAC). An ICMP error about a flow (parse.h
+// finds the flow in the segment it quotes) goes wherever that flow's segments go: the socket it
+// is about may have moved, and a Packet Too Big that only reached the distributor would stop
+// path MTU discovery for the connection.
 #include "baton.h"
 #include "parse.h"
 
@@ -66,12 +69,17 @@ int baton_steer(struct xdp_md *ctx)
 	__u32 zero = 0;
 	__u32 state;
 	int syn = 0;
+	int icmp = 0;
 
 	switch (baton_parse_flow(data, data_end, &key)) {
 	case BATON_PARSE_FLOW:
 		break;
 	case BATON_PARSE_FLOW_SYN:
 		syn = 1;
+		break;
+	case BATON_PARSE_FLOW_ICMP:
+		// Never a SYN: an error reclaims no tuple, it only informs the flow's socket.
+		icmp = 1;
 		break;
 	case BATON_PARSE_FRAGMENT:
 		return baton_verdict(BATON_STAT_PASS_FRAGMENT, len, XDP_PASS);
@@ -90,7 +98,8 @@ int baton_steer(struct xdp_md *ctx)
 	switch (state) {
 	case BATON_ROUTE_FROZEN:
 		// Dropped whoever it was addressed to: the drop is what protects the export, and
-		// needs no config. The client retransmits what is dropped here once the entry forwards.
+		// needs no config. The client retransmits what is dropped here once the entry forwards;
+		// a router sends its ICMP error again at the target's next segment too big for it.
 		baton_count(route, len);
 		return baton_verdict(BATON_STAT_DROP_FROZEN, len, XDP_DROP);
 	case BATON_ROUTE_FORWARD:
@@ -148,9 +157,12 @@ int baton_steer(struct xdp_md *ctx)
 	}
 
 	baton_count(route, len);
-	// Only the MACs change: a VLAN tag stays, so the frame leaves on the VLAN it came in on.
+	// Only the MACs change: a VLAN tag stays, so the frame leaves on the VLAN it came in on. No
+	// checksum covers them, so an ICMP error's (IP header, ICMP over the quote) stay valid too.
 	__builtin_memcpy(eth->h_source, config->if_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, route->target_mac, ETH_ALEN);
+	if (icmp)
+		return baton_verdict(BATON_STAT_STEERED_ICMP, len, XDP_TX);
 	if (syn && state == BATON_ROUTE_RELEASED)
 		return baton_verdict(BATON_STAT_STEERED_RELEASED_SYN, len, XDP_TX);
 	return baton_verdict(BATON_STAT_STEERED, len, XDP_TX);

@@ -45,8 +45,9 @@ export const STAT_INDEX = {
   steeredReleasedSyn: 10,
   passedServedHere: 11,
   passedFromDistributor: 12,
+  steeredIcmp: 13,
 } as const;
-export const STAT_COUNT = 13;
+export const STAT_COUNT = 14;
 
 /** struct baton_config, the one value of baton_config: the interface the program steers on, and the other distributors. */
 export const CONFIG_SIZE = 80;

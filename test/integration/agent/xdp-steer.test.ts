@@ -7,7 +7,9 @@
 // controller restart and steer on; a full table fails loudly; a flow steered on two CPUs at once
 // (BPF_PROG_TEST_RUN from two processes) loses no count. Crafted frames (a raw socket on the
 // client, a capture on the target) prove what the program does with frames an ordinary client does
-// not send: addressed to another MAC, broadcast, multicast, VLAN-tagged once or twice.
+// not send: addressed to another MAC, broadcast, multicast, VLAN-tagged once or twice; and ICMP
+// errors about a steered connection (a Packet Too Big from a router), which reach the target,
+// whose kernel learns the path MTU.
 //
 // The test process stays in the root namespace. Loading and attaching happen with the calling
 // thread switched into n1's network namespace by setns() (see withNetns and docs/datapath.md).
@@ -46,7 +48,7 @@ import {
   type RouteEntry,
   type StatName,
 } from '../../../controller/agent/table-layout.js';
-import type { FlowKey } from '../../../controller/flow.js';
+import { addressToBytes, type FlowKey } from '../../../controller/flow.js';
 import { defaultObjectPath, loadSteering, unpinInstance, type Steering } from '../../../controller/agent/xdp.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { withNetns } from '../../helpers/netns.js';
@@ -76,7 +78,12 @@ const BROADCAST_MAC = 'ff:ff:ff:ff:ff:ff';
 const MULTICAST_MAC = '01:00:5e:00:00:fb';
 const TPID = { dot1q: 0x8100, dot1ad: 0x88a8 };
 const SERVICE_PORT = 8080;
+/** Where the servers that keep a connection open listen (HOLD_SERVER_PY). */
+const HOLD_PORT = 8081;
 const TARGET_NODE_ID = 2;
+/** A router on the path between the DVIPA and the client, as the source of ICMP errors: no host
+ * has these addresses, the errors are crafted frames sent from the client's interface. */
+const ROUTER = { v4: '10.77.0.254', v6: 'fd00:77::fe' };
 
 const SERVER_PY = `
 import socket, sys
@@ -91,6 +98,63 @@ while True:
     print('accepted %s %d' % (peer[0], peer[1]), flush=True)
     c.sendall((name + '\\n').encode())
     c.close()
+`;
+
+// Greets each client like SERVER_PY, then keeps the connection open until the client closes it:
+// a live socket for the ICMP errors that are about it.
+const HOLD_SERVER_PY = `
+import socket, sys, threading
+name, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(16)
+print('listening', flush=True)
+def hold(c):
+    c.sendall((name + '\\n').encode())
+    while c.recv(256):
+        pass
+    c.close()
+while True:
+    c, peer = s.accept()
+    print('accepted %s %d' % (peer[0], peer[1]), flush=True)
+    threading.Thread(target=hold, args=(c,), daemon=True).start()
+`;
+
+// Connects from the given port, reads the server's greeting and keeps the connection open until
+// its stdin closes. Prints, as JSON, the greeting, the sequence number of the segment that carried
+// it and the one after it (what the server sends next), read from a capture of its own interface
+// opened before the connection.
+const HOLD_CLIENT_PY = `
+import json, socket, sys
+src, sport, dst, dport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+v6 = ':' in dst
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd if v6 else 0x0800))
+cap.bind(('eth0', 0))
+cap.settimeout(3)
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+s.bind((src, sport))
+s.settimeout(3)
+s.connect((dst, dport))
+greeting = s.recv(256)
+while True:
+    ip = cap.recv(65535)[14:]
+    if v6:
+        if ip[6] != 6:
+            continue
+        tcp, length = ip[40:], int.from_bytes(ip[4:6], 'big')
+    else:
+        if ip[9] != 6:
+            continue
+        ihl = (ip[0] & 15) * 4
+        tcp, length = ip[ihl:], int.from_bytes(ip[2:4], 'big') - ihl
+    payload = length - (tcp[12] >> 4) * 4
+    if int.from_bytes(tcp[0:2], 'big') == dport and int.from_bytes(tcp[2:4], 'big') == sport and payload > 0:
+        seq = int.from_bytes(tcp[4:8], 'big')
+        break
+print(json.dumps({'reply': greeting.decode().strip(), 'seq': seq, 'next': (seq + payload) % 2**32}), flush=True)
+sys.stdin.read()
+s.close()
 `;
 
 // Binds the source port explicitly so the test knows the 4-tuple before the SYN leaves.
@@ -169,6 +233,7 @@ interface Server {
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
 const servers: Server[] = [];
+const heldClients: ChildProcess[] = [];
 const steerings: { ns: string; steering: Steering }[] = [];
 
 function sh(args: string[]): string {
@@ -216,13 +281,15 @@ function buildLab(): void {
   ipn(NS.client, 'neigh', 'replace', DVIPA.v6, 'lladdr', NET.n1.mac, 'dev', 'eth0', 'nud', 'permanent');
 
   fs.writeFileSync(path.join(tmp, 'server.py'), SERVER_PY);
+  fs.writeFileSync(path.join(tmp, 'hold-server.py'), HOLD_SERVER_PY);
+  fs.writeFileSync(path.join(tmp, 'hold-client.py'), HOLD_CLIENT_PY);
   fs.writeFileSync(path.join(tmp, 'client.py'), CLIENT_PY);
   fs.writeFileSync(path.join(tmp, 'send.py'), SEND_PY);
   fs.writeFileSync(path.join(tmp, 'capture.py'), CAPTURE_PY);
 }
 
-async function startServer(ns: string, name: string, addr: string): Promise<Server> {
-  const proc = spawn('ip', ['netns', 'exec', ns, 'python3', '-u', path.join(tmp, 'server.py'), name, addr, String(SERVICE_PORT)], {
+async function startServer(ns: string, name: string, addr: string, script = 'server.py', port = SERVICE_PORT): Promise<Server> {
+  const proc = spawn('ip', ['netns', 'exec', ns, 'python3', '-u', path.join(tmp, script), name, addr, String(port)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const server: Server = { proc, accepted: [] };
@@ -257,6 +324,61 @@ async function connect(family: 4 | 6, clientPort: number, timeoutS = 3): Promise
     'netns', 'exec', NS.client, 'python3', path.join(tmp, 'client.py'), src, String(clientPort), dst, String(SERVICE_PORT), String(timeoutS),
   ]);
   return JSON.parse(stdout) as ConnectResult;
+}
+
+interface HeldConnection {
+  reply: string;
+  /** The sequence number of the server's greeting segment: acknowledged by the client since. */
+  seq: number;
+  /** The one after it: the server's next segment's, its snd_una = snd_nxt once the greeting is acknowledged. */
+  next: number;
+  close(): Promise<void>;
+}
+
+/** A connection from the client to the DVIPA's HOLD_PORT, kept open until close(). */
+async function holdConnection(family: 4 | 6, clientPort: number): Promise<HeldConnection> {
+  const src = family === 4 ? NET.client.v4 : NET.client.v6;
+  const dst = family === 4 ? DVIPA.v4 : DVIPA.v6;
+  const proc = spawn('ip', ['netns', 'exec', NS.client, 'python3', '-u', path.join(tmp, 'hold-client.py'), src, String(clientPort), dst, String(HOLD_PORT)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  heldClients.push(proc);
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(out.slice(0, nl));
+    });
+    void exited.then((code) => reject(new Error(`the client holding port ${clientPort} exited with ${code}`)));
+  });
+  const { reply, seq, next } = JSON.parse(line) as Omit<HeldConnection, 'close'>;
+  return {
+    reply,
+    seq,
+    next,
+    close: async () => {
+      proc.stdin.end();
+      await exited;
+    },
+  };
+}
+
+/**
+ * The path MTU a node's kernel has learnt for the client's address, if any: a route exception,
+ * which `ip route get` shows with its expiry ("expires 599sec mtu 1280"; IPv4 under "cache").
+ */
+function cachedPathMtu(ns: string, family: 4 | 6): number | undefined {
+  const out = ipn(ns, `-${family}`, 'route', 'get', family === 4 ? NET.client.v4 : NET.client.v6);
+  const mtu = / expires \d+sec mtu (\d+)/.exec(out);
+  return mtu ? Number(mtu[1]) : undefined;
+}
+
+/** One of a node's kernel counters (nstat's names), absolute. */
+function kernelCounter(ns: string, name: string): number {
+  const out = JSON.parse(inNs(ns, 'nstat', '-asz', '-j')) as { kernel: Record<string, number> };
+  return out.kernel[name] ?? 0;
 }
 
 /** Frames the client sent just before exiting may still be inside veth's NAPI poll. */
@@ -328,6 +450,139 @@ function tcpFrame(spec: FrameSpec): Buffer {
     return tag;
   });
   return Buffer.concat([macBytes(spec.dstMac), macBytes(spec.srcMac ?? NET.client.mac), ...tags, Buffer.from([0x08, 0x00]), ip, tcp]);
+}
+
+function addr(family: 4 | 6, address: string): Buffer {
+  return Buffer.from(addressToBytes(family, address)).subarray(0, family === 4 ? 4 : 16);
+}
+
+const ICMP = { destUnreachable: 3, fragmentationNeeded: 4, redirect: 5, echoRequest: 8, timeExceeded: 11, parameterProblem: 12 };
+const ICMP6 = { destUnreachable: 1, packetTooBig: 2, timeExceeded: 3, parameterProblem: 4, echoRequest: 128, neighbourSolicitation: 135 };
+const IPPROTO = { tcp: 6, udp: 17, ipv6Fragment: 44, icmp: 1, icmpv6: 58 };
+
+interface QuoteSpec {
+  family: 4 | 6;
+  clientPort: number;
+  /** Default: SERVICE_PORT. */
+  vipPort?: number;
+  seq?: number;
+  /** How much of the quoted TCP header the error carries: 20 (default), 8 is all RFC 792 guarantees. */
+  tcpBytes?: number;
+  /** IPv4: option words in the quoted header (NOPs). */
+  optionWords?: number;
+  /** IPv4: the quoted header's frag_off (default DF). */
+  fragOff?: number;
+  /** The quoted header's protocol / next header (default TCP). */
+  protocol?: number;
+}
+
+/** The start of a segment the serving node sent for a flow, DVIPA → client, as an ICMP error quotes it. */
+function quotedSegment(q: QuoteSpec): Buffer {
+  const client = q.family === 4 ? NET.client.v4 : NET.client.v6;
+  const vip = q.family === 4 ? DVIPA.v4 : DVIPA.v6;
+  const tcp = Buffer.alloc(20);
+  tcp.writeUInt16BE(q.vipPort ?? SERVICE_PORT, 0);
+  tcp.writeUInt16BE(q.clientPort, 2);
+  tcp.writeUInt32BE(q.seq ?? 1, 4);
+  tcp.writeUInt32BE(1, 8);
+  tcp[12] = 5 << 4;
+  tcp[13] = TCP_ACK | 0x08; // PSH: a data segment, too big for the next hop
+  tcp.writeUInt16BE(502, 14);
+  const quotedTcp = tcp.subarray(0, q.tcpBytes ?? tcp.length);
+  // The segment was 1500 bytes long on the wire; the error quotes its start only.
+  if (q.family === 6) {
+    const ip = Buffer.alloc(40);
+    ip.writeUInt32BE(0x60000000, 0);
+    ip.writeUInt16BE(1500 - 40, 4);
+    ip[6] = q.protocol ?? IPPROTO.tcp;
+    ip[7] = 64;
+    addr(6, vip).copy(ip, 8);
+    addr(6, client).copy(ip, 24);
+    return Buffer.concat([ip, quotedTcp]);
+  }
+  const words = 5 + (q.optionWords ?? 0);
+  const ip = Buffer.alloc(words * 4, 0x01); // option bytes: NOP
+  ip[0] = 0x40 | words;
+  ip[1] = 0;
+  ip.writeUInt16BE(1500, 2);
+  ip.writeUInt16BE(0x1234, 4);
+  ip.writeUInt16BE(q.fragOff ?? 0x4000, 6);
+  ip[8] = 64;
+  ip[9] = q.protocol ?? IPPROTO.tcp;
+  ip.writeUInt16BE(0, 10);
+  addr(4, vip).copy(ip, 12);
+  addr(4, client).copy(ip, 16);
+  ip.writeUInt16BE(inetChecksum(ip), 10);
+  return Buffer.concat([ip, quotedTcp]);
+}
+
+interface IcmpSpec {
+  family: 4 | 6;
+  type: number;
+  code?: number;
+  /** The 32 bits after the checksum: the MTU of a Packet Too Big, the next-hop MTU (low 16 bits) of a fragmentation needed. */
+  info?: number;
+  /** What follows: the quoted packet of an error, an echo's data… */
+  body: Buffer;
+  /** Default: n1's MAC. */
+  dstMac?: string;
+  /** Default: the client's MAC. */
+  srcMac?: string;
+  /** Default: the router. */
+  src?: string;
+  /** Default: the DVIPA. */
+  dst?: string;
+  /** IPv4: the outer header's frag_off (default 0). */
+  fragOff?: number;
+  /** Default 64. */
+  hopLimit?: number;
+}
+
+/** An ICMP or ICMPv6 message in a frame, checksums and all. */
+function icmpFrame(spec: IcmpSpec): Buffer {
+  const { family } = spec;
+  const src = addr(family, spec.src ?? (family === 4 ? ROUTER.v4 : ROUTER.v6));
+  const dst = addr(family, spec.dst ?? (family === 4 ? DVIPA.v4 : DVIPA.v6));
+  const icmp = Buffer.concat([Buffer.alloc(8), spec.body]);
+  icmp[0] = spec.type;
+  icmp[1] = spec.code ?? 0;
+  icmp.writeUInt32BE(spec.info ?? 0, 4);
+  let ip: Buffer;
+  if (family === 6) {
+    const pseudo = Buffer.alloc(40);
+    src.copy(pseudo, 0);
+    dst.copy(pseudo, 16);
+    pseudo.writeUInt32BE(icmp.length, 32);
+    pseudo[39] = IPPROTO.icmpv6;
+    icmp.writeUInt16BE(inetChecksum(pseudo, icmp), 2);
+    ip = Buffer.alloc(40);
+    ip.writeUInt32BE(0x60000000, 0);
+    ip.writeUInt16BE(icmp.length, 4);
+    ip[6] = IPPROTO.icmpv6;
+    ip[7] = spec.hopLimit ?? 64;
+    src.copy(ip, 8);
+    dst.copy(ip, 24);
+  } else {
+    icmp.writeUInt16BE(inetChecksum(icmp), 2);
+    ip = Buffer.alloc(20);
+    ip[0] = 0x45;
+    ip.writeUInt16BE(ip.length + icmp.length, 2);
+    ip.writeUInt16BE(spec.fragOff ?? 0, 6);
+    ip[8] = spec.hopLimit ?? 64;
+    ip[9] = IPPROTO.icmp;
+    src.copy(ip, 12);
+    dst.copy(ip, 16);
+    ip.writeUInt16BE(inetChecksum(ip), 10);
+  }
+  const ethertype = Buffer.from(family === 4 ? [0x08, 0x00] : [0x86, 0xdd]);
+  return Buffer.concat([macBytes(spec.dstMac ?? NET.n1.mac), macBytes(spec.srcMac ?? NET.client.mac), ethertype, ip, icmp]);
+}
+
+/** A router's error about a segment the serving node sent: IPv6 Packet Too Big, or IPv4 fragmentation needed. */
+function tooBig(family: 4 | 6, quote: Omit<QuoteSpec, 'family'>, mtu: number, dstMac?: string): Buffer {
+  return family === 6
+    ? icmpFrame({ family, type: ICMP6.packetTooBig, info: mtu, body: quotedSegment({ family, ...quote }), dstMac })
+    : icmpFrame({ family, type: ICMP.destUnreachable, code: ICMP.fragmentationNeeded, info: mtu, body: quotedSegment({ family, ...quote }), dstMac });
 }
 
 // ---- test runs in the kernel ----------------------------------------------------------------
@@ -478,6 +733,9 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     n2v4 = await startServer(NS.n2, 'n2', DVIPA.v4);
     n1v6 = await startServer(NS.n1, 'n1', DVIPA.v6);
     n2v6 = await startServer(NS.n2, 'n2', DVIPA.v6);
+    for (const ns of [NS.n1, NS.n2]) {
+      for (const vip of [DVIPA.v4, DVIPA.v6]) await startServer(ns, ns === NS.n1 ? 'n1' : 'n2', vip, 'hold-server.py', HOLD_PORT);
+    }
     steering = withNetns(NS.n1, () => loadSteering({ instance: INSTANCE, ifname: 'eth0', mode: 'native' }));
     steerings.push({ ns: NS.n1, steering });
   });
@@ -493,6 +751,7 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     }
     for (const instance of [INSTANCE, SMALL_INSTANCE, LO_INSTANCE]) unpinInstance(instance);
     for (const s of servers) s.proc.kill();
+    for (const c of heldClients) c.kill();
     for (const ns of Object.values(NS)) {
       try {
         sh(['ip', 'netns', 'del', ns]);
@@ -509,7 +768,7 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     const routes = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_routes`])) as Record<string, unknown>;
     expect(routes).toMatchObject({ type: 'hash', name: 'baton_routes', flags: 1, bytes_key: 40, bytes_value: 32, max_entries: 262144 });
     const stats = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_stats`])) as Record<string, unknown>;
-    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 13 });
+    expect(stats).toMatchObject({ type: 'percpu_array', name: 'baton_stats', bytes_key: 4, bytes_value: 16, max_entries: 14 });
     const config = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'pinned', `${PIN_DIR}/baton_config`])) as Record<string, unknown>;
     expect(config).toMatchObject({ type: 'array', name: 'baton_config', bytes_key: 4, bytes_value: 80, max_entries: 1 });
     // Read through the header's own field names (BTF), not through the TypeScript mirror.
@@ -711,6 +970,170 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     expect(steering.routes.remove(flow(6, 42002))).toBe(true);
   });
 
+  // A router between the DVIPA and the client that cannot forward a segment the target sent (too
+  // big) tells the segment's source, the DVIPA: the error arrives at the distributor. Before
+  // ICMP errors followed their flow it reached n1's kernel only, which holds no socket for the
+  // flow: n2 never learnt the path MTU and went on sending segments the path drops.
+  it.each([
+    { family: 6 as const, what: 'an ICMPv6 Packet Too Big', clientPort: 44001, mtu: 1280 },
+    { family: 4 as const, what: 'an ICMPv4 fragmentation needed', clientPort: 44002, mtu: 1200 },
+  ])('$what about a steered connection reaches the target, whose kernel learns the path MTU (n1 learns nothing)', async ({ family, clientPort, mtu }) => {
+    const key = { ...flow(family, clientPort), vipPort: HOLD_PORT };
+    steering.routes.forward(key, target);
+    const held = await holdConnection(family, clientPort);
+    try {
+      expect(held.reply).toBe('n2');
+      // The client's acknowledgement of the greeting reaches n2: its snd_una is then held.next.
+      await settle();
+      const quote = { clientPort, vipPort: HOLD_PORT };
+      const packets = steering.routes.get(key)!.packets;
+
+      // Quoting the greeting's own segment, acknowledged since: steered, but n2's kernel takes an
+      // error only for a sequence number between snd_una and snd_nxt (tcp_v4_err, tcp_v6_err).
+      let before = steering.routes.stats();
+      const outOfWindow = kernelCounter(NS.n2, 'TcpExtOutOfWindowIcmps');
+      await sendFrames(tooBig(family, { ...quote, seq: held.seq }, mtu));
+      await settle();
+      expect(statDelta(before, steering.routes.stats())).toEqual({ steeredIcmp: 1n });
+      expect(kernelCounter(NS.n2, 'TcpExtOutOfWindowIcmps') - outOfWindow).toBe(1);
+      expect(cachedPathMtu(NS.n2, family)).toBeUndefined();
+
+      // Quoting the segment n2 sends next: n2's socket takes it, its kernel caches the path MTU.
+      before = steering.routes.stats();
+      await sendFrames(tooBig(family, { ...quote, seq: held.next }, mtu));
+      await settle();
+      expect(statDelta(before, steering.routes.stats())).toEqual({ steeredIcmp: 1n });
+      expect(cachedPathMtu(NS.n2, family)).toBe(mtu);
+      expect(cachedPathMtu(NS.n1, family)).toBeUndefined();
+      // The entry counts them as frames of its flow.
+      expect(steering.routes.get(key)!.packets - packets).toBe(2n);
+    } finally {
+      await held.close();
+    }
+    expect(steering.routes.remove(key)).toBe(true);
+  });
+
+  it('an ICMP error about a FROZEN flow is dropped and counted; about a flow without an entry it reaches the distributor\'s kernel', async () => {
+    // FROZEN: nothing may reach the socket being exported; the router sends another error when
+    // the target's next too-big segment arrives.
+    for (const [family, clientPort] of [[4, 44004], [6, 44005]] as const) {
+      const key = flow(family, clientPort);
+      steering.routes.freeze(key);
+      const before = steering.routes.stats();
+      await sendFrames(tooBig(family, { clientPort }, 1280));
+      await settle();
+      expect(statDelta(before, steering.routes.stats())).toEqual({ droppedFrozen: 1n });
+      expect(steering.routes.get(key)).toMatchObject({ state: 'frozen', packets: 1n });
+      expect(steering.routes.remove(key)).toBe(true);
+    }
+
+    // No entry: n1 serves the connection, and its kernel gets the error like a segment of it.
+    const held = await holdConnection(6, 44003);
+    try {
+      expect(held.reply).toBe('n1');
+      await settle();
+      const before = steering.routes.stats();
+      await sendFrames(tooBig(6, { clientPort: 44003, vipPort: HOLD_PORT, seq: held.next }, 1400));
+      await settle();
+      expect(statDelta(before, steering.routes.stats())).toEqual({ passedNoRoute: 1n });
+      expect(cachedPathMtu(NS.n1, 6)).toBe(1400);
+    } finally {
+      await held.close();
+    }
+  });
+
+  it('informational ICMP is never steered: an echo request carrying a steered flow\'s quote, a neighbour solicitation', async () => {
+    const keys = [flow(4, 44006), flow(6, 44006)];
+    for (const key of keys) steering.routes.forward(key, target);
+    const before = steering.routes.stats();
+    await sendFrames(
+      // Echo data laid out as an error's quote of the steered flow: only the type tells them apart.
+      icmpFrame({ family: 4, type: ICMP.echoRequest, info: 0x00010001, body: quotedSegment({ family: 4, clientPort: 44006 }) }),
+      icmpFrame({ family: 6, type: ICMP6.echoRequest, info: 0x00010001, body: quotedSegment({ family: 6, clientPort: 44006 }) }),
+      // A unicast neighbour solicitation for n1's address (reachability confirmation).
+      icmpFrame({
+        family: 6,
+        type: ICMP6.neighbourSolicitation,
+        src: NET.client.v6,
+        dst: NET.n1.v6,
+        hopLimit: 255,
+        body: Buffer.concat([addr(6, NET.n1.v6), Buffer.from([1, 1]), macBytes(NET.client.mac)]),
+      }),
+    );
+    await settle();
+    const after = steering.routes.stats();
+    expect(statDelta(before, after)).toEqual({});
+    expect(after.passedNotTcp.packets - before.passedNotTcp.packets).toBeGreaterThanOrEqual(3n);
+    for (const key of keys) {
+      expect(steering.routes.get(key)?.packets).toBe(0n);
+      expect(steering.routes.remove(key)).toBe(true);
+    }
+  });
+
+  it('finds the flow in every ICMP error that quotes TCP, from its first 8 bytes, and in nothing else (BPF_PROG_TEST_RUN)', () => {
+    const obj = openObject(defaultObjectPath());
+    try {
+      loadObject(obj);
+      mapUpdate(mapFd(findMap(obj, CONFIG_MAP_NAME)), Buffer.alloc(4), encodeConfig({ ifindex: LOOPBACK_IFINDEX, mac: TEST_RUN_MAC }));
+      const table = new RoutingTable(mapFd(findMap(obj, ROUTES_MAP_NAME)), mapFd(findMap(obj, STATS_MAP_NAME)), numPossibleCpus());
+      const prog = programFd(findProgram(obj, STEER_PROGRAM_NAME));
+      const verdict = (frame: Buffer): { retval: number; delta: Partial<Record<StatName, bigint>>; notTcp: bigint } => {
+        const before = table.stats();
+        const { retval } = xdpTestRun(prog, frame, { ingressIfindex: LOOPBACK_IFINDEX, repeat: 1 });
+        const after = table.stats();
+        return { retval, delta: statDelta(before, after), notTcp: after.passedNotTcp.packets - before.passedNotTcp.packets };
+      };
+      const steered = { retval: XDP_TX, delta: { steeredIcmp: 1n }, notTcp: 0n };
+      const notAFlow = { retval: XDP_PASS, delta: {}, notTcp: 1n };
+      const clientPort = 44010;
+      for (const family of [4, 6] as const) table.forward(flow(family, clientPort), target);
+      const error = (family: 4 | 6, type: number, quote: Partial<QuoteSpec> = {}, code = 0) =>
+        icmpFrame({ family, type, code, dstMac: TEST_RUN_MAC, body: quotedSegment({ family, clientPort, ...quote }) });
+
+      // Every error type, both families; 8 bytes of the quoted TCP header are enough, 7 are not.
+      for (const type of [ICMP.destUnreachable, ICMP.timeExceeded, ICMP.parameterProblem]) expect(verdict(error(4, type))).toEqual(steered);
+      for (const type of [ICMP6.destUnreachable, ICMP6.packetTooBig, ICMP6.timeExceeded, ICMP6.parameterProblem]) expect(verdict(error(6, type))).toEqual(steered);
+      for (const family of [4, 6] as const) {
+        expect(verdict(tooBig(family, { clientPort, tcpBytes: 8 }, 1280, TEST_RUN_MAC))).toEqual(steered);
+        expect(verdict(tooBig(family, { clientPort, tcpBytes: 7 }, 1280, TEST_RUN_MAC))).toEqual(notAFlow);
+      }
+      // A quoted IPv4 header with options is read past by its ihl.
+      expect(verdict(tooBig(4, { clientPort, optionWords: 2, tcpBytes: 8 }, 1280, TEST_RUN_MAC))).toEqual(steered);
+
+      // Not about a TCP flow: a quoted later fragment (no ports), UDP, an IPv6 fragment header;
+      // a redirect; an outer datagram in fragments.
+      expect(verdict(tooBig(4, { clientPort, fragOff: 0x00b9 }, 1280, TEST_RUN_MAC))).toEqual(notAFlow);
+      expect(verdict(tooBig(4, { clientPort, protocol: IPPROTO.udp }, 1280, TEST_RUN_MAC))).toEqual(notAFlow);
+      expect(verdict(tooBig(6, { clientPort, protocol: IPPROTO.ipv6Fragment }, 1280, TEST_RUN_MAC))).toEqual(notAFlow);
+      expect(verdict(error(4, ICMP.redirect))).toEqual(notAFlow);
+      for (const fragOff of [0x2000, 0x0010]) {
+        expect(verdict(icmpFrame({ family: 4, type: ICMP.destUnreachable, code: ICMP.fragmentationNeeded, info: 1280, fragOff, dstMac: TEST_RUN_MAC, body: quotedSegment({ family: 4, clientPort }) }))).toEqual(notAFlow);
+      }
+
+      // The quote is read as the serving node sent it (DVIPA port first): its ports the other way round name no flow.
+      const reversed = quotedSegment({ family: 4, clientPort: SERVICE_PORT, vipPort: clientPort });
+      expect(verdict(icmpFrame({ family: 4, type: ICMP.destUnreachable, code: ICMP.fragmentationNeeded, info: 1280, dstMac: TEST_RUN_MAC, body: reversed }))).toMatchObject({ retval: XDP_PASS, delta: { passedNoRoute: 1n } });
+
+      // Every state's verdict, the checks of a segment's: steered on RELEASED and FINISHED (never a
+      // SYN: the entry stays), passed when it names this node or comes from another distributor.
+      const key = flow(4, clientPort);
+      table.release(key, target);
+      expect(verdict(error(4, ICMP.destUnreachable))).toEqual(steered);
+      table.finish(key, target);
+      expect(verdict(error(4, ICMP.destUnreachable))).toEqual(steered);
+      expect(table.get(key)?.state).toBe('finished');
+      table.forward(key, { node: 1, mac: TEST_RUN_MAC });
+      expect(verdict(error(4, ICMP.destUnreachable))).toMatchObject({ retval: XDP_PASS, delta: { passedServedHere: 1n } });
+      table.forward(key, target);
+      expect(verdict(icmpFrame({ family: 4, type: ICMP.destUnreachable, dstMac: OTHER_MAC, body: quotedSegment({ family: 4, clientPort }) }))).toMatchObject({ retval: XDP_PASS, delta: { passedNotForUs: 1n } });
+      const peer = '02:b7:00:00:00:01';
+      mapUpdate(mapFd(findMap(obj, CONFIG_MAP_NAME)), Buffer.alloc(4), encodeConfig({ ifindex: LOOPBACK_IFINDEX, mac: TEST_RUN_MAC, peers: [peer] }));
+      expect(verdict(icmpFrame({ family: 4, type: ICMP.destUnreachable, dstMac: TEST_RUN_MAC, srcMac: peer, body: quotedSegment({ family: 4, clientPort }) }))).toMatchObject({ retval: XDP_PASS, delta: { passedFromDistributor: 1n } });
+    } finally {
+      closeObject(obj);
+    }
+  });
+
   it('counts every frame of a flow that two CPUs steer at the same moment: the entry\'s adds are atomic', async () => {
     // Frames from one receive queue reach the program on one CPU at a time; here two processes
     // run a private copy of it on the same flow at once, which only a flow spread over queues
@@ -792,7 +1215,7 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     const stats = steering.routes.stats();
     expect(Object.keys(stats).sort()).toEqual([
       'droppedBadEntry', 'droppedFrozen', 'passedFragment', 'passedFromDistributor', 'passedNoRoute', 'passedNotForUs', 'passedNotTcp', 'passedReclaimed', 'passedServedHere',
-      'passedStackedVlan', 'passedUnconfigured', 'steered', 'steeredReleasedSyn',
+      'passedStackedVlan', 'passedUnconfigured', 'steered', 'steeredIcmp', 'steeredReleasedSyn',
     ]);
     expect(Object.keys(stats)).toHaveLength(STAT_COUNT);
     expect(stats.passedNotTcp.packets).toBeGreaterThan(0n);

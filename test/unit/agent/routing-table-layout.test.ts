@@ -77,6 +77,7 @@ const STAT_NAMES: Record<string, string> = {
   BATON_STAT_PASS_FROM_DISTRIBUTOR: 'passedFromDistributor',
   BATON_STAT_PASS_STACKED_VLAN: 'passedStackedVlan',
   BATON_STAT_STEERED_RELEASED_SYN: 'steeredReleasedSyn',
+  BATON_STAT_STEERED_ICMP: 'steeredIcmp',
   BATON_STAT_PASS_SERVED_HERE: 'passedServedHere',
 };
 
