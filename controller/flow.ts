@@ -113,6 +113,18 @@ export function canonicalAddress(family: Family, address: string, field = 'addre
   return ipv6Text(address);
 }
 
+/** The family of address text, or undefined if it is neither an IPv4 nor an IPv6 address (a zone id included). */
+export function familyOf(address: string): Family | undefined {
+  return net.isIPv4(address) ? 4 : net.isIPv6(address) && !address.includes('%') ? 6 : undefined;
+}
+
+/** The canonical text of an IPv4 or IPv6 address, whichever it is; throws E_CONFIG naming field if it is neither. */
+export function canonicalIp(address: string, field = 'address'): string {
+  const family = familyOf(address);
+  if (!family) throw new BatonError('E_CONFIG', `${field} ${JSON.stringify(bounded(address, 48))} is not an IPv4 or IPv6 address`, { step: 'address', field });
+  return canonicalAddress(family, address, field);
+}
+
 // ---- flows ------------------------------------------------------------------------------------
 
 /**
@@ -132,6 +144,16 @@ export function socketFlow(info: SocketInfo): FlowKey | undefined {
 /** host:port, an IPv6 host in brackets (RFC 5952 §6). Writes the address as given. */
 export function endpointText(family: Family, address: string, port: number): string {
   return family === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** host:port for address text of either family (an IPv6 host in brackets): URLs, listen and connect messages. */
+export function hostPort(address: string, port: number): string {
+  return endpointText(address.includes(':') ? 6 : 4, address, port);
+}
+
+/** A connected socket's peer as host:port (an IPv6 host in brackets), for logs; "?" for what it does not know. */
+export function peerText(socket: { remoteFamily?: string; remoteAddress?: string; remotePort?: number }): string {
+  return endpointText(socket.remoteFamily === 'IPv6' ? 6 : 4, socket.remoteAddress ?? '?', socket.remotePort ?? 0);
 }
 
 /**

@@ -1,11 +1,13 @@
-// Shared by the example applications: command-line options and waiting for the node's batond.
+// Shared by the example applications: command-line options, listening on the DVIPA and waiting for the node's batond.
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
 import { ROUTING_LIMIT_DEFAULTS, type HandoffTarget, type RoutingLimits, type TargetInfo, type TargetOptions } from '../controller/sdk/index.js';
 
 export interface ExampleOptions {
   agent: string;
-  dvipa: string;
+  /** Routing applications: the DVIPA's addresses to listen on (both families of a dual-stack one). */
+  dvipas: string[];
   port: number;
   node: string;
   users: Map<string, string>;
@@ -28,7 +30,8 @@ const ROUTING_FLAGS: Array<[keyof RoutingLimits, string, string]> = [
   ['idleMs', '--routing-idle-ms <ms>', 'close a connection that sends nothing for this long before the decision'],
   ['deadlineMs', '--routing-deadline-ms <ms>', 'close a connection still undecided this long after accept'],
   ['maxBytes', '--routing-max-bytes <n>', 'close a connection that sends more than this before the decision'],
-  ['maxPerSource', '--routing-max-per-source <n>', 'refuse connections beyond this many undecided ones from one address'],
+  ['maxPerSource', '--routing-max-per-source <n>', 'refuse connections beyond this many undecided ones from one source (an IPv4 address, an IPv6 prefix)'],
+  ['ipv6SourcePrefix', '--routing-ipv6-source-prefix <bits>', 'the IPv6 prefix length counted as one source (1-128)'],
   ['maxTotal', '--routing-max-total <n>', 'refuse connections beyond this many undecided ones in all'],
 ];
 
@@ -50,7 +53,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
     .name(name)
     .requiredOption('--agent <path>', 'batond application socket of this node')
     .requiredOption('--node <name>', 'this node\'s name')
-    .option('--dvipa <address>', 'DVIPA to listen on (routing applications)', '0.0.0.0')
+    .option('--dvipa <addresses>', 'routing applications: the DVIPA\'s addresses to listen on, comma-separated (IPv4, IPv6 or both)', '0.0.0.0')
     .option('--port <port>', 'DVIPA port', String(defaultPort))
     .option('--users <map>', 'user=node pairs: who is served where', 'alice=n2,bob=n3')
     .option('--targets <nodes>', 'routing applications: nodes to fall back to when the user\'s node refuses', 'n2,n3')
@@ -79,7 +82,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
   return {
     agent: opts.agent,
     node: opts.node,
-    dvipa: opts.dvipa,
+    dvipas: opts.dvipa.split(',').filter(Boolean),
     port: Number(opts.port),
     users: parseUsers(opts.users),
     targets: opts.targets.split(',').filter(Boolean),
@@ -138,4 +141,16 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, timeoutMs
       await sleep(100);
     }
   }
+}
+
+/**
+ * A routing application listens on each of the DVIPA's addresses (one server per address: an IPv4
+ * and an IPv6 one for a dual-stack DVIPA); onListening runs once all of them listen. Returns a
+ * function that closes them all.
+ */
+export function listenOnDvipas(addresses: readonly string[], port: number, onConnection: (socket: net.Socket) => void, onListening: () => void): () => void {
+  const servers = addresses.map((host) => net.createServer(onConnection).listen({ host, port }));
+  let listening = 0;
+  for (const server of servers) server.once('listening', () => ++listening === servers.length && onListening());
+  return () => servers.forEach((s) => s.close());
 }

@@ -10,7 +10,7 @@ import type { TargetDirectory } from '../control/directory.js';
 import type { ControlServer } from '../control/server.js';
 import type { AgentMetrics } from '../metrics/metrics.js';
 import type { TargetRelay } from '../transfer/target-relay.js';
-import { connectionId, type FlowKey, parseConnectionId } from '../flow.js';
+import { canonicalIp, connectionId, type FlowKey, parseConnectionId } from '../flow.js';
 import type { Counter, RouteState, StatName } from './table-layout.js';
 import type { Steering } from './xdp.js';
 import type { DvipaSet, DvipaSpec, DvipaView } from './dvipa-set.js';
@@ -175,7 +175,8 @@ export class AgentAdmin {
    * Lets a DVIPA go on this node. The distributor refuses while its table still steers flows to
    * the address, unless forced: those connections would lose their address on the targets.
    */
-  async removeDvipa(address: string, force: boolean): Promise<void> {
+  async removeDvipa(given: string, force: boolean): Promise<void> {
+    const address = canonicalIp(given);
     if (this.isDistributor && !force) {
       const live = this.p.table()?.index.count({ vip: address }) ?? 0;
       if (live > 0) throw new BatonError('E_HANDOFF_STATE', `${live} transferred connections still use DVIPA ${address}: drain them first, or force`, { step: 'dvipa', address });
@@ -189,10 +190,12 @@ export class AgentAdmin {
    * handOver): the active distributor only. keepalived moves the cluster file's DVIPA; one added
    * through the API is held on lo by every node and moves with nothing.
    */
-  async moveDvipa(address: string, to: string): Promise<HandOver & { address: string }> {
+  async moveDvipa(given: string, to: string): Promise<HandOver & { address: string }> {
+    const address = canonicalIp(given);
     const step = { step: 'dvipa-move', address };
     if (!this.p.dvipas.has(address)) throw new BatonError('E_NOT_FOUND', `no DVIPA ${address}`, step);
-    if (address !== this.p.config.dvipa.address) throw new BatonError('E_HANDOFF_STATE', `keepalived moves the cluster file's DVIPA (${this.p.config.dvipa.address}), not one added through the API`, step);
+    // keepalived holds the config's addresses together: moving one moves them all.
+    if (!this.p.config.dvipa.addresses.includes(address)) throw new BatonError('E_HANDOFF_STATE', `keepalived moves the cluster file's DVIPA (${this.p.config.dvipa.addresses.join(', ')}), not one added through the API`, step);
     if (!this.p.role) throw new BatonError('E_HANDOFF_STATE', `${this.p.self.name} is not a distributor`, step);
     const moved = await this.p.role.handOver(to);
     this.p.log.warn({ ...moved, address }, 'DVIPA moved by the operator');

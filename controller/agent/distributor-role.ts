@@ -329,7 +329,8 @@ export class DistributorRole {
       else this.standDown(`keepalived: ${t.state}`);
     });
     this.vrrp.on('closed', (why) => log.error({ fifo, why }, 'keepalived notify FIFO lost: this distributor no longer learns its role'));
-    if (!(await holdsAddress(self.interface, config.dvipa.address))) return;
+    // keepalived puts the config's addresses on the interface together: the first tells.
+    if (!(await holdsAddress(self.interface, config.dvipa.addresses[0]!))) return;
     this.settling = setTimeout(() => {
       if (this.vrrp?.state() !== undefined) return;
       if (this.p.active.othersActive()) log.warn('the DVIPA is on the interface but another distributor is active: standing by (a stale address keepalived will remove)');

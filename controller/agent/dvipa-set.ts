@@ -1,21 +1,21 @@
-// The virtual IPs this node serves: the config's DVIPA, plus any an operator added through the REST
+// The virtual IPs this node serves: the config's DVIPAs (one per family), plus any an operator added through the REST
 // API (cluster-wide: the distributor applies a change on every node). Added ones are persisted in
 // the node's state directory so a restarted batond serves them again; the config's one can only
 // change with the config. Steering does not care which VIP a flow is to (it matches 4-tuples):
 // what changes is which address every node holds on lo and which ports applications may register.
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { BatonError } from '../errors.js';
+import { canonicalIp, IpAddressSchema } from '../flow.js';
 import { bounded, parseJson } from '../input.js';
 import type { DvipaPolicy } from '../config/dvipa-policy.js';
 
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 export const DvipaSpecSchema = Type.Object(
   {
-    address: Type.String({ minLength: 7, maxLength: 15, pattern: '^[0-9.]+$' }),
+    address: IpAddressSchema,
     ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }),
   },
   { additionalProperties: false },
@@ -39,13 +39,18 @@ export interface AddressHolder {
 export class DvipaSet {
   private readonly added = new Map<string, DvipaSpec>();
 
+  private readonly primaries: DvipaSpec[];
+
   constructor(
-    private readonly primary: DvipaSpec,
+    /** The cluster file's dvipa: its addresses (canonical, config/cluster.ts), all with its ports. */
+    primary: { addresses: readonly string[]; ports: readonly number[] },
     private readonly stateFile: string,
     private readonly holder: AddressHolder,
     /** Which addresses may be a DVIPA (config/dvipa-policy.ts): the allow-list, minus what never can. */
     private readonly policy: Pick<DvipaPolicy, 'refusal' | 'gateways'>,
-  ) {}
+  ) {
+    this.primaries = primary.addresses.map((address) => ({ address, ports: [...primary.ports] }));
+  }
 
   /**
    * Reads what an operator added before a restart and holds every address again. An address the
@@ -71,11 +76,11 @@ export class DvipaSet {
   }
 
   all(): DvipaView[] {
-    return [{ ...this.primary, source: 'config' }, ...[...this.added.values()].map((d) => ({ ...d, source: 'api' as const }))];
+    return [...this.primaries.map((d) => ({ ...d, source: 'config' as const })), ...[...this.added.values()].map((d) => ({ ...d, source: 'api' as const }))];
   }
 
   has(address: string): boolean {
-    return address === this.primary.address || this.added.has(address);
+    return this.primaries.some((d) => d.address === address) || this.added.has(address);
   }
 
   /** Every port some DVIPA serves: what target applications may register for. */
@@ -83,9 +88,10 @@ export class DvipaSet {
     return [...new Set(this.all().flatMap((d) => d.ports))].sort((a, b) => a - b);
   }
 
-  async add(spec: DvipaSpec): Promise<DvipaView> {
-    const ctx = { step: 'dvipa', address: spec.address };
-    if (!net.isIPv4(spec.address)) throw new BatonError('E_CONFIG', `${spec.address} is not an IPv4 address`, ctx);
+  async add(requested: DvipaSpec): Promise<DvipaView> {
+    const ctx = { step: 'dvipa', address: bounded(requested.address, 48) };
+    // Canonical, as sockets report it: the address a handoff's socket gives is compared as text.
+    const spec = { ...requested, address: canonicalIp(requested.address) };
     const why = this.policy.refusal(spec.address);
     if (why) throw new BatonError('E_CONFIG', why, ctx);
     const existing = this.all().find((d) => d.address === spec.address);
@@ -102,7 +108,7 @@ export class DvipaSet {
 
   async remove(address: string): Promise<void> {
     const ctx = { step: 'dvipa', address };
-    if (address === this.primary.address) throw new BatonError('E_HANDOFF_STATE', `${address} is the config's DVIPA: change it in the cluster config`, ctx);
+    if (this.primaries.some((d) => d.address === address)) throw new BatonError('E_HANDOFF_STATE', `${address} is the config's DVIPA: change it in the cluster config`, ctx);
     if (!this.added.has(address)) throw new BatonError('E_NOT_FOUND', `no DVIPA ${address}`, ctx);
     await this.holder.release(address);
     this.added.delete(address);

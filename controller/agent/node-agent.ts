@@ -37,7 +37,7 @@ import { servedFlows } from '../../native/diag.js';
 import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
 import { PeerFront } from './peer-front.js';
 import { AppFront } from './app-front.js';
-import type { FlowKey } from '../flow.js';
+import { type FlowKey, hostPort } from '../flow.js';
 import { TargetDirectory } from '../control/directory.js';
 import { ControlServer, ensureControlSecret, EXPIRY_MS, HEARTBEAT_MS } from '../control/server.js';
 import { loadSteering, type Steering } from './xdp.js';
@@ -134,12 +134,13 @@ export class NodeAgent {
       config.dvipa,
       path.join(stateDirOf(config), `${config.instance}-${self.name}.dvipas.json`),
       {
-        // A lone distributor answers ARP for its DVIPAs itself; with backups keepalived puts the
-        // DVIPA on the active one's interface, and every node stays silent for the copy on lo.
+        // A lone distributor answers ARP and neighbour solicitations for its DVIPAs itself; with
+        // backups keepalived puts the DVIPA on the active one's interface, and every node stays
+        // silent for the copy on lo.
         hold: (address) => ensureDvipa({ address, distributor: config.distributors.length === 1 && this.isCandidate, interface: self.interface }),
-        release: (address) => releaseDvipa(address),
+        release: (address) => releaseDvipa(address, self.interface),
       },
-      new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address), defaultGateways),
+      new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, config.nodes.map((n) => n.address), defaultGateways),
     );
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),
@@ -273,10 +274,10 @@ export class NodeAgent {
     try {
       await this.api.listen({ host: this.self.address, port: this.config.api.port });
     } catch (err) {
-      throw await explainListenFailure(new BatonError('E_CONFIG', `cannot listen on ${this.self.address}:${this.config.api.port} (REST API): ${(err as Error).message}`, { step: 'listen' }), at.api);
+      throw await explainListenFailure(new BatonError('E_CONFIG', `cannot listen on ${hostPort(this.self.address, this.config.api.port)} (REST API): ${(err as Error).message}`, { step: 'listen' }), at.api);
     }
     this.log.info(
-      { dvipa: this.config.dvipa, distributors: this.config.distributors, role: this.role?.phase() ?? 'node', peer: `${this.self.address}:${this.self.peerPort}`, api: apiBase(this.config, this.self), agentSocket: this.self.agentSocket },
+      { dvipa: this.config.dvipa, distributors: this.config.distributors, role: this.role?.phase() ?? 'node', peer: hostPort(this.self.address, this.self.peerPort), api: apiBase(this.config, this.self), agentSocket: this.self.agentSocket },
       'batond ready',
     );
   }

@@ -15,11 +15,12 @@ import net from 'node:net';
 import os from 'node:os';
 import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { BatonError } from '../errors.js';
+import { addressToBytes } from '../flow.js';
 import { bounded } from '../input.js';
 
 export interface InetEndpoint {
   proto: 'tcp' | 'udp';
-  /** IPv4, as every address batond listens on is (nodes[].address, 127.0.0.1). */
+  /** An IPv4 or IPv6 address (nodes[].address, in its canonical text), or 127.0.0.1. */
   host: string;
   port: number;
   /** What it is for, as the config names it: "peer links (nodes[].peerPort)". */
@@ -104,8 +105,12 @@ export function parseUnixTable(text: string): UnixEntry[] {
 
 const V4_MAPPED = Buffer.from('00000000000000000000ffff', 'hex');
 
-/** Does a socket bound to this address keep IPv4 host from binding the same port? */
+/** Does a socket bound to this address keep host from binding the same port? */
 function covers(address: Buffer, host: string): boolean {
+  if (net.isIPv6(host)) {
+    // Only an IPv6 socket can hold an IPv6 address: the same one, or :: (the wildcard).
+    return address.length === 16 && (address.every((b) => b === 0) || address.equals(addressToBytes(6, host)));
+  }
   const mine = Buffer.from(host.split('.').map(Number));
   if (address.every((b) => b === 0)) return true; // 0.0.0.0, or :: (dual-stack unless v6only)
   if (address.length === 4) return address.equals(mine);

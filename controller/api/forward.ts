@@ -16,6 +16,7 @@ import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { expectNode, type PeerTlsMaterial } from '../transfer/peer-tls.js';
 import { OPERATOR_HEADER } from './access.js';
 import { type BoundedAnswer, RequestFailed, requestBounded } from './request.js';
+import { hostPort } from '../flow.js';
 
 export const FORWARDED_HEADER = 'x-baton-forwarded-by';
 /** Set by the distributor when it fans a cluster-wide change out: apply it on this node only. */
@@ -46,7 +47,7 @@ export function problemDetail(status: number, body: unknown): string {
 
 /** The base URL of a node's API, as this cluster serves it. */
 export function apiBase(config: ClusterConfig, node: NodeConfig): string {
-  return `${config.api.insecurePlaintext ? 'http' : 'https'}://${node.address}:${config.api.port}`;
+  return `${config.api.insecurePlaintext ? 'http' : 'https'}://${hostPort(node.address, config.api.port)}`;
 }
 
 export class NodeForwarder {

@@ -34,7 +34,7 @@ labCommand(lab, 'up')
       await labDown({ prefix: o.prefix, dir: o.dir });
       throw err;
     }
-    console.log(`lab ${desc.prefix} up: DVIPA ${desc.dvipa.address} (ports ${desc.dvipa.ports.join(', ')}), client namespace ${desc.client.ns}`);
+    console.log(`lab ${desc.prefix} up: DVIPA ${desc.dvipa.address} and ${desc.dvipa.address6} (ports ${desc.dvipa.ports.join(', ')}), client namespace ${desc.client.ns}`);
     console.log(`description: ${path.join(o.dir, 'lab.json')}; logs: ${desc.runDir}`);
   });
 labCommand(lab, 'down')

@@ -14,6 +14,7 @@ import { MAX_PAGE } from '../agent/paged-map.js';
 import { OPERATOR_NAME, SCOPES, type Scope, newToken, tokenLine } from '../api/token.js';
 import { ApiClient, readToken } from './api-client.js';
 import { bytes, table } from './table.js';
+import { hostPort } from '../flow.js';
 
 interface GlobalOptions {
   api?: string;
@@ -41,7 +42,7 @@ function connect(o: GlobalOptions): ApiClient {
     const lab = readLabDescription(labFile);
     if (lab.prefix !== o.lab) throw new Error(`${labFile} describes lab ${lab.prefix}, not ${o.lab}: pass --lab ${lab.prefix}`);
     const distributor = lab.nodes.find((n) => n.name === lab.distributor)!;
-    base = `https://${distributor.address}:${API_PORT}`;
+    base = `https://${hostPort(distributor.address, API_PORT)}`;
     netns ??= distributor.ns;
     // The lab's admin operator, unless the caller brought a token of their own (BATON_API_TOKEN
     // comes first in readToken).

@@ -8,6 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { isCollection, isPair, LineCounter, parseDocument, stringify } from 'yaml';
 import { BatonError } from '../errors.js';
+import { canonicalIp, familyOf } from '../flow.js';
 import { bounded } from '../input.js';
 import { DvipaPolicy } from './dvipa-policy.js';
 
@@ -20,8 +21,8 @@ export const NodeConfigSchema = Type.Object(
     name: Name,
     /** Small integer identifying the node in the routing table (1-based, unique). */
     id: Type.Integer({ minimum: 1, maximum: 65535 }),
-    /** Management address: peer links and the REST API listen here, never on the DVIPA. */
-    address: Type.String({ minLength: 7, maxLength: 15 }),
+    /** Management address, IPv4 or IPv6: peer links and the REST API listen here, never on the DVIPA. */
+    address: Type.String({ minLength: 2, maxLength: 45 }),
     /** MAC of the node's interface on the shared L2 segment: XDP rewrites frames to it. */
     mac: Mac,
     interface: Type.String({ minLength: 1, maxLength: 15 }),
@@ -42,8 +43,15 @@ export const ClusterConfigSchema = Type.Object(
     version: Type.Literal(1),
     /** Namespaces the pinned BPF maps: /sys/fs/bpf/baton/<instance>-<node>/. */
     instance: Name,
+    /**
+     * The cluster's virtual IP: one address per family at most (an IPv4 one, an IPv6 one, or both
+     * for a dual-stack service), every address serving the same ports.
+     */
     dvipa: Type.Object(
-      { address: Type.String({ minLength: 7, maxLength: 15 }), ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }) },
+      {
+        addresses: Type.Array(Type.String({ minLength: 2, maxLength: 45 }), { minItems: 1, maxItems: 2, uniqueItems: true }),
+        ports: Type.Array(Port, { minItems: 1, maxItems: 64, uniqueItems: true }),
+      },
       { additionalProperties: false },
     ),
     /**
@@ -158,11 +166,19 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
     const errors = [...check.Errors(value)].slice(0, 5).map((e) => `${locate(e.path)}: ${e.path || '/'}: ${e.message}`);
     throw new BatonError('E_CONFIG', `invalid cluster config\n  ${errors.join('\n  ')}`, { step: 'config' });
   }
-  // TypeBox leaves string formats to the caller: check addresses with the platform's parser.
+  // TypeBox leaves string formats to the caller: check addresses with the platform's parser, and
+  // keep them in their canonical text (flow.ts), the form sockets and the kernel report them in,
+  // so that comparing an address a socket gives with the config's is comparing strings.
   const config = value;
-  for (const [path, addr] of [['/dvipa/address', config.dvipa.address], ...config.nodes.map((n, i) => [`/nodes/${i}/address`, n.address])]) {
-    if (net.isIPv4(addr!) === false) throw new BatonError('E_CONFIG', `${locate(path!)}: ${path}: ${addr} is not an IPv4 address`, { step: 'config' });
+  const canonical = (path: string, addr: string): string => {
+    if (!familyOf(addr)) throw new BatonError('E_CONFIG', `${locate(path)}: ${path}: ${bounded(addr, 48)} is not an IPv4 or IPv6 address`, { step: 'config' });
+    return canonicalIp(addr, path);
+  };
+  config.dvipa.addresses = config.dvipa.addresses.map((a, i) => canonical(`/dvipa/addresses/${i}`, a));
+  if (config.dvipa.addresses.length === 2 && familyOf(config.dvipa.addresses[0]!) === familyOf(config.dvipa.addresses[1]!)) {
+    throw new BatonError('E_CONFIG', `${locate('/dvipa/addresses/1')}: /dvipa/addresses/1: a second address must be of the other family (one IPv4, one IPv6)`, { step: 'config' });
   }
+  config.nodes.forEach((n, i) => (n.address = canonical(`/nodes/${i}/address`, n.address)));
   const unique = (key: 'name' | 'id' | 'address' | 'mac' | 'agentSocket' | 'controlSecretFile') => {
     const seen = new Set<unknown>();
     for (const n of config.nodes) {
@@ -173,12 +189,14 @@ export function parseClusterConfig(value: unknown, source = '<config>', locate: 
   (['name', 'id', 'address', 'mac', 'agentSocket', 'controlSecretFile'] as const).forEach(unique);
   let policy: DvipaPolicy;
   try {
-    policy = new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address));
+    policy = new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, config.nodes.map((n) => n.address));
   } catch (err) {
     throw new BatonError('E_CONFIG', `${locate('/dvipaCidrs')}: /dvipaCidrs: ${(err as Error).message}`, { step: 'config' });
   }
-  const refused = policy.refusal(config.dvipa.address);
-  if (refused) throw new BatonError('E_CONFIG', `${locate('/dvipa/address')}: /dvipa/address: ${refused}`, { step: 'config' });
+  config.dvipa.addresses.forEach((address, i) => {
+    const refused = policy.refusal(address);
+    if (refused) throw new BatonError('E_CONFIG', `${locate(`/dvipa/addresses/${i}`)}: /dvipa/addresses/${i}: ${refused}`, { step: 'config' });
+  });
   config.distributors.forEach((name, i) => {
     if (!config.nodes.some((n) => n.name === name)) throw new BatonError('E_CONFIG', `${locate(`/distributors/${i}`)}: /distributors/${i}: ${name} is not one of the nodes`, { step: 'config' });
   });

@@ -63,8 +63,8 @@ export class DvipaPolicy {
 
   constructor(
     cidrs: string[] | undefined,
-    /** The config's own DVIPA: the whole allow-list when dvipaCidrs is absent. */
-    primary: string,
+    /** The config's own DVIPAs: the whole allow-list when dvipaCidrs is absent. */
+    primaries: readonly string[],
     /** The nodes' management addresses. */
     private readonly nodes: readonly string[],
     /**
@@ -73,7 +73,7 @@ export class DvipaPolicy {
      */
     readonly gateways: () => readonly string[] = () => [],
   ) {
-    this.cidrs = cidrs ?? [primary];
+    this.cidrs = cidrs ?? [...primaries];
     const parsed = this.cidrs.map(parseCidr);
     this.allowed = { ipv4: listOf(parsed, 'ipv4'), ipv6: listOf(parsed, 'ipv6') };
     this.forbidden = FORBIDDEN.map(([why, text]) => {

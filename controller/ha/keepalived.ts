@@ -39,8 +39,11 @@ export interface VrrpNodeSpec {
   instance: string;
   /** This node's name: part of keepalived's router_id, which must differ between nodes. */
   node: string;
-  /** The DVIPA, IPv4: keepalived puts it (/32) on `interface` while this node is MASTER. */
-  dvipa: string;
+  /**
+   * The cluster file's DVIPA addresses, at most one per family: keepalived puts them (/32, /128) on
+   * `interface` while this node is MASTER. The first one's family is the family of the adverts.
+   */
+  dvipas: readonly string[];
   /** This node's interface on the shared segment: adverts, gratuitous ARP and the DVIPA go there. */
   interface: string;
   /** VRRP priority, 1–254 (255 means "address owner" and is never used: no node owns the DVIPA). */
@@ -63,7 +66,7 @@ export interface VrrpNodeSpec {
 /** The part of the cluster file the VRRP setup reads (a subset of ClusterConfig). */
 export interface VrrpClusterView {
   instance: string;
-  dvipa: { address: string };
+  dvipa: { addresses: readonly string[] };
   /** Node names in order of preference: the first gets the highest priority. */
   distributors: readonly string[];
   vrrp?: { routerId?: number; advertMs?: number };
@@ -113,7 +116,7 @@ export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, files: Pick
   const spec: VrrpNodeSpec = {
     instance: cluster.instance,
     node,
-    dvipa: cluster.dvipa.address,
+    dvipas: [...cluster.dvipa.addresses],
     interface: self.interface,
     priority,
     routerId: cluster.vrrp?.routerId ?? DEFAULT_ROUTER_ID,
@@ -130,7 +133,11 @@ export function checkSpec(spec: VrrpNodeSpec): void {
   const bad = (field: string, why: string) => configError(`keepalived ${field}: ${why}`, { node: NAME.test(spec.node) ? spec.node : undefined });
   if (!NAME.test(spec.instance)) throw bad('instance', `want ${NAME.source}`);
   if (!NAME.test(spec.node)) throw bad('node', `want ${NAME.source}`);
-  if (!net.isIPv4(spec.dvipa)) throw bad('dvipa', 'want an IPv4 address (VRRP here carries one address family: the DVIPA is IPv4)');
+  // Checked here, not only by the cluster file's schema: the addresses become words in keepalived.conf.
+  const families = spec.dvipas.map((a) => (net.isIPv4(a) ? 4 : net.isIPv6(a) && !a.includes('%') ? 6 : 0));
+  if (spec.dvipas.length < 1 || spec.dvipas.length > 2 || families.includes(0) || families[0] === families[1]) {
+    throw bad('dvipas', 'want one IPv4 address, one IPv6 address, or one of each');
+  }
   if (!INTERFACE_NAME.test(spec.interface)) throw bad('interface', `want ${INTERFACE_NAME.source}`);
   if (!Number.isInteger(spec.priority) || spec.priority < 1 || spec.priority > 254) throw bad('priority', 'want an integer 1-254');
   if (!Number.isInteger(spec.routerId) || spec.routerId < 1 || spec.routerId > 255) throw bad('routerId', 'want an integer 1-255');
@@ -222,12 +229,23 @@ vrrp_instance ${name} {
   advert_int ${advertS}
   virtual_ipaddress {
     # Only while MASTER: the address on the segment's interface answers ARP (arp_ignore=1 on
-    # every node). The same /32 stays on lo of every node for direct server return; keepalived
-    # never touches it.
-    ${spec.dvipa}/32 dev ${spec.interface}
-  }
+    # every node) or neighbour solicitations (the kernel answers them only for addresses on the
+    # interface asked). The same address stays on lo of every node for direct server return;
+    # keepalived never touches it.
+    ${vipLine(spec.dvipas[0]!, spec.interface)}
+  }${spec.dvipas.length > 1 ? `
+  # The other family's address: held and announced (gratuitous ARP or unsolicited neighbour
+  # advertisements) like the first, but not carried in the adverts, which have one family.
+  virtual_ipaddress_excluded {
+    ${vipLine(spec.dvipas[1]!, spec.interface)}
+  }` : ''}
 }
 `;
+}
+
+/** One address line of a virtual_ipaddress block: a host address on the segment's interface. */
+function vipLine(address: string, iface: string): string {
+  return `${address}/${net.isIPv4(address) ? 32 : 128} dev ${iface}`;
 }
 
 /** The files of one node's keepalived in dir (a run directory: /run/baton, the lab's). */

@@ -5,9 +5,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BatonError } from '../errors.js';
+import type { Family } from '../flow.js';
 import { type ClusterConfig, writeClusterConfig } from '../config/cluster.js';
 import { newToken, tokenLine } from '../api/token.js';
-import { type LabDescription, parseSubnet, subnetHost } from './description.js';
+import { type LabDescription, parseSubnet, parseSubnet6, subnet6Host, subnetHost } from './description.js';
 import type { ProcessSpec } from './lab.js';
 import { repoRoot } from '../paths.js';
 import { readUnitConfinement, setprivArgs } from './systemd-unit.js';
@@ -35,7 +36,7 @@ export function certsDir(lab: LabDescription): string {
   return path.join(lab.runDir, 'certs');
 }
 
-function ensureLabCertificates(lab: LabDescription): void {
+function ensureLabCertificates(lab: LabDescription, management: Family = 4): void {
   const script = path.join(repoRoot(), 'scripts/certs.sh');
   const dir = certsDir(lab);
   const make = (args: string[]) => {
@@ -46,7 +47,7 @@ function ensureLabCertificates(lab: LabDescription): void {
     }
   };
   make(['ca', dir]);
-  for (const n of lab.nodes) if (!fs.existsSync(path.join(dir, `${n.name}.crt`))) make(['node', dir, n.name, n.address]);
+  for (const n of lab.nodes) if (!fs.existsSync(path.join(dir, `${n.name}.crt`))) make(['node', dir, n.name, managementAddress(n, management)]);
 }
 
 /** The lab's cluster CA certificate: what batonctl and curl check the nodes' API certificates against. */
@@ -84,16 +85,31 @@ function ensureLabApiTokens(lab: LabDescription): void {
   write(apiOperatorsFile(lab), `# The lab's API operators (docs/api.md): name scope sha256:<hash of the token>\n${tokenLine({ name: 'lab-admin', scope: 'admin' }, admin)}\n${tokenLine({ name: 'lab-read', scope: 'read' }, read)}\n`);
 }
 
-/** Where the lab's operator-added DVIPAs come from: host numbers 16–31 of its subnet (a /28). */
-export const LAB_EXTRA_DVIPAS = { first: 16, prefix: 28 } as const;
+/**
+ * Where the lab's operator-added DVIPAs come from: host numbers 16–31 of its subnet (a /28), and
+ * the IPv6 twins' neighbours, <subnet6>:1:0/112 (docs/lab.md).
+ */
+export const LAB_EXTRA_DVIPAS = { first: 16, prefix: 28, first6: 0x1_0000, prefix6: 112 } as const;
 
-export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic' = 'native', limits?: ClusterConfig['limits']): ClusterConfig {
+/** The address a lab node's batond is managed at (peer links, REST API): its IPv4 or its IPv6 one. */
+export function managementAddress(node: LabDescription['nodes'][number], family: Family = 4): string {
+  return family === 6 ? node.address6 : node.address;
+}
+
+export function clusterFromLab(lab: LabDescription, opts: Pick<LabProcessOptions, 'xdpMode' | 'limits' | 'management'> = {}): ClusterConfig {
+  const { xdpMode = 'native', limits, management } = opts;
   return {
     version: 1,
     instance: lab.prefix,
-    dvipa: { address: lab.dvipa.address, ports: [...lab.dvipa.ports] },
-    // The config's DVIPA, and .16–.31 of the lab subnet for the ones an operator adds (docs/lab.md).
-    dvipaCidrs: [`${lab.dvipa.address}/32`, `${subnetHost(parseSubnet(lab.subnet), LAB_EXTRA_DVIPAS.first)}/${LAB_EXTRA_DVIPAS.prefix}`],
+    dvipa: { addresses: [lab.dvipa.address, lab.dvipa.address6], ports: [...lab.dvipa.ports] },
+    // The config's DVIPAs, and for the ones an operator adds .16–.31 of the lab subnet and a /112
+    // of the IPv6 one (docs/lab.md).
+    dvipaCidrs: [
+      `${lab.dvipa.address}/32`,
+      `${lab.dvipa.address6}/128`,
+      `${subnetHost(parseSubnet(lab.subnet), LAB_EXTRA_DVIPAS.first)}/${LAB_EXTRA_DVIPAS.prefix}`,
+      `${subnet6Host(parseSubnet6(lab.subnet6), LAB_EXTRA_DVIPAS.first6, 'raw')}/${LAB_EXTRA_DVIPAS.prefix6}`,
+    ],
     distributors: [lab.distributor, ...(lab.backups ?? [])],
     controlPort: CONTROL_PORT,
     stateDir: lab.runDir,
@@ -106,7 +122,7 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
     nodes: lab.nodes.map((n, i) => ({
       name: n.name,
       id: i + 1,
-      address: n.address,
+      address: managementAddress(n, management),
       mac: n.mac,
       interface: n.interface,
       peerPort: PEER_PORT,
@@ -120,6 +136,8 @@ export function clusterFromLab(lab: LabDescription, xdpMode: 'native' | 'generic
 
 export interface LabProcessOptions {
   examples?: boolean;
+  /** The family of the nodes' management addresses in the cluster file (peer links, REST API): 4 by default, 6 for a lab managed over IPv6. */
+  management?: Family;
   xdpMode?: 'native' | 'generic';
   /** The cluster file's limits (quotas, capacities), for tests of them. */
   limits?: ClusterConfig['limits'];
@@ -145,8 +163,8 @@ export interface LabProcessOptions {
  */
 export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}): ProcessSpec[] {
   fs.mkdirSync(lab.runDir, { recursive: true });
-  writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts.xdpMode, opts.limits));
-  ensureLabCertificates(lab);
+  writeClusterConfig(clusterConfigPath(lab), clusterFromLab(lab, opts));
+  ensureLabCertificates(lab, opts.management);
   ensureLabApiTokens(lab);
   const js = (rel: string) => path.join(repoRoot(), 'dist', rel);
   const node = process.execPath;
@@ -182,7 +200,7 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
   for (const n of lab.nodes) {
     const common = ['--agent', agentSocket(lab, n.name), '--node', n.name, '--control-port', String(CONTROL_PORT), '--control-secret', controlSecretFile(lab, n.name)];
     // A node never hands a connection to itself.
-    const routerArgs = [...common, '--dvipa', lab.dvipa.address, '--targets', targetNodes.filter((t) => t !== n.name).join(',')];
+    const routerArgs = [...common, '--dvipa', `${lab.dvipa.address},${lab.dvipa.address6}`, '--targets', targetNodes.filter((t) => t !== n.name).join(',')];
     const framework = targetNodes.indexOf(n.name) % 2 === 0 ? 'node' : 'fastify';
     if (distributors.includes(n.name)) {
       specs.push(

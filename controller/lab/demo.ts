@@ -7,6 +7,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { repoRoot } from '../paths.js';
+import { endpointText, type Family, hostPort } from '../flow.js';
 import { HTTP_PORT, LINE_PORT, labProcesses, waitUntilReady } from './cluster.js';
 import type { LabDescription } from './description.js';
 import { killNode, labDown, labUp } from './lab.js';
@@ -59,15 +60,21 @@ export async function inClient(lab: LabDescription, argv: string[], timeoutMs = 
   }
 }
 
-export function lineClient(lab: LabDescription, args: string[]): string[] {
-  return ['python3', path.join(repoRoot(), 'examples/clients/line_client.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
+/** The lab's DVIPA address of a family. */
+export function dvipaOf(lab: LabDescription, family: Family = 4): string {
+  return family === 6 ? lab.dvipa.address6 : lab.dvipa.address;
 }
 
-export function curlDigest(lab: LabDescription, user: string, password: string, paths: string[]): string[] {
+export function lineClient(lab: LabDescription, args: string[], family: Family = 4): string[] {
+  return ['python3', path.join(repoRoot(), 'examples/clients/line_client.py'), '--host', dvipaOf(lab, family), '--port', String(LINE_PORT), ...args];
+}
+
+/** curl with Digest authentication to the lab's DVIPA of a family (-6: over IPv6 only). */
+export function curlDigest(lab: LabDescription, user: string, password: string, paths: string[], family: Family = 4): string[] {
   return [
-    'curl', '-sS', '--max-time', '10', '--digest', '-u', `${user}:${password}`,
+    'curl', '-sS', `-${family}`, '--max-time', '10', '--digest', '-u', `${user}:${password}`,
     '-w', '\\n%{http_code} connects=%{num_connects}\\n',
-    ...paths.map((p) => `http://${lab.dvipa.address}:${HTTP_PORT}${p}`),
+    ...paths.map((p) => `http://${endpointText(family, dvipaOf(lab, family), HTTP_PORT)}${p}`),
   ];
 }
 
@@ -81,7 +88,7 @@ const pct = (xs: number[], p: number) => {
 };
 
 function clientKey(c: LogLine['client']): string {
-  return typeof c === 'string' ? c : c ? `${c.address}:${c.port}` : '';
+  return typeof c === 'string' ? c : c ? hostPort(c.address, c.port) : '';
 }
 
 /** One readable block per handed-off connection, from the routers' and targets' structured logs. */
@@ -119,22 +126,23 @@ function timeline(lab: LabDescription, routerLog: string, clientAddr: string): s
  * The last act: n1 dies under 20 streaming connections (every process SIGKILLed, its link down),
  * keepalived makes n2 the distributor, and the clients never notice; a new client goes through n2.
  */
-/** The streams' first failure as line_streams.py summed it up (its own words, cut short), or nothing. */
+/** The streams' first failure as line_streams.py summed it up (its own words, cut short), or nothing; one summary per run of it. */
 function firstFailure(lines: Array<{ summary?: boolean; failed?: unknown[] }>): string {
-  const failed = lines.find((l) => l.summary)?.failed ?? [];
+  const failed = lines.filter((l) => l.summary).flatMap((l) => l.failed ?? []);
   return failed.length ? `; ${failed.length} failed, first: ${JSON.stringify(failed[0]).slice(0, 200)}` : '';
 }
 
 async function backupTakesOver(lab: LabDescription, check: (name: string, ok: boolean, detail?: string) => void): Promise<void> {
   const CONNECTIONS = 20;
-  console.log(`\n== Backup distributor: ${CONNECTIONS} connections streaming through n1; n1 dies (SIGKILL of every process, link down); n2 takes over`);
+  console.log(`\n== Backup distributor: ${CONNECTIONS} connections (half IPv4, half IPv6) streaming through n1; n1 dies (SIGKILL of every process, link down); n2 takes over`);
   const stopFile = path.join(lab.runDir, 'demo-streams.stop');
   // Left by an earlier demo in the same run directory, it would stop the streams before they start.
   fs.rmSync(stopFile, { force: true });
   const handed = () => readLog(lab, `${lab.distributor}-line-router`).filter((l) => l.event === 'handed-off').length;
   const before = handed();
-  const streams = inClient(lab, ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT),
-    '--connections', String(CONNECTIONS), '--get', '16384', '--put', '16384', '--interval', '0.1', '--until-file', stopFile, '--seconds', '60', '--timeout', '20'], 90_000);
+  const streams = ([4, 6] as const).map((family) =>
+    inClient(lab, ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', dvipaOf(lab, family), '--port', String(LINE_PORT),
+      '--connections', String(CONNECTIONS / 2), '--get', '16384', '--put', '16384', '--interval', '0.1', '--until-file', stopFile, '--seconds', '60', '--timeout', '20'], 90_000));
   const active = (node: string) => readLog(lab, `${node}-batond`).find((l) => l.msg === "active distributor: the routing table is this node's");
   let killAt = 0;
   let fresh: { code: number; stdout: string; stderr: string } | undefined;
@@ -149,12 +157,12 @@ async function backupTakesOver(lab: LabDescription, check: (name: string, ok: bo
   } finally {
     fs.writeFileSync(stopFile, '');
   }
-  const out = await streams;
-  const lines = out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { summary?: boolean; ok?: boolean; failed?: unknown[]; round_ms?: Array<[number, number]> });
+  const outs = await Promise.all(streams);
+  const lines = outs.flatMap((out) => out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { summary?: boolean; ok?: boolean; failed?: unknown[]; round_ms?: Array<[number, number]> }));
   const results = lines.filter((l) => !l.summary);
   const took = active('n2') ? Number(active('n2')!.time) - killAt : NaN;
   const stall = Math.max(0, ...results.flatMap((r) => (r.round_ms ?? []).filter(([s, e]) => e >= killAt && s <= killAt + 5000).map(([s, e]) => e - s)));
-  check(`${CONNECTIONS} connections streaming through n1 carry on through n2, byte-exact, none reset`, out.code === 0 && results.length === CONNECTIONS && results.every((r) => r.ok),
+  check(`${CONNECTIONS} connections streaming through n1 carry on through n2, byte-exact, none reset`, outs.every((o) => o.code === 0) && results.length === CONNECTIONS && results.every((r) => r.ok),
     `n2 active ${took} ms after n1 died; longest round of a connection across it ${stall} ms${firstFailure(lines)}`);
   const freshResult = fresh?.stdout.trim() ? (JSON.parse(fresh.stdout.trim()) as { ok?: boolean; served_by?: string }) : {};
   check('a new client after the takeover: accepted by n2, handed off to n3', freshResult.ok === true && freshResult.served_by === 'n3', fresh?.stderr.trim() ?? '');
@@ -185,7 +193,7 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
   });
   try {
     await waitUntilReady(lab, specs);
-    console.log(`\nlab ${lab.prefix}: DVIPA ${lab.dvipa.address} ports ${lab.dvipa.ports.join(',')}; distributor ${lab.distributor}; client ${lab.client.address}\n`);
+    console.log(`\nlab ${lab.prefix}: DVIPA ${lab.dvipa.address} and ${lab.dvipa.address6} ports ${lab.dvipa.ports.join(',')}; distributor ${lab.distributor}; client ${lab.client.address} and ${lab.client.address6}\n`);
 
     console.log('== HTTP: curl --digest, two requests on one keep-alive connection');
     for (const [user, password, node] of [['alice', 'wonderland', 'n2'], ['bob', 'builder', 'n3']] as const) {
@@ -200,6 +208,21 @@ export async function runDemo(opts: { prefix: string; dir: string; handoffs: num
       const handed = readLog(lab, `${lab.distributor}-http-router`).filter((l) => l.event === 'handed-off' && l.user === user).pop();
       if (handed) for (const line of timeline(lab, `${lab.distributor}-http-router`, clientKey(handed.client))) console.log(line);
     }
+
+    console.log(`\n== IPv6: the same through the DVIPA's IPv6 address, ${lab.dvipa.address6}`);
+    const v6 = await inClient(lab, curlDigest(lab, 'alice', 'wonderland', ['/', '/again'], 6));
+    const v6Bodies = v6.stdout.split('\n').filter((l) => l.startsWith('hello'));
+    const v6Codes = [...v6.stdout.matchAll(/^(\d{3}) connects=(\d+)$/gm)].map((m) => `${m[1]}/${m[2]}`);
+    check(
+      'curl -6 as alice: both answered by n2 on one connection',
+      v6.code === 0 && v6Bodies.length === 2 && v6Bodies.every((b) => b.includes('served by n2')) && v6Codes.join(' ') === '200/1 200/0',
+      v6.code === 0 ? `${v6Bodies.map((b) => b.trim()).join(' | ')} [status/new connections: ${v6Codes.join(' ')}]` : v6.stderr.trim(),
+    );
+    const v6Handed = readLog(lab, `${lab.distributor}-http-router`).filter((l) => l.event === 'handed-off' && l.user === 'alice').pop();
+    if (v6Handed) for (const line of timeline(lab, `${lab.distributor}-http-router`, clientKey(v6Handed.client))) console.log(line);
+    const v6Line = await inClient(lab, lineClient(lab, ['--user', 'bob', '--expect-node', 'n3', '--get', '1000000', '--put', '1000000'], 6), 60_000);
+    const v6LineResult = v6Line.stdout.trim() ? JSON.parse(v6Line.stdout.trim()) : { ok: false, error: v6Line.stderr };
+    check('python over IPv6: GET/PUT 1 MB byte-exact, served by n3', v6LineResult.ok === true, v6LineResult.ok ? `from ${v6LineResult.local}` : JSON.stringify(v6LineResult));
 
     console.log('\n== HTTP: n3 is busy (capacity 1, one slow request in progress): bob is refused there and retried on n2');
     const slow = inClient(lab, curlDigest(lab, 'bob', 'builder', ['/hold?ms=1500']));

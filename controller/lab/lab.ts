@@ -52,6 +52,8 @@ export interface LabOptions {
   dir: string;
   /** IPv4 network, /16 to /24; default 10.203.0.0/24. */
   subnet?: string;
+  /** IPv6 network beside it, a /64; default fd62:6174:6f6e::/64. */
+  subnet6?: string;
   /** What to run once the network is up (batond, example apps); started in order. */
   processes?: (lab: LabDescription) => ProcessSpec[];
   /** n2 is a backup distributor (keepalived on n1 and n2 decides which is active). */
@@ -118,8 +120,8 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
   await ip(sw, ['link', 'set', d.bridge.name, 'up'], { step: 'bridge' });
 
   const ends = [
-    ...d.nodes.map((n) => ({ ns: n.ns, dev: n.interface, peer: n.bridgePort, address: n.address, mac: n.mac, node: true })),
-    { ns: d.client.ns, dev: d.client.interface, peer: d.client.bridgePort, address: d.client.address, mac: d.client.mac, node: false },
+    ...d.nodes.map((n) => ({ ns: n.ns, dev: n.interface, peer: n.bridgePort, address: n.address, address6: n.address6, mac: n.mac, node: true })),
+    { ns: d.client.ns, dev: d.client.interface, peer: d.client.bridgePort, address: d.client.address, address6: d.client.address6, mac: d.client.mac, node: false },
   ];
   await allSettled(
     ends.map((e) => async () => {
@@ -133,6 +135,10 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
       await inNamespace(sw, ['ethtool', '-K', e.peer, 'tx', 'off'], { step });
       await inNamespace(e.ns, ['ethtool', '-K', e.dev, 'tx', 'off'], { step });
       await ip(e.ns, ['addr', 'add', `${e.address}/${prefixLength}`, 'dev', e.dev], { step });
+      // Dual-stack. Without duplicate address detection: every address of the lab is its own, and
+      // DAD would keep each one tentative (unusable) for a second after the link comes up.
+      await inNamespace(e.ns, ['sysctl', '-q', '-w', `net.ipv6.conf.${e.dev}.accept_dad=0`], { step });
+      await ip(e.ns, ['addr', 'add', `${e.address6}/64`, 'dev', e.dev, 'nodad'], { step });
       if (e.node) {
         // Replies leave a target with the DVIPA as source though the request came through the
         // distributor: reverse-path filtering must not get a say. The script is the one that
@@ -194,7 +200,7 @@ async function startAll(d: LabDescription, specs: ProcessSpec[]): Promise<void> 
 export async function labUp(opts: LabOptions): Promise<LabDescription> {
   const prefix = checkPrefix(opts.prefix ?? DEFAULT_PREFIX);
   const dir = path.resolve(opts.dir);
-  const d = describeLab({ prefix, subnet: opts.subnet ?? DEFAULT_SUBNET, runDir: runDirOf(dir), backup: opts.backup });
+  const d = describeLab({ prefix, subnet: opts.subnet ?? DEFAULT_SUBNET, subnet6: opts.subnet6, runDir: runDirOf(dir), backup: opts.backup });
 
   // Refuse rather than repair: tearing down namespaces labUp did not make could kill someone's
   // running lab. A crashed one is cleared with labDown first.
@@ -211,7 +217,7 @@ export async function labUp(opts: LabOptions): Promise<LabDescription> {
     fs.mkdirSync(d.runDir, { recursive: true });
     await buildNetwork(d, passObj);
     writeLabDescription(labFile(dir), d);
-    log.info({ lab: prefix, subnet: d.subnet, ms: Date.now() - t0 }, 'lab network up');
+    log.info({ lab: prefix, subnet: d.subnet, subnet6: d.subnet6, ms: Date.now() - t0 }, 'lab network up');
     const specs = opts.processes?.(d) ?? [];
     checkSpecs(d, specs);
     await startAll(d, specs);

@@ -6,3 +6,5 @@ export { ROUTING_LIMIT_DEFAULTS, LIMIT_REASONS, type LimitReason, type RoutingLi
 export type { TargetInfo } from '../control/messages.js';
 export { TargetClient, serveHttp, type OfferDecision, type TargetOptions, type TransferOffer, type TransferredConnection } from './target.js';
 export { BatonError, isBatonError } from '../errors.js';
+/** A socket's peer as host:port, an IPv6 host in brackets: for logs. */
+export { peerText } from '../flow.js';

@@ -21,6 +21,8 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { LIMIT_REASONS, type LimitReason, positiveInteger, ROUTING_LIMIT_DEFAULTS, type RoutingLimits, sourceOf } from './routing-limits.js';
+import { BatonError } from '../errors.js';
+import { peerText } from '../flow.js';
 
 export interface RoutingGuardOptions extends Partial<RoutingLimits> {
   /**
@@ -154,8 +156,12 @@ export class RoutingGuard {
       deadlineMs: pick('deadlineMs'),
       maxBytes: pick('maxBytes'),
       maxPerSource: pick('maxPerSource'),
+      ipv6SourcePrefix: pick('ipv6SourcePrefix'),
       maxTotal: pick('maxTotal'),
     });
+    if (this.limits.ipv6SourcePrefix > 128) {
+      throw new BatonError('E_CONFIG', `routing guard: ipv6SourcePrefix must be 1-128, got ${this.limits.ipv6SourcePrefix}`, { step: 'routing-guard', option: 'ipv6SourcePrefix' });
+    }
     this.lingerMs = positiveInteger('lingerMs', opts.lingerMs ?? 1000);
     this.maxLingering = positiveInteger('maxLingering', opts.maxLingering ?? 256);
     this.logIntervalMs = positiveInteger('logIntervalMs', opts.logIntervalMs ?? 10_000);
@@ -175,7 +181,7 @@ export class RoutingGuard {
         socket.destroy();
         return;
       }
-      const source = sourceOf(socket.remoteAddress);
+      const source = sourceOf(socket.remoteAddress, this.limits.ipv6SourcePrefix);
       const refusal: LimitReason | undefined =
         (this.perSource.get(source) ?? 0) >= this.limits.maxPerSource ? 'per-source' : this.tracked.size >= this.limits.maxTotal ? 'total' : undefined;
       if (refusal) {
@@ -346,7 +352,7 @@ export class RoutingGuard {
     this.sinceLog[reason]++;
     if (this.sourcesSinceLog.has(source) || this.sourcesSinceLog.size < 8) this.sourcesSinceLog.set(source, (this.sourcesSinceLog.get(source) ?? 0) + 1);
     else this.otherSourcesSinceLog++;
-    this.log?.debug({ event: 'routing-limit', reason, client: `${socket.remoteAddress}:${socket.remotePort}`, bytes }, 'routing-phase limit: closing');
+    this.log?.debug({ event: 'routing-limit', reason, client: peerText(socket), bytes }, 'routing-phase limit: closing');
     if (this.logTimer) return;
     const wait = this.lastLogAt + this.logIntervalMs - now();
     if (wait <= 0) this.flushLog();

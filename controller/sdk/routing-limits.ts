@@ -14,8 +14,10 @@ export interface RoutingLimits {
   deadlineMs: number;
   /** Close a connection that sent more than this before the decision. */
   maxBytes: number;
-  /** Connections in the routing phase at once from one source (IPv4 address, IPv6 /64); more are refused at accept. */
+  /** Connections in the routing phase at once from one source (an IPv4 address, an IPv6 prefix); more are refused at accept. */
   maxPerSource: number;
+  /** The IPv6 prefix length that makes one source: every address of a /64 (the default) counts as one client. 1–128. */
+  ipv6SourcePrefix: number;
   /** Connections in the routing phase at once in total; more are refused at accept. */
   maxTotal: number;
 }
@@ -33,15 +35,16 @@ export const ROUTING_LIMIT_DEFAULTS: Readonly<RoutingLimits> = Object.freeze({
   deadlineMs: 30_000,
   maxBytes: 64 * 1024,
   maxPerSource: 64,
+  ipv6SourcePrefix: 64,
   maxTotal: 4096,
 });
 
 /**
  * The key the per-source limit counts under: the IPv4 address (also when it arrives IPv4-mapped on
- * a dual-stack listener), or the /64 of an IPv6 address, since whoever has one IPv6 address
- * usually has the whole /64 to pick from.
+ * a dual-stack listener), or the prefix of an IPv6 address (/64 by default), since whoever has one
+ * IPv6 address usually has the whole /64 (or more: a /56 or /48 per site) to pick from.
  */
-export function sourceOf(address: string): string {
+export function sourceOf(address: string, ipv6Prefix: number = ROUTING_LIMIT_DEFAULTS.ipv6SourcePrefix): string {
   // A zone id names the interface the address was seen on, not the client.
   const bare = address.split('%')[0]!.toLowerCase();
   if (!net.isIPv6(bare)) return bare;
@@ -49,8 +52,9 @@ export function sourceOf(address: string): string {
   const canonical = bytesToAddress(6, bytes);
   // Only an IPv4-mapped address is written with a dotted tail (flow.ts).
   if (canonical.startsWith('::ffff:') && canonical.includes('.')) return canonical.slice(7);
-  const prefix = Buffer.from(bytes.buffer, bytes.byteOffset, 8);
-  return `${[0, 2, 4, 6].map((at) => prefix.readUInt16BE(at).toString(16)).join(':')}::/64`;
+  // Host bits cleared: canonical text of the network, then its length.
+  for (let bit = ipv6Prefix; bit < 128; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
+  return `${bytesToAddress(6, bytes)}/${ipv6Prefix}`;
 }
 
 export function positiveInteger(name: string, value: number): number {

@@ -24,6 +24,7 @@ import { type AgentLink, AgentLinkKeeper, type AgentLinkOptions, type AppHello, 
 import type { ControlLink } from './control-link.js';
 import { monotonicUs } from '../clock.js';
 import { handedOff, keepHandoffId } from './handed-off.js';
+import { hostPort } from '../flow.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -235,7 +236,7 @@ export class TargetClient {
     // client's delayed ACK (measured: up to 40 ms).
     socket.setNoDelay(true);
     keepHandoffId(socket, connId);
-    this.log.debug({ connId, from: msg.from, client: `${msg.client.address}:${msg.client.port}` }, 'transferred connection is live');
+    this.log.debug({ connId, from: msg.from, client: hostPort(msg.client.address, msg.client.port) }, 'transferred connection is live');
     this.live++;
     this.control?.update({ load: this.live });
     socket.once('close', () => {

@@ -113,7 +113,7 @@ export class HandoffCoordinator {
     private readonly onRecord: (r: HandoffRecord) => void,
     private readonly maxInFlight = 4096,
     /** Is this one of the cluster's virtual IPs (the config's, or one an operator added)? */
-    private readonly isDvipa: (address: string) => boolean = (address) => address === config.dvipa.address,
+    private readonly isDvipa: (address: string) => boolean = (address) => config.dvipa.addresses.includes(address),
   ) {}
 
   /**

@@ -10,6 +10,7 @@ import type { ClusterConfig, NodeConfig } from '../config/cluster.js';
 import { Channel, PendingReplies } from './channel.js';
 import { Accepts, type Message } from './messages.js';
 import { expectNode, PEER_TLS_OPTIONS, type PeerTlsMaterial } from './peer-tls.js';
+import { hostPort } from '../flow.js';
 
 type PeerReply = (typeof Accepts.peerReplies)[number];
 
@@ -89,7 +90,7 @@ export class PeerLinks {
         clearTimeout(timer);
         this.links.delete(node.name);
         replies.failAll(err ?? new BatonError('E_PEER', `link to ${node.name} closed`, { node: node.name }));
-        if (!welcomed) reject(new BatonError('E_PEER', `cannot reach ${node.name} at ${node.address}:${node.peerPort}${err ? `: ${err.message}` : ''}`, { node: node.name, step: 'connect' }));
+        if (!welcomed) reject(new BatonError('E_PEER', `cannot reach ${node.name} at ${hostPort(node.address, node.peerPort)}${err ? `: ${err.message}` : ''}`, { node: node.name, step: 'connect' }));
       });
       socket.once('secureConnect', () => channel.send('hello', { role: 'peer', name: this.self.name }));
     });

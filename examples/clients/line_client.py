@@ -59,12 +59,18 @@ def read_motd(c, args, result):
     result["motd_ok"] = h.digest() == hashlib.sha256(pattern(0, args.motd)).digest()
 
 
+def endpoint(name):
+    """A socket name as host:port, an IPv6 host in brackets (what batonctl prints)."""
+    host, port = name[0], name[1]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
 def one(args):
     result = {"user": args.user, "ok": False}
     t0 = time.monotonic()
     source = ("", args.source_port) if args.source_port else None
     sock = socket.create_connection((args.host, args.port), timeout=args.timeout, source_address=source)
-    result["local"] = "%s:%d" % sock.getsockname()
+    result["local"] = endpoint(sock.getsockname())
     c = Conn(sock)
     try:
         sock.sendall(b"HELLO\n")

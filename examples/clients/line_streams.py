@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 
-from line_client import BLOCK, PERIOD
+from line_client import BLOCK, PERIOD, endpoint
 
 # GETs are checked against BLOCK by direct slicing, and PUT payloads are slices of it.
 MAX_ROUND_BYTES = len(BLOCK) - PERIOD
@@ -55,7 +55,8 @@ class Stream:
         self.get_off = 0
         self.put_sha = ""
         self.last_progress = time.monotonic()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # An address literal: IPv6 if it has a colon (the DVIPA's IPv6 address), IPv4 otherwise.
+        self.sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         err = self.sock.connect_ex((args.host, args.port))
         if err not in (0, errno.EINPROGRESS):
@@ -89,7 +90,7 @@ class Stream:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise Failed("connect: %s" % os.strerror(err))
-        self.result["local"] = "%s:%d" % self.sock.getsockname()
+        self.result["local"] = endpoint(self.sock.getsockname())
         self.state = "who"
         self.send(b"HELLO\n")
 

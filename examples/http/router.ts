@@ -7,9 +7,9 @@
 // nothing or too slowly, 413 past the byte bound, 429 past the per-address bound, 503 past the
 // total, each followed by a close.
 import net from 'node:net';
-import { type LimitReason, RouterClient, RoutingGuard } from '../../controller/sdk/index.js';
+import { type LimitReason, peerText, RouterClient, RoutingGuard } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, targetsFor, withRetry } from '../common.js';
+import { exampleOptions, listenOnDvipas, targetsFor, withRetry } from '../common.js';
 import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
 
 const MAX_HEAD = 16 * 1024;
@@ -80,7 +80,7 @@ const guard = new RoutingGuard({
 });
 
 function converse(socket: net.Socket): void {
-  const client = `${socket.remoteAddress}:${socket.remotePort}`;
+  const client = peerText(socket);
   const nonce = newNonce();
   let attempts = 0;
   let buffered: Buffer = Buffer.alloc(0);
@@ -142,6 +142,5 @@ function converse(socket: net.Socket): void {
   socket.on('data', onData);
 }
 
-const server = net.createServer(guard.wrap(converse));
-server.listen({ host: opts.dvipa, port: opts.port }, () => log.info({ dvipa: opts.dvipa, port: opts.port }, 'http router listening'));
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); guard.close(); router.close(); process.exit(0); });
+const closeServers = listenOnDvipas(opts.dvipas, opts.port, guard.wrap(converse), () => log.info({ dvipas: opts.dvipas, port: opts.port }, 'http router listening'));
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { closeServers(); guard.close(); router.close(); process.exit(0); });

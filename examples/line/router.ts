@@ -10,9 +10,9 @@
 // Until USER, the routing-phase limits apply (--routing-*): a client that says nothing, trickles,
 // floods or opens too many connections gets an ERR line saying why, and is closed.
 import net from 'node:net';
-import { type LimitReason, RouterClient, RoutingGuard, isBatonError } from '../../controller/sdk/index.js';
+import { type LimitReason, peerText, RouterClient, RoutingGuard, isBatonError } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
-import { exampleOptions, withRetry } from '../common.js';
+import { exampleOptions, listenOnDvipas, withRetry } from '../common.js';
 import { patternChunk } from './pattern.js';
 
 const MAX_LINE = 1024;
@@ -40,7 +40,7 @@ function targetFor(user: string): string | undefined {
 function converse(socket: net.Socket): void {
   let buffered: Buffer = Buffer.alloc(0);
   let greeted = false;
-  const client = `${socket.remoteAddress}:${socket.remotePort}`;
+  const client = peerText(socket);
   log.debug({ client, event: 'accepted' }, 'connection accepted');
   socket.on('error', (err) => log.warn({ client, err: err.message }, 'client socket error'));
 
@@ -103,6 +103,5 @@ function converse(socket: net.Socket): void {
   socket.on('data', onData);
 }
 
-const server = net.createServer(guard.wrap(converse));
-server.listen({ host: opts.dvipa, port: opts.port }, () => log.info({ dvipa: opts.dvipa, port: opts.port }, 'line router listening'));
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { server.close(); guard.close(); router.close(); process.exit(0); });
+const closeServers = listenOnDvipas(opts.dvipas, opts.port, guard.wrap(converse), () => log.info({ dvipas: opts.dvipas, port: opts.port }, 'line router listening'));
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { closeServers(); guard.close(); router.close(); process.exit(0); });

@@ -3,12 +3,13 @@
 // flood past the byte bound, connections past the per-address bound are refused while the first
 // ones still work; curl and the line client are served all along. Each abusive client comes from
 // its own address (added to the client namespace), so the per-address bound of one scenario never
-// touches another, and ordinary clients keep the lab's client address.
+// touches another, and ordinary clients keep the lab's client address. IPv6 clients are counted by
+// their /64: several addresses of one /64 share the bound.
 import { describe, expect, it } from 'vitest';
 import { HTTP_PORT, LINE_PORT } from '../../controller/lab/cluster.js';
 import { curlDigest, inClient, lineClient, readLog } from '../../controller/lab/demo.js';
 import type { LabDescription } from '../../controller/lab/description.js';
-import { extraClientAddress, useLab } from '../helpers/lab.js';
+import { extraClientAddress, extraClientAddress6, useLab } from '../helpers/lab.js';
 
 const IDLE_MS = 600;
 const DEADLINE_MS = 2000;
@@ -24,9 +25,9 @@ const CLIENT = String.raw`
 import json, select, socket, sys, time
 mode, host, port, src = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
-def conn():
-    s = socket.socket()
-    s.bind((src, 0))
+def conn(source=None):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.bind((source or src, 0))
     s.connect((host, port))
     return s
 
@@ -143,6 +144,19 @@ elif mode == "line-per-source":
     report(held=[[h, g.decode()] for _, (h, g) in held], extra=[[h, g.decode()] for h, g in extra],
            logins=[[h, g.decode("latin1")] for h, g in logins], after=[after[0], after[1].decode()])
 
+elif mode == "line-per-prefix":
+    # IPv6: one connection in its routing phase from each of n addresses of one /64, then two more
+    # from yet another address of it.
+    srcs = src.split(","); n = int(sys.argv[5]); held = []; extra = []
+    for a in srcs[:n]:
+        s = conn(a); s.sendall(b"HELLO\n"); held.append((s, read_some(s, 1)))
+    for i in range(2):
+        s = conn(srcs[n]); extra.append(until_closed(s, time.monotonic(), 2)); s.close()
+    logins = []
+    for s, _ in held:
+        s.sendall(b"USER alice\n"); logins.append(read_some(s, 5))
+    report(held=[[h, g.decode()] for _, (h, g) in held], extra=[[h, g.decode()] for h, g in extra], logins=[[h, g.decode("latin1")] for h, g in logins])
+
 elif mode == "http-per-source":
     # Three connections with half a request head each, then two more.
     n = int(sys.argv[5]); held = []; extra = []
@@ -159,7 +173,8 @@ elif mode == "http-per-source":
 type Outcome = { how: 'eof' | 'reset' | 'open'; ms: number; received: string; sent?: number };
 
 async function client<T = Outcome>(lab: LabDescription, mode: string, port: number, src: string, ...args: string[]): Promise<T> {
-  const r = await inClient(lab, ['python3', '-c', CLIENT, mode, lab.dvipa.address, String(port), src, ...args], 30_000);
+  // A source of the IPv6 client addresses goes to the IPv6 DVIPA.
+  const r = await inClient(lab, ['python3', '-c', CLIENT, mode, src.includes(':') ? lab.dvipa.address6 : lab.dvipa.address, String(port), src, ...args], 30_000);
   if (r.code !== 0) throw new Error(`python client ${mode} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim()) as T;
 }
@@ -250,5 +265,16 @@ describe('routing-phase limits', () => {
     const summaries = readLog(lab, 'n1-line-router').filter((l) => l.event === 'routing-limits');
     expect(summaries.length).toBeGreaterThanOrEqual(1);
     expect(summaries.length).toBeLessThanOrEqual(2);
+  });
+
+  it('IPv6 clients count by their /64: different addresses of one /64 share the per-source bound', async () => {
+    const { lab } = running;
+    const sources = [];
+    for (let i = 0; i <= PER_SOURCE; i++) sources.push(await extraClientAddress6(lab, i));
+    const line = await client<{ held: string[][]; extra: string[][]; logins: string[][] }>(lab, 'line-per-prefix', LINE_PORT, sources.join(','), String(PER_SOURCE));
+    // Each address holds one connection only; counted per address, the next two would be admitted.
+    expect(line.held).toEqual(Array(PER_SOURCE).fill(['open', 'WHO?\n']));
+    expect(line.extra).toEqual(Array(2).fill(['eof', 'ERR too many connections from your address\n']));
+    expect(line.logins).toEqual(Array(PER_SOURCE).fill(['open', 'OK n2\n']));
   });
 });

@@ -36,7 +36,7 @@ export function testCluster(opts: { stateDir: string; addresses: [string, string
   });
   const dvipa = opts.dvipa ?? { address: '10.203.0.10', port: 7000 };
   return parseClusterConfig({
-    version: 1, instance: 'apitest', dvipa: { address: dvipa.address, ports: [dvipa.port] }, dvipaCidrs: ['10.203.0.0/24'], distributors: ['n1'], stateDir: opts.stateDir,
+    version: 1, instance: 'apitest', dvipa: { addresses: [dvipa.address], ports: [dvipa.port] }, dvipaCidrs: ['10.203.0.0/24'], distributors: ['n1'], stateDir: opts.stateDir,
     controlPort: 4701, tls: { caFile: path.join(certs, 'ca.crt') },
     api: { port: opts.apiPort, tokenFile: path.join(opts.stateDir, 'api-tokens'), ...(opts.plaintext ? { insecurePlaintext: true } : {}) },
     xdpMode: 'generic', handoffStepTimeoutMs: 2000, releaseGraceMs: 3000,
@@ -81,7 +81,7 @@ export async function apiNode(opts: {
   if (config.stateDir === undefined) throw new Error(`apiNode ${opts.self}: cluster ${config.instance} has no stateDir`);
   const stateFile = path.join(config.stateDir, `${config.instance}-${self.name}.dvipas.json`);
   const holder = opts.holder ?? { hold: async () => undefined, release: async () => undefined };
-  const dvipas = new DvipaSet(config.dvipa, stateFile, holder, new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, config.nodes.map((n) => n.address)));
+  const dvipas = new DvipaSet(config.dvipa, stateFile, holder, new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, config.nodes.map((n) => n.address)));
   await dvipas.load();
   // Offers from the distributor need no confirmation; this node has no peer links to ask it about others'.
   const relay = new TargetRelay(log, 60_000, opts.sockets ?? NO_OFFERS, {

@@ -4,7 +4,7 @@ import type { ClusterConfig } from '../../controller/config/cluster.js';
 export const sampleConfig = (): ClusterConfig => ({
   version: 1,
   instance: 'lab',
-  dvipa: { address: '10.203.0.10', ports: [80, 7000] },
+  dvipa: { addresses: ['10.203.0.10'], ports: [80, 7000] },
   distributors: ['n1'],
   controlPort: 4701,
   api: { port: 4702, tokenFile: '/etc/baton/api-token' },

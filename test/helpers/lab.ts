@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { type LabProcessOptions, labProcesses, waitUntilReady } from '../../controller/lab/cluster.js';
-import type { LabDescription } from '../../controller/lab/description.js';
+import { HOST, type LabDescription, parseSubnet6, subnet6Host } from '../../controller/lab/description.js';
 import { labDown, labUp } from '../../controller/lab/lab.js';
 import { inClient } from '../../controller/lab/demo.js';
 
@@ -78,6 +78,14 @@ export function useLab(opts: TestLabOptions = {}): LabFixture {
       return routes!;
     },
   };
+}
+
+/** The IPv6 twin of the n-th free client address (same /64 as the lab's client), added to the client namespace's interface. */
+export async function extraClientAddress6(lab: LabDescription, n: number): Promise<string> {
+  const address = subnet6Host(parseSubnet6(lab.subnet6), HOST.freeFirst + n);
+  const r = await inClient(lab, ['ip', '-6', 'addr', 'replace', `${address}/64`, 'dev', lab.client.interface, 'nodad']);
+  if (r.code !== 0) throw new Error(`cannot add ${address} to ${lab.client.ns}: ${r.stderr}`);
+  return address;
 }
 
 /** The n-th free client address of the lab (0-based), added to the client namespace's interface: a second client host. */

@@ -5,12 +5,14 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { DvipaSpecSchema } from '../../agent/dvipa-set.js';
+import { canonicalIp, IpAddressSchema } from '../../flow.js';
 import type { ApiContext } from '../server.js';
 import { errorText } from '../../input.js';
 import { LOCAL_ONLY_HEADER, problemDetail } from '../forward.js';
 import { ProblemSchema } from '../schemas.js';
 
-const AddressParams = Type.Object({ address: Type.String({ pattern: '^[0-9.]{7,15}$' }) });
+/** An IPv4 or IPv6 address in any valid form (batond reads it as canonical text): /v1/dvipas/2001:db8::10. */
+const AddressParams = Type.Object({ address: IpAddressSchema });
 const ForceQuery = Type.Object({ force: Type.Boolean({ default: false }) }, { additionalProperties: false });
 const NodeResults = Type.Array(Type.Object({ node: Type.String(), ok: Type.Boolean(), error: Type.Optional(Type.String()) }));
 const MoveBody = Type.Object({ node: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' }) }, { additionalProperties: false });
@@ -57,12 +59,12 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
       },
       async (request, reply) => {
         if (request.headers[LOCAL_ONLY_HEADER]) {
-          await ctx.admin.addDvipa(request.body);
-          return { address: request.body.address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
+          const { address } = await ctx.admin.addDvipa(request.body);
+          return { address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };
         }
         if (!ctx.admin.isDistributor) return ctx.forward(ctx.admin.distributor, request, reply);
-        await ctx.admin.addDvipa(request.body);
-        return { address: request.body.address, ...(await fanOut(request, 'POST', '/v1/dvipas', request.body)) };
+        const added = await ctx.admin.addDvipa(request.body);
+        return { address: added.address, ...(await fanOut(request, 'POST', '/v1/dvipas', { ...request.body, address: added.address })) };
       },
     );
 
@@ -75,11 +77,11 @@ export function dvipaRoutes(ctx: ApiContext): FastifyPluginAsync {
           security: [{ bearer: [] }],
           params: AddressParams,
           querystring: ForceQuery,
-          response: { 200: FanOutResult, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
+          response: { 200: FanOutResult, 400: ProblemSchema, 401: ProblemSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema },
         },
       },
       async (request, reply) => {
-        const { address } = request.params;
+        const address = canonicalIp(request.params.address);
         if (request.headers[LOCAL_ONLY_HEADER]) {
           await ctx.admin.removeDvipa(address, true);
           return { address, complete: true, nodes: [{ node: ctx.admin.self.name, ok: true }] };

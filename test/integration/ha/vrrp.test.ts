@@ -36,7 +36,7 @@ const DVIPA = '10.81.0.10';
 const IFACE = 'eth0';
 const CLUSTER: VrrpClusterView = {
   instance: prefix,
-  dvipa: { address: DVIPA },
+  dvipa: { addresses: [DVIPA] },
   distributors: ['n1', 'n2'],
   nodes: [{ name: 'n1', interface: IFACE }, { name: 'n2', interface: IFACE }],
 };

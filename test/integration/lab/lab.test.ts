@@ -77,6 +77,9 @@ describe('a lab with a process in n2', () => {
     for (const n of lab.nodes) {
       expect(await probe(lab.client.ns, n.address), n.name).toBe('ECONNREFUSED');
       expect(await neighbourMac(lab.client.ns, n.address), n.name).toBe(n.mac);
+      // Dual-stack: the same over IPv6, at once (no duplicate address detection to wait for).
+      expect(await probe(lab.client.ns, n.address6), `${n.name} IPv6`).toBe('ECONNREFUSED');
+      expect(await neighbourMac(lab.client.ns, n.address6), `${n.name} IPv6`).toBe(n.mac);
     }
   });
 
@@ -84,17 +87,22 @@ describe('a lab with a process in n2', () => {
     const d = readLabDescription(labFile(ref.dir));
     expect(d).toEqual(lab);
     expect(d).toMatchObject({
-      version: 1,
+      version: 2,
       prefix: ref.prefix,
       subnet: '10.203.0.0/24',
+      subnet6: 'fd62:6174:6f6e::/64',
       bridge: { ns: `${ref.prefix}-sw`, name: 'br0' },
-      dvipa: { address: '10.203.0.10', ports: [80, 7000] },
+      dvipa: { address: '10.203.0.10', address6: 'fd62:6174:6f6e::10', ports: [80, 7000] },
       distributor: 'n1',
-      client: { ns: `${ref.prefix}-client`, interface: 'eth0', address: '10.203.0.100' },
+      client: { ns: `${ref.prefix}-client`, interface: 'eth0', address: '10.203.0.100', address6: 'fd62:6174:6f6e::100' },
       freeClientAddresses: { first: '10.203.0.101', last: '10.203.0.199' },
       runDir: path.join(ref.dir, 'run'),
     });
-    expect(d.nodes.map((n) => [n.name, n.address])).toEqual([['n1', '10.203.0.11'], ['n2', '10.203.0.12'], ['n3', '10.203.0.13']]);
+    expect(d.nodes.map((n) => [n.name, n.address, n.address6])).toEqual([
+      ['n1', '10.203.0.11', 'fd62:6174:6f6e::11'],
+      ['n2', '10.203.0.12', 'fd62:6174:6f6e::12'],
+      ['n3', '10.203.0.13', 'fd62:6174:6f6e::13'],
+    ]);
     for (const e of [...d.nodes, d.client]) {
       expect(await macOf(e.ns, e.interface)).toBe(e.mac);
       expect(e.mac).toBe(labMac(ref.prefix, e.address));
@@ -133,14 +141,21 @@ describe('a lab with a process in n2', () => {
     fs.writeFileSync(bad, JSON.stringify({ ...good, nodes: good.nodes.map((n, i) => (i === 1 ? { ...n, mac: 'zz:00' } : n)) }));
     expect(() => readLabDescription(bad)).toThrow(/\/nodes\/1\/mac: .*"zz:00"/);
 
-    fs.writeFileSync(bad, JSON.stringify({ ...good, version: 2 }));
-    expect(() => readLabDescription(bad)).toThrow(/\/version: Expected 1/);
+    // A lab.json written before the lab was dual-stack.
+    fs.writeFileSync(bad, JSON.stringify({ ...good, version: 1 }));
+    expect(() => readLabDescription(bad)).toThrow(/\/version: Expected 2/);
 
     fs.writeFileSync(bad, JSON.stringify({ ...good, client: { ...good.client, ns: 'other-client' } }));
     expect(() => readLabDescription(bad)).toThrow(`/client/ns: expected ${ref.prefix}-client`);
 
     fs.writeFileSync(bad, JSON.stringify({ ...good, dvipa: { ...good.dvipa, address: '10.9.9.9' } }));
     expect(() => readLabDescription(bad)).toThrow('/dvipa/address: 10.9.9.9 is outside 10.203.0.0/24');
+
+    fs.writeFileSync(bad, JSON.stringify({ ...good, dvipa: { ...good.dvipa, address6: 'fd00::10' } }));
+    expect(() => readLabDescription(bad)).toThrow('/dvipa/address6: fd00::10 is not an address in fd62:6174:6f6e::/64');
+
+    fs.writeFileSync(bad, JSON.stringify({ ...good, client: { ...good.client, address6: good.nodes[0]!.address6 } }));
+    expect(() => readLabDescription(bad)).toThrow(`/nodes/0/address6: ${good.nodes[0]!.address6} is also /client/address6`);
 
     fs.writeFileSync(bad, JSON.stringify(good).slice(0, 40));
     let err: unknown;

@@ -17,11 +17,14 @@ const running = useLab();
 const pidOf = (name: string) => Number(fs.readFileSync(path.join(running.lab.runDir, `${name}.pid`), 'utf8'));
 const node = (name: string) => running.lab.nodes.find((n) => n.name === name)!;
 
-/** `workers` Python processes, `each` connections in turn: bob's node is n3; alice (n2) is the fallback. */
+/**
+ * `workers` Python processes, `each` connections in turn: bob's node is n3; alice (n2) is the
+ * fallback. Every other worker connects to the IPv6 DVIPA: each fault is met over both families.
+ */
 async function bobThenAlice(workers: number, each: number, extra: string[] = []): Promise<Array<Record<string, unknown>>> {
   const runs = await Promise.all(
-    Array.from({ length: workers }, () =>
-      inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--fallback-user', 'alice', '--expect-node', 'n2', '--get', '20000', '--put', '20000', '--repeat', String(each), ...extra]), 120_000),
+    Array.from({ length: workers }, (_, i) =>
+      inClient(running.lab, lineClient(running.lab, ['--user', 'bob', '--fallback-user', 'alice', '--expect-node', 'n2', '--get', '20000', '--put', '20000', '--repeat', String(each), ...extra], i % 2 === 0 ? 4 : 6), 120_000),
     ),
   );
   return runs.flatMap((r) => r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
@@ -29,6 +32,7 @@ async function bobThenAlice(workers: number, each: number, extra: string[] = [])
 
 function expectAllRescued(results: Array<Record<string, unknown>>, firstGreeting: RegExp): void {
   expect(results).toHaveLength(100);
+  expect(results.filter((r) => String(r.local).startsWith('[')).length, 'connections over IPv6').toBeGreaterThanOrEqual(40);
   const lost = results.filter((r) => !(r.ok === true && r.served_by === 'n2' && r.get_ok === true && r.put_ok === true && r.clean_close === true && firstGreeting.test(String(r.first_greeting))));
   expect(lost).toEqual([]);
   // Nothing left frozen: every failed attempt restored the entry (there was none).

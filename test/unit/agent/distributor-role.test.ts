@@ -25,7 +25,7 @@ import { until } from '../../helpers/wait.js';
 const log = createLogger({}, 'silent');
 
 const config = {
-  version: 1, instance: 't', dvipa: { address: '10.0.0.10', ports: [7000] }, distributors: ['n1', 'n2'], controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100, releaseGraceMs: 200, releasedMaxMs: 1000,
+  version: 1, instance: 't', dvipa: { addresses: ['10.0.0.10'], ports: [7000] }, distributors: ['n1', 'n2'], controlPort: 4701, xdpMode: 'native', handoffStepTimeoutMs: 100, releaseGraceMs: 200, releasedMaxMs: 1000,
   nodes: ['n1', 'n2', 'n3'].map((name, i) => ({ name, id: i + 1, address: `10.0.0.${11 + i}`, mac: `02:00:00:00:00:0${i + 1}`, interface: 'eth0', peerPort: 4700, agentSocket: `/tmp/${name}`, controlSecretFile: `/tmp/${name}.secret` })),
 } as ClusterConfig;
 const node = (name: string): NodeConfig => config.nodes.find((n) => n.name === name)!;

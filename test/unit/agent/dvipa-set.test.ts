@@ -17,9 +17,9 @@ const fresh = () => {
   return path.join(dirs.at(-1)!, 'dvipas.json');
 };
 afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
-const primary = { address: '10.0.0.10', ports: [80, 7000] };
+const primary = { addresses: ['10.0.0.10'], ports: [80, 7000] };
 /** The cluster's allow-list in these tests: 10.0.0.0/24, node n1 at .11, the node's gateway at .1. */
-const policy = (gateways: string[] = ['10.0.0.1']) => new DvipaPolicy(['10.0.0.0/24'], primary.address, ['10.0.0.11'], () => gateways);
+const policy = (gateways: string[] = ['10.0.0.1']) => new DvipaPolicy(['10.0.0.0/24'], primary.addresses, ['10.0.0.11'], () => gateways);
 
 describe('DvipaSet', () => {
   it('holds the config DVIPA, adds and removes others, and serves the union of their ports', async () => {
@@ -34,6 +34,19 @@ describe('DvipaSet', () => {
     await set.remove('10.0.0.20');
     expect([...holder.held]).toEqual(['10.0.0.10']);
     expect(set.ports()).toEqual([80, 7000]);
+  });
+
+  it('adds an IPv6 DVIPA, kept and compared in its canonical text however it was written', async () => {
+    const holder = recorder();
+    const set = new DvipaSet({ addresses: ['10.0.0.10', '2001:db8::10'], ports: [80] }, fresh(), holder, new DvipaPolicy(['10.0.0.0/24', '2001:db8::/64'], ['10.0.0.10'], ['10.0.0.11'], () => []));
+    await set.load();
+    expect([...holder.held]).toEqual(['10.0.0.10', '2001:db8::10']);
+    const added = await set.add({ address: '2001:DB8:0::0020', ports: [443] });
+    expect(added.address).toBe('2001:db8::20');
+    expect(set.has('2001:db8::20')).toBe(true);
+    expect(holder.held.has('2001:db8::20')).toBe(true);
+    await expect(set.add({ address: '2001:db8:1::20', ports: [443] })).rejects.toThrow(/outside the cluster's DVIPA allow-list/);
+    await expect(set.remove('2001:db8::10')).rejects.toThrow(/config's DVIPA/);
   });
 
   it('a restarted agent holds what was added before', async () => {
@@ -54,7 +67,7 @@ describe('DvipaSet', () => {
     await set.load();
     await expect(set.add({ address: '10.0.0.11', ports: [80] })).rejects.toThrow(/management address/);
     await expect(set.add({ address: '10.0.0.10', ports: [81] })).rejects.toThrow(/already exists/);
-    await expect(set.add({ address: '10.0.0.300', ports: [81] })).rejects.toThrow(/not an IPv4 address/);
+    await expect(set.add({ address: '10.0.0.300', ports: [81] })).rejects.toThrow(/not an IPv4 or IPv6 address/);
     await expect(set.remove('10.0.0.10')).rejects.toThrow(/config's DVIPA/);
     await expect(set.remove('10.0.0.99')).rejects.toThrow(/no DVIPA 10.0.0.99/);
     expect([...holder.held]).toEqual(['10.0.0.10']);
@@ -95,7 +108,7 @@ describe('DvipaSet', () => {
     const first = new DvipaSet(primary, file, recorder(), policy());
     for (let i = 40; i < 50; i++) await first.add({ address: `10.0.0.${i}`, ports: [80] });
     let reads = 0;
-    const counted = new DvipaPolicy(['10.0.0.0/24'], primary.address, ['10.0.0.11'], () => (reads++, ['10.0.0.1']));
+    const counted = new DvipaPolicy(['10.0.0.0/24'], primary.addresses, ['10.0.0.11'], () => (reads++, ['10.0.0.1']));
     const holder = recorder();
     await new DvipaSet(primary, file, holder, counted).load();
     expect(holder.held.size).toBe(11);

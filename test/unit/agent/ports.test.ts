@@ -17,6 +17,7 @@ const TCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when 
 const TCP6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 42001 1 0000000000000000 100 0 0 10 0
    1: 0000000000000000FFFF00000C00CB0A:125C 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 42002 1 0000000000000000 100 0 0 10 0
+   2: 746162FD00006E6F0000000011000000:125C 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 42003 1 0000000000000000 100 0 0 10 0
 `;
 const UDP = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
   120: 0100007F:125D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 43001 2 0000000000000000 0
@@ -75,6 +76,11 @@ describe('the holder of an address batond needs', () => {
     expect(holdingInode({ proto: 'tcp', host: '10.203.0.12', port: 4700, what: 'x' }, root)).toBe(42002);
     expect(holdingInode({ proto: 'tcp', host: '10.203.0.13', port: 4700, what: 'x' }, root)).toBeUndefined();
     expect(holdingInode({ proto: 'udp', host: '127.0.0.1', port: 4701, what: 'control' }, root)).toBe(43001);
+    // An IPv6 management address: held by a socket on it or on ::, never by an IPv4 one (0.0.0.0 included).
+    expect(holdingInode({ proto: 'tcp', host: 'fd62:6174:6f6e::11', port: 4700, what: 'peer' }, root)).toBe(42003);
+    expect(holdingInode({ proto: 'tcp', host: 'fd62:6174:6f6e::12', port: 4700, what: 'peer' }, root)).toBeUndefined();
+    expect(holdingInode({ proto: 'tcp', host: 'fd62:6174:6f6e::12', port: 8080, what: 'x' }, root)).toBe(42001);
+    expect(holdingInode({ proto: 'tcp', host: 'fd62:6174:6f6e::11', port: 4702, what: 'api' }, root)).toBeUndefined();
     expect(holdingInode({ proto: 'unix', path: '/run/baton/n1.sock', what: 'agent' }, root)).toBe(44001);
   });
 

@@ -27,7 +27,7 @@ describe('GET /v1/stats', () => {
     const config = { ...base, limits: { handedOffEntries: 2, entriesPerSource: 1 } };
     const log = createLogger({}, 'silent');
     const routes = new RouteService(table, config, log, 10_000, 1024);
-    const flow = (client: string): FlowKey => ({ family: 4, clientAddress: client, clientPort: 40000, vipAddress: config.dvipa.address, vipPort: 7000 });
+    const flow = (client: string): FlowKey => ({ family: 4, clientAddress: client, clientPort: 40000, vipAddress: config.dvipa.addresses[0]!, vipPort: 7000 });
     routes.freeze('n1', flow('10.0.0.1'));
     expect(() => routes.freeze('n1', { ...flow('10.0.0.1'), clientPort: 40001 })).toThrow(/limits.entriesPerSource/);
     routes.freeze('n1', flow('10.0.0.2'));
@@ -36,7 +36,7 @@ describe('GET /v1/stats', () => {
     // The parts of a node, as the API tests build them; the distributor's admin on top, with its table.
     const node = await apiNode({ config, self: 'n1', log });
     const self = config.nodes[0]!;
-    const dvipas = new DvipaSet(config.dvipa, path.join(stateDir, 'dvipas.json'), { hold: async () => undefined, release: async () => undefined }, new DvipaPolicy(config.dvipaCidrs, config.dvipa.address, []));
+    const dvipas = new DvipaSet(config.dvipa, path.join(stateDir, 'dvipas.json'), { hold: async () => undefined, release: async () => undefined }, new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, []));
     const admin = new AgentAdmin({ config, self, startedAt: Date.now(), relay: node.relay, directory: node.directory, control: node.control, transfers: node.transfers, metrics: node.metrics, log, dvipas, table: () => routes, active: new ActiveDistributor(config, 'n1') });
     const app = await createApiServer({ admin, metrics: node.metrics, config, operators: testOperators(), log });
     try {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DvipaPolicy, parseCidr } from '../../../controller/config/dvipa-policy.js';
 
 describe('DVIPA policy', () => {
-  const policy = new DvipaPolicy(['192.0.2.0/28', '2001:db8:1::/64'], '192.0.2.1', ['192.0.2.11', '2001:db8:1::11'], () => ['192.0.2.14', 'fe80::1']);
+  const policy = new DvipaPolicy(['192.0.2.0/28', '2001:db8:1::/64'], ['192.0.2.1'], ['192.0.2.11', '2001:db8:1::11'], () => ['192.0.2.14', 'fe80::1']);
 
   it('takes addresses inside the allow-list, of both families', () => {
     expect(policy.refusal('192.0.2.1')).toBeUndefined();
@@ -35,14 +35,14 @@ describe('DVIPA policy', () => {
   });
 
   it('refuses forbidden classes even when the allow-list covers them', () => {
-    const wide = new DvipaPolicy(['0.0.0.0/0', '::/0'], '10.0.0.1', [], () => []);
+    const wide = new DvipaPolicy(['0.0.0.0/0', '::/0'], ['10.0.0.1'], [], () => []);
     expect(wide.refusal('10.0.0.1')).toBeUndefined();
     expect(wide.refusal('127.0.0.2')).toMatch(/loopback/);
     expect(wide.refusal('239.1.1.1')).toMatch(/multicast/);
   });
 
   it('without an allow-list, only the config DVIPA itself', () => {
-    const none = new DvipaPolicy(undefined, '10.0.0.10', [], () => []);
+    const none = new DvipaPolicy(undefined, ['10.0.0.10'], [], () => []);
     expect(none.refusal('10.0.0.10')).toBeUndefined();
     expect(none.refusal('10.0.0.11')).toMatch(/dvipaCidrs: 10.0.0.10/);
   });

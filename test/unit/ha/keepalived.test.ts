@@ -37,7 +37,7 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const CLUSTER: VrrpClusterView = {
   instance: 'prod',
-  dvipa: { address: '192.0.2.10' },
+  dvipa: { addresses: ['192.0.2.10'] },
   distributors: ['n1', 'n2'],
   nodes: [
     { name: 'n1', interface: 'baton0' },
@@ -103,6 +103,21 @@ describe('keepalived.conf for a distributor', () => {
     expect(d2).toContain('notify_fifo /run/baton/other.fifo');
     // Blocks balance: a brace inside a value would show here.
     for (const text of [n1, n2]) expect(text.split('{').length).toBe(text.split('}').length);
+    // One family: no excluded block.
+    expect(d1).not.toContain('virtual_ipaddress_excluded {');
+  });
+
+  it('a dual-stack DVIPA: the first address in the adverts\' block, the other family\'s excluded from them but held and announced alike', () => {
+    const text = keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['192.0.2.10', '2001:db8::10'] } }, 'n1', FILES));
+    const d = directives(text);
+    const block = (name: string) => d.slice(d.indexOf(`${name} {`) + 1, d.indexOf('}', d.indexOf(`${name} {`)));
+    expect(block('virtual_ipaddress')).toEqual(['192.0.2.10/32 dev baton0']);
+    expect(block('virtual_ipaddress_excluded')).toEqual(['2001:db8::10/128 dev baton0']);
+    expect(text.split('{').length).toBe(text.split('}').length);
+    // IPv6 alone: adverts over IPv6, the address a /128.
+    const v6 = directives(keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['2001:db8::10'] } }, 'n1', FILES)));
+    expect(v6).toContain('2001:db8::10/128 dev baton0');
+    expect(v6).not.toContain('virtual_ipaddress_excluded {');
   });
 
   it('takes the router id and advert interval from the cluster file', () => {
@@ -133,8 +148,11 @@ describe('keepalived.conf for a distributor', () => {
       [{ interface: 'eth0#x' }, /interface/],
       [{ interface: 'a-very-long-interface' }, /interface/],
       [{ interface: '$IFACE' }, /interface/],
-      [{ dvipa: '192.0.2.10 dev lo' }, /dvipa/],
-      [{ dvipa: '2001:db8::10' }, /dvipa/],
+      [{ dvipas: ['192.0.2.10 dev lo'] }, /dvipas/],
+      [{ dvipas: ['2001:db8::10%eth0'] }, /dvipas/],
+      [{ dvipas: ['2001:db8::10', '2001:db8::11'] }, /dvipas/],
+      [{ dvipas: ['192.0.2.10', '192.0.2.11'] }, /dvipas/],
+      [{ dvipas: [] }, /dvipas/],
       [{ priority: 0 }, /priority/],
       [{ priority: 255 }, /priority/],
       [{ priority: 1.5 }, /priority/],
@@ -214,6 +232,10 @@ describe('keepalived.conf for a distributor', () => {
       const wrong = path.join(tmp, 'wrong.conf');
       fs.writeFileSync(wrong, fs.readFileSync(paths.config, 'utf8').replace('nopreempt', 'no_preempt_please'));
       expect(check(wrong)).toMatchObject({ ok: false, stderr: expect.stringMatching(/Unknown keyword 'no_preempt_please'/) });
+      // A dual-stack DVIPA: the IPv6 address in the excluded block passes too.
+      const dual = path.join(tmp, 'dual.conf');
+      writeKeepalivedConfig(dual, keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['192.0.2.10', '2001:db8::10'] }, nodes: [{ name: 'n2', interface: 'baton0' }] }, 'n2', paths)));
+      expect(check(dual)).toEqual({ ok: true, stderr: '' });
       // The config test creates no FIFO: batond does, before keepalived starts.
       expect(fs.existsSync(paths.notifyFifo)).toBe(false);
     });

@@ -176,15 +176,27 @@ describe('admission', () => {
     expect(s.guard.stats().closed).toEqual({ ...noClosures, total: 1 });
   });
 
-  it('IPv6 sources count per /64; IPv4-mapped addresses as the IPv4 address', () => {
+  it('IPv6 sources count per /64 unless told another prefix; IPv4-mapped addresses as the IPv4 address', () => {
     expect(sourceOf('10.1.2.3')).toBe('10.1.2.3');
     expect(sourceOf('::ffff:10.1.2.3')).toBe('10.1.2.3');
     expect(sourceOf('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
     expect(sourceOf('2001:db8:1:2:ffff::1')).toBe(sourceOf('2001:DB8:1:2::99'));
-    expect(sourceOf('2001:db8::1')).toBe('2001:db8:0:0::/64');
-    expect(sourceOf('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
-    expect(sourceOf('64:ff9b::10.0.0.1')).toBe('64:ff9b:0:0::/64');
-    expect(sourceOf('::1')).toBe('0:0:0:0::/64');
+    expect(sourceOf('2001:db8::1')).toBe('2001:db8::/64');
+    expect(sourceOf('fe80::1%eth0')).toBe('fe80::/64');
+    expect(sourceOf('64:ff9b::10.0.0.1')).toBe('64:ff9b::/64');
+    expect(sourceOf('::1')).toBe('::/64');
+    // Another prefix length: a /56 per site, or every address on its own.
+    expect(sourceOf('2001:db8:1:2ff:3:4:5:6', 56)).toBe('2001:db8:1:200::/56');
+    expect(sourceOf('2001:db8:1:2ff:3:4:5:6', 56)).toBe(sourceOf('2001:db8:1:201::1', 56));
+    expect(sourceOf('2001:db8:1:2:3:4:5:6', 128)).toBe('2001:db8:1:2:3:4:5:6/128');
+    expect(sourceOf('2001:db8:1:2:3:4:5:6', 61)).toBe('2001:db8:1::/61');
+    expect(sourceOf('10.1.2.3', 56)).toBe('10.1.2.3');
+  });
+
+  it('refuses an IPv6 source prefix outside 1-128', () => {
+    expect(() => new RoutingGuard({ ipv6SourcePrefix: 129 })).toThrow(/ipv6SourcePrefix must be 1-128/);
+    expect(() => new RoutingGuard({ ipv6SourcePrefix: 0 })).toThrow(/ipv6SourcePrefix/);
+    expect(new RoutingGuard({ ipv6SourcePrefix: 56 }).limits.ipv6SourcePrefix).toBe(56);
   });
 });
 

@@ -175,7 +175,7 @@ function cluster(targetPort: number): ClusterConfig {
     certFile: certs.certFile(name), keyFile: certs.keyFile(name),
   });
   return {
-    version: 1, instance: 't', dvipa: { address: '10.203.0.10', ports: [7000] }, distributors: ['n1'], controlPort: 4701, api: { port: 4702, tokenFile: '/tmp/t.token' }, tls: { caFile: certs.caFile }, xdpMode: 'native',
+    version: 1, instance: 't', dvipa: { addresses: ['10.203.0.10'], ports: [7000] }, distributors: ['n1'], controlPort: 4701, api: { port: 4702, tokenFile: '/tmp/t.token' }, tls: { caFile: certs.caFile }, xdpMode: 'native',
     handoffStepTimeoutMs: 300, releaseGraceMs: 3000, nodes: [node('n1', 1, 1), node('n2', 2, targetPort)],
   };
 }

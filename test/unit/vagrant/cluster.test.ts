@@ -37,7 +37,7 @@ describe('vagrant/cluster.yaml', () => {
     const mask = maskOf(Number(rubyConstant('PREFIX_LENGTH')));
     expect(rubyConstant('NETMASK')).toBe(dotted(mask));
     const network = (a: string) => (ipv4ToInt(a) & mask) >>> 0;
-    const addresses = [config.dvipa.address, rubyConstant('CLIENT_ADDRESS'), ...config.nodes.map((n) => n.address)];
+    const addresses = [...config.dvipa.addresses, rubyConstant('CLIENT_ADDRESS'), ...config.nodes.map((n) => n.address)];
     expect(new Set(addresses.map(network)).size).toBe(1);
     expect(new Set(addresses).size).toBe(addresses.length);
   });
