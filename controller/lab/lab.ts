@@ -136,8 +136,11 @@ async function buildNetwork(d: LabDescription, passObj: string): Promise<void> {
       await inNamespace(e.ns, ['ethtool', '-K', e.dev, 'tx', 'off'], { step });
       await ip(e.ns, ['addr', 'add', `${e.address}/${prefixLength}`, 'dev', e.dev], { step });
       // Dual-stack. Without duplicate address detection: every address of the lab is its own, and
-      // DAD would keep each one tentative (unusable) for a second after the link comes up.
-      await inNamespace(e.ns, ['sysctl', '-q', '-w', `net.ipv6.conf.${e.dev}.accept_dad=0`], { step });
+      // DAD would keep each one tentative (unusable) for a second after the link comes up. And
+      // kept while the link is down: the kernel drops a link's IPv6 addresses when it goes down
+      // (IPv4 ones stay), and a node killed with its link down (killNode) must come back with
+      // both, as a machine whose network configuration is applied again on link up does.
+      await inNamespace(e.ns, ['sysctl', '-q', '-w', `net.ipv6.conf.${e.dev}.accept_dad=0`, `net.ipv6.conf.${e.dev}.keep_addr_on_down=1`], { step });
       await ip(e.ns, ['addr', 'add', `${e.address6}/64`, 'dev', e.dev, 'nodad'], { step });
       if (e.node) {
         // Replies leave a target with the DVIPA as source though the request came through the

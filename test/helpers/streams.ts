@@ -5,6 +5,8 @@ import path from 'node:path';
 import { expect } from 'vitest';
 import { LINE_PORT } from '../../controller/lab/cluster.js';
 import type { LabDescription } from '../../controller/lab/description.js';
+import { dvipaOf } from '../../controller/lab/demo.js';
+import type { Family } from '../../controller/flow.js';
 import { repoRoot } from '../../controller/paths.js';
 
 /** One connection's report. */
@@ -21,9 +23,9 @@ export interface StreamResult {
   round_ms?: Array<[number, number]>;
 }
 
-/** The argv, every connection its own socket through the usual login and handoff. */
-export function streamsClient(lab: LabDescription, args: string[]): string[] {
-  return ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT), ...args];
+/** The argv, every connection its own socket through the usual login and handoff, to the DVIPA's address of a family. */
+export function streamsClient(lab: LabDescription, args: string[], family: Family = 4): string[] {
+  return ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', dvipaOf(lab, family), '--port', String(LINE_PORT), ...args];
 }
 
 /**

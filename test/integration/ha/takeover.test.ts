@@ -1,5 +1,5 @@
 // The distributor dies and the backup takes over: no handed-off connection notices. n1 is the
-// active distributor, n2 its backup (keepalived on both, n1 preferred); 200 connections handed
+// active distributor, n2 its backup (keepalived on both, n1 preferred); 200 connections (a quarter over IPv6) handed
 // off to n2 and n3 stream both ways through n1's XDP program. First n2's batond is restarted
 // while connections come and go: its replica catches up (a new snapshot). Then every process in
 // n1's namespace is SIGKILLed and its link set down, without a word to anyone: keepalived on n2
@@ -33,6 +33,8 @@ const run = promisify(execFile);
 const running = useLab({ backup: true });
 
 const CONNECTIONS = 200;
+/** Of which over IPv6. */
+const CONNECTIONS_V6 = 50;
 /** Each connection, every 100 ms: GET and PUT of 16 KiB. */
 const ROUND_BYTES = 16384;
 /** How long the streams go on after the takeover. */
@@ -97,7 +99,10 @@ describe('the active distributor dies', () => {
     await until('n1 active', () => readLog(lab, 'n1-batond').some((l) => l.msg === ACTIVE), 10_000, 50);
     n2Table = RoutingTable.openPinned(`/sys/fs/bpf/baton/${lab.prefix}-n2`);
     const stopFile = path.join(lab.runDir, 'streams.stop');
-    const client = inClient(lab, streamsClient(lab, ['--connections', String(CONNECTIONS), '--get', String(ROUND_BYTES), '--put', String(ROUND_BYTES), '--interval', '0.1', '--until-file', stopFile, '--seconds', '90', '--timeout', '20']), 110_000);
+    // A quarter of them over IPv6: the IPv6 DVIPA follows the takeover too (keepalived's
+    // unsolicited neighbour advertisements), and so do their entries.
+    const clients = ([[4, CONNECTIONS - CONNECTIONS_V6], [6, CONNECTIONS_V6]] as const).map(([family, n]) =>
+      inClient(lab, streamsClient(lab, ['--connections', String(n), '--get', String(ROUND_BYTES), '--put', String(ROUND_BYTES), '--interval', '0.1', '--until-file', stopFile, '--seconds', '90', '--timeout', '20'], family), 110_000));
     let killAt = 0;
     let takeoverAt = 0;
     let replicaLag = 0;
@@ -171,8 +176,12 @@ describe('the active distributor dies', () => {
     const heldLines = heldOut.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { greeting?: string; bye?: string; close_error?: string });
     expect(heldLines.filter((l) => l.greeting !== undefined).map((l) => l.greeting), heldOut.stderr).toEqual(Array(HELD).fill('OK n3'));
     expect(heldLines.filter((l) => l.bye !== undefined || l.close_error !== undefined)).toEqual(Array(HELD).fill({ conn: expect.any(Number), bye: 'BYE' }));
-    const out = await client;
-    const results = expectAllCarriedOn(out, CONNECTIONS, ROUND_BYTES);
+    const [out4, out6] = await Promise.all(clients);
+    const results = [...expectAllCarriedOn(out4!, CONNECTIONS - CONNECTIONS_V6, ROUND_BYTES), ...expectAllCarriedOn(out6!, CONNECTIONS_V6, ROUND_BYTES)];
+    // The client's neighbour entry for the IPv6 DVIPA now names n2.
+    const n2Mac = lab.nodes.find((n) => n.name === 'n2')!.mac;
+    const neighbour = JSON.parse(execFileSync('ip', ['-n', lab.client.ns, '-j', 'neigh', 'show', lab.dvipa.address6], { encoding: 'utf8' })) as Array<{ lladdr?: string }>;
+    expect(neighbour[0]?.lladdr).toBe(n2Mac);
     // Every connection did rounds after the takeover: it was carried on, not merely not reset.
     const after = (r: StreamResult) => (r.round_ms ?? []).filter(([s]) => s > takeoverAt).length;
     expect(results.filter((r) => after(r) === 0).map((r) => r.conn), 'connections with no round after the takeover').toEqual([]);
@@ -279,10 +288,15 @@ describe('the active distributor dies', () => {
     expect(readLog(lab, 'n1-batond').some((l) => l.msg === ACTIVE)).toBe(true);
     expect(execFileSync('ip', ['-n', n1.ns, '-br', 'address', 'show', 'dev', n1.interface], { encoding: 'utf8' })).toContain(`${lab.dvipa.address}/32`);
     expect(execFileSync('ip', ['-n', n2.ns, '-br', 'address', 'show', 'dev', n2.interface], { encoding: 'utf8' })).not.toContain(`${lab.dvipa.address}/32`);
+    // The IPv6 address moved with it (keepalived holds the cluster file's addresses together).
+    expect(execFileSync('ip', ['-n', n1.ns, '-br', 'address', 'show', 'dev', n1.interface], { encoding: 'utf8' })).toContain(`${lab.dvipa.address6}/128`);
+    expect(execFileSync('ip', ['-n', n2.ns, '-br', 'address', 'show', 'dev', n2.interface], { encoding: 'utf8' })).not.toContain(`${lab.dvipa.address6}/128`);
     await until('n2 standing by', () => readLog(lab, 'n2-batond').some((l) => /standby distributor/.test(String(l.msg))), 5000, 50);
     // A new client lands on n1 and is handed off to n2 (a target again: it is no longer the distributor).
     const r = await inClient(lab, lineClient(lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '10000']), 20_000);
     expect(JSON.parse(r.stdout), r.stderr).toMatchObject({ ok: true, served_by: 'n2' });
+    const r6 = await inClient(lab, lineClient(lab, ['--user', 'alice', '--expect-node', 'n2', '--get', '10000'], 6), 20_000);
+    expect(JSON.parse(r6.stdout), r6.stderr).toMatchObject({ ok: true, served_by: 'n2' });
     console.log(
       `dvipa move n2 → n1 in ${moved!.ms} ms (batonctl ${movedAt - moveAt} ms), ${moved!.ownEntries} of n2's own connections given entries; ` +
         `stall per connection p50 ${percentile(stalls, 50)} ms, p99 ${percentile(stalls, 99)} ms, max ${Math.max(...stalls)} ms`,
