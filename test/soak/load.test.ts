@@ -1,6 +1,7 @@
 // Load (issue 6): many transferred connections held open at once, each exchanging verified data
 // in both directions the whole time, then all closed: 0 failures, 0 resets, and the routing table
-// back to empty after the release grace (no entry leaks). batond's memory is reported.
+// back to empty after the release grace (no entry leaks). Half of them reach the DVIPA over IPv4,
+// half over IPv6. batond's memory is reported.
 //
 // `make test` runs the short version (1,000 connections for 10 s); `make soak` the full one
 // (BATON_SOAK_CONNECTIONS=10000 BATON_SOAK_SECONDS=60). Both stop by themselves.
@@ -37,14 +38,17 @@ describe(`load: ${CONNECTIONS} transferred connections held ${HOLD_S} s`, () => 
     const agents = lab.nodes.map((n) => `${n.name}-batond`);
     const rssBefore = Object.fromEntries(agents.map((a) => [a, rssMiB(a)]));
     const stopFile = path.join(lab.runDir, 'soak.stop');
-    const client = inClient(
-      lab,
-      ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', lab.dvipa.address, '--port', String(LINE_PORT),
-        '--connections', String(CONNECTIONS), '--get', String(ROUND_BYTES), '--put', String(ROUND_BYTES), '--interval', String(INTERVAL_S),
-        '--until-file', stopFile, '--seconds', String(HOLD_S + CONNECTIONS / 20 + 60), '--logins-at-once', '32', '--timeout', '30'],
-      (HOLD_S + CONNECTIONS / 20 + 120) * 1000,
-    );
+    const half = Math.floor(CONNECTIONS / 2);
+    const clients = ([[lab.dvipa.address, CONNECTIONS - half], [lab.dvipa.address6, half]] as const).map(([host, n]) =>
+      inClient(
+        lab,
+        ['python3', path.join(repoRoot(), 'examples/clients/line_streams.py'), '--host', host, '--port', String(LINE_PORT),
+          '--connections', String(n), '--get', String(ROUND_BYTES), '--put', String(ROUND_BYTES), '--interval', String(INTERVAL_S),
+          '--until-file', stopFile, '--seconds', String(HOLD_S + CONNECTIONS / 20 + 60), '--logins-at-once', '16', '--timeout', '30'],
+        (HOLD_S + CONNECTIONS / 20 + 120) * 1000,
+      ));
     let heldFrom = 0;
+    let peakIpv6 = 0;
     let heldUntil = 0;
     let peakEntries = 0;
     const rssHeld: Record<string, number> = {};
@@ -61,6 +65,7 @@ describe(`load: ${CONNECTIONS} transferred connections held ${HOLD_S} s`, () => 
       expect(handedOff()).toBe(CONNECTIONS);
       heldFrom = Date.now();
       peakEntries = running.routes.size();
+      peakIpv6 = [...running.routes.entries()].filter(([k]) => k.family === 6).length;
       await sleep(HOLD_S * 1000);
       heldUntil = Date.now();
       for (const a of agents) rssHeld[a] = rssMiB(a);
@@ -68,14 +73,18 @@ describe(`load: ${CONNECTIONS} transferred connections held ${HOLD_S} s`, () => 
     } finally {
       fs.writeFileSync(stopFile, '');
     }
-    const out = await client;
-    const lines = out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { summary?: boolean; ok?: boolean; failed?: unknown[]; conn?: number; round_ms?: Array<[number, number]>; rounds?: number });
-    const summary = lines.find((l) => l.summary);
-    expect(summary, out.stderr.slice(-2000)).toBeDefined();
-    expect(summary!.failed).toEqual([]);
-    const results = lines.filter((l) => !l.summary);
+    type Line = { summary?: boolean; ok?: boolean; failed?: unknown[]; conn?: number; round_ms?: Array<[number, number]>; rounds?: number };
+    const results: Line[] = [];
+    for (const out of await Promise.all(clients)) {
+      const lines = out.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line);
+      const summary = lines.find((l) => l.summary);
+      expect(summary, out.stderr.slice(-2000)).toBeDefined();
+      expect(summary!.failed).toEqual([]);
+      results.push(...lines.filter((l) => !l.summary));
+    }
     expect(results).toHaveLength(CONNECTIONS);
     expect(peakEntries).toBeGreaterThanOrEqual(CONNECTIONS);
+    expect(peakIpv6).toBe(half);
     // Held means exchanging: every connection completed rounds throughout the hold window.
     const roundsIn = (r: (typeof results)[number], from: number, to: number) => (r.round_ms ?? []).filter(([s, e]) => s >= from && e <= to).length;
     const quietHalf = results.filter((r) => roundsIn(r, heldFrom, heldFrom + (heldUntil - heldFrom) / 2) === 0 || roundsIn(r, heldFrom + (heldUntil - heldFrom) / 2, heldUntil) === 0);
