@@ -84,22 +84,80 @@ export function addressToBytes(family: Family, address: string, field = 'address
   }
   if (family !== 6) throw new BatonError('E_CONFIG', `family ${String(family)} must be 4 or 6`, { step: 'address', field });
   if (!net.isIPv6(address) || address.includes('%')) notAnAddress(6, address, field);
+  if (!address.includes('.')) return readIpv6Groups(address, out);
   const compatible = IPV4_COMPATIBLE.exec(address);
   if (compatible) out.set(ipaddr.IPv4.parse(compatible[1]!).toByteArray(), 12);
   else out.set(ipaddr.IPv6.parse(address).toByteArray());
   return out;
 }
 
+/**
+ * IPv6 text that net.isIPv6 accepted and that has no dotted tail: groups of 1–4 hex digits, at
+ * most one "::". Read directly, like IPv4 above: flows are encoded and named on every routing-table
+ * write, and ipaddr.js's parser and node:net's SocketAddress cost a few µs each.
+ */
+function readIpv6Groups(address: string, out: Uint8Array): Uint8Array {
+  const gap = address.indexOf('::');
+  const head = gap < 0 ? address : address.slice(0, gap);
+  const tail = gap < 0 ? '' : address.slice(gap + 2);
+  const write = (groups: string[], at: number) => groups.forEach((g, i) => {
+    const v = Number.parseInt(g, 16);
+    out[at + 2 * i] = v >> 8;
+    out[at + 2 * i + 1] = v & 0xff;
+  });
+  const tailGroups = tail === '' ? [] : tail.split(':');
+  write(head === '' ? [] : head.split(':'), 0);
+  write(tailGroups, ADDR_LEN - 2 * tailGroups.length);
+  return out;
+}
+
+/**
+ * RFC 5952 text of 16 address bytes: lowercase groups without leading zeros, the first longest run
+ * of two or more zero groups as "::". An address whose first 10 bytes are zero (IPv4-mapped,
+ * IPv4-compatible, ::1, ::) is left to inet_ntop (SocketAddress), whose dotted forms are the ones
+ * this module promises (see the header).
+ */
+function ipv6TextOf(bytes: Uint8Array): string {
+  if (bytes.subarray(0, 10).every((b) => b === 0)) {
+    return ipv6Text((ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6).toNormalizedString());
+  }
+  const groups: number[] = [];
+  for (let i = 0; i < ADDR_LEN; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) [best, bestLen] = [i, j - i];
+    i = j;
+  }
+  const hex = (from: number, to: number) => groups.slice(from, to).map((g) => g.toString(16)).join(':');
+  return best < 0 ? hex(0, 8) : `${hex(0, best)}::${hex(best + bestLen, 8)}`;
+}
+
 /** The canonical text of an address held as in the kernel structs (the first 4 or 16 bytes). */
 export function bytesToAddress(family: Family, bytes: Uint8Array): string {
-  if (family === 4) return ipaddr.fromByteArray(Array.from(bytes.subarray(0, 4))).toString();
-  return ipv6Text((ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6).toNormalizedString());
+  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+  return ipv6TextOf(bytes.subarray(0, ADDR_LEN));
 }
 
 /** RFC 5952 text of an IPv6 address node:net accepts (inet_ntop writes mapped and compatible addresses dotted). */
 function ipv6Text(address: string): string {
   return new net.SocketAddress({ address, family: 'ipv6' }).address;
 }
+
+/**
+ * IPv6 texts already checked and made canonical, by the text given: a connection id is made from a
+ * flow on every step of a handoff (a dozen times), always from the same few addresses. Only valid
+ * addresses go in, and the map is emptied when full, so a flood of new addresses costs memory
+ * bounded by CANONICAL6_ENTRIES and the computation they would cost anyway.
+ */
+const canonical6 = new Map<string, string>();
+const CANONICAL6_ENTRIES = 4096;
 
 /** Address text of the family in its canonical form; throws E_CONFIG naming field if it is not one. */
 export function canonicalAddress(family: Family, address: string, field = 'address'): string {
@@ -109,9 +167,15 @@ export function canonicalAddress(family: Family, address: string, field = 'addre
     return address;
   }
   if (family !== 6) throw new BatonError('E_CONFIG', `family ${String(family)} must be 4 or 6`, { step: 'address', field });
+  const known = canonical6.get(address);
+  if (known !== undefined) return known;
   if (!net.isIPv6(address) || address.includes('%')) notAnAddress(6, address, field);
-  return ipv6Text(address);
+  const text = address.includes('.') ? ipv6Text(address) : ipv6TextOf(readIpv6Groups(address, new Uint8Array(ADDR_LEN)));
+  if (canonical6.size >= CANONICAL6_ENTRIES) canonical6.clear();
+  canonical6.set(address, text);
+  return text;
 }
+
 
 /** The family of address text, or undefined if it is neither an IPv4 nor an IPv6 address (a zone id included). */
 export function familyOf(address: string): Family | undefined {

@@ -16,6 +16,10 @@ import {
   flowOf,
   parseConnectionId,
   socketFlow,
+  canonicalIp,
+  familyOf,
+  hostPort,
+  peerText,
 } from '../../controller/flow.js';
 import { SOCKET_CONSTANTS as K } from '../../native/repair.js';
 import { sampleState } from '../helpers/state.js';
@@ -218,5 +222,28 @@ describe('connection ids', () => {
     const err = configError(() => parseConnectionId(`${'9'.repeat(100_000)}_x`));
     expect(err.message).toMatch(/longer than 110 characters/);
     expect(err.message.length).toBeLessThan(260);
+  });
+});
+
+describe('an address of either family', () => {
+  it('tells the family, canonicalises either, refuses what is neither (a zone id included)', () => {
+    expect(familyOf('10.1.2.3')).toBe(4);
+    expect(familyOf('2001:DB8::1')).toBe(6);
+    expect(familyOf('fe80::1%eth0')).toBeUndefined();
+    expect(familyOf('010.1.2.3')).toBeUndefined();
+    expect(familyOf('host.example')).toBeUndefined();
+    expect(canonicalIp('2001:DB8:0:0::0:10')).toBe('2001:db8::10');
+    expect(canonicalIp('10.1.2.3')).toBe('10.1.2.3');
+    expect(() => canonicalIp('10.0.0.300', 'address')).toThrow(/address "10.0.0.300" is not an IPv4 or IPv6 address/);
+    expect(() => canonicalIp('fe80::1%eth0')).toThrow(/not an IPv4 or IPv6 address/);
+  });
+
+  it('writes host:port with an IPv6 host in brackets, for addresses and for a socket\'s peer', () => {
+    expect(hostPort('10.1.2.3', 4702)).toBe('10.1.2.3:4702');
+    expect(hostPort('2001:db8::11', 4702)).toBe('[2001:db8::11]:4702');
+    expect(peerText({ remoteFamily: 'IPv6', remoteAddress: '2001:db8::5', remotePort: 41234 })).toBe('[2001:db8::5]:41234');
+    expect(peerText({ remoteFamily: 'IPv4', remoteAddress: '10.1.2.3', remotePort: 80 })).toBe('10.1.2.3:80');
+    // A socket already closed knows neither.
+    expect(peerText({})).toBe('?:0');
   });
 });
