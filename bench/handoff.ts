@@ -86,10 +86,14 @@ function handedOffCount(b: BenchLab): number {
 
 type Variant = 'baton' | 'reference';
 
-/** The same client, to Baton's line router or to the reference distributor (bench/reference/handoff.c). */
-function handoffs(b: BenchLab, count: number, concurrency: number, timeoutMs: number, variant: Variant = 'baton', trace = false): Promise<HandoffsOut> {
+/**
+ * The same client, to Baton's line router or to the reference distributor (bench/reference/handoff.c),
+ * at the DVIPA's IPv4 address, or its IPv6 one (Baton only: the reference speaks IPv4).
+ */
+function handoffs(b: BenchLab, count: number, concurrency: number, timeoutMs: number, variant: Variant = 'baton', trace = false, family: 4 | 6 = 4): Promise<HandoffsOut> {
   const port = variant === 'baton' ? LINE_PORT : REF_PORT;
-  return b.client<HandoffsOut>(['handoffs', '--host', b.lab.dvipa.address, '--port', String(port), '--count', String(count), '--concurrency', String(concurrency), ...(trace ? ['--trace'] : [])], timeoutMs);
+  const host = family === 6 ? b.lab.dvipa.address6 : b.lab.dvipa.address;
+  return b.client<HandoffsOut>(['handoffs', '--host', host, '--port', String(port), '--count', String(count), '--concurrency', String(concurrency), ...(trace ? ['--trace'] : [])], timeoutMs);
 }
 
 function pidOf(b: BenchLab, name: string): number {
@@ -132,11 +136,12 @@ const STEPS: Array<[string, (t: Timings) => number]> = [
   ['total handoff()', (t) => t.totalUs],
 ];
 
-export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: number; warmup: number }, log: (s: string) => void): Promise<MetricResult> {
+export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: number; warmup: number }, log: (s: string) => void): Promise<MetricResult[]> {
   // The first handoffs of each process run code V8 has not optimised yet: not what is measured.
   // 50 sequential ones were not enough (the five runs after them fell from 3.6 to 2.5 ms, one
   // after the other); a thousand, 16 at a time, take about a second.
   await handoffs(b, opts.warmup, 16, 60_000);
+  await handoffs(b, opts.warmup / 2, 16, 60_000, 'baton', false, 6);
   await handoffs(b, opts.warmup, 16, 60_000, 'reference');
   await referenceSamples(b);
   const runs: Timings[][] = [];
@@ -144,10 +149,23 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
   const traced: Trace[] = [];
   const refRuns: number[][] = [];
   const refClient: number[][] = [];
+  const v6Runs: number[][] = [];
+  const v6Client: number[][] = [];
   let failed = 0;
+  let v6Failed = 0;
   let refFailed = 0;
-  // Interleaved with the reference handoff (bench/reference/): Baton, reference, Baton, …
-  await runInterleaved(['baton', 'reference'] as const, opts.runs, async (variant) => {
+  // Interleaved with the reference handoff (bench/reference/) and with Baton over IPv6: Baton,
+  // Baton over IPv6, reference, Baton, …
+  await runInterleaved(['baton', 'baton-ipv6', 'reference'] as const, opts.runs, async (variant) => {
+    if (variant === 'baton-ipv6') {
+      const before = handedOffCount(b);
+      const out = await handoffs(b, opts.perRun, 1, 120_000, 'baton', false, 6);
+      await logsFlushed();
+      v6Failed += out.failed;
+      v6Runs.push(routerTimings(b, before).map((t) => t.totalUs));
+      v6Client.push(out.handoffUs);
+      return;
+    }
     if (variant === 'reference') {
       const out = await handoffs(b, opts.perRun, 1, 120_000, 'reference');
       const ref = await referenceSamples(b);
@@ -205,7 +223,30 @@ export async function handoffLatency(b: BenchLab, opts: { runs: number; perRun: 
     runs.map((r) => r.map((t) => t.totalUs)),
     [{ against: 'reference', runs: refRuns }],
   );
-  return m;
+  const v4Totals = runs.map((r) => r.map((t) => t.totalUs));
+  const v6 = latencyMetric(
+    {
+      id: 'handoff-latency-ipv6',
+      title: 'Handoff latency over IPv6',
+      unit: 'µs',
+      better: 'lower',
+      goal: { text: 'as over IPv4: p50 ≤ 1.1× IPv4\'s in the same runs', met: false },
+      method: `${opts.runs} runs × ${opts.perRun} handoffs one after another to the DVIPA's IPv6 address, interleaved run by run with the IPv4 runs of the handoff latency above (and the reference); the same client, routing application, span (handoff() until the route is installed) and steps; the reference handoff speaks IPv4 only`,
+      details: {
+        failed: v6Failed,
+        clientViewUs: { note: 'USER sent → OK from the target received, at the client', ...summarize(v6Client.flat()) },
+        ipv4ClientViewUs: summarize(client.flat()),
+      },
+    },
+    v6Runs,
+    [
+      { against: 'IPv4, same runs', runs: v4Totals },
+      { against: 'reference', runs: refRuns },
+    ],
+  );
+  v6.goal.met = (v6.comparisons[0]?.ratio ?? Infinity) <= 1.1;
+  log(`handoff latency over IPv6: median ${v6.median} µs, p99 ${v6.p99} µs (IPv4 ${m.median} µs)`);
+  return [m, v6];
 }
 
 export async function handoffRate(b: BenchLab, opts: { runs: number; connections: number; concurrency: number }, log: (s: string) => void): Promise<MetricResult[]> {

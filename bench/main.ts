@@ -41,7 +41,7 @@ type Group = ((b: BenchLab, log: Log) => Promise<MetricResult[]>) | { ownLabs: (
  * fresh lab for each of its three runs; a 100k-entry snapshot for the replication.
  */
 const GROUPS: Record<string, Group> = {
-  handoff: async (b, log) => [await handoffLatency(b, { runs: 5, perRun: 100, warmup: 1000 }, log)],
+  handoff: (b, log) => handoffLatency(b, { runs: 5, perRun: 100, warmup: 1000 }, log),
   rate: (b, log) => handoffRate(b, { runs: 3, connections: 5000, concurrency: 128 }, log),
   stall: async (b, log) => [await stall(b, { runs: 3, perRun: 50, puts: 60, measured: 40 }, log)],
   throughput: (b, log) => throughput(b, { bytes: 1e9, runs: 3 }, log),
@@ -155,10 +155,13 @@ async function main(): Promise<void> {
 
 const ORDER = [
   'handoff-latency',
+  'handoff-latency-ipv6',
   'handoff-rate',
   'handoff-cpu',
   'throughput-download',
   'throughput-upload',
+  'throughput-download-ipv6',
+  'throughput-upload-ipv6',
   'router-cpu-per-gb',
   'http-first-request',
   'http-later-request',

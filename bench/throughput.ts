@@ -10,9 +10,10 @@ import { type MetricResult, median, rateMetric, round, runInterleaved } from './
 import { type BenchLab, HAPROXY_LINE_PORT, LINE_PORT, PLAIN_LINE_PORT, threadedNapi } from './lab.js';
 import { procStat, processCpuNs } from './system.js';
 
-type Path = 'baton' | 'direct' | 'haproxy';
+/** baton6: through Baton to the DVIPA's IPv6 address. */
+type Path = 'baton' | 'baton6' | 'direct' | 'haproxy';
 type Op = 'get' | 'put';
-const PATHS: Path[] = ['baton', 'direct', 'haproxy'];
+const PATHS: Path[] = ['baton', 'baton6', 'direct', 'haproxy'];
 
 interface TransferOut {
   ok: boolean;
@@ -32,6 +33,7 @@ function putDigest(bytes: number): string {
 function targets(b: BenchLab): Record<Path, string[]> {
   return {
     baton: ['--host', b.lab.dvipa.address, '--port', String(LINE_PORT), '--user', 'alice'],
+    baton6: ['--host', b.lab.dvipa.address6, '--port', String(LINE_PORT), '--user', 'alice'],
     direct: ['--host', b.node('n2').address, '--port', String(PLAIN_LINE_PORT)],
     haproxy: ['--host', b.node('n1').address, '--port', String(HAPROXY_LINE_PORT)],
   };
@@ -57,7 +59,7 @@ export async function throughput(b: BenchLab, opts: { bytes: number; runs: numbe
     log(`throughput run ${run + 1} ${variant}: ${out.gbps.toFixed(2)} Gb/s (machine ${busyPct.toFixed(0)} % busy)`);
     return { gbps: out.gbps, busyPct };
   });
-  return (['get', 'put'] as const).map((op) => {
+  const ipv4 = (['get', 'put'] as const).map((op) => {
     const rate = (p: Path) => results[`${p}:${op}`].map((r) => r.gbps);
     const busy = (p: Path) => round(median(results[`${p}:${op}`].map((r) => r.busyPct)), 3);
     const r = rateMetric(
@@ -68,7 +70,7 @@ export async function throughput(b: BenchLab, opts: { bytes: number; runs: numbe
         better: 'higher',
         goal: { text: '≥ 0.95× direct, ≥ 2× HAProxy', met: false },
         details: { machineBusyPct: { baton: busy('baton'), direct: busy('direct'), haproxy: busy('haproxy') } },
-        method: `${opts.runs} runs × ${opts.bytes / 1e9} GB per path, all six path × direction pairs interleaved in each run; time from the client's ${op === 'get' ? 'GET to the last byte received' : 'PUT to the server\'s SHA256 answer (checked against what was sent)'}; baton = line protocol, HELLO/USER then handed off to n2's line target; direct = a plain server on n2's own address with the same GET/PUT code; haproxy = HAProxy 'mode tcp' on n1's address relaying to that plain server`,
+        method: `${opts.runs} runs × ${opts.bytes / 1e9} GB per path, all eight path × direction pairs (the IPv6 ones below included) interleaved in each run; time from the client's ${op === 'get' ? 'GET to the last byte received' : 'PUT to the server\'s SHA256 answer (checked against what was sent)'}; baton = line protocol, HELLO/USER then handed off to n2's line target; direct = a plain server on n2's own address with the same GET/PUT code; haproxy = HAProxy 'mode tcp' on n1's address relaying to that plain server`,
       },
       rate('baton'),
       [
@@ -79,6 +81,29 @@ export async function throughput(b: BenchLab, opts: { bytes: number; runs: numbe
     r.goal.met = (r.comparisons[0]?.ratio ?? 0) >= 0.95 && (r.comparisons[1]?.ratio ?? 0) >= 2;
     return r;
   });
+  // The same transfers through Baton to the DVIPA's IPv6 address, in the same runs.
+  const ipv6 = (['get', 'put'] as const).map((op) => {
+    const rate = (p: Path) => results[`${p}:${op}`].map((r) => r.gbps);
+    const r = rateMetric(
+      {
+        id: op === 'get' ? 'throughput-download-ipv6' : 'throughput-upload-ipv6',
+        title: `Post-handoff throughput over IPv6, ${op === 'get' ? 'download (GET)' : 'upload (PUT)'}`,
+        unit: 'Gb/s',
+        better: 'higher',
+        goal: { text: 'as over IPv4: ≥ 0.95× IPv4 through Baton in the same runs', met: false },
+        details: { machineBusyPct: round(median(results[`baton6:${op}`].map((x) => x.busyPct)), 3) },
+        method: `the same ${opts.runs} runs × ${opts.bytes / 1e9} GB as the IPv4 transfers above, interleaved with them: the client logs in at the DVIPA's IPv6 address and is handed off to n2 as over IPv4; direct is the plain server on n2 over IPv4`,
+      },
+      rate('baton6'),
+      [
+        { against: 'IPv4 through Baton', runs: rate('baton') },
+        { against: 'direct', runs: rate('direct') },
+      ],
+    );
+    r.goal.met = (r.comparisons[0]?.ratio ?? 0) >= 0.95;
+    return r;
+  });
+  return [...ipv4, ...ipv6];
 }
 
 export async function routerCpu(b: BenchLab, opts: { bytes: number; runs: number }, log: (s: string) => void): Promise<MetricResult> {
