@@ -176,7 +176,6 @@ export function canonicalAddress(family: Family, address: string, field = 'addre
   return text;
 }
 
-
 /** The family of address text, or undefined if it is neither an IPv4 nor an IPv6 address (a zone id included). */
 export function familyOf(address: string): Family | undefined {
   return net.isIPv4(address) ? 4 : net.isIPv6(address) && !address.includes('%') ? 6 : undefined;

@@ -22,6 +22,11 @@ export interface DvipaOptions {
   address: string;
   /** The distributor answers ARP or neighbour solicitations for the DVIPA; every other node must stay silent. */
   distributor: boolean;
+  /**
+   * keepalived decides which distributor holds the DVIPA on its interface (a cluster with
+   * backups): batond leaves that copy alone, on every node.
+   */
+  keepalived: boolean;
   /** The node's interface on the shared segment. */
   interface: string;
 }
@@ -74,13 +79,15 @@ export async function ensureDvipa(opts: DvipaOptions): Promise<void> {
  * IPv6 has no arp_ignore: the kernel answers a neighbour solicitation only for an address on the
  * interface it arrived on, so a DVIPA on lo alone is never answered for (what arp_ignore=1 gives
  * IPv4 targets). The lone distributor also holds it on the segment's interface, where it answers;
- * with backups keepalived does that on the active one. Held there without duplicate address
+ * with backups keepalived does that on the active one (and batond keeps off). Held there without duplicate address
  * detection (every other node is silent by design, and DAD would keep it tentative, unanswered,
  * for a second) and deprecated (preferred lifetime 0), so the node never picks it as the source
  * of its own connections (RFC 6724 rule 3), the counterpart of arp_announce=2. A node that is not
  * the lone distributor (any more) must not hold it there. IPv6 has no rp_filter sysctl.
  */
 async function ensureNeighbourAnswers(opts: DvipaOptions): Promise<void> {
+  // Taking keepalived's copy away would make it leave MASTER and come back to put it there again.
+  if (opts.keepalived) return;
   if (!opts.distributor) return deleteAddress(opts.address, opts.interface);
   try {
     await run('ip', ['address', 'replace', `${opts.address}/128`, 'dev', opts.interface, 'nodad', 'preferred_lft', '0']);

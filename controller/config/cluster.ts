@@ -3,7 +3,6 @@
 // limits. One schema, validated with precise messages (file:line:column, path, what was expected).
 // The namespace lab writes its file with writeClusterConfig(), the same code an operator's goes through.
 import fs from 'node:fs';
-import net from 'node:net';
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { isCollection, isPair, LineCounter, parseDocument, stringify } from 'yaml';

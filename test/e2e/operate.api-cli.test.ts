@@ -64,7 +64,8 @@ describe('REST admin API and batonctl', () => {
     expect((await api('n2', 'GET', '/v1/node')).body).toMatchObject({ name: 'n2', role: 'node', xdp: null });
     const nodes = (await api('n3', 'GET', '/v1/nodes')).body.nodes;
     expect(nodes.map((n: any) => [n.name, n.reachable])).toEqual([['n1', true], ['n2', true], ['n3', true]]);
-    expect((await api('n1', 'GET', '/v1/dvipas')).body.dvipas).toEqual([{ address: running.lab.dvipa.address, ports: running.lab.dvipa.ports, distributor: 'n1', source: 'config' }]);
+    // The lab's DVIPA is dual-stack: both addresses come from the cluster file.
+    expect((await api('n1', 'GET', '/v1/dvipas')).body.dvipas).toEqual([running.lab.dvipa.address, running.lab.dvipa.address6].map((address) => ({ address, ports: running.lab.dvipa.ports, distributor: 'n1', source: 'config' })));
     const targets = (await api('n1', 'GET', '/v1/targets')).body.targets;
     expect(targets.filter((t: any) => t.port === 7000).map((t: any) => t.node)).toEqual(['n2', 'n3']);
     expect((await api('n1', 'GET', '/v1/stats')).body).toMatchObject({ routingTable: { capacity: 262144 }, xdp: { steered: expect.any(Object) } });
@@ -215,7 +216,7 @@ describe('DVIPAs added and removed through the API', () => {
     expect(added).toMatchObject({ address: vip2, complete: true });
     expect(added.nodes.map((n: any) => n.node).sort()).toEqual(['n1', 'n2', 'n3']);
     for (const n of ['n1', 'n2', 'n3']) expect(await holds(n), n).toBe(true);
-    expect(JSON.parse(await batonctl('dvipas', '--json')).map((d: any) => [d.address, d.source])).toEqual([[running.lab.dvipa.address, 'config'], [vip2, 'api']]);
+    expect(JSON.parse(await batonctl('dvipas', '--json')).map((d: any) => [d.address, d.source])).toEqual([[running.lab.dvipa.address, 'config'], [running.lab.dvipa.address6, 'config'], [vip2, 'api']]);
 
     // A second routing application, on the new address: connections to it are handed off like any.
     const spec = labProcesses(running.lab).find((p) => p.name === 'n1-line-router')!;

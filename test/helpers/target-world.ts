@@ -6,7 +6,6 @@
 // sockets, descriptors and messages shows. The lab tests do all of it for real.
 import type { FlowKey } from '../../controller/flow.js';
 import { createLogger } from '../../controller/log.js';
-import type { Channel } from '../../controller/transfer/channel.js';
 import { Accepts, type Body, connToWire, type Message, type MessageType } from '../../controller/transfer/messages.js';
 import type { HandoffSockets } from '../../controller/transfer/sockets.js';
 import { type OfferPolicy, type TargetApp, TargetRelay, type TransferFromPeer } from '../../controller/transfer/target-relay.js';

@@ -25,7 +25,6 @@ import { inClient, lineClient, readLog } from '../../../controller/lab/demo.js';
 import { killNode } from '../../../controller/lab/lab.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { extraClientAddress, useLab } from '../../helpers/lab.js';
-import { apiCurl } from '../../helpers/api.js';
 import { expectAllCarriedOn, type StreamResult, streamsClient } from '../../helpers/streams.js';
 import { until } from '../../helpers/wait.js';
 

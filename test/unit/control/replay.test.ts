@@ -13,7 +13,6 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Challenges } from '../../../controller/control/challenges.js';
 import { TargetDirectory } from '../../../controller/control/directory.js';
 import { challengeRequest, decodeDatagram, encodeDatagram, FromApplication } from '../../../controller/control/messages.js';
-import type { ControlServer } from '../../../controller/control/server.js';
 import { pino } from 'pino';
 import { createLogger } from '../../../controller/log.js';
 import { ControlLink } from '../../../controller/sdk/control-link.js';
