@@ -26,7 +26,6 @@ import { type BenchLab, type ThreadedNapi, threadedNapi } from './lab.js';
 import { processCpuNs, rssMiB } from './system.js';
 
 const FLOOD_PORT = 65100; // outside the client's ephemeral range: no real connection shares the tuple
-const XDP_TX = 3;
 const XDP_PASS = 2;
 
 async function rxPackets(b: BenchLab, ns: string): Promise<number> {
