@@ -78,47 +78,36 @@ const BROADCAST_MAC = 'ff:ff:ff:ff:ff:ff';
 const MULTICAST_MAC = '01:00:5e:00:00:fb';
 const TPID = { dot1q: 0x8100, dot1ad: 0x88a8 };
 const SERVICE_PORT = 8080;
-/** Where the servers that keep a connection open listen (HOLD_SERVER_PY). */
+/** Where the servers that keep a connection open listen (SERVER_PY with hold). */
 const HOLD_PORT = 8081;
 const TARGET_NODE_ID = 2;
 /** A router on the path between the DVIPA and the client, as the source of ICMP errors: no host
  * has these addresses, the errors are crafted frames sent from the client's interface. */
 const ROUTER = { v4: '10.77.0.254', v6: 'fd00:77::fe' };
 
+// Greets each client with its name; then closes the connection, or with "hold" keeps it open
+// until the client closes it: a live socket for the ICMP errors that are about it.
 const SERVER_PY = `
-import socket, sys
-name, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((addr, port))
-s.listen(16)
-print('listening', flush=True)
-while True:
-    c, peer = s.accept()
-    print('accepted %s %d' % (peer[0], peer[1]), flush=True)
-    c.sendall((name + '\\n').encode())
-    c.close()
-`;
-
-// Greets each client like SERVER_PY, then keeps the connection open until the client closes it:
-// a live socket for the ICMP errors that are about it.
-const HOLD_SERVER_PY = `
 import socket, sys, threading
 name, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+hold = len(sys.argv) > 4 and sys.argv[4] == 'hold'
 s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((addr, port))
 s.listen(16)
 print('listening', flush=True)
-def hold(c):
+def serve(c):
     c.sendall((name + '\\n').encode())
-    while c.recv(256):
+    while hold and c.recv(256):
         pass
     c.close()
 while True:
     c, peer = s.accept()
     print('accepted %s %d' % (peer[0], peer[1]), flush=True)
-    threading.Thread(target=hold, args=(c,), daemon=True).start()
+    if hold:
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    else:
+        serve(c)
 `;
 
 // Connects from the given port, reads the server's greeting and keeps the connection open until
@@ -281,15 +270,14 @@ function buildLab(): void {
   ipn(NS.client, 'neigh', 'replace', DVIPA.v6, 'lladdr', NET.n1.mac, 'dev', 'eth0', 'nud', 'permanent');
 
   fs.writeFileSync(path.join(tmp, 'server.py'), SERVER_PY);
-  fs.writeFileSync(path.join(tmp, 'hold-server.py'), HOLD_SERVER_PY);
   fs.writeFileSync(path.join(tmp, 'hold-client.py'), HOLD_CLIENT_PY);
   fs.writeFileSync(path.join(tmp, 'client.py'), CLIENT_PY);
   fs.writeFileSync(path.join(tmp, 'send.py'), SEND_PY);
   fs.writeFileSync(path.join(tmp, 'capture.py'), CAPTURE_PY);
 }
 
-async function startServer(ns: string, name: string, addr: string, script = 'server.py', port = SERVICE_PORT): Promise<Server> {
-  const proc = spawn('ip', ['netns', 'exec', ns, 'python3', '-u', path.join(tmp, script), name, addr, String(port)], {
+async function startServer(ns: string, name: string, addr: string, mode: 'close' | 'hold' = 'close', port = SERVICE_PORT): Promise<Server> {
+  const proc = spawn('ip', ['netns', 'exec', ns, 'python3', '-u', path.join(tmp, 'server.py'), name, addr, String(port), mode], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const server: Server = { proc, accepted: [] };
@@ -734,7 +722,7 @@ describe('XDP steering on the distributor (namespace lab)', () => {
     n1v6 = await startServer(NS.n1, 'n1', DVIPA.v6);
     n2v6 = await startServer(NS.n2, 'n2', DVIPA.v6);
     for (const ns of [NS.n1, NS.n2]) {
-      for (const vip of [DVIPA.v4, DVIPA.v6]) await startServer(ns, ns === NS.n1 ? 'n1' : 'n2', vip, 'hold-server.py', HOLD_PORT);
+      for (const vip of [DVIPA.v4, DVIPA.v6]) await startServer(ns, ns === NS.n1 ? 'n1' : 'n2', vip, 'hold', HOLD_PORT);
     }
     steering = withNetns(NS.n1, () => loadSteering({ instance: INSTANCE, ifname: 'eth0', mode: 'native' }));
     steerings.push({ ns: NS.n1, steering });
