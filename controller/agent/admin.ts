@@ -187,15 +187,16 @@ export class AgentAdmin {
 
   /**
    * Gives the DVIPA to another distributor with no connection lost (distributor-role.ts
-   * handOver): the active distributor only. keepalived moves the cluster file's DVIPA; one added
-   * through the API is held on lo by every node and moves with nothing.
+   * handOver): the active distributor only. keepalived holds every DVIPA on the active
+   * distributor's interface, those added through the API too (ha/keepalived-start.ts): they move
+   * together, named by the cluster file's.
    */
   async moveDvipa(given: string, to: string): Promise<HandOver & { address: string }> {
     const address = canonicalIp(given);
     const step = { step: 'dvipa-move', address };
     if (!this.p.dvipas.has(address)) throw new BatonError('E_NOT_FOUND', `no DVIPA ${address}`, step);
-    // keepalived holds the config's addresses together: moving one moves them all.
-    if (!this.p.config.dvipa.addresses.includes(address)) throw new BatonError('E_HANDOFF_STATE', `keepalived moves the cluster file's DVIPA (${this.p.config.dvipa.addresses.join(', ')}), not one added through the API`, step);
+    // keepalived holds every DVIPA together: moving one moves them all, the cluster file's names them.
+    if (!this.p.config.dvipa.addresses.includes(address)) throw new BatonError('E_HANDOFF_STATE', `move the cluster file's DVIPA (${this.p.config.dvipa.addresses.join(', ')}): keepalived moves the ones added through the API with it`, step);
     if (!this.p.role) throw new BatonError('E_HANDOFF_STATE', `${this.p.self.name} is not a distributor`, step);
     const moved = await this.p.role.handOver(to);
     this.p.log.warn({ ...moved, address }, 'DVIPA moved by the operator');

@@ -26,6 +26,24 @@ const checkState = TypeCompiler.Compile(StateSchema);
 /** 256 DVIPAs of 64 ports each fit in well under this. */
 const MAX_STATE_BYTES = 1024 * 1024;
 
+/** Where a node keeps the DVIPAs added through the API: its state directory, one file per cluster instance and node. */
+export function dvipaStateFile(stateDir: string, instance: string, node: string): string {
+  return path.join(stateDir, `${instance}-${node}.dvipas.json`);
+}
+
+/**
+ * The DVIPAs added through the API that a node's state file keeps (none without the file): read
+ * like any input, bounded before it is parsed, checked against its schema. Throws E_CONFIG.
+ */
+export function readAddedDvipas(stateFile: string): DvipaSpec[] {
+  if (!fs.existsSync(stateFile)) return [];
+  const parsed = parseJson(fs.readFileSync(stateFile), { maxBytes: MAX_STATE_BYTES, maxDepth: 4 });
+  if (!parsed.ok) throw new BatonError('E_CONFIG', `DVIPA state ${stateFile} refused (${parsed.reason}): ${parsed.detail}`, { step: 'dvipa' });
+  const state = parsed.value;
+  if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${stateFile} does not match its schema: ${bounded(checkState.Errors(state).First()?.message ?? '', 120)}`, { step: 'dvipa' });
+  return state.added;
+}
+
 export interface DvipaView extends DvipaSpec {
   source: 'config' | 'api';
 }
@@ -48,6 +66,8 @@ export class DvipaSet {
     private readonly holder: AddressHolder,
     /** Which addresses may be a DVIPA (config/dvipa-policy.ts): the allow-list, minus what never can. */
     private readonly policy: Pick<DvipaPolicy, 'refusal' | 'gateways'>,
+    /** Told the DVIPAs added through the API after each change, once it is held and kept (keepalived-start.ts). */
+    private readonly onChange: (added: DvipaSpec[]) => Promise<void> = async () => undefined,
   ) {
     this.primaries = primary.addresses.map((address) => ({ address, ports: [...primary.ports] }));
   }
@@ -58,14 +78,7 @@ export class DvipaSet {
    * holding it could hijack traffic, dropping it silently would drop its connections.
    */
   async load(): Promise<void> {
-    if (fs.existsSync(this.stateFile)) {
-      // batond's own file, read like any input: bounded before it is parsed.
-      const parsed = parseJson(fs.readFileSync(this.stateFile), { maxBytes: MAX_STATE_BYTES, maxDepth: 4 });
-      if (!parsed.ok) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} refused (${parsed.reason}): ${parsed.detail}`, { step: 'dvipa' });
-      const state = parsed.value;
-      if (!checkState.Check(state)) throw new BatonError('E_CONFIG', `DVIPA state ${this.stateFile} does not match its schema: ${bounded(checkState.Errors(state).First()?.message ?? '', 120)}`, { step: 'dvipa' });
-      for (const d of state.added) this.added.set(d.address, d);
-    }
+    for (const d of readAddedDvipas(this.stateFile)) this.added.set(d.address, d);
     // One read of the routes for them all: each read runs `ip` twice.
     const gateways = this.policy.gateways();
     for (const d of this.all()) {
@@ -103,6 +116,7 @@ export class DvipaSet {
     await this.holder.hold(spec.address);
     this.added.set(spec.address, { address: spec.address, ports: [...spec.ports] });
     this.persist();
+    await this.onChange([...this.added.values()]);
     return { ...spec, source: 'api' };
   }
 
@@ -113,6 +127,7 @@ export class DvipaSet {
     await this.holder.release(address);
     this.added.delete(address);
     this.persist();
+    await this.onChange([...this.added.values()]);
   }
 
   private persist(): void {

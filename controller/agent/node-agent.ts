@@ -26,14 +26,15 @@ import { LinkMaker } from '../transfer/fd-exchange.js';
 import { type HandoffSockets, handoffSockets, idleBounds } from '../transfer/sockets.js';
 import { defaultGateways, ensureDvipa, releaseDvipa } from './dvipa.js';
 import { DvipaPolicy } from '../config/dvipa-policy.js';
-import { DvipaSet } from './dvipa-set.js';
+import { DvipaSet, dvipaStateFile } from './dvipa-set.js';
 import { agentEndpoints, ensureFree, explainListenFailure } from './ports.js';
 import type { RouteService } from './route-service.js';
 import { DistributorRole } from './distributor-role.js';
 import { ActiveDistributor } from '../ha/active.js';
 import { keepalivedPaths } from '../ha/keepalived.js';
+import { reloadKeepalived } from '../ha/keepalived-start.js';
 import { servedAsker } from '../ha/served.js';
-import { servedFlows } from '../../native/diag.js';
+import { servedFlows, tcpState } from '../../native/diag.js';
 import { abandonAfterMs, HELLO_TIMEOUT_MS } from './bounds.js';
 import { PeerFront } from './peer-front.js';
 import { AppFront } from './app-front.js';
@@ -50,8 +51,6 @@ import { AgentMetrics } from '../metrics/metrics.js';
 import { AgentAdmin } from './admin.js';
 import { TransferLog } from './transfer-log.js';
 import { CloseWatcher } from './close-watcher.js';
-import { tcpState } from '../../native/diag.js';
-
 
 /** Connections a target application serves at once when neither it nor the cluster file says (limits.targetCapacity). */
 const DEFAULT_TARGET_CAPACITY = 10_000;
@@ -132,15 +131,16 @@ export class NodeAgent {
     );
     this.dvipas = new DvipaSet(
       config.dvipa,
-      path.join(stateDirOf(config), `${config.instance}-${self.name}.dvipas.json`),
+      dvipaStateFile(stateDirOf(config), config.instance, self.name),
       {
-        // A lone distributor answers ARP and neighbour solicitations for its DVIPAs itself; with
-        // backups keepalived puts the DVIPA on the active one's interface, and every node stays
-        // silent for the copy on lo.
+        // A lone distributor answers ARP and neighbour solicitations for its DVIPAs itself; with backups
+        // keepalived puts them on the active one's interface, and every node is silent for the copy on lo.
         hold: (address) => ensureDvipa({ address, distributor: config.distributors.length === 1 && this.isCandidate, keepalived: config.distributors.length > 1, interface: self.interface }),
         release: (address) => releaseDvipa(address, self.interface),
       },
       new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, config.nodes.map((n) => n.address), defaultGateways),
+      // A distributor's keepalived holds and announces the added DVIPAs too (keepalived-start.ts).
+      async (added) => void (config.distributors.length > 1 && this.isCandidate && reloadKeepalived(config, self.name, stateDirOf(config), added.map((d) => d.address))),
     );
     this.metrics = new AgentMetrics(self.name, {
       xdp: () => this.steering?.routes.stats(),

@@ -1,9 +1,11 @@
 // Starting one distributor's keepalived, in the lab and under systemd alike: the files it needs
 // are made from the cluster file first (controller/bin/baton-keepalived.ts prints the argv, which a
-// shell then execs, so the supervisor's process is keepalived itself).
+// shell then execs, so the supervisor's process is keepalived itself). And reloading it when the
+// DVIPAs added through the API change: keepalived holds those too.
 import fs from 'node:fs';
+import { dvipaStateFile, readAddedDvipas } from '../agent/dvipa-set.js';
 import { BatonError } from '../errors.js';
-import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, type VrrpClusterView, vrrpNodeSpec, writeKeepalivedConfig } from './keepalived.js';
+import { clearStalePidFiles, keepalivedArgv, keepalivedConfig, keepalivedPaths, runningKeepalived, type VrrpClusterView, vrrpNodeSpec, writeKeepalivedConfig } from './keepalived.js';
 import { ensureFifo } from './vrrp-state.js';
 
 /**
@@ -19,8 +21,29 @@ export async function prepareKeepalived(cluster: VrrpClusterView, node: string, 
   const files = keepalivedPaths(dir, cluster.instance, node);
   // A fresh machine has no state directory yet: batond, which makes it too, may not have run.
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, node, files)));
+  // The DVIPAs an operator added before this start, as batond keeps them in the same directory.
+  const added = readAddedDvipas(dvipaStateFile(dir, cluster.instance, node)).map((d) => d.address);
+  writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, node, files, added)));
   await ensureFifo(files.notifyFifo);
   clearStalePidFiles(files);
   return keepalivedArgv(files);
+}
+
+/**
+ * Rewrites one distributor's keepalived.conf with the DVIPAs added through the API now, and makes
+ * a running keepalived read it again (SIGHUP): as MASTER it puts a new address on the interface
+ * and announces it, and takes a removed one off, without leaving MASTER. Not running: the file is
+ * what it starts with. Returns whether a running keepalived was told.
+ */
+export function reloadKeepalived(cluster: VrrpClusterView, node: string, dir: string, added: readonly string[]): boolean {
+  const files = keepalivedPaths(dir, cluster.instance, node);
+  writeKeepalivedConfig(files.config, keepalivedConfig(vrrpNodeSpec(cluster, node, files, added)));
+  const pid = runningKeepalived(files);
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 'SIGHUP');
+  } catch (err) {
+    throw new BatonError('E_NATIVE', `cannot make keepalived (pid ${pid}) reload ${files.config}: ${(err as Error).message}`, { node, step: 'keepalived' });
+  }
+  return true;
 }

@@ -23,6 +23,9 @@ export const TOP_PRIORITY = 200;
 /** 25 keeps the schema's eight distributors on distinct priorities (200 … 25): ties are broken by address, not by preference. */
 export const PRIORITY_STEP = 25;
 
+/** DVIPAs added through the API that keepalived holds: as many as a node keeps (dvipa-set.ts). */
+const MAX_ADDED = 256;
+
 /** Names (instance, node) as the cluster file's schema allows them: they become words in keepalived.conf. */
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 /**
@@ -44,6 +47,11 @@ export interface VrrpNodeSpec {
    * `interface` while this node is MASTER. The first one's family is the family of the adverts.
    */
   dvipas: readonly string[];
+  /**
+   * The DVIPAs added through the API (either family): held and announced with the cluster file's,
+   * or nobody would answer for them (every node's copy on lo is silent when keepalived decides).
+   */
+  added: readonly string[];
   /** This node's interface on the shared segment: adverts, gratuitous ARP and the DVIPA go there. */
   interface: string;
   /** VRRP priority, 1–254 (255 means "address owner" and is never used: no node owns the DVIPA). */
@@ -108,8 +116,8 @@ export function distributorPriority(distributors: readonly string[], node: strin
   return Math.max(1, TOP_PRIORITY - PRIORITY_STEP * index);
 }
 
-/** The spec of one distributor node's keepalived, from the cluster file. */
-export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, files: Pick<KeepalivedPaths, 'notifyFifo' | 'trackFile'>): VrrpNodeSpec {
+/** The spec of one distributor node's keepalived, from the cluster file and the DVIPAs added through the API. */
+export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, files: Pick<KeepalivedPaths, 'notifyFifo' | 'trackFile'>, added: readonly string[] = []): VrrpNodeSpec {
   const priority = distributorPriority(cluster.distributors, node);
   const self = cluster.nodes.find((n) => n.name === node);
   if (!self) throw configError(`distributor ${JSON.stringify(node.slice(0, 80))} is not one of the nodes`, { node });
@@ -117,6 +125,7 @@ export function vrrpNodeSpec(cluster: VrrpClusterView, node: string, files: Pick
     instance: cluster.instance,
     node,
     dvipas: [...cluster.dvipa.addresses],
+    added: [...added],
     interface: self.interface,
     priority,
     routerId: cluster.vrrp?.routerId ?? DEFAULT_ROUTER_ID,
@@ -137,6 +146,9 @@ export function checkSpec(spec: VrrpNodeSpec): void {
   const families = spec.dvipas.map((a) => (net.isIPv4(a) ? 4 : net.isIPv6(a) && !a.includes('%') ? 6 : 0));
   if (spec.dvipas.length < 1 || spec.dvipas.length > 2 || families.includes(0) || families[0] === families[1]) {
     throw bad('dvipas', 'want one IPv4 address, one IPv6 address, or one of each');
+  }
+  if (spec.added.length > MAX_ADDED || spec.added.some((a) => !(net.isIPv4(a) || (net.isIPv6(a) && !a.includes('%'))) || spec.dvipas.includes(a))) {
+    throw bad('added', `want at most ${MAX_ADDED} IPv4 or IPv6 addresses, none of them the cluster file's`);
   }
   if (!INTERFACE_NAME.test(spec.interface)) throw bad('interface', `want ${INTERFACE_NAME.source}`);
   if (!Number.isInteger(spec.priority) || spec.priority < 1 || spec.priority > 254) throw bad('priority', 'want an integer 1-254');
@@ -165,6 +177,7 @@ export function keepalivedConfig(spec: VrrpNodeSpec): string {
   checkSpec(spec);
   const name = vrrpInstanceName(spec.instance);
   const advertS = String(spec.advertMs / 1000);
+  const excluded = [...spec.dvipas.slice(1), ...spec.added];
   return `# keepalived.conf of Baton cluster ${spec.instance}, node ${spec.node}, generated from the cluster file
 # (controller/ha/keepalived.ts): change that, not this. keepalived decides which distributor
 # holds the DVIPA; batond follows it (docs/operations.md, "Backup distributor").
@@ -233,11 +246,13 @@ vrrp_instance ${name} {
     # interface asked). The same address stays on lo of every node for direct server return;
     # keepalived never touches it.
     ${vipLine(spec.dvipas[0]!, spec.interface)}
-  }${spec.dvipas.length > 1 ? `
-  # The other family's address: held and announced (gratuitous ARP or unsolicited neighbour
-  # advertisements) like the first, but not carried in the adverts, which have one family.
+  }${excluded.length ? `
+  # The other family's address and the DVIPAs added through the API (batond rewrites this file
+  # and reloads keepalived when those change): held and announced (gratuitous ARP or unsolicited
+  # neighbour advertisements) like the first, but not carried in the adverts, which have one
+  # family and a bounded length.
   virtual_ipaddress_excluded {
-    ${vipLine(spec.dvipas[1]!, spec.interface)}
+    ${excluded.map((a) => vipLine(a, spec.interface)).join('\n    ')}
   }` : ''}
 }
 `;

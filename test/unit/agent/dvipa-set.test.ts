@@ -49,6 +49,20 @@ describe('DvipaSet', () => {
     await expect(set.remove('2001:db8::10')).rejects.toThrow(/config's DVIPA/);
   });
 
+  it('tells onChange the added DVIPAs after each change, once held and kept', async () => {
+    const file = fresh();
+    const told: string[][] = [];
+    const set = new DvipaSet(primary, file, recorder(), policy(), async (added) => void told.push(added.map((d) => d.address)));
+    await set.load();
+    await set.add({ address: '10.0.0.20', ports: [80] });
+    await set.add({ address: '10.0.0.21', ports: [80] });
+    await set.remove('10.0.0.20');
+    expect(told).toEqual([['10.0.0.20'], ['10.0.0.20', '10.0.0.21'], ['10.0.0.21']]);
+    // A refused change tells nothing.
+    await expect(set.add({ address: '10.0.1.5', ports: [80] })).rejects.toThrow(/allow-list/);
+    expect(told).toHaveLength(3);
+  });
+
   it('a restarted agent holds what was added before', async () => {
     const file = fresh();
     const first = new DvipaSet(primary, file, recorder(), policy());

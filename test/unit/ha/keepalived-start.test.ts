@@ -8,8 +8,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { writeClusterConfig } from '../../../controller/config/cluster.js';
+import { dvipaStateFile } from '../../../controller/agent/dvipa-set.js';
+import { parseClusterConfig, writeClusterConfig } from '../../../controller/config/cluster.js';
 import { keepalivedArgv, keepalivedPaths } from '../../../controller/ha/keepalived.js';
+import { reloadKeepalived } from '../../../controller/ha/keepalived-start.js';
 import { repoRoot } from '../../../controller/paths.js';
 import { sampleConfig } from '../../helpers/config.js';
 
@@ -66,5 +68,27 @@ describe('baton-keepalived', () => {
     expect(notFifo.status).not.toBe(0);
     expect(notFifo.stderr).toMatch(/regular file/);
     expect(notFifo.stdout).toBe('');
+  });
+
+  it('holds the DVIPAs batond keeps as added through the API; reloadKeepalived rewrites the file and signals only a running keepalived', () => {
+    const files = keepalivedPaths(stateDir, 'prod', 'n2');
+    const added = [{ address: '10.203.0.20', ports: [7000] }, { address: '2001:db8::20', ports: [443] }];
+    fs.writeFileSync(dvipaStateFile(stateDir, 'prod', 'n2'), JSON.stringify({ version: 1, added }));
+    const r = prepare(cluster, 'n2');
+    expect(r.status, r.stderr).toBe(0);
+    const excluded = (text: string) => /virtual_ipaddress_excluded \{\n([\s\S]*?)\n {2}\}/.exec(text)?.[1]?.trim().split(/\n\s*/);
+    expect(excluded(fs.readFileSync(files.config, 'utf8'))).toEqual(['10.203.0.20/32 dev eth0', '2001:db8::20/128 dev eth0']);
+    // A state file that is not batond's stops the start, saying why.
+    fs.writeFileSync(dvipaStateFile(stateDir, 'prod', 'n2'), '{"version":1,"added":[{"address":"10.0.0.1 dev lo","ports":[1]}]}');
+    const bad = prepare(cluster, 'n2');
+    expect(bad.status).toBe(78);
+    expect(bad.stderr).toMatch(/DVIPA state .* does not match its schema/);
+    fs.rmSync(dvipaStateFile(stateDir, 'prod', 'n2'));
+    // No keepalived runs here: the file changes, nobody is signalled.
+    const config = parseClusterConfig(cluster);
+    expect(reloadKeepalived(config, 'n2', stateDir, ['10.203.0.21'])).toBe(false);
+    expect(excluded(fs.readFileSync(files.config, 'utf8'))).toEqual(['10.203.0.21/32 dev eth0']);
+    expect(reloadKeepalived(config, 'n2', stateDir, [])).toBe(false);
+    expect(fs.readFileSync(files.config, 'utf8')).not.toContain('virtual_ipaddress_excluded');
   });
 });

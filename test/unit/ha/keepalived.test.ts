@@ -114,6 +114,10 @@ describe('keepalived.conf for a distributor', () => {
     expect(block('virtual_ipaddress')).toEqual(['192.0.2.10/32 dev baton0']);
     expect(block('virtual_ipaddress_excluded')).toEqual(['2001:db8::10/128 dev baton0']);
     expect(text.split('{').length).toBe(text.split('}').length);
+    // The DVIPAs added through the API follow the other family's address, either family.
+    const withAdded = directives(keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['192.0.2.10', '2001:db8::10'] } }, 'n1', FILES, ['192.0.2.20', '2001:db8::20'])));
+    const excludedBlock = withAdded.slice(withAdded.indexOf('virtual_ipaddress_excluded {') + 1, withAdded.indexOf('}', withAdded.indexOf('virtual_ipaddress_excluded {')));
+    expect(excludedBlock).toEqual(['2001:db8::10/128 dev baton0', '192.0.2.20/32 dev baton0', '2001:db8::20/128 dev baton0']);
     // IPv6 alone: adverts over IPv6, the address a /128.
     const v6 = directives(keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['2001:db8::10'] } }, 'n1', FILES)));
     expect(v6).toContain('2001:db8::10/128 dev baton0');
@@ -153,6 +157,9 @@ describe('keepalived.conf for a distributor', () => {
       [{ dvipas: ['2001:db8::10', '2001:db8::11'] }, /dvipas/],
       [{ dvipas: ['192.0.2.10', '192.0.2.11'] }, /dvipas/],
       [{ dvipas: [] }, /dvipas/],
+      [{ added: ['10.0.0.20 dev lo'] }, /added/],
+      [{ added: ['192.0.2.10'] }, /added/],
+      [{ added: Array.from({ length: 257 }, (_, i) => `10.0.${i >> 8}.${i & 255}`) }, /added/],
       [{ priority: 0 }, /priority/],
       [{ priority: 255 }, /priority/],
       [{ priority: 1.5 }, /priority/],
@@ -234,7 +241,7 @@ describe('keepalived.conf for a distributor', () => {
       expect(check(wrong)).toMatchObject({ ok: false, stderr: expect.stringMatching(/Unknown keyword 'no_preempt_please'/) });
       // A dual-stack DVIPA: the IPv6 address in the excluded block passes too.
       const dual = path.join(tmp, 'dual.conf');
-      writeKeepalivedConfig(dual, keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['192.0.2.10', '2001:db8::10'] }, nodes: [{ name: 'n2', interface: 'baton0' }] }, 'n2', paths)));
+      writeKeepalivedConfig(dual, keepalivedConfig(vrrpNodeSpec({ ...CLUSTER, dvipa: { addresses: ['192.0.2.10', '2001:db8::10'] }, nodes: [{ name: 'n2', interface: 'baton0' }] }, 'n2', paths, ['192.0.2.20', '2001:db8::20'])));
       expect(check(dual)).toEqual({ ok: true, stderr: '' });
       // The config test creates no FIFO: batond does, before keepalived starts.
       expect(fs.existsSync(paths.notifyFifo)).toBe(false);
