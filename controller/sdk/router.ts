@@ -16,10 +16,12 @@
 // delivered. The application may retry elsewhere or answer the client.
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
+import type tls from 'node:tls';
 import { performance } from 'node:perf_hooks';
 import { monotonicUs } from '../clock.js';
 import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
+import { kernelTls } from '../../native/kernel-tls.js';
 import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { logSparsely } from '../input.js';
@@ -171,6 +173,12 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   async handoff(socket: net.Socket, targets: HandoffTarget | readonly HandoffTarget[], opts: HandoffOptions = {}): Promise<HandoffResult> {
     const list = Array.isArray(targets) ? targets : [targets as HandoffTarget];
     if (list.length === 0) throw new BatonError('E_NO_TARGET', 'no target to hand the connection to', { step: 'prepare' });
+    // A TLS connection's session (its keys, its records' sequence numbers) lives in this process:
+    // its TCP socket alone would give the target ciphertext it cannot read and break the client's
+    // session. Refused before anything changes: the connection stays the application's.
+    if ((socket as Partial<tls.TLSSocket>).encrypted === true) {
+      throw new BatonError('E_HANDOFF_STATE', `a TLS connection cannot be handed off: its TLS session would not go with its socket (${kernelTls().how})`, { step: 'prepare' });
+    }
     const attempts: HandoffAttempt[] = [];
     // The socket is Baton's from here: routing-phase limits (routing-guard.ts) must not close it
     // under a handoff, and come back only if every target failed and it is the application's again.
