@@ -87,7 +87,7 @@ function ensureLabApiTokens(lab: LabDescription): void {
 
 /**
  * Where the lab's operator-added DVIPAs come from: host numbers 16–31 of its subnet (a /28), and
- * the IPv6 twins' neighbours, <subnet6>:1:0/112 (docs/lab.md).
+ * <subnet6>:1:0/112 of its IPv6 subnet (docs/lab.md).
  */
 export const LAB_EXTRA_DVIPAS = { first: 16, prefix: 28, first6: 0x1_0000, prefix6: 112 } as const;
 
