@@ -188,6 +188,29 @@ export function canonicalIp(address: string, field = 'address'): string {
   return canonicalAddress(family, address, field);
 }
 
+/** The prefix length that makes one IPv6 source unless configured: a /64, one link's, usually one holder's. */
+export const IPV6_SOURCE_PREFIX = 64;
+
+/**
+ * The source a client address counts as, for the routing-phase limit per source
+ * (sdk/routing-guard.ts) and the routing table's quota per source (agent/quotas.ts): the IPv4
+ * address (also when it arrives IPv4-mapped on a dual-stack listener), or the prefix of an IPv6
+ * address (/64 by default), since whoever has one IPv6 address usually has the whole /64 (or
+ * more: a /56 or /48 per site) to pick from.
+ */
+export function sourceOf(address: string, ipv6Prefix: number = IPV6_SOURCE_PREFIX): string {
+  // A zone id names the interface the address was seen on, not the client.
+  const bare = address.split('%')[0]!.toLowerCase();
+  if (!net.isIPv6(bare)) return bare;
+  const bytes = addressToBytes(6, bare);
+  const canonical = bytesToAddress(6, bytes);
+  // Only an IPv4-mapped address is written with a dotted tail (see the header).
+  if (canonical.startsWith('::ffff:') && canonical.includes('.')) return canonical.slice(7);
+  // Host bits cleared: canonical text of the network, then its length.
+  for (let bit = ipv6Prefix; bit < 128; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
+  return `${bytesToAddress(6, bytes)}/${ipv6Prefix}`;
+}
+
 // ---- flows ------------------------------------------------------------------------------------
 
 /**

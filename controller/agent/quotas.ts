@@ -1,6 +1,7 @@
 // The routing table's quotas: how many handed-off connections the table may hold in all, and how
-// many one client address may hold, so that no client can fill the table (E_QUOTA). Checked by
-// the route service before a new handed-off connection takes an entry.
+// many one client may hold (one IPv4 address, one IPv6 prefix: flow.ts, sourceOf), so that no
+// client can fill the table (E_QUOTA). Checked by the route service before a new handed-off
+// connection takes an entry.
 import { BatonError } from '../errors.js';
 import type { ClusterConfig } from '../config/cluster.js';
 import { connectionId, type FlowKey } from '../flow.js';
@@ -39,9 +40,12 @@ export class Quotas {
     if (this.index.size >= handedOffEntries) {
       kind = 'total';
       why = `the routing table holds ${this.index.size} handed-off connections, its quota (limits.handedOffEntries) is ${handedOffEntries}`;
-    } else if ((this.index.count({ client: flow.clientAddress }) ?? 0) >= entriesPerSource) {
-      kind = 'per-source';
-      why = `client ${flow.clientAddress} holds ${entriesPerSource} handed-off connections, its quota (limits.entriesPerSource)`;
+    } else {
+      const source = this.index.sourceOf(flow.clientAddress);
+      if ((this.index.count({ source }) ?? 0) >= entriesPerSource) {
+        kind = 'per-source';
+        why = `client ${source === flow.clientAddress ? flow.clientAddress : `${flow.clientAddress} (source ${source})`} holds ${entriesPerSource} handed-off connections, its quota (limits.entriesPerSource)`;
+      }
     }
     if (!kind) return;
     const n = (this.refused.get(kind) ?? 0) + 1;

@@ -63,7 +63,7 @@ export const RECONCILE_EVERY_MS = 30_000;
 
 export class RouteService {
   /** The table as this service wrote it: counts and pages without walking the map. */
-  readonly index = new TableIndex();
+  readonly index: TableIndex;
   private readonly frozen = new Map<string, FreezeRecord>();
   private readonly releasing = new Map<string, NodeJS.Timeout>();
   private readonly sweeper: NodeJS.Timeout;
@@ -91,6 +91,7 @@ export class RouteService {
     private readonly self: string = preferredDistributor(config),
   ) {
     this.byId = new Map(config.nodes.map((n) => [n.id, n]));
+    this.index = new TableIndex(config.limits?.ipv6SourcePrefix);
     this.quotas = new Quotas(config, capacity, this.index, log);
     // The pinned table outlives batond: learn it once, and take up what its previous life left.
     // Before any timer starts: a table that cannot be read leaves nothing to write to it later.

@@ -3,13 +3,14 @@
 // the kernel keeps no element count, and a walk of 200,000 entries costs two syscalls each,
 // about half a second of a blocked event loop, during which no handoff moves.
 //
-//   counts      total, by state, by serving node, by client address and by DVIPA: O(1) to read,
-//               and what the quotas check (one client address cannot fill the table).
+//   counts      total, by state, by serving node, by client address, by client source (an IPv6
+//               client's /64: flow.ts, sourceOf) and by DVIPA: O(1) to read, and what the quotas
+//               check (one client cannot fill the table).
 //   pages       a page at a time after a cursor (paged-map.ts): O(page) however large the table.
 //
 // The map can change behind batond's back (XDP deletes an entry a new SYN reclaims; an operator's
 // bpftool): route-service reconciles the two now and then, in small steps.
-import { connectionId, type FlowKey } from '../flow.js';
+import { connectionId, type FlowKey, IPV6_SOURCE_PREFIX, sourceOf } from '../flow.js';
 import { PagedMap, type PageOf } from './paged-map.js';
 import type { RouteState } from './table-layout.js';
 
@@ -30,6 +31,8 @@ export interface RouteFilter {
   state?: RouteState;
   node?: number;
   client?: string;
+  /** A client source as sourceOf() names it (TableIndex.sourceOf): counts only, for the quotas. */
+  source?: string;
   vip?: string;
 }
 
@@ -43,8 +46,17 @@ export class TableIndex {
   private readonly entries = new PagedMap<IndexedRoute>();
   private readonly byState = new Map<RouteState, number>();
   private readonly byNode = new Map<number, number>();
+  private readonly byClient = new Map<string, number>();
   private readonly bySource = new Map<string, number>();
   private readonly byVip = new Map<string, number>();
+
+  /** ipv6SourcePrefix: how many leading bits of an IPv6 client address make its source (limits.ipv6SourcePrefix). */
+  constructor(private readonly ipv6SourcePrefix = IPV6_SOURCE_PREFIX) {}
+
+  /** The source a client address counts under here. */
+  sourceOf(address: string): string {
+    return sourceOf(address, this.ipv6SourcePrefix);
+  }
 
   get size(): number {
     return this.entries.size;
@@ -86,7 +98,8 @@ export class TableIndex {
     if (given.length > 1) return undefined;
     if (filter.state !== undefined) return this.byState.get(filter.state) ?? 0;
     if (filter.node !== undefined) return this.byNode.get(filter.node) ?? 0;
-    if (filter.client !== undefined) return this.bySource.get(filter.client) ?? 0;
+    if (filter.client !== undefined) return this.byClient.get(filter.client) ?? 0;
+    if (filter.source !== undefined) return this.bySource.get(filter.source) ?? 0;
     return this.byVip.get(filter.vip!) ?? 0;
   }
 
@@ -114,7 +127,8 @@ export class TableIndex {
   private account(e: IndexedRoute, by: number): void {
     bump(this.byState, e.state, by);
     bump(this.byNode, e.node, by);
-    bump(this.bySource, e.flow.clientAddress, by);
+    bump(this.byClient, e.flow.clientAddress, by);
+    bump(this.bySource, this.sourceOf(e.flow.clientAddress), by);
     bump(this.byVip, e.flow.vipAddress, by);
   }
 }

@@ -122,8 +122,10 @@ export const ClusterConfigSchema = Type.Object(
            * connections already moving and for entries that linger while TCP closes.
            */
           handedOffEntries: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_777_216 })),
-          /** Handed-off connections one client address may hold; beyond, its handoffs are refused (E_QUOTA). Default 4096. */
+          /** Handed-off connections one client may hold (an IPv4 address, an IPv6 prefix); beyond, its handoffs are refused (E_QUOTA). Default 4096. */
           entriesPerSource: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_777_216 })),
+          /** The IPv6 prefix length that makes one client for entriesPerSource: every address of a /64 by default. */
+          ipv6SourcePrefix: Type.Optional(Type.Integer({ minimum: 1, maximum: 128 })),
           /** Connections a target application serves at once when it names no capacity of its own; beyond, offers are refused. Default 10000. */
           targetCapacity: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000_000 })),
           /**

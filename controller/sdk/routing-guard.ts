@@ -20,9 +20,9 @@
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
-import { LIMIT_REASONS, type LimitReason, positiveInteger, ROUTING_LIMIT_DEFAULTS, type RoutingLimits, sourceOf } from './routing-limits.js';
+import { LIMIT_REASONS, type LimitReason, positiveInteger, ROUTING_LIMIT_DEFAULTS, type RoutingLimits } from './routing-limits.js';
 import { BatonError } from '../errors.js';
-import { peerText } from '../flow.js';
+import { peerText, sourceOf } from '../flow.js';
 
 export interface RoutingGuardOptions extends Partial<RoutingLimits> {
   /**

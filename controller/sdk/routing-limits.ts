@@ -1,8 +1,7 @@
 // What the routing-phase limits are (routing-guard.ts enforces them): their names and production
-// defaults, and how a connection's source is counted for the per-source limit.
-import net from 'node:net';
+// defaults. How a connection's source is counted for the per-source limit: flow.ts, sourceOf.
 import { BatonError } from '../errors.js';
-import { addressToBytes, bytesToAddress } from '../flow.js';
+import { IPV6_SOURCE_PREFIX } from '../flow.js';
 
 export type LimitReason = 'idle' | 'deadline' | 'too-many-bytes' | 'per-source' | 'total';
 export const LIMIT_REASONS: readonly LimitReason[] = ['idle', 'deadline', 'too-many-bytes', 'per-source', 'total'];
@@ -35,27 +34,9 @@ export const ROUTING_LIMIT_DEFAULTS: Readonly<RoutingLimits> = Object.freeze({
   deadlineMs: 30_000,
   maxBytes: 64 * 1024,
   maxPerSource: 64,
-  ipv6SourcePrefix: 64,
+  ipv6SourcePrefix: IPV6_SOURCE_PREFIX,
   maxTotal: 4096,
 });
-
-/**
- * The key the per-source limit counts under: the IPv4 address (also when it arrives IPv4-mapped on
- * a dual-stack listener), or the prefix of an IPv6 address (/64 by default), since whoever has one
- * IPv6 address usually has the whole /64 (or more: a /56 or /48 per site) to pick from.
- */
-export function sourceOf(address: string, ipv6Prefix: number = ROUTING_LIMIT_DEFAULTS.ipv6SourcePrefix): string {
-  // A zone id names the interface the address was seen on, not the client.
-  const bare = address.split('%')[0]!.toLowerCase();
-  if (!net.isIPv6(bare)) return bare;
-  const bytes = addressToBytes(6, bare);
-  const canonical = bytesToAddress(6, bytes);
-  // Only an IPv4-mapped address is written with a dotted tail (flow.ts).
-  if (canonical.startsWith('::ffff:') && canonical.includes('.')) return canonical.slice(7);
-  // Host bits cleared: canonical text of the network, then its length.
-  for (let bit = ipv6Prefix; bit < 128; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
-  return `${bytesToAddress(6, bytes)}/${ipv6Prefix}`;
-}
 
 export function positiveInteger(name: string, value: number): number {
   if (!Number.isSafeInteger(value) || value <= 0) {

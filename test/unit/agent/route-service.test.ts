@@ -236,6 +236,22 @@ describe('routing-table quotas', () => {
     expect(table.get(at(1))?.targetNode).toBe(3);
   });
 
+  it('an IPv6 client counts by its /64 (limits.ipv6SourcePrefix sets the length): one holder cannot spread over its addresses', () => {
+    const v6 = (client: string, port: number): FlowKey => ({ family: 6, clientAddress: client, clientPort: port, vipAddress: '2001:db8::10', vipPort: 7000 });
+    const { table, service } = limited({ entriesPerSource: 2 });
+    service.freeze('n1', v6('2001:db8:1:2::5', 1));
+    service.freeze('n1', v6('2001:db8:1:2::6', 2));
+    expect(() => service.freeze('n1', v6('2001:db8:1:2:ffff::1', 3))).toThrow(/client 2001:db8:1:2:ffff::1 \(source 2001:db8:1:2::\/64\) holds 2 handed-off connections/);
+    expect(table.get(v6('2001:db8:1:2:ffff::1', 3))).toBeUndefined();
+    // Another /64 has a quota of its own.
+    service.freeze('n1', v6('2001:db8:1:3::5', 4));
+    // Counted per address, the same two would leave room for a third address of the /64.
+    const perAddress = limited({ entriesPerSource: 1, ipv6SourcePrefix: 128 });
+    perAddress.service.freeze('n1', v6('2001:db8:1:2::5', 1));
+    perAddress.service.freeze('n1', v6('2001:db8:1:2::6', 2));
+    expect(() => perAddress.service.freeze('n1', v6('2001:db8:1:2::6', 3))).toThrow(/client 2001:db8:1:2::6 \(source 2001:db8:1:2::6\/128\) holds 1/);
+  });
+
   it('the table as a whole stops at handedOffEntries, below its capacity; room comes back as entries go', () => {
     const { table, service } = limited({ handedOffEntries: 5, entriesPerSource: 100 });
     for (let p = 1; p <= 5; p++) service.freeze('n1', at(p, `10.0.1.${p}`));

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../controller/log.js';
 import { RouterClient } from '../../../controller/sdk/router.js';
 import { type RoutingGuardOptions, type RoutingPhase, RoutingGuard } from '../../../controller/sdk/routing-guard.js';
-import { sourceOf } from '../../../controller/sdk/routing-limits.js';
+import { sourceOf } from '../../../controller/flow.js';
 import { Accepts } from '../../../controller/transfer/messages.js';
 import { nativeSockets } from '../../../controller/transfer/sockets.js';
 import { scriptedAgent } from '../../helpers/scripted-agent.js';
