@@ -21,6 +21,7 @@ export function kernelTls(root = '/'): KernelTls {
   };
   if (read('proc/sys/net/ipv4/tcp_available_ulp').split(/\s+/).includes('tls')) return { available: true, how: 'the tls ULP is registered' };
   const modules = `lib/modules/${os.release()}`;
-  if (/(^|\/)net\/tls\/tls\.ko/m.test(`${read(`${modules}/modules.dep`)}\n${read(`${modules}/modules.builtin`)}`)) return { available: true, how: 'the tls module is installed' };
+  // Distributions may compress modules (tls.ko.xz, tls.ko.zst).
+  if (/(^|\/)net\/tls\/tls\.ko(\.\w+)?(:|$)/m.test(`${read(`${modules}/modules.dep`)}\n${read(`${modules}/modules.builtin`)}`)) return { available: true, how: 'the tls module is installed' };
   return { available: false, how: `kernel ${os.release()} has no kernel TLS (CONFIG_TLS): no tls ULP registered, no tls module` };
 }

@@ -109,8 +109,12 @@ export class DvipaSet {
     if (why) throw new BatonError('E_CONFIG', why, ctx);
     const existing = this.all().find((d) => d.address === spec.address);
     if (existing) {
-      // Idempotent for a retry of the same request (a node that missed it the first time).
-      if (existing.source === 'api' && JSON.stringify([...existing.ports].sort()) === JSON.stringify([...spec.ports].sort())) return existing;
+      // Idempotent for a retry of the same request (a node that missed it the first time, or
+      // whose onChange failed: told again, so a retry repairs it).
+      if (existing.source === 'api' && JSON.stringify([...existing.ports].sort()) === JSON.stringify([...spec.ports].sort())) {
+        await this.onChange([...this.added.values()]);
+        return existing;
+      }
       throw new BatonError('E_HANDOFF_STATE', `DVIPA ${spec.address} already exists with ports ${existing.ports.join(',')}`, ctx);
     }
     await this.holder.hold(spec.address);

@@ -46,10 +46,13 @@ async function deleteAddress(address: string, dev: string): Promise<void> {
   }
 }
 
-/** Takes a DVIPA an operator removed off this node (lo, and the segment's interface for an IPv6 one). */
-export async function releaseDvipa(address: string, iface: string): Promise<void> {
-  await deleteAddress(address, 'lo');
-  if (net.isIPv6(address)) await deleteAddress(address, iface);
+/**
+ * Takes a DVIPA an operator removed off this node: lo, and for an IPv6 one the segment's interface,
+ * unless keepalived holds it there (it takes it off itself when batond reloads it).
+ */
+export async function releaseDvipa(opts: Omit<DvipaOptions, 'distributor'>): Promise<void> {
+  await deleteAddress(opts.address, 'lo');
+  if (net.isIPv6(opts.address) && !opts.keepalived) await deleteAddress(opts.address, opts.interface);
 }
 
 export async function ensureDvipa(opts: DvipaOptions): Promise<void> {

@@ -136,7 +136,7 @@ export class NodeAgent {
         // A lone distributor answers ARP and neighbour solicitations for its DVIPAs itself; with backups
         // keepalived puts them on the active one's interface, and every node is silent for the copy on lo.
         hold: (address) => ensureDvipa({ address, distributor: config.distributors.length === 1 && this.isCandidate, keepalived: config.distributors.length > 1, interface: self.interface }),
-        release: (address) => releaseDvipa(address, self.interface),
+        release: (address) => releaseDvipa({ address, keepalived: config.distributors.length > 1, interface: self.interface }),
       },
       new DvipaPolicy(config.dvipaCidrs, config.dvipa.addresses, config.nodes.map((n) => n.address), defaultGateways),
       // A distributor's keepalived holds and announces the added DVIPAs too (keepalived-start.ts).

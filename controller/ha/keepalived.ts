@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
+import { familyOf } from '../flow.js';
 
 /** VRRP's virtual router id when the cluster file names none (keepalived's own example value). */
 export const DEFAULT_ROUTER_ID = 51;
@@ -143,11 +144,11 @@ export function checkSpec(spec: VrrpNodeSpec): void {
   if (!NAME.test(spec.instance)) throw bad('instance', `want ${NAME.source}`);
   if (!NAME.test(spec.node)) throw bad('node', `want ${NAME.source}`);
   // Checked here, not only by the cluster file's schema: the addresses become words in keepalived.conf.
-  const families = spec.dvipas.map((a) => (net.isIPv4(a) ? 4 : net.isIPv6(a) && !a.includes('%') ? 6 : 0));
-  if (spec.dvipas.length < 1 || spec.dvipas.length > 2 || families.includes(0) || families[0] === families[1]) {
+  const families = spec.dvipas.map(familyOf);
+  if (spec.dvipas.length < 1 || spec.dvipas.length > 2 || families.includes(undefined) || families[0] === families[1]) {
     throw bad('dvipas', 'want one IPv4 address, one IPv6 address, or one of each');
   }
-  if (spec.added.length > MAX_ADDED || spec.added.some((a) => !(net.isIPv4(a) || (net.isIPv6(a) && !a.includes('%'))) || spec.dvipas.includes(a))) {
+  if (spec.added.length > MAX_ADDED || spec.added.some((a) => !familyOf(a) || spec.dvipas.includes(a))) {
     throw bad('added', `want at most ${MAX_ADDED} IPv4 or IPv6 addresses, none of them the cluster file's`);
   }
   if (!INTERFACE_NAME.test(spec.interface)) throw bad('interface', `want ${INTERFACE_NAME.source}`);

@@ -58,9 +58,11 @@ describe('DvipaSet', () => {
     await set.add({ address: '10.0.0.21', ports: [80] });
     await set.remove('10.0.0.20');
     expect(told).toEqual([['10.0.0.20'], ['10.0.0.20', '10.0.0.21'], ['10.0.0.21']]);
-    // A refused change tells nothing.
+    // A refused change tells nothing; a retry of an add tells again (it repairs a failed reload).
     await expect(set.add({ address: '10.0.1.5', ports: [80] })).rejects.toThrow(/allow-list/);
     expect(told).toHaveLength(3);
+    await set.add({ address: '10.0.0.21', ports: [80] });
+    expect(told).toEqual([['10.0.0.20'], ['10.0.0.20', '10.0.0.21'], ['10.0.0.21'], ['10.0.0.21']]);
   });
 
   it('a restarted agent holds what was added before', async () => {

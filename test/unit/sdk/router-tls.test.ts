@@ -32,7 +32,9 @@ describe('kernel TLS, as a node has it or not', () => {
     expect(kernelTls(root({ 'proc/sys/net/ipv4/tcp_available_ulp': 'espintcp mptcp tls\n' }))).toMatchObject({ available: true });
     expect(kernelTls(root({ 'proc/sys/net/ipv4/tcp_available_ulp': 'mptcp\n', [`${modules}/modules.dep`]: 'kernel/net/tls/tls.ko: \nkernel/net/ipv4/udp_tunnel.ko:\n' }))).toMatchObject({ available: true });
     expect(kernelTls(root({ [`${modules}/modules.builtin`]: 'kernel/net/tls/tls.ko\n' }))).toMatchObject({ available: true });
-    const none = kernelTls(root({ 'proc/sys/net/ipv4/tcp_available_ulp': 'mptcp\n', [`${modules}/modules.dep`]: 'kernel/net/tlsx/other.ko:\n' }));
+    // Compressed, with its dependencies listed after it.
+    expect(kernelTls(root({ [`${modules}/modules.dep`]: 'kernel/net/tls/tls.ko.xz: kernel/net/core/x.ko.xz\n' }))).toMatchObject({ available: true });
+    const none = kernelTls(root({ 'proc/sys/net/ipv4/tcp_available_ulp': 'mptcp\n', [`${modules}/modules.dep`]: 'kernel/net/tlsx/other.ko:\nkernel/net/tls/tls.kox:\n' }));
     expect(none).toEqual({ available: false, how: `kernel ${os.release()} has no kernel TLS (CONFIG_TLS): no tls ULP registered, no tls module` });
   });
 });
