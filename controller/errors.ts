@@ -28,6 +28,7 @@ export const ERRORS = {
   E_NOT_FOUND: { status: 404, retryable: false, description: 'the connection, node, target or DVIPA named does not exist' },
   E_UNAUTHORIZED: { status: 401, retryable: false, description: 'a REST request without a valid operator token (or node certificate)' },
   E_FORBIDDEN: { status: 403, retryable: false, description: "a REST request whose operator's scope does not allow it" },
+  E_TLS: { status: 502, retryable: false, description: 'the TLS session of a transferred connection ended: an alert from the client, or a record kernel TLS cannot take' },
   E_LAB: { status: 500, retryable: false, description: 'building or tearing down the namespace lab failed' },
 } as const satisfies Record<string, ErrorInfo>;
 

@@ -23,6 +23,8 @@ export interface ExampleOptions {
   control?: { port: number; secretFile: string };
   /** Routing applications: the routing-phase limits (controller/sdk/routing-guard.ts). */
   routing: RoutingLimits;
+  /** Routing applications serving TLS: the certificate and key (PEM files). */
+  tls?: { cert: string; key: string };
 }
 
 /** The routing-phase options, their flags and what they bound. */
@@ -61,13 +63,16 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
     .option('--decide', 'target applications: answer each offer here (onOffer) instead of letting batond accept up to --capacity')
     .option('--framework <name>', 'HTTP target: node (http.createServer) or fastify', 'node')
     .option('--instance <name>', 'target applications: instance name, unique on the node (default: the application name)')
+    .option('--tls-cert <file>', 'routing applications: serve TLS with this certificate (PEM), handing connections off with their TLS session (targets need kernel TLS)')
+    .option('--tls-key <file>', 'routing applications: the private key of --tls-cert (PEM)')
     .option('--control-port <port>', 'UDP port of batond\'s control socket on this node')
     .option('--control-secret <file>', 'the node\'s control secret file');
   for (const [key, flag, what] of ROUTING_FLAGS) command.option(flag, `routing applications: ${what}`, String(routingDefault[key]));
   const opts = command
     .parse()
-    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; decide?: boolean; framework: string; controlPort?: string; controlSecret?: string; instance?: string }>();
+    .opts<{ agent: string; node: string; dvipa: string; port: string; users: string; targets: string; capacity: string; decide?: boolean; framework: string; controlPort?: string; controlSecret?: string; instance?: string; tlsCert?: string; tlsKey?: string }>();
   if (Boolean(opts.controlPort) !== Boolean(opts.controlSecret)) throw new Error('--control-port and --control-secret go together');
+  if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) throw new Error('--tls-cert and --tls-key go together');
   const capacity = Number(opts.capacity);
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`--capacity: expected a non-negative integer, got "${opts.capacity}"`);
   if (opts.framework !== 'node' && opts.framework !== 'fastify') throw new Error(`--framework: expected node or fastify, got "${opts.framework}"`);
@@ -92,6 +97,7 @@ export function exampleOptions(name: string, defaultPort: number, routingDefault
     routing,
     ...(opts.instance ? { instance: opts.instance } : {}),
     ...(opts.controlPort && opts.controlSecret ? { control: { port: Number(opts.controlPort), secretFile: opts.controlSecret } } : {}),
+    ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
   };
 }
 

@@ -17,6 +17,8 @@ export const PEER_PORT = 4700;
 export const CONTROL_PORT = 4701;
 export const HTTP_PORT = 80;
 export const LINE_PORT = 7000;
+/** The HTTPS example's DVIPA port (LabProcessOptions.https). */
+export const HTTPS_PORT = 443;
 export const API_PORT = 4702;
 
 export function clusterConfigPath(lab: LabDescription): string {
@@ -36,6 +38,11 @@ export function certsDir(lab: LabDescription): string {
   return path.join(lab.runDir, 'certs');
 }
 
+/** The certificate (and key) the lab's HTTPS router presents: for the DVIPA's IPv4 address, signed by the lab's CA. */
+export function dvipaCertificate(lab: LabDescription): { cert: string; key: string } {
+  return { cert: path.join(certsDir(lab), 'dvipa.crt'), key: path.join(certsDir(lab), 'dvipa.key') };
+}
+
 function ensureLabCertificates(lab: LabDescription, management: Family = 4): void {
   const script = path.join(repoRoot(), 'scripts/certs.sh');
   const dir = certsDir(lab);
@@ -48,6 +55,7 @@ function ensureLabCertificates(lab: LabDescription, management: Family = 4): voi
   };
   make(['ca', dir]);
   for (const n of lab.nodes) if (!fs.existsSync(path.join(dir, `${n.name}.crt`))) make(['node', dir, n.name, managementAddress(n, management)]);
+  if (!fs.existsSync(dvipaCertificate(lab).cert)) make(['node', dir, 'dvipa', lab.dvipa.address]);
 }
 
 /** The lab's cluster CA certificate: what batonctl and curl check the nodes' API certificates against. */
@@ -96,12 +104,12 @@ export function managementAddress(node: LabDescription['nodes'][number], family:
   return family === 6 ? node.address6 : node.address;
 }
 
-export function clusterFromLab(lab: LabDescription, opts: Pick<LabProcessOptions, 'xdpMode' | 'limits' | 'management'> = {}): ClusterConfig {
+export function clusterFromLab(lab: LabDescription, opts: Pick<LabProcessOptions, 'xdpMode' | 'limits' | 'management' | 'https'> = {}): ClusterConfig {
   const { xdpMode = 'native', limits, management } = opts;
   return {
     version: 1,
     instance: lab.prefix,
-    dvipa: { addresses: [lab.dvipa.address, lab.dvipa.address6], ports: [...lab.dvipa.ports] },
+    dvipa: { addresses: [lab.dvipa.address, lab.dvipa.address6], ports: [...lab.dvipa.ports, ...(opts.https ? [HTTPS_PORT] : [])] },
     // The config's DVIPAs, and for the ones an operator adds .16–.31 of the lab subnet and a /112
     // of the IPv6 one (docs/lab.md).
     dvipaCidrs: [
@@ -143,6 +151,12 @@ export interface LabProcessOptions {
   limits?: ClusterConfig['limits'];
   /** More arguments for named processes, e.g. { 'n2-http-target': ['--capacity', '0'] }. */
   extraArgs?: Record<string, string[]>;
+  /**
+   * The HTTP example over TLS too, on HTTPS_PORT: the router terminates TLS with a certificate for
+   * the DVIPA (dvipaCertificate) and hands connections off with their session; the targets (an
+   * instance https-target beside http-target) need kernel TLS to take them.
+   */
+  https?: boolean;
   /** More HTTP target instances: node → instance names. */
   moreHttpTargets?: Record<string, string[]>;
   /**
@@ -207,12 +221,17 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
         { name: `${n.name}-http-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTP_PORT)] },
         { name: `${n.name}-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...routerArgs, '--port', String(LINE_PORT)] },
       );
+      if (opts.https) {
+        const { cert, key } = dvipaCertificate(lab);
+        specs.push({ name: `${n.name}-https-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTPS_PORT), '--tls-cert', cert, '--tls-key', key] });
+      }
     }
     if (targetNodes.includes(n.name)) {
       specs.push(
         { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--framework', framework] },
         { name: `${n.name}-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(LINE_PORT)] },
       );
+      if (opts.https) specs.push({ name: `${n.name}-https-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTPS_PORT), '--instance', 'https-target', '--framework', framework] });
     }
   }
   for (const [nodeName, instances] of Object.entries(opts.moreHttpTargets ?? {})) {
@@ -240,8 +259,8 @@ function confine(specs: ProcessSpec[], opts: LabProcessOptions): ProcessSpec[] {
 /** Lines every lab process logs once it is serving; the lab is ready when all have appeared. */
 const READY: Array<[RegExp, RegExp]> = [
   [/-batond$/, /"msg":"batond ready"/],
-  [/-(http|line)-router$/, /"msg":"(http|line) router listening"/],
-  [/-(http|line)-target$|-http-[a-z0-9]+$/, /"msg":"(http|line) target registered"/],
+  [/-(https?|line)-router$/, /"msg":"(http|line) router listening"/],
+  [/-(https?|line)-target$|-http-[a-z0-9]+$/, /"msg":"(http|line) target registered"/],
 ];
 
 export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], timeoutMs = 20_000): Promise<void> {
@@ -263,24 +282,27 @@ export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], 
 }
 
 /**
- * Ready also means the HTTP router has heard of every HTTP target instance (reports travel
- * between nodes once a second), so a test's first request does not race target discovery.
+ * Ready also means each HTTP router (HTTP, HTTPS) has heard of every HTTP target instance on its
+ * port (reports travel between nodes once a second), so a test's first request does not race
+ * target discovery.
  */
 async function waitForDiscovery(lab: LabDescription, specs: ProcessSpec[], deadline: number): Promise<void> {
-  const router = specs.find((s) => s.name.endsWith('-http-router'));
-  if (!router) return;
-  const expected = specs
-    .filter((s) => s.argv.some((a) => a.endsWith('examples/http/target.js')))
-    .map((s) => {
-      const node = lab.nodes.find((n) => n.ns === s.ns)!.name;
-      const i = s.argv.indexOf('--instance');
-      return `"node":"${node}","app":"http-target","instance":"${i >= 0 ? s.argv[i + 1] : 'http-target'}"`;
-    });
-  const log = path.join(lab.runDir, `${router.name}.log`);
-  for (;;) {
-    const last = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('"msg":"target list changed"')).pop() ?? '';
-    if (expected.every((e) => last.includes(e))) return;
-    if (Date.now() > deadline) throw new BatonError('E_LAB', `the HTTP router has not discovered every target: last list ${last || 'none'}`, { step: 'ready' });
-    await sleep(100);
+  const portOf = (s: ProcessSpec) => s.argv[s.argv.indexOf('--port') + 1];
+  for (const router of [/-http-router$/, /-https-router$/].map((r) => specs.find((s) => r.test(s.name)))) {
+    if (!router) continue;
+    const expected = specs
+      .filter((s) => s.argv.some((a) => a.endsWith('examples/http/target.js')) && portOf(s) === portOf(router))
+      .map((s) => {
+        const node = lab.nodes.find((n) => n.ns === s.ns)!.name;
+        const i = s.argv.indexOf('--instance');
+        return `"node":"${node}","app":"http-target","instance":"${i >= 0 ? s.argv[i + 1] : 'http-target'}"`;
+      });
+    const log = path.join(lab.runDir, `${router.name}.log`);
+    for (;;) {
+      const last = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('"msg":"target list changed"')).pop() ?? '';
+      if (expected.every((e) => last.includes(e))) break;
+      if (Date.now() > deadline) throw new BatonError('E_LAB', `${router.name} has not discovered every target: last list ${last || 'none'}`, { step: 'ready' });
+      await sleep(100);
+    }
   }
 }

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { repoRoot } from '../paths.js';
 import { endpointText, type Family, hostPort } from '../flow.js';
-import { HTTP_PORT, LINE_PORT, labProcesses, waitUntilReady } from './cluster.js';
+import { HTTP_PORT, HTTPS_PORT, LINE_PORT, labCaFile, labProcesses, waitUntilReady } from './cluster.js';
 import type { LabDescription } from './description.js';
 import { killNode, labDown, labUp } from './lab.js';
 
@@ -75,6 +75,15 @@ export function curlDigest(lab: LabDescription, user: string, password: string, 
     'curl', '-sS', `-${family}`, '--max-time', '10', '--digest', '-u', `${user}:${password}`,
     '-w', '\\n%{http_code} connects=%{num_connects}\\n',
     ...paths.map((p) => `http://${endpointText(family, dvipaOf(lab, family), HTTP_PORT)}${p}`),
+  ];
+}
+
+/** The same over HTTPS (the lab's https option), checking the router's certificate against the lab's CA; HTTP/1.1, one connection. */
+export function curlDigestTls(lab: LabDescription, user: string, password: string, paths: string[]): string[] {
+  return [
+    'curl', '-sS', '-4', '--http1.1', '--max-time', '10', '--cacert', labCaFile(lab), '--digest', '-u', `${user}:${password}`,
+    '-w', '\\n%{http_code} connects=%{num_connects}\\n',
+    ...paths.map((p) => `https://${lab.dvipa.address}:${HTTPS_PORT}${p}`),
   ];
 }
 

@@ -106,7 +106,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'baton_offers_refused_total',
-      help: 'Connections offered to this node and refused before anything served them, by reason: wrong-sender, not-dvipa, wrong-port, not-owner (the distributor does not say the sender serves the flow), peer-offers and peer-bytes (the sender\'s share), no-application, duplicate, capacity, invalid-state',
+      help: 'Connections offered to this node and refused before anything served them, by reason: wrong-sender, not-dvipa, wrong-port, not-owner (the distributor does not say the sender serves the flow), peer-offers and peer-bytes (the sender\'s share), no-application, duplicate, capacity, invalid-state, no-kernel-tls (a TLS connection offered to a node without kernel TLS)',
       labelNames: ['reason'],
       registers,
       collect() {

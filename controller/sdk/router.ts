@@ -22,7 +22,10 @@ import { monotonicUs } from '../clock.js';
 import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { kernelTls } from '../../native/kernel-tls.js';
-import { leaveRepair, loadNative, socketFd, socketTimestamp } from '../../native/repair.js';
+import { leaveRepair, loadNative, socketTimestamp } from '../../native/repair.js';
+import { takeOverReads, takeOverTls, type TakenOverTls, untilFlushed } from './socket-takeover.js';
+import { tlsSessionOf } from './tls-session.js';
+import { KtlsSocket } from './ktls-socket.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { logSparsely } from '../input.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
@@ -50,8 +53,6 @@ export { MAX_PEEKED_BYTES };
 export function verdictTimeoutMs(handoffStepTimeoutMs?: number): number {
   return handoffStepTimeoutMs === undefined ? 10_000 : 5 * handoffStepTimeoutMs + 1000;
 }
-/** How long handoff() waits for Node to flush what the application already wrote. */
-const DRAIN_TIMEOUT_MS = 2_000;
 
 export interface HandoffTarget {
   node: string;
@@ -87,12 +88,6 @@ export interface HandoffResult {
   timings: HandoffTimings;
   /** Every target tried, in order; the last one took the connection. */
   attempts: HandoffAttempt[];
-}
-
-interface TakenOver {
-  fd: number;
-  buffered: Buffer;
-  restore(): void;
 }
 
 const micros = (from: number) => Math.round((performance.now() - from) * 1000);
@@ -173,11 +168,22 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
   async handoff(socket: net.Socket, targets: HandoffTarget | readonly HandoffTarget[], opts: HandoffOptions = {}): Promise<HandoffResult> {
     const list = Array.isArray(targets) ? targets : [targets as HandoffTarget];
     if (list.length === 0) throw new BatonError('E_NO_TARGET', 'no target to hand the connection to', { step: 'prepare' });
-    // A TLS connection's session (its keys, its records' sequence numbers) lives in this process:
-    // its TCP socket alone would give the target ciphertext it cannot read and break the client's
-    // session. Refused before anything changes: the connection stays the application's.
+    // A TLS connection goes with its session (tls-session.ts), which only a node with kernel TLS
+    // can take over, and only if it was accepted with acceptTls(): otherwise the session lives in
+    // OpenSSL where nothing can read its sequence numbers. Refused before anything changes.
+    // A TLS connection transferred here: its session is in this kernel, which can give back its
+    // keys but not the records it has taken in and not yet passed on. Not yet supported.
+    if (socket instanceof KtlsSocket) {
+      throw new BatonError('E_HANDOFF_STATE', 'a transferred TLS connection cannot be handed off again yet: its kernel TLS receive state cannot be exported', { step: 'prepare' });
+    }
     if ((socket as Partial<tls.TLSSocket>).encrypted === true) {
-      throw new BatonError('E_HANDOFF_STATE', `a TLS connection cannot be handed off: its TLS session would not go with its socket (${kernelTls().how})`, { step: 'prepare' });
+      const session = tlsSessionOf(socket);
+      const why = !session
+        ? 'it was not accepted with acceptTls(), so its record sequence numbers are unknown'
+        : !kernelTls().available
+          ? kernelTls().how
+          : session.whyNot();
+      if (why) throw new BatonError('E_HANDOFF_STATE', `a TLS connection cannot be handed off: ${why}`, { step: 'prepare' });
     }
     const attempts: HandoffAttempt[] = [];
     // The socket is Baton's from here: routing-phase limits (routing-guard.ts) must not close it
@@ -226,7 +232,10 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
 
   private async handoffOnce(socket: net.Socket, target: HandoffTarget, opts: HandoffOptions): Promise<Omit<HandoffResult, 'attempts'>> {
     const t0 = performance.now();
-    const connId = handoffIdOf(socket, this.node);
+    const session = tlsSessionOf(socket);
+    // The TCP connection: the socket itself, or under TLS the one the session runs over.
+    const tcp = session?.raw ?? socket;
+    const connId = handoffIdOf(tcp, this.node);
     const log = this.log.child({ connId, target: target.node });
     if (this.active.has(socket)) throw new BatonError('E_HANDOFF_STATE', 'a handoff of this socket is already in progress', { connId, step: 'prepare' });
     const peeked = opts.peeked ?? Buffer.alloc(0);
@@ -239,18 +248,24 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       throw new BatonError('E_HANDOFF_STATE', `appState is not JSON-serialisable: ${(err as Error).message}`, { connId, step: 'prepare' });
     }
     if (refusal) throw new BatonError('E_HANDOFF_STATE', refusal, { connId, step: 'prepare' });
-    if (socket.readableEnded || socket.writableEnded || socket.destroyed) {
+    if ([socket, tcp].some((s) => s.readableEnded || s.writableEnded || s.destroyed)) {
       throw new BatonError('E_HANDOFF_STATE', 'socket is closing: only established connections can be handed off', { connId, step: 'prepare' });
     }
     // Stop reading before anything else, synchronously: the application has just removed its
     // 'data' listener, and a flowing socket with no listener would discard what Node reads next.
     this.active.add(socket);
-    const taken = takeOverReads(socket, connId);
-    const replay = Buffer.concat([peeked, taken.buffered]);
+    const taken = session ? takeOverTls(session, connId) : takeOverReads(socket, connId);
+    let keys: Buffer | undefined;
     let sent = false;
     let answered = false;
     try {
-      await drainWrites(socket, connId);
+      await untilFlushed(session ? [socket, ...session.writers] : [socket], connId);
+      const plain = Buffer.concat([peeked, taken.buffered]);
+      // Under TLS the peeked plaintext goes as records sealed with the client's keys, then the
+      // client's bytes held before TLS; the session's keys travel in their own blob.
+      const tlsState = session ? session.offer(plain, (taken as TakenOverTls).held, connId) : undefined;
+      keys = tlsState?.keys;
+      const replay = tlsState?.replay ?? plain;
       if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });
       if (this.channel.isClosed) throw new BatonError('E_PEER', 'link to batond is closed', { connId, node: this.node, step: 'prepare' });
       // The descriptor goes first: batond looks for it when it reads the request.
@@ -262,7 +277,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       sent = true;
       const finished = this.replies.wait(connId, ['done', 'failed'], verdictTimeoutMs(this.link.handoffStepTimeoutMs), 'handoff');
       const handoffTx = monotonicUs();
-      this.channel.send('handoff', { connId, target, appState: opts.appState ?? null }, [replay]);
+      this.channel.send('handoff', { connId, target, appState: opts.appState ?? null, ...(tlsState ? { tls: tlsState.tls } : {}) }, [replay, keys ?? Buffer.alloc(0)]);
       const outcome = await finished;
       const doneRx = monotonicUs();
       answered = true;
@@ -273,17 +288,21 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       // reading taken just before the close.
       const done = outcome.msg as { clockNeeded?: boolean };
       const timestamp = done.clockNeeded === false ? undefined : readTimestamp(taken.fd, log);
+      handedOff.add(tcp);
       handedOff.add(socket);
+      session?.detach();
+      tcp.destroy();
       socket.destroy();
       if (done.clockNeeded !== false) this.channel.send('closed', timestamp === undefined ? { connId } : { connId, timestamp });
       const { clock, ...steps } = (outcome.msg as { timings: DistributorTimings }).timings;
       const timings: HandoffTimings = { ...steps, ...(clock ? { clock: { ...clock, handoffTx, doneRx } } : {}), totalUs: micros(t0) };
-      log.debug({ event: 'handoff', outcome: 'done', timings, peeked: replay.length }, 'connection handed off');
+      log.debug({ event: 'handoff', outcome: 'done', timings, peeked: replay.length, ...(tlsState ? { tls: tlsState.tls } : {}) }, 'connection handed off');
       return { connId, target, timings };
     } catch (err) {
       // Roll back: batond takes the socket out of repair mode before it says failed. If it never
       // answered (it died, or the link dropped) the socket may still be in repair mode: leave it
-      // here, which needs CAP_NET_ADMIN; without it the connection is stuck and goes.
+      // here, which needs CAP_NET_ADMIN; without it the connection is stuck and goes. A TLS
+      // session carries on here: nothing of it changed.
       try {
         if (sent && !answered) leaveRepair(taken.fd);
         taken.restore();
@@ -295,6 +314,8 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       log.warn({ event: 'handoff', outcome: 'failed', code: e.code, step: e.context.step, err: e.message }, 'handoff failed; socket kept');
       throw e;
     } finally {
+      // The keys were written to batond long before its answer (or the link is gone).
+      keys?.fill(0);
       this.active.delete(socket);
     }
   }
@@ -312,62 +333,4 @@ function readTimestamp(fd: number, log: Logger): number | undefined {
 /** batond's failed message as the application's error: its code is one of the table's (the schema says so). */
 function failure(msg: Message<'failed'>, connId: string): BatonError {
   return new BatonError(msg.code, msg.reason, { connId, step: msg.step });
-}
-
-function drainWrites(socket: net.Socket, connId: string): Promise<void> {
-  if (socket.writableLength === 0) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      socket.off('drain', onDrain);
-      reject(new BatonError('E_HANDOFF_STATE', `${socket.writableLength} written bytes still queued in Node after ${DRAIN_TIMEOUT_MS} ms`, { connId, step: 'prepare' }));
-    }, DRAIN_TIMEOUT_MS);
-    const onDrain = () => {
-      clearTimeout(timer);
-      resolve();
-    };
-    socket.once('drain', onDrain);
-  });
-}
-
-interface TcpHandle {
-  reading?: boolean;
-  readStart(): number;
-  readStop(): number;
-}
-
-/**
- * Stops Node from reading the socket so every byte not yet delivered stays in the kernel queue
- * (pause() is not enough, libuv keeps reading: docs/native.md, "Taking a socket from Node").
- * Whatever Node had already buffered is returned so it can travel with the peeked bytes.
- * restore() undoes all of it.
- */
-function takeOverReads(socket: net.Socket, connId: string): TakenOver {
-  const fd = socketFd(socket);
-  const handle = (socket as unknown as { _handle: TcpHandle | null })._handle;
-  if (!handle) throw new BatonError('E_HANDOFF_STATE', 'socket has no handle', { connId, step: 'prepare' });
-  const wasFlowing = socket.readableFlowing === true;
-  const listeners = { data: socket.listeners('data'), readable: socket.listeners('readable') };
-  socket.removeAllListeners('data');
-  socket.removeAllListeners('readable');
-  socket.pause();
-  const chunks: Buffer[] = [];
-  // Synchronous: libuv cannot deliver more between these reads and readStop().
-  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
-  handle.reading = false;
-  handle.readStop();
-  const buffered = Buffer.concat(chunks);
-  return {
-    fd,
-    buffered,
-    restore() {
-      if (buffered.length > 0) socket.unshift(buffered);
-      for (const l of listeners.data) socket.on('data', l as (b: Buffer) => void);
-      for (const l of listeners.readable) socket.on('readable', l as () => void);
-      // The stream still believes a read is pending (it never saw readStop), so it will not ask
-      // again: restart the handle ourselves. Node's own backpressure stops it again if needed.
-      handle.reading = true;
-      handle.readStart();
-      if (wasFlowing) socket.resume();
-    },
-  };
 }

@@ -25,6 +25,7 @@ import type { ControlLink } from './control-link.js';
 import { monotonicUs } from '../clock.js';
 import { handedOff, keepHandoffId } from './handed-off.js';
 import { hostPort } from '../flow.js';
+import { KtlsSocket } from './ktls-socket.js';
 
 type FromAgent = (typeof Accepts.target)[number];
 
@@ -34,8 +35,11 @@ export interface TransferredConnection {
   from: string;
   socket: net.Socket;
   appState: unknown;
+  /** The peeked bytes, for a look (empty for a TLS connection: they are records, read decrypted from the socket). */
   peeked: Buffer;
   client: { address: string; port: number };
+  /** A TLS connection: its version and cipher. The socket reads and writes plaintext (kernel TLS). */
+  tls?: { version: '1.2' | '1.3'; cipher: string };
   /**
    * The end of the handoff's trace (the monotonic clock, controller/clock.ts, µs): when the target
    * node's batond received live and sent transferred, and when this process received it.
@@ -222,7 +226,8 @@ export class TargetClient {
     }
     let socket: net.Socket;
     try {
-      socket = new net.Socket({ fd, readable: true, writable: true });
+      // A TLS connection's kernel already holds its session (batond installed kernel TLS).
+      socket = msg.tls ? new KtlsSocket({ fd, readable: true, writable: true }, connId, this.log) : new net.Socket({ fd, readable: true, writable: true });
     } catch (err) {
       this.log.error({ connId, err: (err as Error).message }, 'cannot open the transferred socket: lost');
       closeFd(fd);
@@ -253,6 +258,7 @@ export class TargetClient {
       socket,
       appState: msg.appState,
       peeked,
+      ...(msg.tls ? { tls: { ...msg.tls } } : {}),
       client: { ...msg.client },
       onMoveRequest: (handler) => {
         if (!socket.destroyed) this.movers.set(connId, handler);

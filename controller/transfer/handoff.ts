@@ -142,6 +142,8 @@ export class HandoffCoordinator {
       await this.fail(h, err);
     } finally {
       this.forget(h);
+      // A TLS session's keys: sent and answered for by now (or the handoff failed), not kept.
+      h.request.blobs[1]?.fill(0);
     }
   }
 
@@ -219,7 +221,8 @@ export class HandoffCoordinator {
     const { conn, queues } = connToWire(state);
     machine.advance('offered');
     const offerTx = monotonicUs();
-    peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState }, [...queues, blobs[0]!]);
+    // A TLS session's keys go on as they came, in their own blob (tls-wire.ts).
+    peer.channel.send('offer', { connId, from: this.self.name, target: msg.target, conn, appState: msg.appState, ...(msg.tls ? { tls: msg.tls } : {}) }, [...queues, blobs[0]!, blobs[1]!]);
     const answer = await machine.answer('offered', this.config.handoffStepTimeoutMs);
     const acceptRx = monotonicUs();
     if (answer.msg.type === 'reject') throw new BatonError('E_REJECTED', answer.msg.reason, { connId, step: 'offer', node: targetNode.name });

@@ -11,6 +11,7 @@ import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, IpAddressSchema, 
 import type { Frame, RejectReason } from './framing.js';
 import { TargetInfoSchema } from '../control/messages.js';
 import { HANDOFF_STEPS } from './handoff-phases.js';
+import { keysOf, type TlsInfo, TlsSchema, wipeKeys } from './tls-wire.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -137,7 +138,7 @@ export type DistributorTimings = Static<typeof TimingsSchema>;
 
 function message<K extends string, T extends Record<string, TSchema>>(type: K, fields: T) {
   return Type.Object(
-    { v: Type.Literal(PROTOCOL_VERSION), type: Type.Literal(type), ...fields, blobs: Type.Optional(Type.Array(U32, { maxItems: 3 })) },
+    { v: Type.Literal(PROTOCOL_VERSION), type: Type.Literal(type), ...fields, blobs: Type.Optional(Type.Array(U32, { maxItems: 4 })) },
     { additionalProperties: false },
   );
 }
@@ -165,20 +166,23 @@ export const Schemas = {
   }),
   /**
    * Routing application → its agent: hand this connection to target. The socket's descriptor was
-   * sent just before on the descriptor link, tagged with connId. Blob: the peeked bytes.
+   * sent just before on the descriptor link, tagged with connId. Blobs: the peeked bytes, the TLS
+   * keys (empty unless tls: controller/transfer/tls-wire.ts).
    */
   handoff: message('handoff', {
     connId: HandoffIdSchema,
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     appState: Type.Unknown(),
+    tls: Type.Optional(TlsSchema),
   }),
-  /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes. */
+  /** A connection offered for transfer. Blobs: send queue, receive queue, peeked bytes, TLS keys (tls-wire.ts). */
   offer: message('offer', {
     connId: HandoffIdSchema,
     from: Name,
     target: Type.Object({ node: Name, port: Port, instance: Type.Optional(Name) }, { additionalProperties: false }),
     conn: ConnMetaSchema,
     appState: Type.Unknown(),
+    tls: Type.Optional(TlsSchema),
   }),
   accept: message('accept', { connId: HandoffIdSchema, importUs: Type.Number({ minimum: 0 }), clock: Type.Optional(Type.Object({ rx: Us, tx: Us }, { additionalProperties: false })) }),
   reject: message('reject', { connId: HandoffIdSchema, reason: Reason }),
@@ -201,7 +205,7 @@ export const Schemas = {
    * the head of the socket's receive queue, for a look), and the tail the routing node never
    * transmitted (the application writes it first).
    */
-  transferred: message('transferred', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown(), clock: Type.Optional(Type.Object({ liveRx: Us, tx: Us }, { additionalProperties: false })) }),
+  transferred: message('transferred', { connId: HandoffIdSchema, from: Name, client: Endpoint, appState: Type.Unknown(), tls: Type.Optional(TlsSchema), clock: Type.Optional(Type.Object({ liveRx: Us, tx: Us }, { additionalProperties: false })) }),
   /**
    * Owner of a connection → distributor: change the flow's routing-table entry (a transfer again,
    * started on a node that is not the distributor). The distributor checks the sender owns the flow.
@@ -296,7 +300,7 @@ export type Body<K extends MessageType> = Omit<Message<K>, 'v' | 'type' | 'blobs
 
 /** How many blobs each type carries; any other count is a protocol error. */
 const BLOB_COUNT: Record<MessageType, number> = {
-  hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
+  hello: 0, welcome: 0, handoff: 2, offer: 4, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
   decide: 1, decided: 0, transferred: 2, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, served: 0, serving: 0, release: 0, move: 0, moved: 0, done: 0, closed: 0, failed: 0,
   replica: 0, 'replica-ack': 0, distributor: 0,
 };
@@ -351,8 +355,14 @@ export function decodeMessage<K extends MessageType>(frame: Frame, allowed: read
     const why = beyondLimits(h.appState, frame.blobs[peekedAt]!);
     if (why) throw new BatonError('E_PROTOCOL', `${type} message refused: ${why}`, { step: 'validate', connId, rejection: 'schema' satisfies RejectReason });
   }
+  const keysAt = KEYS_BLOB[type as MessageType];
+  // Checked here like every field; the parsed copies are wiped at once (the blob is the one used).
+  if (keysAt !== undefined) wipeKeys(keysOf(h.tls as TlsInfo | undefined, frame.blobs[keysAt]!, connId));
   return { msg: frame.header as unknown as Message<K>, blobs: frame.blobs };
 }
+
+/** The messages that carry a TLS session's keys, and which blob (checked against the suite). */
+const KEYS_BLOB: Partial<Record<MessageType, number>> = { handoff: 1, offer: 3 };
 
 /** The messages that carry application state, and which of their blobs holds the peeked bytes. */
 const PEEKED_BLOB: Partial<Record<MessageType, number>> = { handoff: 0, offer: 2, decide: 0, transferred: 0 };

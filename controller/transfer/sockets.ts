@@ -4,7 +4,10 @@
 // hands the descriptor to the target application. Each step is one native call (native/repair.ts);
 // the state machines (handoff.ts, target/handoffs.ts) only see this interface, so their unit tests
 // can run without a kernel.
+import fs from 'node:fs';
+import { BatonError } from '../errors.js';
 import { TCP_STATES } from '../../native/diag.js';
+import { installKtls, type KtlsState } from '../../native/ktls.js';
 import { closeFd } from '../../native/fdpass.js';
 import {
   appendReceived,
@@ -50,6 +53,12 @@ export interface HandoffSockets {
   goLive(fd: number, timestamp?: number): void;
   /** Drops a reinstated socket: no FIN, no RST. */
   discard(fd: number): void;
+  /**
+   * Target node, a TLS connection once live: the unsent tail written as it is (it is records the
+   * routing node's kernel never transmitted, already encrypted), then kernel TLS installed with
+   * the session's keys, so that everything written from now on is encrypted by the kernel.
+   */
+  takeSession(fd: number, unsent: Buffer, keys: KtlsState): void;
 }
 
 /**
@@ -92,7 +101,26 @@ export const nativeSockets: HandoffSockets = {
   },
   goLive,
   discard: closeSilently,
+  takeSession(fd, unsent, keys) {
+    writeAll(fd, unsent);
+    installKtls(fd, keys);
+  },
 };
+
+/**
+ * Writes bytes to a live socket without waiting: they go to its send queue, whose room is the
+ * socket's buffer, not the client's window. A tail the routing node's socket held fits, unless
+ * this socket's buffer is smaller and full: then the connection cannot be continued (an error).
+ */
+function writeAll(fd: number, bytes: Buffer): void {
+  for (let at = 0; at < bytes.length; ) {
+    try {
+      at += fs.writeSync(fd, bytes, at, bytes.length - at);
+    } catch (err) {
+      throw new BatonError('E_NATIVE', `cannot queue the ${bytes.length - at} bytes of the unsent tail before kernel TLS: ${(err as Error).message}`, { step: 'live' });
+    }
+  }
+}
 
 /** Why a descriptor is not an established TCP connection to a DVIPA (isDvipa), or undefined. */
 export function unfitDescriptor(info: SocketInfo, isDvipa: (address: string) => boolean): string | undefined {

@@ -3,11 +3,16 @@
 // connection, picks the user's node and hands the connection off with that request as peeked
 // bytes: the target's stock http.Server answers it. Users (examples/README.md): alice/wonderland
 // is served by n2, bob/builder by n3.
+// With --tls-cert and --tls-key it serves HTTPS the same way: TLS is terminated here (acceptTls),
+// and each connection is handed off with its TLS session, which the target's kernel takes over
+// (kernel TLS): the target's http.Server reads and writes plaintext, the client keeps its session.
 // Until the handoff, the routing-phase limits apply (--routing-*): 408 to a client that says
 // nothing or too slowly, 413 past the byte bound, 429 past the per-address bound, 503 past the
 // total, each followed by a close.
-import net from 'node:net';
-import { type LimitReason, peerText, RouterClient, RoutingGuard } from '../../controller/sdk/index.js';
+import fs from 'node:fs';
+import type net from 'node:net';
+import tls from 'node:tls';
+import { acceptTls, type LimitReason, peerText, RouterClient, RoutingGuard } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { exampleOptions, listenOnDvipas, targetsFor, withRetry } from '../common.js';
 import { challenge, newNonce, parseAuthorization, verify } from './digest.js';
@@ -20,9 +25,10 @@ const PASSWORDS = new Map([
 ]);
 // A client may need every attempt, each a head and a body of up to MAX_HEAD, before the decision.
 const opts = exampleOptions('http-router', 80, { maxBytes: (MAX_ATTEMPTS + 1) * 2 * MAX_HEAD });
-const log = createLogger({ app: 'http-router', node: opts.node });
+const log = createLogger({ app: opts.tls ? 'https-router' : 'http-router', node: opts.node });
+const secureContext = opts.tls ? tls.createSecureContext({ cert: fs.readFileSync(opts.tls.cert), key: fs.readFileSync(opts.tls.key) }) : undefined;
 const router = await withRetry('connect to batond', () =>
-  RouterClient.connect({ socketPath: opts.agent, name: 'http-router', logger: log, ports: [opts.port], control: opts.control }),
+  RouterClient.connect({ socketPath: opts.agent, name: opts.tls ? 'https-router' : 'http-router', logger: log, ports: [opts.port], control: opts.control }),
 );
 router.on('targets', (list) => log.info({ event: 'targets', targets: list.filter((t) => t.port === opts.port) }, 'target list changed'));
 
@@ -79,8 +85,10 @@ const guard = new RoutingGuard({
   },
 });
 
-function converse(socket: net.Socket): void {
-  const client = peerText(socket);
+function converse(raw: net.Socket): void {
+  const client = peerText(raw);
+  // Over TLS the conversation is on the TLS socket; the guard keeps watching the TCP one.
+  const socket = secureContext ? acceptTls(raw, { secureContext }) : raw;
   const nonce = newNonce();
   let attempts = 0;
   let buffered: Buffer = Buffer.alloc(0);

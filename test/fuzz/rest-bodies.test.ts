@@ -193,7 +193,7 @@ describe('REST API under fuzzed bodies, parameters, query strings and headers', 
     });
     // From the distributor, as its peer link authenticated it.
     const { conn, queues } = connToWire(SERVED);
-    relay.fromPeer(peer, fromWire('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0)]), 'n1');
+    relay.fromPeer(peer, fromWire('offer', { connId: SERVED_CONN_ID, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: {} }, Accepts.agentFromPeer, [...queues, Buffer.alloc(0), Buffer.alloc(0)]), 'n1');
     relay.fromPeer(peer, fromWire('live', { connId: SERVED_CONN_ID }, Accepts.agentFromPeer), 'n1');
     closers.push(() => peer.close(), () => agentSide.close(), () => appSide.close(), () => peerFar.destroy());
     expect(served()).toEqual([SERVED_ID]);

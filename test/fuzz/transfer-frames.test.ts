@@ -13,6 +13,8 @@ import { inputErrors } from '../../controller/input.js';
 import { Channel, channelRejections } from '../../controller/transfer/channel.js';
 import { encodeFrame, FrameDecoder, MAX_HEADER_BYTES, type Frame, REJECT_REASONS as REASONS, type RejectReason, rejectionOf } from '../../controller/transfer/framing.js';
 import { Accepts, decodeMessage, header, type MessageType, Schemas } from '../../controller/transfer/messages.js';
+import { cryptoInfo } from '../../native/ktls.js';
+import type { TlsCipher, TlsVersion } from '../../controller/transfer/tls-keys.js';
 import { useTcpPairs } from '../helpers/loopback.js';
 import { broken, check, checkAsync, chunked, defineOwn, embed, hostileFragment, mutatedBytes, PROTO_KEYS, prototypeFingerprint, runs, SEED, valid, watchProcessErrors } from './fuzz.js';
 
@@ -20,10 +22,24 @@ const log = createLogger({}, 'silent');
 
 /** Blobs each type carries, as the message table in docs/protocol.md gives them. */
 const DOC_BLOBS: Record<MessageType, number> = {
-  hello: 0, welcome: 0, handoff: 1, offer: 3, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
+  hello: 0, welcome: 0, handoff: 2, offer: 4, accept: 0, reject: 0, commit: 1, ready: 0, live: 0, abort: 0,
   decide: 1, decided: 0, transferred: 2, release: 0, move: 0, moved: 0, route: 0, routed: 0, listeners: 0, probe: 0, probed: 0, served: 0, serving: 0, done: 0, closed: 0, failed: 0,
   replica: 0, 'replica-ack': 0, distributor: 0,
 };
+const KEYS_AT: Partial<Record<MessageType, number>> = { handoff: 1, offer: 3 };
+/** The keys blob a header's tls suite calls for (zero keys of the right sizes), empty without one. */
+function keysFor(header: Record<string, unknown>): Buffer {
+  const t = header.tls as { version: TlsVersion; cipher: TlsCipher } | undefined;
+  if (!t) return Buffer.alloc(0);
+  const chacha = t.cipher === 'chacha20-poly1305';
+  const dir = { key: Buffer.alloc(t.cipher === 'aes-128-gcm' ? 16 : 32), salt: Buffer.alloc(chacha ? 0 : 4), iv: Buffer.alloc(chacha ? 12 : 8), recSeq: 7n };
+  return Buffer.concat([cryptoInfo(t.version, t.cipher, dir), cryptoInfo(t.version, t.cipher, dir)]);
+}
+/** A frame's blobs as its type documents them, the TLS keys as its header's suite wants them. */
+function documentedBlobs(header: Record<string, unknown>, fill: (i: number) => Buffer): Buffer[] {
+  const type = header.type as MessageType;
+  return Array.from({ length: DOC_BLOBS[type] }, (_, i) => (i === KEYS_AT[type] ? keysFor(header) : fill(i)));
+}
 const TYPES = Object.keys(Schemas) as MessageType[];
 const SIDES = Object.entries(Accepts) as Array<[string, readonly MessageType[]]>;
 const MESSAGE_REASONS: RejectReason[] = ['schema', 'unexpected-type', 'blob-count'];
@@ -49,9 +65,12 @@ function expectedReason(header: Record<string, unknown>, blobs: Buffer[], schema
   const h = { ...header, ...(blobs.length > 0 ? { blobs: blobs.map((b) => b.length) } : {}) };
   if (Buffer.byteLength(JSON.stringify(h)) > MAX_HEADER_BYTES) return 'too-large';
   if (typeof header.type !== 'string' || !side.includes(header.type as MessageType)) return 'unexpected-type';
-  // header.blobs is part of the schema: more than three is a schema violation before a count one.
-  if (!schemaOk || blobs.length > 3) return 'schema';
+  // header.blobs is part of the schema: more than four is a schema violation before a count one.
+  if (!schemaOk || blobs.length > 4) return 'schema';
   if (blobs.length !== DOC_BLOBS[header.type as MessageType]) return 'blob-count';
+  // TLS keys (handoff's second blob, offer's fourth): empty without a tls suite, that suite's two structs with one.
+  const keys = KEYS_AT[header.type as MessageType];
+  if (keys !== undefined && !blobs[keys]!.equals(keysFor(header))) return 'schema';
   return undefined;
 }
 
@@ -190,10 +209,10 @@ describe('decodeMessage on every side of every link', () => {
   it('valid messages of every type: accepted where the side may get them, refused as unexpected elsewhere', () => {
     check(
       'decodeMessage: valid messages',
-      fc.property(validHeader, fc.array(blobOf, { maxLength: 4 }), (header, blobs) => {
+      fc.property(validHeader, fc.array(blobOf, { maxLength: 5 }), (header, blobs) => {
         const type = header.type as MessageType;
         // Half the frames carry the documented count, the rest whatever was drawn.
-        const sent = blobs.length % 2 === 0 ? Array.from({ length: DOC_BLOBS[type] }, (_, i) => blobs[i] ?? Buffer.alloc(0)) : blobs;
+        const sent = blobs.length % 2 === 0 ? documentedBlobs(header, (i) => blobs[i] ?? Buffer.alloc(0)) : blobs;
         const bytes = wire(header, sent);
         for (const [name, side] of SIDES) {
           inputs++;
@@ -252,7 +271,7 @@ describe('a real Channel on a loopback TCP connection', () => {
       });
     const blobs = (n: number, fill: string) => Array.from({ length: n }, () => Buffer.from(fill));
     return fc.oneof(
-      fc.constantFrom(...side).chain((type) => headerOf(type).map((h) => ({ kind: 'valid' as const, type, bytes: wire(h, blobs(DOC_BLOBS[type], 'blob')) }))),
+      fc.constantFrom(...side).chain((type) => headerOf(type).map((h) => ({ kind: 'valid' as const, type, bytes: wire(h, documentedBlobs(h, () => Buffer.from('blob'))) }))),
       fc.constantFrom(...side).chain((type) =>
         headerOf(type).chain((h) =>
           broken(Schemas[type], h, new Set(['blobs', 'type'])).map((b) => {

@@ -61,6 +61,7 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
     goLive: (fd, ts) => void events.push(`goLive fd${fd} ts=${ts}`),
     release: (fd) => void events.push(`release fd${fd}`),
     discard: (fd) => void events.push(`discard fd${fd}`),
+    takeSession: (fd, unsent, keys) => void events.push(`takeSession fd${fd} unsent=${unsent.toString()} tls=${keys.version}/${keys.cipher} rx=${keys.rx.recSeq} tx=${keys.tx.recSeq}`),
   };
   const asked: Asked[] = [];
   const orphans: Array<{ flow: FlowKey; connId: string }> = [];
@@ -119,7 +120,7 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
     offer: (on: string, connId: string, over: { from?: string; port?: number; instance?: string; local?: { address: string; port: number } } = {}) => {
       const { conn, queues } = connToWire(over.local ? { ...STATE, local: over.local } : STATE);
       const target = { node: 'n2', port: over.port ?? 7000, ...(over.instance ? { instance: over.instance } : {}) };
-      deliver(on, 'offer', { connId, from: over.from ?? on, target, conn, appState: { user: 'alice' } }, [...queues, Buffer.from('GET')]);
+      deliver(on, 'offer', { connId, from: over.from ?? on, target, conn, appState: { user: 'alice' } }, [...queues, Buffer.from('GET'), Buffer.alloc(0)]);
     },
     /** The routing node's delta: 'late' arrived after the snapshot; unsentLength of the tail still unsent. */
     commit: (on: string, connId: string, unsentLength: number) => deliver(on, 'commit', { connId, unsentLength, window: STATE.window }, [Buffer.from('late')]),

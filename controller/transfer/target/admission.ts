@@ -11,6 +11,7 @@ import type { Logger } from '../../log.js';
 import type { TcpConnectionState } from '../../../native/repair.js';
 import type { FlowKey } from '../../flow.js';
 import { connFromWire, type Message } from '../messages.js';
+import { kernelTls } from '../../../native/kernel-tls.js';
 import type { TargetApp, TargetApplications } from './applications.js';
 import type { Holdings } from './capacity.js';
 
@@ -20,7 +21,7 @@ export const DEFAULT_OFFERS_PER_PEER = 4096;
 export const DEFAULT_OFFER_BYTES_PER_PEER = 256 * 1024 * 1024;
 
 /** Why an offer was refused, as baton_offers_refused_total labels it. */
-export const OFFER_REFUSALS = ['wrong-sender', 'not-dvipa', 'wrong-port', 'not-owner', 'peer-offers', 'peer-bytes', 'no-application', 'duplicate', 'capacity', 'invalid-state'] as const;
+export const OFFER_REFUSALS = ['wrong-sender', 'not-dvipa', 'wrong-port', 'not-owner', 'peer-offers', 'peer-bytes', 'no-application', 'duplicate', 'capacity', 'invalid-state', 'no-kernel-tls'] as const;
 export type OfferRefusal = (typeof OFFER_REFUSALS)[number];
 
 /** What a target trusts an offer with: the cluster's DVIPAs, its distributor's word, its bounds per peer. */
@@ -82,6 +83,12 @@ export function admit(view: AdmissionView, peerName: string, msg: Message<'offer
   const capacity = capacityOf(applications, policy, app);
   if (capacity > 0 && holdings.held(app) >= capacity) {
     return { kind: 'capacity', reason: `target application ${app.instance ?? app.name} is at capacity (${capacity} connections)` };
+  }
+  // A TLS connection's session is installed in this kernel at live, past the point where the
+  // routing node could take the connection back: a node that cannot refuses now.
+  if (msg.tls) {
+    const ktls = kernelTls();
+    if (!ktls.available) return { kind: 'no-kernel-tls', reason: `a TLS connection needs kernel TLS here: ${ktls.how}` };
   }
   try {
     return { app, state: connFromWire(conn, sendQueue, recvQueue, connId), bytes };

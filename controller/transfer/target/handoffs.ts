@@ -19,6 +19,8 @@ import type { TcpConnectionState } from '../../../native/repair.js';
 import { type Channel, countRefusedMessage } from '../channel.js';
 import type { Accepts, Message } from '../messages.js';
 import type { HandoffSockets } from '../sockets.js';
+import { keysOf, type TlsInfo, wipeKeys } from '../tls-wire.js';
+import type { KtlsState } from '../../../native/ktls.js';
 import { admit, type AdmissionView, type OfferPolicy, type OfferRefusals, type Refused } from './admission.js';
 import type { TargetApp, TargetApplications } from './applications.js';
 import type { Holdings } from './capacity.js';
@@ -57,6 +59,9 @@ interface Common {
   state: TcpConnectionState;
   appState: unknown;
   peeked: Buffer;
+  /** A TLS connection: its suite, and its keys as they came (tls-wire.ts), wiped when the transfer ends. */
+  tls?: TlsInfo;
+  keys: Buffer;
 }
 
 /** A transfer here: nothing built before the import, a reinstated socket from then on. */
@@ -103,7 +108,7 @@ export class TargetHandoffs {
     const admitted = admit(this.admission, peerName, msg, blobs);
     if ('kind' in admitted) return this.refuse(peer, connId, admitted);
     const { app, state, bytes } = admitted;
-    const t: Transfer = { phase: 'offered', connId, peer, peerName, bytes, app, flow: flowOf(state), since: Date.now(), offerRx: monotonicUs(), from: msg.from, state, appState: msg.appState, peeked: blobs[2]! };
+    const t: Transfer = { phase: 'offered', connId, peer, peerName, bytes, app, flow: flowOf(state), since: Date.now(), offerRx: monotonicUs(), from: msg.from, state, appState: msg.appState, peeked: blobs[2]!, ...(msg.tls ? { tls: msg.tls } : {}), keys: blobs[3]! };
     this.transfers.set(connId, t);
     this.p.holdings.hold(app, 1);
     this.p.holdings.addShare(peerName, 1, bytes);
@@ -119,7 +124,7 @@ export class TargetHandoffs {
     if (!this.isHere(t) || !this.inPhaseFor(t, 'owner')) return;
     if (!t.app.decides) return this.reinstate(t, 'owner');
     this.enter(t, 'owner', 'deciding');
-    t.app.channel.send('decide', { connId: t.connId, from: t.from, client: { ...t.state.remote }, appState: t.appState }, [t.peeked]);
+    t.app.channel.send('decide', { connId: t.connId, from: t.from, client: { ...t.state.remote }, appState: t.appState }, [this.visiblePeeked(t)]);
   }
 
   /** The distributor does not confirm the sender serves the flow (or could not say): refused; nothing was built. */
@@ -179,14 +184,24 @@ export class TargetHandoffs {
       timestamp = msg.timestamp ?? (state.timestamp + Math.round(performance.now() - socket.importedAt) + TIMESTAMP_ESTIMATE_SLACK_MS) >>> 0;
       if (msg.timestamp === undefined) this.log.warn({ connId }, 'no closing clock from the routing node: timestamp clock estimated');
     }
+    let unsent = state.sendQueue.subarray(state.sendQueue.length - state.unsentLength);
+    let session: KtlsState | undefined;
     try {
       this.p.sockets.goLive(socket.fd, timestamp);
+      // A TLS connection: the kernel takes its session before the application sees the socket.
+      if (t.tls) {
+        session = keysOf(t.tls, t.keys, connId)!;
+        this.p.sockets.takeSession(socket.fd, unsent, session);
+        unsent = Buffer.alloc(0);
+      }
     } catch (err) {
-      this.log.error({ connId, err: errorText(err) }, 'could not leave repair mode: connection lost, releasing the flow');
+      this.log.error({ connId, err: errorText(err) }, t.tls ? 'could not leave repair mode or install kernel TLS: connection lost, releasing the flow' : 'could not leave repair mode: connection lost, releasing the flow');
       this.discard(connId, socket.fd);
       this.p.holdings.hold(app, -1);
       this.p.onOrphan(t.flow, connId);
       return;
+    } finally {
+      wipeKeys(session, t.keys);
     }
     this.enter(t, 'live', 'live');
     this.p.served.add({ connId, app, flow: t.flow, since: Date.now() });
@@ -195,7 +210,7 @@ export class TargetHandoffs {
       // The descriptor first: the application looks for it when transferred arrives.
       app.descriptors.send(socket.fd, connId);
       const clock = { liveRx, tx: monotonicUs() };
-      app.channel.send('transferred', { connId, from: t.from, client: { ...state.remote }, appState: t.appState, clock }, [t.peeked, state.sendQueue.subarray(state.sendQueue.length - state.unsentLength)]);
+      app.channel.send('transferred', { connId, from: t.from, client: { ...state.remote }, appState: t.appState, ...(t.tls ? { tls: t.tls } : {}), clock }, [this.visiblePeeked(t), unsent]);
       // The client waits for the application: it should not wait for the rest of this tick too.
       app.channel.flush();
     } catch (err) {
@@ -253,6 +268,11 @@ export class TargetHandoffs {
 
   // ---- phases ----------------------------------------------------------------------------------
 
+  /** The peeked bytes shown to the application; a TLS connection's are sealed records, read decrypted from the socket. */
+  private visiblePeeked(t: Transfer): Buffer {
+    return t.tls ? Buffer.alloc(0) : t.peeked;
+  }
+
   private get log(): Logger {
     return this.p.log;
   }
@@ -306,6 +326,7 @@ export class TargetHandoffs {
   /** Ended before live: forgotten, the application's room given back, its reinstated socket (if any) dropped without a word. */
   private end(t: Transfer): void {
     this.finish(t);
+    t.keys.fill(0);
     this.p.holdings.hold(t.app, -1);
     if (t.socket) this.discard(t.connId, t.socket.fd);
   }

@@ -19,6 +19,7 @@ vi.mock('koffi', async (importOriginal) => {
 const { servedFlows, tcpState } = await import('../../../native/diag.js');
 const { FdSocket } = await import('../../../native/fdpass.js');
 const { loadNative } = await import('../../../native/repair.js');
+const { ktlsState } = await import('../../../native/ktls.js');
 
 const stale = expect.objectContaining({ code: 'E_NATIVE', message: expect.stringMatching(/libbaton\.so does not match this build \(ABI 1, state 0 bytes; expected \d+, \d+\): run `make native`/) });
 
@@ -28,6 +29,7 @@ describe('a stale libbaton.so', () => {
     ['the sock_diag dump (diag.ts)', () => servedFlows(4, '10.0.0.10')],
     ['descriptor passing (fdpass.ts)', () => FdSocket.pair()],
     ['TCP_REPAIR (repair.ts)', () => loadNative()],
+    ['kernel TLS (ktls.ts)', () => ktlsState(0)],
   ])('is refused by the first call of %s, with what to do', (_what, call) => {
     expect(call).toThrow(stale);
   });

@@ -12,7 +12,7 @@ function roundTrip(h: Record<string, unknown>, blobs: Buffer[] = []) {
 
 const offer = () => {
   const { conn, queues } = connToWire(state);
-  return roundTrip(header('offer', { connId: 'n1.abc', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: { user: 'alice' } }), [...queues, Buffer.from('peek')]);
+  return roundTrip(header('offer', { connId: 'n1.abc', from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: { user: 'alice' } }), [...queues, Buffer.from('peek'), Buffer.alloc(0)]);
 };
 
 describe('transfer messages', () => {
@@ -52,7 +52,7 @@ describe('transfer messages', () => {
     // A routing application hands a socket over and hears done or failed; a target application
     // is asked (decide) and given a live socket (transferred): the TCP state stays between batonds.
     expect(() => decodeMessage(offer(), Accepts.target)).toThrow(/unexpected message type string "offer"/);
-    const handoff = roundTrip(header('handoff', { connId: 'n1.abc', target: { node: 'n2', port: 7000 }, appState: null }), [Buffer.from('peek')]);
+    const handoff = roundTrip(header('handoff', { connId: 'n1.abc', target: { node: 'n2', port: 7000 }, appState: null }), [Buffer.from('peek'), Buffer.alloc(0)]);
     expect(decodeMessage(handoff, Accepts.agentFromRouter).msg.type).toBe('handoff');
     expect(() => decodeMessage(handoff, Accepts.agentFromPeer)).toThrow(/unexpected message type string "handoff"/);
     const transferred = roundTrip(header('transferred', { connId: 'n1.abc', from: 'n1', client: { address: '10.0.0.1', port: 4000 }, appState: {} }), [Buffer.alloc(0), Buffer.from('tail')]);

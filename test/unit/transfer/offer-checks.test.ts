@@ -182,7 +182,7 @@ describe('application state and peeked bytes are bounded at the decoder, for eve
 
   function rawOffer(connId: string, appState: string, peeked = Buffer.from('GET')): Buffer {
     const { conn, queues } = connToWire(STATE);
-    const blobs = [...queues, peeked];
+    const blobs = [...queues, peeked, Buffer.alloc(0)];
     // Written by hand: the header carries appState exactly as an attacker would put it.
     const head = JSON.stringify({ ...header('offer', { connId, from: 'n1', target: { node: 'n2', port: 7000 }, conn, appState: null }), blobs: blobs.map((b) => b.length) }).replace('"appState":null', `"appState":${appState}`);
     const json = Buffer.from(head);
@@ -224,7 +224,7 @@ describe('application state and peeked bytes are bounded at the decoder, for eve
     const client = { address: '10.0.0.1', port: 4000 };
     // Each message with the given state and first blob (its peeked bytes), on the side that receives it.
     const cases: Array<[string, readonly MessageType[], (appState: unknown, blob0: Buffer) => Buffer]> = [
-      ['handoff', Accepts.agentFromRouter, (appState, blob0) => frame(header('handoff', { connId: 'h', target: { node: 'n2', port: 7000 }, appState }), [blob0])],
+      ['handoff', Accepts.agentFromRouter, (appState, blob0) => frame(header('handoff', { connId: 'h', target: { node: 'n2', port: 7000 }, appState }), [blob0, Buffer.alloc(0)])],
       ['decide', Accepts.target, (appState, blob0) => frame(header('decide', { connId: 'd', from: 'n1', client, appState }), [blob0])],
       ['transferred', Accepts.target, (appState, blob0) => frame(header('transferred', { connId: 't', from: 'n1', client, appState }), [blob0, Buffer.alloc(0)])],
     ];
