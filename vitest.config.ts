@@ -9,6 +9,8 @@ const report = process.env.BATON_TEST_REPORT;
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // Kernel TLS: in a VM (test/ktls/vitest.config.ts, make vagrant-test).
+    exclude: ['test/ktls/**', '**/node_modules/**'],
     globalSetup: ['test/setup/commands.ts'],
     fileParallelism: false,
     testTimeout: 60_000,

@@ -136,8 +136,8 @@ export function targetsFor(userNode: string, port: number, discovered: TargetInf
   return [...own, ...others].map((t) => ({ node: t.node, port: t.port, ...(t.instance ? { instance: t.instance } : {}) }));
 }
 
-/** Applications may start before their batond: retry the link for a bounded time. */
-export async function withRetry<T>(what: string, fn: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
+/** Applications may start before their batond (on a slow machine, an emulated VM, minutes before): retry the link for a bounded time. */
+export async function withRetry<T>(what: string, fn: () => Promise<T>, timeoutMs = 300_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {

@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <linux/tls.h>
 
@@ -113,4 +115,11 @@ ssize_t baton_ktls_send_record(int fd, int type, const void *buf, size_t len, in
 			return -errno;
 	}
 	return n;
+}
+
+int baton_ktls_queues(int fd, int *inq, int *outq)
+{
+	if (ioctl(fd, SIOCINQ, inq) || ioctl(fd, SIOCOUTQ, outq))
+		return -errno;
+	return 0;
 }

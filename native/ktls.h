@@ -9,6 +9,7 @@
  *   baton_ktls_recv_record(fd, ...)           one record and its content type
  *   baton_ktls_send_record(fd, 21, ...)       an alert record (close_notify)
  *   ...a re-transfer:
+ *   baton_ktls_queues(fd, &inq, &outq)        wait until nothing is unread or unacknowledged
  *   baton_ktls_get(fd, TLS_TX / TLS_RX, ...)  each direction's state as installed, rec_seq now
  *
  * tx and rx are the kernel's own structs (linux/tls.h: struct tls12_crypto_info_aes_gcm_128,
@@ -50,5 +51,11 @@ ssize_t baton_ktls_recv_record(int fd, void *buf, size_t len, int *type, int fla
 /* sendmsg of len bytes as records of content type `type` (TLS_SET_RECORD_TYPE; 0..255).
  * flags: MSG_DONTWAIT, MSG_NOSIGNAL, MSG_MORE (the kernel refuses any other). Returns bytes sent. */
 ssize_t baton_ktls_send_record(int fd, int type, const void *buf, size_t len, int flags);
+
+/* The TCP queues' lengths (SIOCINQ, SIOCOUTQ: tcp_ioctl, which kernel TLS leaves alone): bytes
+ * received that kernel TLS has not consumed (a record not yet complete), and bytes sent that the
+ * peer has not acknowledged. A kernel TLS socket's queues cannot be read raw (every read goes
+ * through kernel TLS, repair mode included): it can be moved only when both are empty. */
+int baton_ktls_queues(int fd, int *inq, int *outq);
 
 #endif /* BATON_KTLS_H */

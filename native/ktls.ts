@@ -153,6 +153,7 @@ interface Native {
   get(fd: number, which: number, buf: Buffer, len: number): number;
   recv(fd: number, buf: Buffer, len: number, type: Int32Array, flags: number): number;
   send(fd: number, type: number, buf: Buffer, len: number, flags: number): number;
+  queues(fd: number, inq: Int32Array, outq: Int32Array): number;
 }
 
 let bound: Native | undefined;
@@ -168,6 +169,7 @@ function native(): Native {
     get: lib.func('baton_ktls_get', 'int', ['int', 'int', 'uint8_t *', 'uint32_t']),
     recv: lib.func('baton_ktls_recv_record', 'intptr_t', ['int', 'uint8_t *', 'size_t', 'int *', 'int']),
     send: lib.func('baton_ktls_send_record', 'intptr_t', ['int', 'int', 'const uint8_t *', 'size_t', 'int']),
+    queues: lib.func('baton_ktls_queues', 'int', ['int', 'int *', 'int *']),
   } as Native;
   return bound;
 }
@@ -278,4 +280,17 @@ export function sendRecord(fd: number, type: number, data: Buffer): number {
   if (ret === -EAGAIN) return 0;
   if (ret < 0) throw fail(-ret, `sendmsg(TLS_SET_RECORD_TYPE ${type})`, { step: 'ktls-send', fd });
   return ret;
+}
+
+const inqOut = new Int32Array(1);
+const outqOut = new Int32Array(1);
+
+/**
+ * The TCP queues of a socket: bytes received not yet consumed (under kernel TLS: a record not yet
+ * complete) and bytes sent not yet acknowledged. Throws E_NATIVE.
+ */
+export function tcpQueues(fd: number): { inq: number; outq: number } {
+  const ret = native().queues(fd, inqOut, outqOut);
+  if (ret < 0) throw fail(-ret, 'ioctl(SIOCINQ/SIOCOUTQ)', { step: 'ktls-queues', fd });
+  return { inq: inqOut[0]!, outq: outqOut[0]! };
 }

@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define BATON_ABI_VERSION 9
+#define BATON_ABI_VERSION 10
 
 /* tcpi_options bits, kept as the kernel reports them. */
 #define BATON_OPT_TIMESTAMPS 1u

@@ -52,7 +52,7 @@ export interface ImportOptions {
 
 // ---- the C side ------------------------------------------------------------------------
 
-const ABI_VERSION = 9;
+const ABI_VERSION = 10;
 const OPT_TIMESTAMPS = 1;
 const OPT_SACK = 2;
 const OPT_WSCALE = 4;

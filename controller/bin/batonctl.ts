@@ -25,9 +25,10 @@ labCommand(lab, 'up')
   .option('--no-examples', 'start only batond')
   .option('--xdp-mode <mode>', 'native or generic XDP on the distributor', 'native')
   .option('--backup', 'n2 is a backup distributor: keepalived on n1 and n2 decides which one is active')
-  .action(async (o: { prefix: string; dir: string; examples: boolean; xdpMode: 'native' | 'generic'; backup?: boolean }) => {
+  .option('--https', 'the examples over TLS too: HTTPS on 443, the line protocol on 7443 (handoffs need kernel TLS)')
+  .action(async (o: { prefix: string; dir: string; examples: boolean; xdpMode: 'native' | 'generic'; backup?: boolean; https?: boolean }) => {
     let specs: ReturnType<typeof labProcesses> = [];
-    const desc = await labUp({ prefix: o.prefix, dir: o.dir, backup: o.backup, processes: (l) => (specs = labProcesses(l, { examples: o.examples, xdpMode: o.xdpMode })) });
+    const desc = await labUp({ prefix: o.prefix, dir: o.dir, backup: o.backup, processes: (l) => (specs = labProcesses(l, { examples: o.examples, xdpMode: o.xdpMode, https: o.https })) });
     try {
       await waitUntilReady(desc, specs);
     } catch (err) {

@@ -17,8 +17,9 @@ export const PEER_PORT = 4700;
 export const CONTROL_PORT = 4701;
 export const HTTP_PORT = 80;
 export const LINE_PORT = 7000;
-/** The HTTPS example's DVIPA port (LabProcessOptions.https). */
+/** The HTTP and line examples over TLS (LabProcessOptions.https): their DVIPA ports. */
 export const HTTPS_PORT = 443;
+export const TLS_LINE_PORT = 7443;
 export const API_PORT = 4702;
 
 export function clusterConfigPath(lab: LabDescription): string {
@@ -104,12 +105,12 @@ export function managementAddress(node: LabDescription['nodes'][number], family:
   return family === 6 ? node.address6 : node.address;
 }
 
-export function clusterFromLab(lab: LabDescription, opts: Pick<LabProcessOptions, 'xdpMode' | 'limits' | 'management' | 'https'> = {}): ClusterConfig {
+export function clusterFromLab(lab: LabDescription, opts: Pick<LabProcessOptions, 'xdpMode' | 'limits' | 'management' | 'https' | 'examples'> = {}): ClusterConfig {
   const { xdpMode = 'native', limits, management } = opts;
   return {
     version: 1,
     instance: lab.prefix,
-    dvipa: { addresses: [lab.dvipa.address, lab.dvipa.address6], ports: [...lab.dvipa.ports, ...(opts.https ? [HTTPS_PORT] : [])] },
+    dvipa: { addresses: [lab.dvipa.address, lab.dvipa.address6], ports: [...lab.dvipa.ports, ...(opts.https && opts.examples !== false ? [HTTPS_PORT, TLS_LINE_PORT] : [])] },
     // The config's DVIPAs, and for the ones an operator adds .16–.31 of the lab subnet and a /112
     // of the IPv6 one (docs/lab.md).
     dvipaCidrs: [
@@ -223,7 +224,11 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
       );
       if (opts.https) {
         const { cert, key } = dvipaCertificate(lab);
-        specs.push({ name: `${n.name}-https-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTPS_PORT), '--tls-cert', cert, '--tls-key', key] });
+        const tlsArgs = ['--tls-cert', cert, '--tls-key', key];
+        specs.push(
+          { name: `${n.name}-https-router`, ns: n.ns, argv: [node, js('examples/http/router.js'), ...routerArgs, '--port', String(HTTPS_PORT), ...tlsArgs] },
+          { name: `${n.name}-tls-line-router`, ns: n.ns, argv: [node, js('examples/line/router.js'), ...routerArgs, '--port', String(TLS_LINE_PORT), ...tlsArgs] },
+        );
       }
     }
     if (targetNodes.includes(n.name)) {
@@ -231,7 +236,12 @@ export function labProcesses(lab: LabDescription, opts: LabProcessOptions = {}):
         { name: `${n.name}-http-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTP_PORT), '--framework', framework] },
         { name: `${n.name}-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(LINE_PORT)] },
       );
-      if (opts.https) specs.push({ name: `${n.name}-https-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTPS_PORT), '--instance', 'https-target', '--framework', framework] });
+      if (opts.https) {
+        specs.push(
+          { name: `${n.name}-https-target`, ns: n.ns, argv: [node, js('examples/http/target.js'), ...common, '--port', String(HTTPS_PORT), '--instance', 'https-target', '--framework', framework] },
+          { name: `${n.name}-tls-line-target`, ns: n.ns, argv: [node, js('examples/line/target.js'), ...common, '--port', String(TLS_LINE_PORT), '--instance', 'tls-line-target'] },
+        );
+      }
     }
   }
   for (const [nodeName, instances] of Object.entries(opts.moreHttpTargets ?? {})) {
@@ -259,11 +269,15 @@ function confine(specs: ProcessSpec[], opts: LabProcessOptions): ProcessSpec[] {
 /** Lines every lab process logs once it is serving; the lab is ready when all have appeared. */
 const READY: Array<[RegExp, RegExp]> = [
   [/-batond$/, /"msg":"batond ready"/],
-  [/-(https?|line)-router$/, /"msg":"(http|line) router listening"/],
-  [/-(https?|line)-target$|-http-[a-z0-9]+$/, /"msg":"(http|line) target registered"/],
+  [/-(https?|(tls-)?line)-router$/, /"msg":"(http|line) router listening"/],
+  [/-(https?|(tls-)?line)-target$|-http-[a-z0-9]+$/, /"msg":"(http|line) target registered"/],
 ];
 
-export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], timeoutMs = 20_000): Promise<void> {
+/**
+ * Waits until every process says it is ready. BATON_LAB_READY_MS raises the bound (default 20 s)
+ * where processes start slowly: a lab inside an emulated VM (test/ktls).
+ */
+export async function waitUntilReady(lab: LabDescription, specs: ProcessSpec[], timeoutMs = Number(process.env.BATON_LAB_READY_MS ?? 20_000)): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   const pending = new Set(specs.map((s) => s.name));
   while (pending.size > 0) {

@@ -8,14 +8,26 @@
 //   - close_notify from the client: the same back, then 'end' and 'close', no error;
 //   - any other alert: the connection ends with an E_TLS error naming the alert;
 //   - a KeyUpdate (TLS 1.3): the client's next records are under keys this kernel is not given
-//     (Linux takes new keys on a kernel TLS socket only from 6.14 on; the SDK does not yet), so
-//     the connection ends with an internal_error alert and an E_TLS error saying why.
+//     (Debian 12's kernel cannot take new keys on a kernel TLS socket, and the target holds no
+//     traffic secret to derive them from), so the connection ends with an internal_error alert
+//     and an E_TLS error saying why.
 // And when the application ends its side, close_notify goes before the FIN, as TLS requires.
+//
+// Such a connection can be handed off again (handedOffState): its keys and sequence numbers read
+// back from the kernel, the plaintext it decrypted and nobody read sealed again as records. Its
+// queues cannot be exported as bytes (every read of them goes through kernel TLS, repair mode
+// included), so it moves only once both are empty: no record from the client half received, and
+// everything sent acknowledged. A connection that does not get quiet within QUIET_TIMEOUT_MS stays.
 import net from 'node:net';
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { recvRecord, sendRecord } from '../../native/ktls.js';
+import { cryptoInfo, ktlsState, recvRecord, sendRecord, tcpQueues } from '../../native/ktls.js';
 import { ContentType } from '../transfer/tls-keys.js';
+import type { TlsInfo } from '../transfer/tls-wire.js';
+import { recordKeysOf, sealPeeked } from './tls-session.js';
+
+/** How long a handoff of a transferred TLS connection waits for its queues to empty. */
+export const QUIET_TIMEOUT_MS = 2_000;
 
 /** RFC 8446 6: alert levels and the descriptions this class sends or names. */
 const WARNING = 1;
@@ -98,5 +110,51 @@ export class KtlsSocket extends net.Socket {
     } catch (err) {
       this.log.debug({ connId: this.connId, err: (err as Error).message }, 'could not send a TLS alert');
     }
+  }
+}
+
+/**
+ * Every plaintext byte the kernel has decrypted and not yet given out, read now (reading is
+ * stopped on the socket). A record that is not data (an alert, a KeyUpdate) or the end of the
+ * stream stops it: the handoff is refused, the data read so far goes back to the application.
+ * (Such a record, read here, is not seen by the socket's own handling: the connection is ending.)
+ */
+export function drainKtls(fd: number, connId: string): { data: Buffer; error?: Error } {
+  const chunks: Buffer[] = [];
+  let error: Error | undefined;
+  try {
+    for (let rec = recvRecord(fd); rec; rec = recvRecord(fd)) {
+      if (rec.type !== ContentType.application_data || rec.data.length === 0) {
+        error = new BatonError('E_HANDOFF_STATE', rec.data.length === 0 ? 'the client closed the connection' : `the client sent a TLS record of type ${rec.type} just now`, { connId, step: 'prepare' });
+        break;
+      }
+      chunks.push(rec.data);
+    }
+  } catch (err) {
+    error = err as Error;
+  }
+  return { data: Buffer.concat(chunks), ...(error ? { error } : {}) };
+}
+
+/**
+ * A transferred TLS connection's session for handoff() once it is quiet (nothing half received,
+ * nothing unacknowledged: waited for up to QUIET_TIMEOUT_MS): the suite, the kernel's structs with
+ * the receive side moved back over the peeked plaintext, sealed as records in replay.
+ */
+export async function handedOffState(fd: number, peeked: Buffer, connId: string): Promise<{ tls: TlsInfo; keys: Buffer; replay: Buffer }> {
+  const deadline = Date.now() + QUIET_TIMEOUT_MS;
+  for (let q = tcpQueues(fd); q.inq > 0 || q.outq > 0; q = tcpQueues(fd)) {
+    if (Date.now() >= deadline) {
+      throw new BatonError('E_HANDOFF_STATE', `a TLS connection moves only when quiet: ${q.inq} bytes of a client record received, ${q.outq} bytes sent and not acknowledged after ${QUIET_TIMEOUT_MS} ms`, { connId, step: 'prepare' });
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  const state = ktlsState(fd);
+  try {
+    const { records, first } = sealPeeked(recordKeysOf(state, state.rx), state.rx.recSeq, peeked, connId);
+    const keys = Buffer.concat([cryptoInfo(state.version, state.cipher, state.tx), cryptoInfo(state.version, state.cipher, { ...state.rx, recSeq: first })]);
+    return { tls: { version: state.version, cipher: state.cipher }, keys, replay: records };
+  } finally {
+    for (const d of [state.tx, state.rx]) for (const b of [d.key, d.salt, d.iv]) b.fill(0);
   }
 }

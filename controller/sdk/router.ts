@@ -23,9 +23,9 @@ import { BatonError, isBatonError, isRetryable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { kernelTls } from '../../native/kernel-tls.js';
 import { leaveRepair, loadNative, socketTimestamp } from '../../native/repair.js';
-import { takeOverReads, takeOverTls, type TakenOverTls, untilFlushed } from './socket-takeover.js';
+import { type TakenOver, takeOverReads, takeOverTls, type TakenOverTls, untilFlushed } from './socket-takeover.js';
 import { tlsSessionOf } from './tls-session.js';
-import { KtlsSocket } from './ktls-socket.js';
+import { drainKtls, handedOffState, KtlsSocket } from './ktls-socket.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { logSparsely } from '../input.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
@@ -171,11 +171,6 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     // A TLS connection goes with its session (tls-session.ts), which only a node with kernel TLS
     // can take over, and only if it was accepted with acceptTls(): otherwise the session lives in
     // OpenSSL where nothing can read its sequence numbers. Refused before anything changes.
-    // A TLS connection transferred here: its session is in this kernel, which can give back its
-    // keys but not the records it has taken in and not yet passed on. Not yet supported.
-    if (socket instanceof KtlsSocket) {
-      throw new BatonError('E_HANDOFF_STATE', 'a transferred TLS connection cannot be handed off again yet: its kernel TLS receive state cannot be exported', { step: 'prepare' });
-    }
     if ((socket as Partial<tls.TLSSocket>).encrypted === true) {
       const session = tlsSessionOf(socket);
       const why = !session
@@ -254,7 +249,15 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     // Stop reading before anything else, synchronously: the application has just removed its
     // 'data' listener, and a flowing socket with no listener would discard what Node reads next.
     this.active.add(socket);
-    const taken = session ? takeOverTls(session, connId) : takeOverReads(socket, connId);
+    // A TLS connection transferred here (KtlsSocket): its session is in this kernel.
+    const kernelSession = socket instanceof KtlsSocket;
+    let taken: TakenOver;
+    try {
+      taken = session ? takeOverTls(session, connId) : takeOverReads(socket, connId, kernelSession ? (fd) => drainKtls(fd, connId) : undefined);
+    } catch (err) {
+      this.active.delete(socket);
+      throw err;
+    }
     let keys: Buffer | undefined;
     let sent = false;
     let answered = false;
@@ -263,7 +266,7 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
       const plain = Buffer.concat([peeked, taken.buffered]);
       // Under TLS the peeked plaintext goes as records sealed with the client's keys, then the
       // client's bytes held before TLS; the session's keys travel in their own blob.
-      const tlsState = session ? session.offer(plain, (taken as TakenOverTls).held, connId) : undefined;
+      const tlsState = session ? session.offer(plain, (taken as TakenOverTls).held, connId) : kernelSession ? await handedOffState(taken.fd, plain, connId) : undefined;
       keys = tlsState?.keys;
       const replay = tlsState?.replay ?? plain;
       if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });

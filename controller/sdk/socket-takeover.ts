@@ -59,24 +59,34 @@ function detachReader(stream: Readable): { buffered: Buffer; restore(opts?: { bu
  * (pause() is not enough, libuv keeps reading: docs/native.md, "Taking a socket from Node").
  * Whatever Node had already buffered is returned so it can travel with the peeked bytes.
  */
-export function takeOverReads(socket: net.Socket, connId: string): TakenOver {
+export function takeOverReads(socket: net.Socket, connId: string, drainKernel?: (fd: number) => { data: Buffer; error?: Error }): TakenOver {
   const fd = socketFd(socket);
   const handle = (socket as unknown as { _handle: TcpHandle | null })._handle;
   if (!handle) throw new BatonError('E_HANDOFF_STATE', 'socket has no handle', { connId, step: 'prepare' });
   const reader = detachReader(socket);
   handle.reading = false;
   handle.readStop();
-  return {
+  // Under kernel TLS, what the kernel decrypted and nobody read is plaintext too: read it now, so
+  // that it travels (sealed again) and, on failure, comes back in front like Node's own buffer.
+  const kernel = drainKernel?.(fd) ?? { data: Buffer.alloc(0) };
+  const buffered = kernel.data.length > 0 ? Buffer.concat([reader.buffered, kernel.data]) : reader.buffered;
+  const taken: TakenOver = {
     fd,
-    buffered: reader.buffered,
-    restore(opts) {
-      reader.restore(opts);
+    buffered,
+    restore(opts = { buffered: true }) {
+      reader.restore({ buffered: false });
+      if (opts.buffered && buffered.length > 0) socket.unshift(buffered);
       // The stream still believes a read is pending (it never saw readStop), so it will not ask
       // again: restart the handle ourselves. Node's own backpressure stops it again if needed.
       handle.reading = true;
       handle.readStart();
     },
   };
+  if (kernel.error) {
+    taken.restore();
+    throw kernel.error;
+  }
+  return taken;
 }
 
 /**

@@ -16,7 +16,7 @@ import type net from 'node:net';
 import { Duplex, type Writable } from 'node:stream';
 import tls from 'node:tls';
 import { BatonError } from '../errors.js';
-import { ContentType, MAX_PLAINTEXT, sealRecord, suiteOf, type TlsCipher, type TlsSuite, type TlsVersion } from '../transfer/tls-keys.js';
+import { ContentType, MAX_PLAINTEXT, type RecordKeys, sealRecord, suiteOf, type TlsCipher, type TlsSuite, type TlsVersion } from '../transfer/tls-keys.js';
 import { cryptoInfo, type KtlsDirection } from '../../native/ktls.js';
 import { type DirectionState, RecordFollower, type SessionSecrets, splitRecords } from './tls-records.js';
 
@@ -202,19 +202,8 @@ export class TlsSession {
     if (why) throw new BatonError('E_HANDOFF_STATE', `this TLS session cannot be handed off: ${why}`, { connId, step: 'prepare' });
     const tx = this.fromServer.state() as DirectionState;
     const rx = this.fromClient.state() as DirectionState;
-    const count = BigInt(Math.ceil(peeked.length / MAX_PLAINTEXT));
-    // The sealed records take the sequence numbers of the client's last records; they must be of
-    // the current keys, so there must have been that many since the last key change.
-    if (count > rx.seq) {
-      throw new BatonError('E_HANDOFF_STATE', `${peeked.length} peeked bytes need ${count} records, but the client sent only ${rx.seq} under its current keys`, { connId, step: 'prepare' });
-    }
-    const first = rx.seq - count;
-    const sealed: Buffer[] = [];
-    for (let i = 0n; i < count; i++) {
-      const at = Number(i) * MAX_PLAINTEXT;
-      sealed.push(sealRecord(rx.keys, first + i, ContentType.application_data, peeked.subarray(at, at + MAX_PLAINTEXT)));
-    }
-    return { suite: this.suite!, tx, rx: { ...rx, seq: first }, replay: Buffer.concat([...sealed, held]) };
+    const { records, first } = sealPeeked(rx.keys, rx.seq, peeked, connId);
+    return { suite: this.suite!, tx, rx: { ...rx, seq: first }, replay: Buffer.concat([records, held]) };
   }
 
   /**
@@ -321,6 +310,33 @@ function kernelDirection(suite: TlsSuite, d: DirectionState, sending: boolean): 
   const explicit = Buffer.alloc(8);
   explicit.writeBigUInt64BE(sending && d.lastExplicitNonce ? (d.lastExplicitNonce.readBigUInt64BE(0) + 1n) & 0xffffffffffffffffn : d.seq);
   return { key, salt: iv, iv: explicit, recSeq: d.seq };
+}
+
+/**
+ * Peeked plaintext as records sealed with the client's keys, for the target's receive queue: at the
+ * sequence numbers of the client's last records before next (the receive side then starts at
+ * first). They must be of the current keys, so the client must have sent that many since its last
+ * key change. The records never leave the peer link and the target's kernel.
+ */
+export function sealPeeked(keys: RecordKeys, next: bigint, peeked: Buffer, connId: string): { records: Buffer; first: bigint } {
+  const count = BigInt(Math.ceil(peeked.length / MAX_PLAINTEXT));
+  if (count > next) {
+    throw new BatonError('E_HANDOFF_STATE', `${peeked.length} peeked bytes need ${count} records, but the client sent only ${next} under its current keys`, { connId, step: 'prepare' });
+  }
+  const first = next - count;
+  const sealed: Buffer[] = [];
+  for (let i = 0n; i < count; i++) {
+    const at = Number(i) * MAX_PLAINTEXT;
+    sealed.push(sealRecord(keys, first + i, ContentType.application_data, peeked.subarray(at, at + MAX_PLAINTEXT)));
+  }
+  return { records: Buffer.concat(sealed), first };
+}
+
+/** The record keys of one direction as kernel TLS holds it (kernelDirection's inverse). */
+export function recordKeysOf(suite: Pick<TlsSuite, 'version' | 'cipher'>, d: KtlsDirection): RecordKeys {
+  const full: TlsSuite = { ...suite, hash: suite.cipher === 'aes-256-gcm' ? 'sha384' : 'sha256' };
+  const iv = suite.cipher === 'chacha20-poly1305' ? d.iv : suite.version === '1.3' ? Buffer.concat([d.salt, d.iv]) : d.salt;
+  return { suite: full, key: d.key, iv };
 }
 
 const sessions = new WeakMap<tls.TLSSocket, TlsSession>();

@@ -5,7 +5,8 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { BatonError, ERROR_CODES } from '../errors.js';
-import { describeInput, MAX_JSON_DEPTH, valueDepth } from '../input.js';
+import { describeInput } from '../input.js';
+import { beyondLimits } from './payload-limits.js';
 import type { TcpConnectionState } from '../../native/repair.js';
 import { EndpointSchema as Endpoint, FamilySchema, FlowSchema, IpAddressSchema, PortSchema as Port } from '../flow.js';
 import type { Frame, RejectReason } from './framing.js';
@@ -15,13 +16,7 @@ import { keysOf, type TlsInfo, TlsSchema, wipeKeys } from './tls-wire.js';
 
 export const PROTOCOL_VERSION = 1;
 
-/**
- * Application state (appState) at most this many bytes once serialised, and peeked bytes at most
- * this many: the routing SDK refuses more before it sends, and every decoder refuses more on
- * receipt (decodeMessage), so a peer or an application cannot make batond hold or relay more.
- */
-export const MAX_APP_STATE_BYTES = 32 * 1024;
-export const MAX_PEEKED_BYTES = 256 * 1024;
+export { MAX_APP_STATE_BYTES, MAX_PEEKED_BYTES, appStateRefusal } from './payload-limits.js';
 
 const U32 = Type.Integer({ minimum: 0, maximum: 0xffffffff });
 const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
@@ -367,26 +362,6 @@ const KEYS_BLOB: Partial<Record<MessageType, number>> = { handoff: 1, offer: 3 }
 /** The messages that carry application state, and which of their blobs holds the peeked bytes. */
 const PEEKED_BLOB: Partial<Record<MessageType, number>> = { handoff: 0, offer: 2, decide: 0, transferred: 0 };
 
-/**
- * Why appState exceeds what the SDK may send (MAX_JSON_DEPTH, MAX_APP_STATE_BYTES), or undefined:
- * the SDK checks before it sends, batond's decoder on receipt. The depth is measured first,
- * without recursion: only a value known to be shallow is serialised to be sized. Throws what
- * JSON.stringify throws for a value that cannot be serialised (a decoded one always can).
- */
-export function appStateRefusal(appState: unknown): string | undefined {
-  if (valueDepth(appState, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return `appState is nested deeper than ${MAX_JSON_DEPTH}`;
-  const bytes = Buffer.byteLength(JSON.stringify(appState) ?? '');
-  if (bytes > MAX_APP_STATE_BYTES) return `appState of ${bytes} bytes exceeds ${MAX_APP_STATE_BYTES / 1024} KiB`;
-  return undefined;
-}
-
-/** Why appState or the peeked bytes exceed what the SDK may send, or undefined. */
-function beyondLimits(appState: unknown, peeked: Buffer): string | undefined {
-  const why = appStateRefusal(appState);
-  if (why) return why;
-  if (peeked.length > MAX_PEEKED_BYTES) return `${peeked.length} peeked bytes exceed ${MAX_PEEKED_BYTES}`;
-  return undefined;
-}
 
 export function header<K extends MessageType>(type: K, body: Body<K>): Record<string, unknown> {
   const h: Record<string, unknown> = { v: PROTOCOL_VERSION, type, ...body };

@@ -7,10 +7,14 @@
 // The reply to USER comes from the target once it is live, so the client has nothing in flight
 // during the move and none of its segments meets the freeze (docs/native.md,
 // "Why the handoff runs in this order").
+// With --tls-cert and --tls-key the same protocol runs over TLS (acceptTls): each connection is
+// handed off with its TLS session, which the target's kernel takes over (kernel TLS).
 // Until USER, the routing-phase limits apply (--routing-*): a client that says nothing, trickles,
 // floods or opens too many connections gets an ERR line saying why, and is closed.
-import net from 'node:net';
-import { type LimitReason, peerText, RouterClient, RoutingGuard, isBatonError } from '../../controller/sdk/index.js';
+import fs from 'node:fs';
+import type net from 'node:net';
+import tls from 'node:tls';
+import { acceptTls, type LimitReason, peerText, RouterClient, RoutingGuard, isBatonError } from '../../controller/sdk/index.js';
 import { createLogger } from '../../controller/log.js';
 import { exampleOptions, listenOnDvipas, withRetry } from '../common.js';
 import { patternChunk } from './pattern.js';
@@ -18,9 +22,11 @@ import { patternChunk } from './pattern.js';
 const MAX_LINE = 1024;
 const MAX_MOTD = 1 << 20;
 const opts = exampleOptions('line-router', 7000);
-const log = createLogger({ app: 'line-router', node: opts.node });
+const name = opts.tls ? 'tls-line-router' : 'line-router';
+const log = createLogger({ app: name, node: opts.node });
+const secureContext = opts.tls ? tls.createSecureContext({ cert: fs.readFileSync(opts.tls.cert), key: fs.readFileSync(opts.tls.key) }) : undefined;
 const router = await withRetry('connect to batond', () =>
-  RouterClient.connect({ socketPath: opts.agent, name: 'line-router', logger: log, ports: [opts.port], control: opts.control }),
+  RouterClient.connect({ socketPath: opts.agent, name, logger: log, ports: [opts.port], control: opts.control }),
 );
 
 const LIMIT_ERRORS: Record<LimitReason, string> = {
@@ -37,10 +43,12 @@ function targetFor(user: string): string | undefined {
   return opts.users.get(user);
 }
 
-function converse(socket: net.Socket): void {
+function converse(raw: net.Socket): void {
   let buffered: Buffer = Buffer.alloc(0);
   let greeted = false;
-  const client = peerText(socket);
+  const client = peerText(raw);
+  // Over TLS the conversation is on the TLS socket; the guard keeps watching the TCP one.
+  const socket = secureContext ? acceptTls(raw, { secureContext }) : raw;
   log.debug({ client, event: 'accepted' }, 'connection accepted');
   socket.on('error', (err) => log.warn({ client, err: err.message }, 'client socket error'));
 

@@ -79,11 +79,12 @@ function serve(conn: TransferredConnection): void {
 }
 
 // A target serves connections and can move them on: it is a routing application too.
-const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name: 'line-target', logger: log, ports: [opts.port], control: opts.control }));
+const name = opts.instance ?? 'line-target';
+const router = await withRetry('connect to batond', () => RouterClient.connect({ socketPath: opts.agent, name, logger: log, ports: [opts.port], control: opts.control }));
 // Declared first: a deciding application's policy may be asked before connect() has returned.
 let target: TargetClient | undefined;
 target = await withRetry('connect to batond', () =>
-  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', ports: [opts.port], logger: log, ...capacityOptions(opts, () => target?.load ?? 0), control: opts.control }, serve),
+  TargetClient.connect({ socketPath: opts.agent, name: 'line-target', instance: name, ports: [opts.port], logger: log, ...capacityOptions(opts, () => target?.load ?? 0), control: opts.control }, serve),
 );
 log.info({ port: opts.port }, 'line target registered');
 for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { target.close(); router.close(); process.exit(0); });

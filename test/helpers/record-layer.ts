@@ -3,15 +3,10 @@
 // records from RX's sequence number on and seal ours from TX's, exactly as the kernel would be
 // told to. A session exported wrongly (a key, a nonce base, a sequence number off by one) shows
 // as a record that does not open here, or one the real client refuses.
-import { parseCryptoInfo, type KtlsDirection } from '../../native/ktls.js';
-import { ContentType, MAX_PLAINTEXT, openRecord, type RecordKeys, sealRecord, type TlsSuite } from '../../controller/transfer/tls-keys.js';
+import { parseCryptoInfo } from '../../native/ktls.js';
+import { ContentType, MAX_PLAINTEXT, openRecord, type RecordKeys, sealRecord } from '../../controller/transfer/tls-keys.js';
+import { recordKeysOf } from '../../controller/sdk/tls-session.js';
 import { splitRecords } from '../../controller/sdk/tls-records.js';
-
-function keysOf(suite: TlsSuite, d: KtlsDirection): RecordKeys {
-  // The kernel's AES-GCM salt is the nonce base's first 4 bytes (TLS 1.3) or the implicit part (1.2).
-  const iv = suite.cipher === 'chacha20-poly1305' ? d.iv : suite.version === '1.3' ? Buffer.concat([d.salt, d.iv]) : d.salt;
-  return { suite, key: d.key, iv };
-}
 
 export class RecordLayer {
   private rxSeq: bigint;
@@ -27,10 +22,8 @@ export class RecordLayer {
     const half = keys.length / 2;
     const tx = parseCryptoInfo(keys.subarray(0, half));
     const rx = parseCryptoInfo(keys.subarray(half));
-    const hash = tx.cipher === 'aes-256-gcm' ? 'sha384' : 'sha256';
-    const suite: TlsSuite = { version: tx.version, cipher: tx.cipher, hash };
-    this.tx = keysOf(suite, tx.dir);
-    this.rx = keysOf(suite, rx.dir);
+    this.tx = recordKeysOf(tx, tx.dir);
+    this.rx = recordKeysOf(rx, rx.dir);
     this.txSeq = tx.dir.recSeq;
     this.rxSeq = rx.dir.recSeq;
     this.txExplicit = tx.dir.iv.length === 8 ? tx.dir.iv.readBigUInt64BE(0) : 0n;
