@@ -21,7 +21,7 @@
 import net from 'node:net';
 import { BatonError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { cryptoInfo, ktlsState, recvRecord, sendRecord, tcpQueues } from '../../native/ktls.js';
+import { cryptoInfo, type KtlsState, ktlsState, recvRecord, sendRecord, tcpQueues } from '../../native/ktls.js';
 import { ContentType } from '../transfer/tls-keys.js';
 import type { TlsInfo } from '../transfer/tls-wire.js';
 import { recordKeysOf, sealPeeked } from './tls-session.js';
@@ -137,24 +137,50 @@ export function drainKtls(fd: number, connId: string): { data: Buffer; error?: E
 }
 
 /**
- * A transferred TLS connection's session for handoff() once it is quiet (nothing half received,
- * nothing unacknowledged: waited for up to QUIET_TIMEOUT_MS): the suite, the kernel's structs with
- * the receive side moved back over the peeked plaintext, sealed as records in replay.
+ * A transferred TLS connection's session for handoff(), once it is quiet: nothing half received,
+ * nothing unacknowledged, nothing decrypted and unread (waited for up to QUIET_TIMEOUT_MS, reading
+ * out on the way what the kernel decrypts: it is added to taken.buffered, which travels as peeked
+ * plaintext and comes back to the application if the handoff fails). The state is read, then the
+ * kernel asked once more: a record decrypted in between would be counted in the state and read by
+ * nobody, so then it is read and the state read again.
  */
-export async function handedOffState(fd: number, peeked: Buffer, connId: string): Promise<{ tls: TlsInfo; keys: Buffer; replay: Buffer }> {
+export async function quietKtls(taken: { fd: number; buffered: Buffer }, connId: string): Promise<KtlsState> {
   const deadline = Date.now() + QUIET_TIMEOUT_MS;
-  for (let q = tcpQueues(fd); q.inq > 0 || q.outq > 0; q = tcpQueues(fd)) {
+  for (;;) {
+    const q = tcpQueues(taken.fd);
+    const before = drainKtls(taken.fd, connId);
+    if (before.data.length > 0) taken.buffered = Buffer.concat([taken.buffered, before.data]);
+    if (before.error) throw before.error;
+    if (q.inq === 0 && q.outq === 0 && before.data.length === 0) {
+      const state = ktlsState(taken.fd);
+      const after = drainKtls(taken.fd, connId);
+      if (after.data.length > 0) taken.buffered = Buffer.concat([taken.buffered, after.data]);
+      if (after.error || after.data.length > 0) wipeState(state);
+      if (after.error) throw after.error;
+      if (after.data.length === 0) return state;
+    }
     if (Date.now() >= deadline) {
       throw new BatonError('E_HANDOFF_STATE', `a TLS connection moves only when quiet: ${q.inq} bytes of a client record received, ${q.outq} bytes sent and not acknowledged after ${QUIET_TIMEOUT_MS} ms`, { connId, step: 'prepare' });
     }
     await new Promise((r) => setTimeout(r, 2));
   }
-  const state = ktlsState(fd);
+}
+
+/**
+ * The handoff message's TLS part from the kernel's state: the suite, the kernel's structs with the
+ * receive side moved back over the peeked plaintext, which goes sealed as records in replay. The
+ * state's keys are wiped.
+ */
+export function handedOffState(state: KtlsState, peeked: Buffer, connId: string): { tls: TlsInfo; keys: Buffer; replay: Buffer } {
   try {
     const { records, first } = sealPeeked(recordKeysOf(state, state.rx), state.rx.recSeq, peeked, connId);
     const keys = Buffer.concat([cryptoInfo(state.version, state.cipher, state.tx), cryptoInfo(state.version, state.cipher, { ...state.rx, recSeq: first })]);
     return { tls: { version: state.version, cipher: state.cipher }, keys, replay: records };
   } finally {
-    for (const d of [state.tx, state.rx]) for (const b of [d.key, d.salt, d.iv]) b.fill(0);
+    wipeState(state);
   }
+}
+
+function wipeState(state: KtlsState): void {
+  for (const d of [state.tx, state.rx]) for (const b of [d.key, d.salt, d.iv]) b.fill(0);
 }

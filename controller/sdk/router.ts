@@ -25,7 +25,7 @@ import { kernelTls } from '../../native/kernel-tls.js';
 import { leaveRepair, loadNative, socketTimestamp } from '../../native/repair.js';
 import { type TakenOver, takeOverReads, takeOverTls, type TakenOverTls, untilFlushed } from './socket-takeover.js';
 import { tlsSessionOf } from './tls-session.js';
-import { drainKtls, handedOffState, KtlsSocket } from './ktls-socket.js';
+import { drainKtls, handedOffState, KtlsSocket, quietKtls } from './ktls-socket.js';
 import { type Channel, PendingReplies } from '../transfer/channel.js';
 import { logSparsely } from '../input.js';
 import type { LinkInbox } from '../transfer/fd-exchange.js';
@@ -263,10 +263,11 @@ export class RouterClient extends EventEmitter<{ targets: [TargetInfo[]] }> {
     let answered = false;
     try {
       await untilFlushed(session ? [socket, ...session.writers] : [socket], connId);
+      const kernelState = kernelSession ? await quietKtls(taken, connId) : undefined;
       const plain = Buffer.concat([peeked, taken.buffered]);
       // Under TLS the peeked plaintext goes as records sealed with the client's keys, then the
       // client's bytes held before TLS; the session's keys travel in their own blob.
-      const tlsState = session ? session.offer(plain, (taken as TakenOverTls).held, connId) : kernelSession ? await handedOffState(taken.fd, plain, connId) : undefined;
+      const tlsState = session ? session.offer(plain, (taken as TakenOverTls).held, connId) : kernelState ? handedOffState(kernelState, plain, connId) : undefined;
       keys = tlsState?.keys;
       const replay = tlsState?.replay ?? plain;
       if (replay.length > MAX_PEEKED_BYTES) throw new BatonError('E_HANDOFF_STATE', `peeked bytes (${replay.length}) exceed ${MAX_PEEKED_BYTES}`, { connId, step: 'prepare' });

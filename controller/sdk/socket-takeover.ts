@@ -75,7 +75,8 @@ export function takeOverReads(socket: net.Socket, connId: string, drainKernel?: 
     buffered,
     restore(opts = { buffered: true }) {
       reader.restore({ buffered: false });
-      if (opts.buffered && buffered.length > 0) socket.unshift(buffered);
+      // taken.buffered, not the first read: under kernel TLS the wait for a quiet connection adds to it.
+      if (opts.buffered && taken.buffered.length > 0) socket.unshift(taken.buffered);
       // The stream still believes a read is pending (it never saw readStop), so it will not ask
       // again: restart the handle ourselves. Node's own backpressure stops it again if needed.
       handle.reading = true;

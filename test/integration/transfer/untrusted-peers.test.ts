@@ -45,7 +45,7 @@ def offer(conn_id, sender, local, client_port):
             "options": {"timestamps": False, "sack": False, "windowScale": False}, "sndWscale": 0, "rcvWscale": 0, "timestamp": 0,
             "window": {"sndWl1": 2000, "sndWnd": 65535, "maxWindow": 65535, "rcvWnd": 65535, "rcvWup": 2000}}
     return frame({"v": 1, "type": "offer", "connId": conn_id, "from": sender, "target": {"node": "n2", "port": 7000},
-                  "conn": conn, "appState": None}, [b"", b"", b""])
+                  "conn": conn, "appState": None}, [b"", b"", b"", b""])
 
 ctx = ssl.create_default_context(cafile=ca)
 ctx.check_hostname = False
