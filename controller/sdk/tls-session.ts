@@ -159,10 +159,6 @@ export class TlsSession {
     this.socket.once('secure', () => this.socket.disableRenegotiation());
   }
 
-  get tapStream(): RecordTap {
-    return this.tap;
-  }
-
   /** Why this session could not be handed off now, or undefined. */
   whyNot(): string | undefined {
     if (this.refusal) return this.refusal;

@@ -7,6 +7,7 @@
 import type { FlowKey } from '../../controller/flow.js';
 import { createLogger } from '../../controller/log.js';
 import { Accepts, type Body, connToWire, type Message, type MessageType } from '../../controller/transfer/messages.js';
+import { cryptoInfo } from '../../native/ktls.js';
 import type { HandoffSockets } from '../../controller/transfer/sockets.js';
 import { type OfferPolicy, type TargetApp, TargetRelay, type TransferFromPeer } from '../../controller/transfer/target-relay.js';
 import { sampleState } from './state.js';
@@ -28,7 +29,7 @@ export interface Asked {
 
 type PeerChannel = Parameters<TargetRelay['fromPeer']>[0];
 
-export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 'offerBytesPerPeer' | 'targetCapacity'>> = {}) {
+export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 'offerBytesPerPeer' | 'targetCapacity' | 'kernelTls'>> = {}) {
   const events: string[] = [];
   /** Every message the relay sent, as its receiver decoded it. */
   const sent: Array<{ to: string; msg: Message }> = [];
@@ -85,6 +86,8 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
     offersPerPeer: limits.offersPerPeer ?? 100,
     offerBytesPerPeer: limits.offerBytesPerPeer ?? 1 << 20,
     targetCapacity: limits.targetCapacity ?? 10_000,
+    // The node's kernel has kernel TLS unless the test says otherwise (this machine's has none).
+    kernelTls: limits.kernelTls ?? (() => ({ available: true, how: 'the tls ULP is registered' })),
   };
   const relay = new TargetRelay(createLogger({}, 'silent'), 10_000, sockets, policy, (flow, connId) => orphans.push({ flow, connId }));
   // The relay uses only send() and flush() of a channel: a recorder stands in for the link, not for its messages.
@@ -117,10 +120,14 @@ export function targetWorld(limits: Partial<Pick<OfferPolicy, 'offersPerPeer' | 
     answer,
     reasons,
     /** An offer of STATE from `on`; `over` changes what the test is about. */
-    offer: (on: string, connId: string, over: { from?: string; port?: number; instance?: string; local?: { address: string; port: number } } = {}) => {
+    offer: (on: string, connId: string, over: { from?: string; port?: number; instance?: string; local?: { address: string; port: number }; tls?: boolean } = {}) => {
       const { conn, queues } = connToWire(over.local ? { ...STATE, local: over.local } : STATE);
       const target = { node: 'n2', port: over.port ?? 7000, ...(over.instance ? { instance: over.instance } : {}) };
-      deliver(on, 'offer', { connId, from: over.from ?? on, target, conn, appState: { user: 'alice' } }, [...queues, Buffer.from('GET'), Buffer.alloc(0)]);
+      const tls = { version: '1.3', cipher: 'aes-128-gcm' } as const;
+      const dir = (recSeq: bigint) => cryptoInfo(tls.version, tls.cipher, { key: Buffer.alloc(16, 7), salt: Buffer.alloc(4, 8), iv: Buffer.alloc(8, 9), recSeq });
+      // A TLS offer: sealed records in place of the peeked bytes, the keys (TX then RX) in their own blob.
+      const keys = over.tls ? Buffer.concat([dir(7n), dir(5n)]) : Buffer.alloc(0);
+      deliver(on, 'offer', { connId, from: over.from ?? on, target, conn, appState: { user: 'alice' }, ...(over.tls ? { tls } : {}) }, [...queues, Buffer.from('GET'), keys]);
     },
     /** The routing node's delta: 'late' arrived after the snapshot; unsentLength of the tail still unsent. */
     commit: (on: string, connId: string, unsentLength: number) => deliver(on, 'commit', { connId, unsentLength, window: STATE.window }, [Buffer.from('late')]),

@@ -11,7 +11,7 @@ import type { Logger } from '../../log.js';
 import type { TcpConnectionState } from '../../../native/repair.js';
 import type { FlowKey } from '../../flow.js';
 import { connFromWire, type Message } from '../messages.js';
-import { kernelTls } from '../../../native/kernel-tls.js';
+import { type KernelTls, kernelTls } from '../../../native/kernel-tls.js';
 import type { TargetApp, TargetApplications } from './applications.js';
 import type { Holdings } from './capacity.js';
 
@@ -41,6 +41,8 @@ export interface OfferPolicy {
   offerBytesPerPeer: number;
   /** Connections an application that declared no capacity serves at once (limits.targetCapacity). */
   targetCapacity: number;
+  /** Whether this node's kernel has kernel TLS (native/kernel-tls.ts, the default; a test's world says). */
+  kernelTls?: () => KernelTls;
 }
 
 /** The connections app may serve at once: what its instance declared, else the cluster's default; 0 is no limit. */
@@ -87,7 +89,7 @@ export function admit(view: AdmissionView, peerName: string, msg: Message<'offer
   // A TLS connection's session is installed in this kernel at live, past the point where the
   // routing node could take the connection back: a node that cannot refuses now.
   if (msg.tls) {
-    const ktls = kernelTls();
+    const ktls = (policy.kernelTls ?? kernelTls)();
     if (!ktls.available) return { kind: 'no-kernel-tls', reason: `a TLS connection needs kernel TLS here: ${ktls.how}` };
   }
   try {

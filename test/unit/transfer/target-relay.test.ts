@@ -35,6 +35,29 @@ describe('TargetRelay: batond reinstates, completes and makes live; the applicat
     w.relay.close();
   });
 
+  it('a TLS connection: at live, after repair mode, the unsent tail goes out as it is and kernel TLS takes the keys; the application gets no peeked bytes, no tail, and the suite', () => {
+    const w = targetWorld();
+    const app = w.app({ decides: true });
+    w.offer('n1', 'c1', { tls: true });
+    // A deciding application is shown no peeked bytes: under TLS they are sealed records.
+    expect(w.sent.find((s) => s.msg.type === 'decide')?.msg).toMatchObject({ blobs: [0] });
+    w.answer(app, 'decided', { connId: 'c1', accept: true });
+    w.commit('n1', 'c1', 2);
+    w.live('n1', 'c1', 777);
+    expect(w.events.slice(-5)).toEqual(['goLive fd10 ts=777', 'takeSession fd10 unsent=il tls=1.3/aes-128-gcm rx=5 tx=7', 'descriptor fd10 (c1)', 'app:transferred', 'release fd10']);
+    expect(w.sent.find((s) => s.msg.type === 'transferred')?.msg).toMatchObject({ connId: 'c1', tls: { version: '1.3', cipher: 'aes-128-gcm' }, blobs: [0, 0] });
+    w.relay.close();
+  });
+
+  it('a TLS offer to a node without kernel TLS is refused before anything is built (no-kernel-tls)', () => {
+    const w = targetWorld({ kernelTls: () => ({ available: false, how: 'kernel 6.18 has no kernel TLS (CONFIG_TLS)' }) });
+    w.app();
+    w.offer('n1', 'c1', { tls: true });
+    expect(w.events).toEqual(['n1:reject']);
+    expect(w.reasons()).toEqual(['a TLS connection needs kernel TLS here: kernel 6.18 has no kernel TLS (CONFIG_TLS)']);
+    w.relay.close();
+  });
+
   it('live right after accept (the routing node had nothing to commit): the snapshot goes live as it was', () => {
     const w = targetWorld();
     w.app();
