@@ -16,7 +16,7 @@
 // BatonError('E_HANDOFF_STATE').
 import os from 'node:os';
 import { BatonError } from '../controller/errors.js';
-import type { TlsCipher, TlsVersion } from '../controller/transfer/tls-keys.js';
+import { MAX_PLAINTEXT, type TlsCipher, type TlsVersion } from '../controller/transfer/tls-keys.js';
 import { errnoName } from './errno.js';
 import { kernelTls } from './kernel-tls.js';
 import { libbaton } from './repair.js';
@@ -145,8 +145,6 @@ const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
 const STEPS = ['', 'ulp', 'tx', 'rx'] as const; // BATON_KTLS_STEP_*
 const CALLS = ['', 'setsockopt(TCP_ULP, "tls")', 'setsockopt(TLS_TX)', 'setsockopt(TLS_RX)'] as const;
-/** The most plaintext one TLS record carries (2^14): the default of recvRecord. */
-const RECORD_MAX = 16384;
 
 interface Native {
   install(fd: number, tx: Buffer, txLen: number, rx: Buffer, rxLen: number, step: Int32Array): number;
@@ -176,7 +174,7 @@ function native(): Native {
 
 const stepOut = new Int32Array(1);
 const typeOut = new Int32Array(1);
-const recvScratch = Buffer.alloc(RECORD_MAX);
+const recvScratch = Buffer.alloc(MAX_PLAINTEXT);
 
 function fail(errno: number, message: string, context: Record<string, unknown>): BatonError {
   const name = errnoName(errno);
@@ -258,7 +256,7 @@ export function ktlsState(fd: number): KtlsState {
  * bytes is the end of the stream. Throws E_NATIVE on other errors: EBADMSG means a record failed
  * authentication (the session is broken), EIO a non-data record that did not fit.
  */
-export function recvRecord(fd: number, max = RECORD_MAX): { type: number; data: Buffer } | undefined {
+export function recvRecord(fd: number, max = MAX_PLAINTEXT): { type: number; data: Buffer } | undefined {
   if (!Number.isInteger(max) || max <= 0) throw new RangeError(`recvRecord: max must be a positive integer, got ${max}`);
   const buf = max <= recvScratch.length ? recvScratch : Buffer.alloc(max);
   const ret = native().recv(fd, buf, max, typeOut, MSG_DONTWAIT);

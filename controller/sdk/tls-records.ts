@@ -7,11 +7,10 @@
 // decrypted with the keys Node gave through its keylog event: that tells the handshake epoch from
 // the application one and shows a KeyUpdate, after which the keys change. TLS 1.2 records after a
 // side's ChangeCipherSpec are simply counted (RFC 5246 6.1: the sequence number restarts at 0 there).
-import { ContentType, openRecord, type RecordKeys, tls12KeyBlock, tls13NextSecret, tls13TrafficKeys, type TlsSuite } from '../transfer/tls-keys.js';
+import { ContentType, MAX_BODY, openRecord, RECORD_HEADER, type RecordKeys, tls12KeyBlock, tls13NextSecret, tls13TrafficKeys, type TlsSuite } from '../transfer/tls-keys.js';
 
-/** RFC 5246 6.2.3: a TLS 1.2 record body is at most 2^14 + 2048 bytes (TLS 1.3 allows less). */
-export const MAX_RECORD_BODY = 16384 + 2048;
-export const RECORD_HEADER = 5;
+/** The stream is split before the version is known: by the larger bound, TLS 1.2's. */
+const MAX_RECORD_BODY = MAX_BODY['1.2'];
 /** Handshake message types this follower reads (RFC 8446 4). */
 const SERVER_HELLO = 2;
 const KEY_UPDATE = 24;

@@ -155,8 +155,6 @@ export class TlsSession {
     this.socket.on('keylog', (line: Buffer) => this.keylog(line));
     this.socket.once('secure', () => this.secured());
     this.socket.once('close', () => this.wipe());
-    // A TLS 1.2 renegotiation changes the keys in a way the followers cannot see; refuse it.
-    this.socket.once('secure', () => this.socket.disableRenegotiation());
   }
 
   /** Why this session could not be handed off now, or undefined. */
@@ -222,6 +220,8 @@ export class TlsSession {
   }
 
   private secured(): void {
+    // A TLS 1.2 renegotiation changes the keys in a way the followers cannot see; refuse it.
+    this.socket.disableRenegotiation();
     const cipher = this.socket.getCipher();
     const suite = suiteOf(cipher.standardName ?? '', this.socket.getProtocol() ?? '');
     if (!suite) return;

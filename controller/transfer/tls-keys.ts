@@ -27,7 +27,7 @@ const EXPLICIT_NONCE = 8;
 /** Every record is stamped 0x0303: TLS 1.3 freezes legacy_record_version there (RFC 8446 5.1). */
 const RECORD_VERSION = 0x0303;
 /** Largest ciphertext body a peer may send: 2^14 + 256 in TLS 1.3 (RFC 8446 5.2), + 2048 in 1.2 (RFC 5246 6.2.3). */
-const MAX_BODY = { '1.3': MAX_PLAINTEXT + 256, '1.2': MAX_PLAINTEXT + 2048 } as const;
+export const MAX_BODY = { '1.3': MAX_PLAINTEXT + 256, '1.2': MAX_PLAINTEXT + 2048 } as const;
 const HASH_LENGTH: Record<TlsHash, number> = { sha256: 32, sha384: 48 };
 
 const TLS13_SUITES: Record<string, Omit<TlsSuite, 'version'>> = {
